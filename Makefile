@@ -1,0 +1,122 @@
+# ddm -- build, test and demo entry points.
+#
+# Layout: every source folder below LIBDIRS becomes one static library made of
+# its *.c files except *_main.c; each *_main.c is the main of one binary.
+# `make SANITIZE=1 ...` builds everything with ASan+UBSan into build/san/.
+
+CC      ?= gcc
+SANITIZE ?= 0
+PKGS    := libuv libprotobuf-c nanomsg libcjson libpng openblas
+
+ifeq ($(SANITIZE),1)
+BUILD   := build/san
+BIN     := build/san/bin
+SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+else
+BUILD   := build/rel
+BIN     := bin
+SANFLAGS :=
+endif
+
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+LLHTTP_DIR := /usr/share/llhttp
+LLHTTP_INC := /usr/share/include/llhttp
+
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=gnu11 -Wall -Wextra -Werror -pthread -MMD -MP $(SANFLAGS)
+CPPFLAGS += -I. -I$(BUILD)/gen -I$(LLHTTP_INC) $(PKG_CFLAGS)
+LDFLAGS += -pthread $(SANFLAGS)
+LDLIBS  := $(PKG_LIBS) -lm
+
+# ---- generated protobuf code -------------------------------------------------
+PROTOS    := $(wildcard proto/ddm/v1/*.proto)
+PROTO_C   := $(patsubst proto/%.proto,$(BUILD)/gen/%.pb-c.c,$(PROTOS))
+PROTO_H   := $(PROTO_C:.c=.h)
+PROTO_O   := $(PROTO_C:.c=.o)
+
+$(BUILD)/gen/%.pb-c.c $(BUILD)/gen/%.pb-c.h: proto/%.proto
+	@mkdir -p $(BUILD)/gen
+	protoc-c --proto_path=proto --c_out=$(BUILD)/gen $<
+
+$(BUILD)/gen/%.pb-c.o: $(BUILD)/gen/%.pb-c.c $(PROTO_H)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
+
+# ---- llhttp, compiled from Debian's node-llhttp sources (not vendored) --------
+LLHTTP_O := $(patsubst %,$(BUILD)/llhttp/%.o,api http llhttp)
+$(BUILD)/llhttp/%.o: $(LLHTTP_DIR)/%.c
+	@mkdir -p $(dir $@)
+	$(CC) -O2 -g $(SANFLAGS) -I$(LLHTTP_INC) -w -c -o $@ $<
+
+# ---- project libraries ---------------------------------------------------------
+LIBDIRS := tools/eval tools/client tools/train expert-worker router server common
+libname  = $(BUILD)/lib/lib$(subst /,_,$(1)).a
+libsrcs  = $(filter-out %_main.c,$(wildcard $(1)/*.c))
+LIBS     := $(foreach d,$(LIBDIRS),$(if $(call libsrcs,$(d)),$(call libname,$(d))))
+ALL_LIBS := $(LIBS) $(BUILD)/lib/libproto.a $(BUILD)/lib/libllhttp.a
+
+define LIB_RULE
+$(call libname,$(1)): $(patsubst %.c,$(BUILD)/obj/%.o,$(call libsrcs,$(1)))
+	@mkdir -p $$(dir $$@)
+	rm -f $$@ && ar rcs $$@ $$^
+endef
+$(foreach d,$(LIBDIRS),$(if $(call libsrcs,$(d)),$(eval $(call LIB_RULE,$(d)))))
+
+$(BUILD)/lib/libproto.a: $(PROTO_O)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+$(BUILD)/lib/libllhttp.a: $(LLHTTP_O)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/obj/%.o: %.c | $(PROTO_H)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
+
+LINK = $(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) -Wl,--start-group $(ALL_LIBS) -Wl,--end-group $(LDLIBS)
+
+# ---- binaries --------------------------------------------------------------------
+MAINS := router/router_main.c expert-worker/expert_main.c tools/train/train_main.c \
+         tools/eval/eval_main.c tools/client/client_main.c
+binname = $(BIN)/ddm-$(patsubst %_main.c,%,$(notdir $(1)))
+BINS := $(foreach m,$(wildcard $(MAINS)),$(call binname,$(m)))
+define BIN_RULE
+$(call binname,$(1)): $(BUILD)/obj/$(1:.c=.o) $(ALL_LIBS)
+	@mkdir -p $$(dir $$@)
+	$$(LINK)
+endef
+$(foreach m,$(wildcard $(MAINS)),$(eval $(call BIN_RULE,$(m))))
+
+# ---- tests -------------------------------------------------------------------------
+TEST_SRCS := $(wildcard tests/test_*.c)
+TEST_BINS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRCS))
+TEST_SUPPORT := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard tests/support/*.c))
+$(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_SUPPORT) $(ALL_LIBS)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< $(TEST_SUPPORT) -Wl,--start-group $(ALL_LIBS) -Wl,--end-group $(LDLIBS) -lcmocka
+
+# ---- entry points --------------------------------------------------------------------
+.SECONDARY:
+.PHONY: all deps build test test-build clean demo data models bench bench-expert bench-router load
+all:
+	@sh mk/deps.sh
+	@$(MAKE) --no-print-directory build
+
+deps:
+	@sh mk/deps.sh
+
+build: $(BINS)
+
+test-build: $(BINS) $(TEST_BINS)
+
+# `make test` installs what is missing, builds, then runs every tests/test_* binary
+# (each under a timeout) and ends with "N passed, N failed".
+test:
+	@sh mk/deps.sh
+	@$(MAKE) --no-print-directory test-build
+	@DDM_BIN_DIR=$(abspath $(BIN)) sh tests/run.sh $(BUILD)/tests $(TESTS)
+
+clean:
+	rm -rf build bin
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

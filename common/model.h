@@ -1,0 +1,52 @@
+/* model.h -- a network plus its weights file: load (validated) and save.
+ *
+ * A weights file is safetensors with the tensors of net_tensor_table() and
+ * __metadata__ keys:
+ *   ddm.format = "ddm-mlp-v1"       (files without it are refused)
+ *   ddm.kind   = "denoiser" | "router" | "classifier"
+ *   in_dim, hidden, n_blocks, out_dim, n_classes, time_dim, gauss_rank   (decimal)
+ *   dataset, expert_id (-1 for the monolith / non-experts), num_experts
+ * and free-form training keys (config, seed, steps, loss, ...). Optional
+ * extra tensors (e.g. "centroid" [D]) may ride along and are ignored by the
+ * loader. */
+#ifndef DDM_MODEL_H
+#define DDM_MODEL_H
+
+#include <stddef.h>
+
+#include "common/net.h"
+#include "common/st.h"
+
+#define MODEL_FORMAT "ddm-mlp-v1"
+
+typedef enum model_kind { MODEL_DENOISER = 0, MODEL_ROUTER, MODEL_CLASSIFIER } model_kind;
+
+typedef struct model {
+    model_kind kind;
+    net_config cfg;
+    net_weights w;        /* points into params */
+    float *params;        /* owned: net_param_count(cfg) floats, converted to fp32 */
+    st_file *file;        /* the open weights file (metadata, sha256) */
+    int expert_id;        /* cluster id, -1 when not an expert */
+    int num_experts;      /* K of the set, 0 if unknown */
+    char dataset[32];
+} model;
+
+/* Opens and validates a weights file: metadata present and sane, every tensor
+ * of the layout present with exactly the expected shape, finite values.
+ * Returns NULL with a one-line message in err (naming the file and tensor) on
+ * any problem. */
+model *model_open(const char *path, char *err, size_t errlen);
+void model_close(model *m);
+
+const char *model_kind_name(model_kind k);
+/* Metadata value or NULL (owned by m). */
+const char *model_meta(const model *m, const char *key);
+
+/* Adds the network's tensors (params in net_tensor_table layout, stored as
+ * dtype) and the required metadata to w. The caller adds any other metadata
+ * or tensors and calls st_writer_save(). Returns 0 or an error. */
+int model_write(st_writer *w, model_kind kind, const net_config *c, const float *params,
+                st_dtype dtype, const char *dataset, int expert_id, int num_experts);
+
+#endif

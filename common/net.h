@@ -1,0 +1,127 @@
+/* net.h -- the MLP networks of ddm and their math (forward, backward).
+ *
+ * One architecture serves three roles, chosen by its config:
+ *   denoiser (expert or monolith): x_t, t, label -> velocity v   (out_dim = in_dim)
+ *   router:                        x_t, t, label -> K logits
+ *   classifier:                    x, label unused -> class logits (time_dim = 0)
+ *
+ *   h0 = W_in x + b_in + W_t temb(t) + emb[label]          temb: sinusoidal, time_dim wide
+ *   for each block b:  h += W2_b silu(W1_b (LN(h) * g_b) + b1_b) + b2_b
+ *   f  = silu(LN(h) * g_out)                               the "features" (penultimate)
+ *   y  = W_out f + b_out
+ *   denoiser only:  v = y + gauss(x_t, t)
+ *
+ * gauss() is the closed-form E[eps - x0 | x_t] if the expert's data were the
+ * Gaussian N(mu, U diag(lam) U^T + sig2 (I - U U^T)): it carries the noise that
+ * an MLP bottleneck cannot (see DESIGN.md), and the MLP learns the correction.
+ * With d = x_t - (1 - t) mu and f(l) = (t - (1 - t) l) / ((1 - t)^2 l + t^2):
+ *   gauss = -mu + f(sig2) d + U diag(f(lam_i) - f(sig2)) U^T d.
+ * The Gaussian tensors are fixed (computed once from the shard), not trained.
+ *
+ * All tensors are fp32, row-major, one contiguous buffer in the order of
+ * net_tensor_table(): trainable tensors first, then the fixed Gaussian ones. */
+#ifndef DDM_NET_H
+#define DDM_NET_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define NET_MAX_TENSORS 16
+#define NET_MAX_DIM 8192     /* any config size above this is refused */
+#define NET_LN_EPS 1e-5f
+
+typedef struct net_config {
+    int in_dim;      /* D: input features (784 for 28x28) */
+    int hidden;      /* H */
+    int n_blocks;    /* residual blocks, >= 0 */
+    int out_dim;     /* O: D for a denoiser, K for a router, classes for a classifier */
+    int n_classes;   /* C: label classes; embedding has C + 1 rows, row C = null. 0 = no label input */
+    int time_dim;    /* T: sinusoidal time features (even); 0 = no time input */
+    int gauss_rank;  /* R: rank of the Gaussian baseline; 0 = none. Requires out_dim == in_dim */
+} net_config;
+
+typedef struct net_weights {
+    float *w_in;     /* [H][D] */
+    float *b_in;     /* [H] */
+    float *w_t;      /* [H][T]            (NULL when T = 0) */
+    float *emb;      /* [C + 1][H]        (NULL when C = 0) */
+    float *ln_g;     /* [n_blocks + 1][H] block norms, then the output norm */
+    float *w1;       /* [n_blocks][H][H] */
+    float *b1;       /* [n_blocks][H] */
+    float *w2;       /* [n_blocks][H][H] */
+    float *b2;       /* [n_blocks][H] */
+    float *w_out;    /* [O][H] */
+    float *b_out;    /* [O] */
+    float *g_mu;     /* [D]    Gaussian mean                  (NULL when R = 0) */
+    float *g_u;      /* [R][D] orthonormal directions, rows    (NULL when R = 0) */
+    float *g_lam;    /* [R]    variances along g_u             (NULL when R = 0) */
+    float *g_sig2;   /* [1]    variance in the rest of space   (NULL when R = 0) */
+} net_weights;
+
+/* One tensor of the layout: its name in weights files, shape, offset (in
+ * floats) into the contiguous buffer, and whether training updates it. */
+typedef struct net_tensor_info {
+    const char *name;
+    int ndim;
+    int64_t shape[3];
+    size_t offset;
+    size_t numel;
+    int trainable;
+} net_tensor_info;
+
+/* Checks a config: every size positive where required and <= NET_MAX_DIM,
+ * T even, R <= D and R > 0 only if O == D. Returns 0 or DDM_EINVAL with a
+ * message in err naming the field. */
+int net_config_check(const net_config *c, char *err, size_t errlen);
+
+/* Fills out[] (NET_MAX_TENSORS entries) with the layout; returns the count.
+ * Tensors of size zero (absent by config) are not listed. */
+int net_tensor_table(const net_config *c, net_tensor_info *out);
+/* Total floats of the buffer, and of its trainable prefix. */
+size_t net_param_count(const net_config *c);
+size_t net_trainable_count(const net_config *c);
+/* Points w's fields into buf (net_param_count floats) per the layout. */
+void net_bind(const net_config *c, float *buf, net_weights *w);
+
+/* Deterministic initialisation of the trainable tensors in buf: scaled normal
+ * weights from rng (seed), zero biases, unit gains, and W_out = 0 for a
+ * denoiser so training starts from the Gaussian baseline. Fixed Gaussian
+ * tensors are set to mu = 0, U = 0, lam = 1, sig2 = 1. */
+void net_init(const net_config *c, float *buf, uint64_t seed);
+
+/* Per-batch activations and workspace, allocated once for up to max_batch
+ * rows. With training != 0 it also keeps what net_backward needs. */
+typedef struct net_scratch net_scratch;
+net_scratch *net_scratch_new(const net_config *c, int max_batch, int training);
+void net_scratch_free(net_scratch *s);
+int net_scratch_max_batch(const net_scratch *s);
+
+/* Forward pass over n rows with cblas_sgemm.
+ *   x      [n][D] inputs
+ *   t      [n] times in [0, 1]          (ignored, may be NULL, when T = 0 and R = 0)
+ *   labels [n] classes 0..C-1, or -1 for null; NULL means all null (ignored when C = 0)
+ *   out    [n][O]
+ * Returns 0, DDM_ERANGE if n > max_batch or a label is out of range. Does not
+ * allocate. out may not alias x. */
+int net_forward(const net_config *c, const net_weights *w, net_scratch *s, int n,
+                const float *x, const float *t, const int *labels, float *out);
+
+/* The same function computed with plain loops: the reference the BLAS path is
+ * tested against. Slow; allocates its own temporaries; returns 0 or an error. */
+int net_forward_ref(const net_config *c, const net_weights *w, int n,
+                    const float *x, const float *t, const int *labels, float *out);
+
+/* Features f [n][H] (the penultimate activation) of the last net_forward on s. */
+const float *net_features(const net_scratch *s);
+
+/* Backward pass for the last net_forward on s (created with training != 0,
+ * same n): given dout [n][O] = dLoss/dout, ADDS dLoss/dparam into grad (a
+ * net_weights bound to a buffer of the same layout; only trainable tensors
+ * are touched). dLoss/dx is not computed. Returns 0 or DDM_EINVAL. */
+int net_backward(const net_config *c, const net_weights *w, net_weights *grad,
+                 net_scratch *s, int n, const float *dout);
+
+/* Floating-point operations of one forward pass over n rows (2 per MAC). */
+double net_forward_flops(const net_config *c, int n);
+
+#endif
