@@ -9,12 +9,12 @@ SANITIZE ?= 0
 PKGS    := libuv libprotobuf-c nanomsg libcjson libpng openblas
 
 ifeq ($(SANITIZE),1)
-BUILD   := build/san
-BIN     := build/san/bin
+BUILD   ?= build/san
+BIN     ?= $(BUILD)/bin
 SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 else
-BUILD   := build/rel
-BIN     := bin
+BUILD   ?= build/rel
+BIN     ?= bin
 SANFLAGS :=
 endif
 
