@@ -27,7 +27,7 @@ CFLAGS  ?= -O2 -g
 CFLAGS  += -std=gnu11 -Wall -Wextra -Werror -pthread -MMD -MP $(SANFLAGS)
 CPPFLAGS += -I. -I$(BUILD)/gen -I$(LLHTTP_INC) $(PKG_CFLAGS)
 LDFLAGS += -pthread $(SANFLAGS)
-LDLIBS  := $(PKG_LIBS) -lm
+LDLIBS  := $(PKG_LIBS) -lz -lm
 
 # ---- generated protobuf code -------------------------------------------------
 PROTOS    := $(wildcard proto/ddm/v1/*.proto)
@@ -87,6 +87,13 @@ $(call binname,$(1)): $(BUILD)/obj/$(1:.c=.o) $(ALL_LIBS)
 endef
 $(foreach m,$(wildcard $(MAINS)),$(eval $(call BIN_RULE,$(m))))
 
+# ---- benchmark programs: tools/bench/<name>_main.c -> $(BUILD)/bench/<name> ----
+BENCH_MAINS := $(wildcard tools/bench/*_main.c)
+BENCH_BINS  := $(patsubst tools/bench/%_main.c,$(BUILD)/bench/%,$(BENCH_MAINS))
+$(BUILD)/bench/%: $(BUILD)/obj/tools/bench/%_main.o $(ALL_LIBS)
+	@mkdir -p $(dir $@)
+	$(LINK)
+
 # ---- tests -------------------------------------------------------------------------
 TEST_SRCS := $(wildcard tests/test_*.c)
 TEST_BINS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRCS))
@@ -107,7 +114,7 @@ deps:
 
 build: $(BINS)
 
-test-build: $(BINS) $(TEST_BINS)
+test-build: $(BINS) $(TEST_BINS) $(BENCH_BINS)
 
 # `make test` installs what is missing, builds, then runs every tests/test_* binary
 # (each under a timeout) and ends with "N passed, N failed".
@@ -115,6 +122,14 @@ test:
 	@sh mk/deps.sh
 	@$(MAKE) --no-print-directory test-build
 	@DDM_BIN_DIR=$(abspath $(BIN)) sh tests/run.sh $(BUILD)/tests $(TESTS)
+
+# Benchmarks: each tools/bench/<name>.sh is run by `make bench-<name>` after a build.
+bench-%: all
+	@$(MAKE) --no-print-directory $(BENCH_BINS)
+	@BUILD=$(BUILD) BIN=$(BIN) sh tools/bench/$*.sh
+
+bench: all
+	@for s in tools/bench/*.sh; do n=$$(basename $$s .sh); $(MAKE) --no-print-directory bench-$$n || exit 1; done
 
 clean:
 	rm -rf build bin
