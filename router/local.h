@@ -1,0 +1,51 @@
+/* local.h -- an expert set loaded in-process: sampling without any daemon.
+ *
+ * Used by ddm-eval and ddm-train, and as the reference the served images
+ * are compared against: it runs the very same tick code as ddm-router, with
+ * net_forward standing in for the nanomsg round trip. */
+#ifndef DDM_LOCAL_H
+#define DDM_LOCAL_H
+
+#include <stddef.h>
+
+#include "common/model.h"
+#include "router/sampler.h"
+
+typedef struct ensemble {
+    int K;                 /* experts */
+    int dim;
+    int n_classes;         /* label classes of the experts (0 = unconditional) */
+    model *router;         /* router network, NULL for a single-model set */
+    model **experts;       /* [K] */
+    net_scratch **scratch; /* [K], for up to chunk rows */
+    int chunk;             /* rows per expert forward call */
+    tick *tk;
+    int tick_cap;
+} ensemble;
+
+/* Loads dir/router.safetensors and dir/expert-0..K-1.safetensors (K from
+ * the router's out_dim). Checks that every expert has the same dim and
+ * classes and that expert-k's metadata says expert_id k. NULL on error. */
+ensemble *ensemble_open(const char *dir, char *err, size_t errlen);
+/* A "set" of one denoiser (the monolith): strategies reduce to expert:0. */
+ensemble *ensemble_open_single(const char *path, char *err, size_t errlen);
+void ensemble_close(ensemble *e);
+
+/* Per-request statistics. */
+typedef struct sample_stats {
+    uint64_t rows;             /* expert rows evaluated, all images */
+    uint64_t rows_by_expert[STRAT_MAX_EXPERTS];
+    double switches;           /* mean routing switches per trajectory */
+    double seconds;            /* wall time */
+} sample_stats;
+
+/* Samples p->n images into out [n][dim] (values of x at t = 0, not clamped).
+ * trajs_out, if not NULL, receives the finished trajectories (caller frees
+ * each with traj_free) -- e.g. for traces. Returns 0 or an error. */
+int ensemble_sample(ensemble *e, const sample_params *p, float *out, sample_stats *st,
+                    traj **trajs_out);
+
+/* Runs one planned tick's expert rows in-process (net_forward per expert). */
+int ensemble_eval_tick(ensemble *e, tick *tk);
+
+#endif

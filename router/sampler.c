@@ -1,0 +1,397 @@
+/* sampler.c -- trajectories and ticks (see sampler.h). */
+#include "router/sampler.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/err.h"
+#include "common/rng.h"
+
+void sample_params_default(sample_params *p, int K)
+{
+    memset(p, 0, sizeof *p);
+    p->n = 1;
+    p->steps = 50;
+    p->seed = 0;
+    p->strat.kind = K >= 2 ? STRAT_TOPK : STRAT_EXPERT;
+    p->strat.k = K >= 2 ? 2 : 0;
+    p->strat.threshold = NAN;
+    p->strat.temperature = 1.0f;
+    p->label = -1;
+    p->guidance = 1.0f;
+    p->sampler = SAMPLER_EULER;
+}
+
+int sample_params_check(const sample_params *p, int n_classes, char *err, size_t errlen)
+{
+    if (p->n < 1 || p->n > SAMPLE_MAX_N) {
+        snprintf(err, errlen, "n = %d is out of range: allowed 1..%d", p->n, SAMPLE_MAX_N);
+        return DDM_EINVAL;
+    }
+    if (p->steps < 1 || p->steps > SAMPLE_MAX_STEPS) {
+        snprintf(err, errlen, "steps = %d is out of range: allowed 1..%d", p->steps,
+                 SAMPLE_MAX_STEPS);
+        return DDM_EINVAL;
+    }
+    if (p->label < -1 || p->label >= n_classes) {
+        if (n_classes == 0)
+            snprintf(err, errlen, "label = %d: this model is unconditional, omit label", p->label);
+        else
+            snprintf(err, errlen, "label = %d is out of range: allowed 0..%d", p->label,
+                     n_classes - 1);
+        return DDM_EINVAL;
+    }
+    if (!(p->guidance >= 0.0f && p->guidance <= 20.0f)) {
+        snprintf(err, errlen, "guidance = %g is out of range: allowed 0..20", p->guidance);
+        return DDM_EINVAL;
+    }
+    if (p->sampler != SAMPLER_EULER && p->sampler != SAMPLER_HEUN) {
+        snprintf(err, errlen, "sampler: allowed euler or heun");
+        return DDM_EINVAL;
+    }
+    return 0;
+}
+
+const char *sampler_name(sampler_kind k) { return k == SAMPLER_HEUN ? "heun" : "euler"; }
+
+int sampler_parse(const char *s, sampler_kind *out)
+{
+    if (!strcmp(s, "euler"))
+        *out = SAMPLER_EULER;
+    else if (!strcmp(s, "heun"))
+        *out = SAMPLER_HEUN;
+    else
+        return DDM_EINVAL;
+    return 0;
+}
+
+int sample_evals(const sample_params *p)
+{
+    return p->sampler == SAMPLER_HEUN ? 2 * p->steps : p->steps;
+}
+
+traj *traj_new(const sample_params *p, int image, int dim)
+{
+    traj *tr = calloc(1, sizeof *tr);
+    float *mem = malloc(4 * (size_t)dim * sizeof *mem);
+    if (!tr || !mem)
+        goto fail;
+    tr->p = p;
+    tr->image = image;
+    tr->dim = dim;
+    tr->x = mem;
+    tr->xe = mem + dim;
+    tr->v1 = mem + 2 * dim;
+    tr->v = mem + 3 * dim;
+    rng_normal_fill(p->seed, (uint64_t)image, 0, tr->x, (size_t)dim);
+    memcpy(tr->xe, tr->x, (size_t)dim * sizeof *mem);
+    memset(tr->v1, 0, 2 * (size_t)dim * sizeof *mem);
+    if (p->trace) {
+        tr->trace = calloc((size_t)sample_evals(p), sizeof *tr->trace);
+        if (!tr->trace)
+            goto fail;
+    }
+    return tr;
+fail:
+    free(mem);
+    free(tr);
+    return NULL;
+}
+
+void traj_free(traj *tr)
+{
+    if (!tr)
+        return;
+    free(tr->x);
+    free(tr->trace);
+    free(tr);
+}
+
+static float grid_time(const traj *tr, int step)
+{
+    return 1.0f - (float)step / (float)tr->p->steps;
+}
+
+float traj_time(const traj *tr)
+{
+    return grid_time(tr, tr->step + tr->stage);
+}
+
+/* Where one selected (trajectory, expert) pair's rows sit in the expert's buffer. */
+typedef struct slot {
+    int row_cond;   /* row with the label (or the only row), -1 if none */
+    int row_null;   /* row with the null label, -1 if none */
+} slot;
+
+struct tick {
+    int K, dim, cap;
+    const model *router;
+    net_scratch *router_scratch;
+    float *rx;          /* [cap][D] router inputs */
+    float *rt;          /* [cap] */
+    int *rlab;          /* [cap] */
+    float *logits;      /* [cap][K] */
+    /* per expert: rows to evaluate, capacity 2 * cap each */
+    float **x;          /* [K] -> [2cap][D] */
+    float **t;          /* [K] -> [2cap] */
+    int **lab;          /* [K] -> [2cap] */
+    float **out;        /* [K] -> [2cap][D] */
+    int *rows;          /* [K] */
+    traj **trajs;       /* [cap] the planned batch */
+    slot *slots;        /* [cap][K] */
+    int n;
+    double router_us;
+};
+
+tick *tick_new(int K, int dim, int max_trajs, const model *router, char *err, size_t errlen)
+{
+    if (K < 1 || K > STRAT_MAX_EXPERTS || dim < 1 || max_trajs < 1) {
+        snprintf(err, errlen, "tick: bad size (K %d, dim %d, capacity %d)", K, dim, max_trajs);
+        return NULL;
+    }
+    if (router && (router->cfg.in_dim != dim || router->cfg.out_dim != K)) {
+        snprintf(err, errlen, "router network maps %d -> %d, but the set has dim %d and %d experts",
+                 router->cfg.in_dim, router->cfg.out_dim, dim, K);
+        return NULL;
+    }
+    tick *tk = calloc(1, sizeof *tk);
+    if (!tk)
+        goto oom;
+    tk->K = K;
+    tk->dim = dim;
+    tk->cap = max_trajs;
+    tk->router = router;
+    size_t c = (size_t)max_trajs, D = (size_t)dim;
+    tk->rx = malloc(c * D * sizeof(float));
+    tk->rt = malloc(c * sizeof(float));
+    tk->rlab = malloc(c * sizeof(int));
+    tk->logits = malloc(c * (size_t)K * sizeof(float));
+    tk->x = calloc((size_t)K, sizeof(float *));
+    tk->t = calloc((size_t)K, sizeof(float *));
+    tk->lab = calloc((size_t)K, sizeof(int *));
+    tk->out = calloc((size_t)K, sizeof(float *));
+    tk->rows = calloc((size_t)K, sizeof(int));
+    tk->trajs = calloc(c, sizeof(traj *));
+    tk->slots = calloc(c * (size_t)K, sizeof(slot));
+    if (!tk->rx || !tk->rt || !tk->rlab || !tk->logits || !tk->x || !tk->t || !tk->lab ||
+        !tk->out || !tk->rows || !tk->trajs || !tk->slots)
+        goto oom;
+    for (int k = 0; k < K; k++) {
+        tk->x[k] = malloc(2 * c * D * sizeof(float));
+        tk->t[k] = malloc(2 * c * sizeof(float));
+        tk->lab[k] = malloc(2 * c * sizeof(int));
+        tk->out[k] = malloc(2 * c * D * sizeof(float));
+        if (!tk->x[k] || !tk->t[k] || !tk->lab[k] || !tk->out[k])
+            goto oom;
+    }
+    if (router) {
+        tk->router_scratch = net_scratch_new(&router->cfg, max_trajs, 0);
+        if (!tk->router_scratch)
+            goto oom;
+    }
+    return tk;
+oom:
+    snprintf(err, errlen, "tick: out of memory for %d trajectories of %d floats", max_trajs, dim);
+    tick_free(tk);
+    return NULL;
+}
+
+void tick_free(tick *tk)
+{
+    if (!tk)
+        return;
+    for (int k = 0; tk->x && k < tk->K; k++) {
+        free(tk->x[k]);
+        free(tk->t ? tk->t[k] : NULL);
+        free(tk->lab ? tk->lab[k] : NULL);
+        free(tk->out ? tk->out[k] : NULL);
+    }
+    free(tk->x);
+    free(tk->t);
+    free(tk->lab);
+    free(tk->out);
+    free(tk->rows);
+    free(tk->trajs);
+    free(tk->slots);
+    free(tk->rx);
+    free(tk->rt);
+    free(tk->rlab);
+    free(tk->logits);
+    net_scratch_free(tk->router_scratch);
+    free(tk);
+}
+
+int tick_capacity(const tick *tk) { return tk->cap; }
+double tick_router_us(const tick *tk) { return tk->router_us; }
+
+static double now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e6 + ts.tv_nsec / 1e3;
+}
+
+/* Appends one row (x, t, label) for expert k; returns its index. */
+static int add_row(tick *tk, int k, const float *x, float t, int label)
+{
+    int r = tk->rows[k]++;
+    memcpy(tk->x[k] + (size_t)r * tk->dim, x, (size_t)tk->dim * sizeof(float));
+    tk->t[k][r] = t;
+    tk->lab[k][r] = label;
+    return r;
+}
+
+int tick_plan(tick *tk, traj **trajs, int n)
+{
+    if (n < 0 || n > tk->cap)
+        return DDM_ERANGE;
+    int K = tk->K;
+    size_t D = (size_t)tk->dim;
+    tk->n = n;
+    memcpy(tk->trajs, trajs, (size_t)n * sizeof(traj *));
+    memset(tk->rows, 0, (size_t)K * sizeof(int));
+
+    /* 1. the router network, once over every trajectory whose strategy reads it */
+    int nr = 0;
+    for (int i = 0; i < n; i++) {
+        traj *tr = trajs[i];
+        if (tr->done || tr->dim != tk->dim)
+            return DDM_EINVAL;
+        if (!strategy_uses_router(&tr->p->strat))
+            continue;
+        if (!tk->router)
+            return DDM_EINVAL;
+        memcpy(tk->rx + (size_t)nr * D, tr->xe, D * sizeof(float));
+        tk->rt[nr] = traj_time(tr);
+        tk->rlab[nr] = tk->router->cfg.n_classes > 0 ? tr->p->label : -1;
+        nr++;
+    }
+    double t0 = now_us();
+    if (nr > 0) {
+        int rc = net_forward(&tk->router->cfg, &tk->router->w, tk->router_scratch, nr, tk->rx,
+                             tk->rt, tk->rlab, tk->logits);
+        if (rc)
+            return rc;
+    }
+    tk->router_us = now_us() - t0;
+
+    /* 2. selection per trajectory, rows grouped per expert */
+    int ir = 0;
+    for (int i = 0; i < n; i++) {
+        traj *tr = trajs[i];
+        const sample_params *p = tr->p;
+        const float *lg = NULL;
+        if (strategy_uses_router(&p->strat))
+            lg = tk->logits + (size_t)(ir++) * K;
+        double u = rng_uniform(p->seed, SAMPLE_STREAM_ROUTING + (uint64_t)tr->image,
+                               (uint64_t)tr->evals);
+        tr->n_sel = strategy_select(&p->strat, lg, K, u, tr->sel, tr->w);
+        float t = traj_time(tr);
+        int cond = p->label >= 0;
+        int cfg = cond && p->guidance != 1.0f;
+        slot *sl = tk->slots + (size_t)i * K;
+        for (int j = 0; j < tr->n_sel; j++) {
+            int k = tr->sel[j];
+            sl[j].row_cond = add_row(tk, k, tr->xe, t, cond ? p->label : -1);
+            sl[j].row_null = cfg ? add_row(tk, k, tr->xe, t, -1) : -1;
+        }
+    }
+    return 0;
+}
+
+int tick_rows(const tick *tk, int k, const float **x, const float **t, const int **labels)
+{
+    if (x)
+        *x = tk->x[k];
+    if (t)
+        *t = tk->t[k];
+    if (labels)
+        *labels = tk->lab[k];
+    return tk->rows[k];
+}
+
+float *tick_out(tick *tk, int k) { return tk->out[k]; }
+
+/* Records routing of the evaluation about to complete (trace, switches, rows). */
+static void account(traj *tr, const slot *sl)
+{
+    uint64_t mask = 0;
+    for (int j = 0; j < tr->n_sel; j++) {
+        int r = 1 + (sl[j].row_null >= 0);
+        mask |= 1ull << tr->sel[j];
+        tr->rows += (uint64_t)r;
+        tr->rows_by_expert[tr->sel[j]] += (uint32_t)r;
+    }
+    if (tr->evals > 0 && mask != tr->sel_mask_prev)
+        tr->switches++;
+    tr->sel_mask_prev = mask;
+    if (tr->trace) {
+        trace_entry *e = &tr->trace[tr->evals];
+        e->step = (uint16_t)tr->step;
+        e->stage = (uint8_t)tr->stage;
+        e->t = traj_time(tr);
+        e->n_sel = (uint8_t)tr->n_sel;
+        for (int j = 0; j < tr->n_sel; j++) {
+            e->sel[j] = (uint8_t)tr->sel[j];
+            e->w[j] = tr->w[j];
+        }
+    }
+}
+
+/* ODE step after the evaluation whose velocity is in tr->v. */
+static void advance(traj *tr)
+{
+    int D = tr->dim;
+    float dt = grid_time(tr, tr->step + 1) - grid_time(tr, tr->step); /* negative */
+    if (tr->p->sampler == SAMPLER_HEUN && tr->stage == 0) {
+        memcpy(tr->v1, tr->v, (size_t)D * sizeof(float));
+        for (int d = 0; d < D; d++)
+            tr->xe[d] = tr->x[d] + dt * tr->v1[d];
+        tr->stage = 1;
+    } else {
+        if (tr->p->sampler == SAMPLER_HEUN) {
+            for (int d = 0; d < D; d++)
+                tr->x[d] += dt * 0.5f * (tr->v1[d] + tr->v[d]);
+        } else {
+            for (int d = 0; d < D; d++)
+                tr->x[d] += dt * tr->v[d];
+        }
+        tr->stage = 0;
+        tr->step++;
+        memcpy(tr->xe, tr->x, (size_t)D * sizeof(float));
+    }
+    tr->evals++;
+    if (tr->step >= tr->p->steps)
+        tr->done = 1;
+}
+
+void tick_finish(tick *tk)
+{
+    size_t D = (size_t)tk->dim;
+    for (int i = 0; i < tk->n; i++) {
+        traj *tr = tk->trajs[i];
+        const slot *sl = tk->slots + (size_t)i * tk->K;
+        float g = tr->p->guidance;
+        memset(tr->v, 0, D * sizeof(float));
+        /* experts in increasing index order: the sum is deterministic */
+        for (int j = 0; j < tr->n_sel; j++) {
+            int k = tr->sel[j];
+            float w = tr->w[j];
+            const float *vc = tk->out[k] + (size_t)sl[j].row_cond * D;
+            if (sl[j].row_null >= 0) {
+                const float *vn = tk->out[k] + (size_t)sl[j].row_null * D;
+                for (size_t d = 0; d < D; d++)
+                    tr->v[d] += w * (vn[d] + g * (vc[d] - vn[d]));
+            } else {
+                for (size_t d = 0; d < D; d++)
+                    tr->v[d] += w * vc[d];
+            }
+        }
+        account(tr, sl);
+        advance(tr);
+    }
+    tk->n = 0;
+}

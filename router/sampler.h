@@ -1,0 +1,122 @@
+/* sampler.h -- flow-matching trajectories and the tick that advances many at once.
+ *
+ * Rectified flow: x_t = (1 - t) x0 + t eps; v = eps - x0; sampling integrates
+ * dx/dt = v from t = 1 (noise) to t = 0 on the grid t_i = 1 - i / steps.
+ * One "evaluation" of the combined velocity at (x, t) is
+ *     v = sum_k w_k [v_k(x, t, null) + g (v_k(x, t, label) - v_k(x, t, null))]
+ * with the experts and weights w chosen by the routing strategy from the
+ * router network's logits r(x, t, label); without a label (or with g = 1)
+ * each expert gets one row. Euler takes one evaluation per step, Heun two.
+ *
+ * A tick advances a batch of trajectories -- possibly of different requests
+ * at different steps -- by one evaluation, in three phases:
+ *   tick_plan()    router network over the batch, expert selection, and the
+ *                  rows (x, t, label) each selected expert must evaluate;
+ *   (caller)       fills tick_out(k) with expert k's velocities for its rows:
+ *                  in-process with net_forward (local.c) or over nanomsg;
+ *   tick_finish()  combines the experts' rows per trajectory and takes the
+ *                  ODE step.
+ * The same code runs in ddm-router and in-process (ddm-eval, ddm-train), so
+ * served and offline images are the same computation. */
+#ifndef DDM_SAMPLER_H
+#define DDM_SAMPLER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/model.h"
+#include "router/strategy.h"
+
+#define SAMPLE_MAX_N 256
+#define SAMPLE_MAX_STEPS 1000
+/* rng stream of the "sample" strategy's draws for image i: this + i */
+#define SAMPLE_STREAM_ROUTING (1ull << 32)
+
+typedef enum sampler_kind { SAMPLER_EULER = 0, SAMPLER_HEUN } sampler_kind;
+
+typedef struct sample_params {
+    int n;                /* images, 1..SAMPLE_MAX_N */
+    int steps;            /* 1..SAMPLE_MAX_STEPS */
+    uint64_t seed;        /* noise of image i is rng stream i of this seed */
+    strategy strat;
+    int label;            /* class, or -1 for unconditional */
+    float guidance;       /* classifier-free guidance scale; 1 = none */
+    sampler_kind sampler;
+    int trace;            /* record selected experts and weights per evaluation */
+} sample_params;
+
+/* Defaults: n 1, steps 50, top-2, unconditional, guidance 1, euler. */
+void sample_params_default(sample_params *p, int K);
+/* Range checks against the model (n_classes 0 = no labels). Returns 0 or
+ * DDM_EINVAL with a message naming the field and its allowed range. */
+int sample_params_check(const sample_params *p, int n_classes, char *err, size_t errlen);
+const char *sampler_name(sampler_kind k);
+/* "euler" / "heun" -> kind; returns 0 or DDM_EINVAL. */
+int sampler_parse(const char *s, sampler_kind *out);
+/* Evaluations per image: steps (euler) or 2 * steps (heun). */
+int sample_evals(const sample_params *p);
+
+/* One evaluation's routing, kept when tracing. */
+typedef struct trace_entry {
+    uint16_t step;
+    uint8_t stage;
+    uint8_t n_sel;
+    float t;
+    uint8_t sel[STRAT_MAX_EXPERTS];
+    float w[STRAT_MAX_EXPERTS];
+} trace_entry;
+
+/* One image's trajectory. Created by traj_new, advanced only by ticks. */
+typedef struct traj {
+    const sample_params *p;   /* not owned; must outlive the trajectory */
+    int image;                /* index within its request (noise stream) */
+    int dim;
+    float *x;                 /* [D] state at t_step */
+    float *xe;                /* [D] where the current evaluation happens */
+    float *v1;                /* [D] Heun: velocity of the predictor stage */
+    float *v;                 /* [D] combined velocity of the last evaluation */
+    int step;                 /* steps completed */
+    int stage;                /* Heun: 0 predictor, 1 corrector */
+    int evals;                /* evaluations completed */
+    int done;                 /* reached t = 0: x is the image */
+    int n_sel;                /* experts of the current evaluation */
+    int sel[STRAT_MAX_EXPERTS];
+    float w[STRAT_MAX_EXPERTS];
+    uint64_t sel_mask_prev;   /* selected set of the previous evaluation */
+    int switches;             /* evaluations whose set differed from the one before */
+    uint64_t rows;            /* expert rows evaluated for this image */
+    uint32_t rows_by_expert[STRAT_MAX_EXPERTS];
+    trace_entry *trace;       /* [sample_evals] when p->trace, else NULL */
+    void *owner;              /* free for the caller (e.g. its request) */
+} traj;
+
+/* Allocates trajectory `image` of request p with its initial noise
+ * x = N(0, I) from rng stream `image` of p->seed. Returns NULL on OOM. */
+traj *traj_new(const sample_params *p, int image, int dim);
+void traj_free(traj *tr);
+/* Time of the current evaluation. */
+float traj_time(const traj *tr);
+
+typedef struct tick tick;
+
+/* A tick for up to max_trajs trajectories of a K-expert set of dimension
+ * dim. router: the router network (used for strategies that read it; may be
+ * NULL when none will). Allocates all buffers once. NULL on error (err set). */
+tick *tick_new(int K, int dim, int max_trajs, const model *router, char *err, size_t errlen);
+void tick_free(tick *tk);
+int tick_capacity(const tick *tk);
+
+/* Phase 1: routing and grouping for trajs[0..n) (none done, n <= capacity).
+ * Returns 0 or an error (e.g. DDM_ERANGE for too many). */
+int tick_plan(tick *tk, traj **trajs, int n);
+/* Rows planned for expert k: returns the count and points x ([rows][D]),
+ * t ([rows]) and labels ([rows], -1 null) at the tick's buffers. */
+int tick_rows(const tick *tk, int k, const float **x, const float **t, const int **labels);
+/* Where the caller writes expert k's velocities, [rows][D]. */
+float *tick_out(tick *tk, int k);
+/* Phase 3: combines and steps every planned trajectory. */
+void tick_finish(tick *tk);
+/* Router-network time of the last plan, in microseconds. */
+double tick_router_us(const tick *tk);
+
+#endif

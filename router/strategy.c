@@ -1,0 +1,217 @@
+/* strategy.c -- routing strategies (see strategy.h). */
+#include "router/strategy.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/err.h"
+
+int strategy_parse(const char *name, int K, float threshold, float temperature,
+                   strategy *out, char *err, size_t errlen)
+{
+    memset(out, 0, sizeof *out);
+    out->threshold = NAN;
+    out->temperature = 1.0f;
+    if (K < 1 || K > STRAT_MAX_EXPERTS) {
+        snprintf(err, errlen, "strategy: the model has %d experts, allowed 1..%d", K,
+                 STRAT_MAX_EXPERTS);
+        return DDM_EINVAL;
+    }
+    char *end;
+    if (!strcmp(name, "full")) {
+        out->kind = STRAT_FULL;
+    } else if (!strcmp(name, "uniform")) {
+        out->kind = STRAT_UNIFORM;
+    } else if (!strcmp(name, "threshold")) {
+        out->kind = STRAT_THRESHOLD;
+        out->threshold = 0.05f;
+    } else if (!strcmp(name, "nucleus")) {
+        out->kind = STRAT_NUCLEUS;
+        out->threshold = 0.9f;
+    } else if (!strcmp(name, "sample")) {
+        out->kind = STRAT_SAMPLE;
+    } else if (!strncmp(name, "top-", 4) && name[4] >= '1' && name[4] <= '9') {
+        long k = strtol(name + 4, &end, 10);
+        if (*end || k < 1 || k > K) {
+            snprintf(err, errlen, "strategy \"%s\": top-k needs k in 1..%d", name, K);
+            return DDM_EINVAL;
+        }
+        out->kind = STRAT_TOPK;
+        out->k = (int)k;
+    } else if (!strncmp(name, "expert:", 7) && name[7] >= '0' && name[7] <= '9') {
+        long k = strtol(name + 7, &end, 10);
+        if (*end || k < 0 || k >= K) {
+            snprintf(err, errlen, "strategy \"%s\": expert:N needs N in 0..%d", name, K - 1);
+            return DDM_EINVAL;
+        }
+        out->kind = STRAT_EXPERT;
+        out->k = (int)k;
+    } else {
+        snprintf(err, errlen,
+                 "strategy \"%.64s\" is unknown: use full, top-1..top-%d, threshold, sample, "
+                 "nucleus, uniform or expert:0..%d", name, K, K - 1);
+        return DDM_EINVAL;
+    }
+    if (!isnan(threshold)) {
+        if (out->kind == STRAT_THRESHOLD && !(threshold > 0.0f && threshold <= 1.0f)) {
+            snprintf(err, errlen, "threshold = %g is out of range: allowed (0, 1]", threshold);
+            return DDM_EINVAL;
+        }
+        if (out->kind == STRAT_NUCLEUS && !(threshold > 0.0f && threshold <= 1.0f)) {
+            snprintf(err, errlen, "threshold (nucleus top_p) = %g is out of range: allowed (0, 1]",
+                     threshold);
+            return DDM_EINVAL;
+        }
+        if (out->kind == STRAT_THRESHOLD || out->kind == STRAT_NUCLEUS)
+            out->threshold = threshold;
+    }
+    if (!isnan(temperature)) {
+        if (!(temperature >= 0.01f && temperature <= 100.0f)) {
+            snprintf(err, errlen, "temperature = %g is out of range: allowed 0.01..100", temperature);
+            return DDM_EINVAL;
+        }
+        out->temperature = temperature;
+    }
+    return 0;
+}
+
+void strategy_name(const strategy *s, char *buf, size_t len)
+{
+    switch (s->kind) {
+    case STRAT_TOPK:      snprintf(buf, len, "top-%d", s->k); break;
+    case STRAT_FULL:      snprintf(buf, len, "full"); break;
+    case STRAT_THRESHOLD: snprintf(buf, len, "threshold"); break;
+    case STRAT_SAMPLE:    snprintf(buf, len, "sample"); break;
+    case STRAT_NUCLEUS:   snprintf(buf, len, "nucleus"); break;
+    case STRAT_UNIFORM:   snprintf(buf, len, "uniform"); break;
+    case STRAT_EXPERT:    snprintf(buf, len, "expert:%d", s->k); break;
+    }
+}
+
+int strategy_uses_router(const strategy *s)
+{
+    return s->kind != STRAT_UNIFORM && s->kind != STRAT_EXPERT;
+}
+
+void strategy_softmax(const float *logits, int K, float temp, float *p)
+{
+    float mx = logits[0];
+    for (int i = 1; i < K; i++)
+        if (logits[i] > mx)
+            mx = logits[i];
+    double sum = 0;
+    for (int i = 0; i < K; i++) {
+        p[i] = expf((logits[i] - mx) / temp);
+        sum += p[i];
+    }
+    for (int i = 0; i < K; i++)
+        p[i] = (float)(p[i] / sum);
+}
+
+/* order[] = expert indices by decreasing p, ties to the lower index */
+static void rank(const float *p, int K, int *order)
+{
+    for (int i = 0; i < K; i++)
+        order[i] = i;
+    for (int i = 1; i < K; i++) { /* insertion sort: K is small */
+        int o = order[i], j = i;
+        while (j > 0 && p[order[j - 1]] < p[o]) {
+            order[j] = order[j - 1];
+            j--;
+        }
+        order[j] = o;
+    }
+}
+
+/* Keeps the experts with keep[i] set, renormalised, in index order. */
+static int emit(const float *p, const int *keep, int K, int *idx, float *w)
+{
+    double sum = 0;
+    for (int i = 0; i < K; i++)
+        if (keep[i])
+            sum += p[i];
+    int m = 0;
+    for (int i = 0; i < K; i++) {
+        if (!keep[i])
+            continue;
+        idx[m] = i;
+        w[m] = sum > 0 ? (float)(p[i] / sum) : 0.0f;
+        m++;
+    }
+    if (sum <= 0)
+        for (int i = 0; i < m; i++)
+            w[i] = 1.0f / (float)m;
+    return m;
+}
+
+int strategy_select(const strategy *s, const float *logits, int K, double u, int *idx, float *w)
+{
+    float p[STRAT_MAX_EXPERTS];
+    int keep[STRAT_MAX_EXPERTS] = { 0 };
+    int order[STRAT_MAX_EXPERTS];
+    switch (s->kind) {
+    case STRAT_UNIFORM:
+        for (int i = 0; i < K; i++) {
+            idx[i] = i;
+            w[i] = 1.0f / (float)K;
+        }
+        return K;
+    case STRAT_EXPERT:
+        idx[0] = s->k;
+        w[0] = 1.0f;
+        return 1;
+    case STRAT_FULL:
+        strategy_softmax(logits, K, 1.0f, p);
+        for (int i = 0; i < K; i++)
+            keep[i] = 1;
+        return emit(p, keep, K, idx, w);
+    case STRAT_TOPK:
+        strategy_softmax(logits, K, 1.0f, p);
+        rank(p, K, order);
+        for (int i = 0; i < s->k && i < K; i++)
+            keep[order[i]] = 1;
+        return emit(p, keep, K, idx, w);
+    case STRAT_THRESHOLD: {
+        strategy_softmax(logits, K, 1.0f, p);
+        int any = 0;
+        for (int i = 0; i < K; i++)
+            if (p[i] >= s->threshold)
+                keep[i] = any = 1;
+        if (!any) {
+            rank(p, K, order);
+            keep[order[0]] = 1;
+        }
+        return emit(p, keep, K, idx, w);
+    }
+    case STRAT_NUCLEUS: {
+        strategy_softmax(logits, K, 1.0f, p);
+        rank(p, K, order);
+        double cum = 0;
+        for (int i = 0; i < K; i++) {
+            keep[order[i]] = 1;
+            cum += p[order[i]];
+            if (cum >= s->threshold)
+                break;
+        }
+        return emit(p, keep, K, idx, w);
+    }
+    case STRAT_SAMPLE: {
+        strategy_softmax(logits, K, s->temperature, p);
+        double cum = 0;
+        int pick = K - 1;
+        for (int i = 0; i < K; i++) {
+            cum += p[i];
+            if (u < cum) {
+                pick = i;
+                break;
+            }
+        }
+        idx[0] = pick;
+        w[0] = 1.0f;
+        return 1;
+    }
+    }
+    return 0;
+}

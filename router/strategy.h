@@ -1,0 +1,60 @@
+/* strategy.h -- routing strategies: which experts to call and with what weights.
+ *
+ * Given the router network's K logits for one latent, a strategy picks a set
+ * of experts and weights that sum to 1 (see the table in DESIGN.md):
+ *   full         softmax over all K
+ *   top-k        the k largest probabilities, renormalised        ("top-2")
+ *   threshold    every expert with p >= tau, renormalised (argmax if none)
+ *   sample       one expert drawn from softmax(logits / temperature)
+ *   nucleus      smallest set with cumulative p >= top_p, renormalised
+ *   uniform      1/K each (ignores the router)
+ *   expert:N     expert N alone (ignores the router)
+ * Ties are broken towards the lower expert index, so selection is
+ * deterministic. Selected experts are returned in increasing index order. */
+#ifndef DDM_STRATEGY_H
+#define DDM_STRATEGY_H
+
+#include <stddef.h>
+
+#define STRAT_MAX_EXPERTS 64
+
+typedef enum strat_kind {
+    STRAT_TOPK = 0,
+    STRAT_FULL,
+    STRAT_THRESHOLD,
+    STRAT_SAMPLE,
+    STRAT_NUCLEUS,
+    STRAT_UNIFORM,
+    STRAT_EXPERT,
+} strat_kind;
+
+typedef struct strategy {
+    strat_kind kind;
+    int k;              /* top-k: k; expert:N: N */
+    float threshold;    /* threshold: tau (default 0.05); nucleus: top_p (default 0.9) */
+    float temperature;  /* sample: temperature (default 1) */
+} strategy;
+
+/* Parses "top-2", "full", "threshold", "sample", "nucleus", "uniform",
+ * "expert:3" for a set of K experts. threshold/temperature may be NaN for
+ * "use the default". Returns 0, or DDM_EINVAL with a message naming the
+ * allowed values in err. */
+int strategy_parse(const char *name, int K, float threshold, float temperature,
+                   strategy *out, char *err, size_t errlen);
+
+/* Canonical name ("top-2", "expert:3", ...) into buf. */
+void strategy_name(const strategy *s, char *buf, size_t len);
+
+/* 1 if the strategy reads the router network's output. */
+int strategy_uses_router(const strategy *s);
+
+/* Selects experts for one latent. logits: K router outputs (may be NULL when
+ * !strategy_uses_router). u: a uniform draw in (0, 1), used by "sample".
+ * Writes up to K indices (increasing) into idx and weights into w; returns
+ * how many. Never fails for a strategy that strategy_parse accepted. */
+int strategy_select(const strategy *s, const float *logits, int K, double u, int *idx, float *w);
+
+/* Softmax of logits (length K) at temperature temp into p. */
+void strategy_softmax(const float *logits, int K, float temp, float *p);
+
+#endif

@@ -1,0 +1,174 @@
+/* test_strategy.c -- parsing and expert selection of every routing strategy. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "common/err.h"
+#include "router/strategy.h"
+
+#define K 8
+/* probabilities 0.4 0.25 0.15 0.1 0.05 0.03 0.015 0.005 as logits, shuffled */
+static const float P[K] = { 0.05f, 0.4f, 0.015f, 0.25f, 0.1f, 0.005f, 0.15f, 0.03f };
+static float L[K];
+
+static int setup(void **state)
+{
+    (void)state;
+    for (int i = 0; i < K; i++)
+        L[i] = logf(P[i]) + 3.0f; /* an offset must not matter */
+    return 0;
+}
+
+static strategy parse_ok(const char *name, float thr, float temp)
+{
+    strategy s;
+    char err[256];
+    int rc = strategy_parse(name, K, thr, temp, &s, err, sizeof err);
+    if (rc)
+        fail_msg("%s: %s", name, err);
+    return s;
+}
+
+static void expect_sel(const char *name, float thr, const int *idx, const float *w, int m)
+{
+    strategy s = parse_ok(name, thr, NAN);
+    int got[K];
+    float gw[K];
+    int n = strategy_select(&s, L, K, 0.5, got, gw);
+    assert_int_equal(n, m);
+    float sum = 0;
+    for (int i = 0; i < n; i++) {
+        assert_int_equal(got[i], idx[i]);
+        assert_float_equal(gw[i], w[i], 1e-5);
+        sum += gw[i];
+    }
+    assert_float_equal(sum, 1.0f, 1e-5);
+}
+
+static void test_topk(void **state)
+{
+    (void)state;
+    expect_sel("top-1", NAN, (int[]){ 1 }, (float[]){ 1.0f }, 1);
+    expect_sel("top-2", NAN, (int[]){ 1, 3 }, (float[]){ 0.4f / 0.65f, 0.25f / 0.65f }, 2);
+    expect_sel("top-3", NAN, (int[]){ 1, 3, 6 }, (float[]){ 0.5f, 0.3125f, 0.1875f }, 3);
+}
+
+static void test_full_uniform_expert(void **state)
+{
+    (void)state;
+    int all[K] = { 0, 1, 2, 3, 4, 5, 6, 7 };
+    expect_sel("full", NAN, all, P, K);
+    float u[K];
+    for (int i = 0; i < K; i++)
+        u[i] = 1.0f / K;
+    expect_sel("uniform", NAN, all, u, K);
+    expect_sel("expert:6", NAN, (int[]){ 6 }, (float[]){ 1.0f }, 1);
+    /* uniform and expert:N never read the router */
+    strategy s = parse_ok("expert:2", NAN, NAN);
+    int idx[K];
+    float w[K];
+    assert_int_equal(strategy_select(&s, NULL, K, 0.5, idx, w), 1);
+    assert_int_equal(idx[0], 2);
+    assert_false(strategy_uses_router(&s));
+    s = parse_ok("uniform", NAN, NAN);
+    assert_false(strategy_uses_router(&s));
+    s = parse_ok("top-2", NAN, NAN);
+    assert_true(strategy_uses_router(&s));
+}
+
+static void test_threshold_nucleus(void **state)
+{
+    (void)state;
+    /* tau 0.1: 0.4 0.25 0.15 0.1 -> experts 1 3 4 6 */
+    expect_sel("threshold", 0.1f, (int[]){ 1, 3, 4, 6 },
+               (float[]){ 0.4f / 0.9f, 0.25f / 0.9f, 0.1f / 0.9f, 0.15f / 0.9f }, 4);
+    /* tau above every p: falls back to the argmax */
+    expect_sel("threshold", 0.9f, (int[]){ 1 }, (float[]){ 1.0f }, 1);
+    /* nucleus 0.8: 0.4+0.25+0.15 = 0.8 */
+    expect_sel("nucleus", 0.8f, (int[]){ 1, 3, 6 }, (float[]){ 0.5f, 0.3125f, 0.1875f }, 3);
+    /* default nucleus 0.9: + 0.1 */
+    expect_sel("nucleus", NAN, (int[]){ 1, 3, 4, 6 },
+               (float[]){ 0.4f / 0.9f, 0.25f / 0.9f, 0.1f / 0.9f, 0.15f / 0.9f }, 4);
+}
+
+static void test_sample_follows_probabilities(void **state)
+{
+    (void)state;
+    strategy s = parse_ok("sample", NAN, NAN);
+    int count[K] = { 0 };
+    enum { N = 20000 };
+    for (int i = 0; i < N; i++) {
+        int idx[K];
+        float w[K];
+        double u = (i + 0.5) / N; /* a stratified sweep of (0, 1) */
+        assert_int_equal(strategy_select(&s, L, K, u, idx, w), 1);
+        assert_float_equal(w[0], 1.0f, 0);
+        count[idx[0]]++;
+    }
+    for (int i = 0; i < K; i++)
+        assert_float_equal((double)count[i] / N, P[i], 2e-3);
+    /* low temperature concentrates on the argmax */
+    s = parse_ok("sample", NAN, 0.05f);
+    int idx[K];
+    float w[K];
+    strategy_select(&s, L, K, 0.9, idx, w);
+    assert_int_equal(idx[0], 1);
+}
+
+static void test_ties_go_to_lower_index(void **state)
+{
+    (void)state;
+    float flat[K] = { 0 };
+    strategy s = parse_ok("top-2", NAN, NAN);
+    int idx[K];
+    float w[K];
+    assert_int_equal(strategy_select(&s, flat, K, 0.5, idx, w), 2);
+    assert_int_equal(idx[0], 0);
+    assert_int_equal(idx[1], 1);
+}
+
+static void test_parse_errors(void **state)
+{
+    (void)state;
+    struct { const char *name; float thr, temp; const char *msg; } bad[] = {
+        { "top-0", NAN, NAN, "unknown" },        { "top-9", NAN, NAN, "1..8" },
+        { "top-", NAN, NAN, "unknown" },         { "top-2x", NAN, NAN, "1..8" },
+        { "expert:8", NAN, NAN, "0..7" },        { "expert:-1", NAN, NAN, "unknown" },
+        { "best", NAN, NAN, "unknown" },         { "", NAN, NAN, "unknown" },
+        { "threshold", 0.0f, NAN, "(0, 1]" },    { "threshold", 1.5f, NAN, "(0, 1]" },
+        { "nucleus", -1.0f, NAN, "(0, 1]" },     { "sample", NAN, 0.0f, "0.01..100" },
+        { "sample", NAN, 1e9f, "0.01..100" },
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        strategy s;
+        char err[256] = "";
+        assert_int_equal(strategy_parse(bad[i].name, K, bad[i].thr, bad[i].temp, &s, err,
+                                        sizeof err), DDM_EINVAL);
+        if (!strstr(err, bad[i].msg))
+            fail_msg("\"%s\": message \"%s\" lacks \"%s\"", bad[i].name, err, bad[i].msg);
+    }
+    char name[32];
+    strategy s = parse_ok("expert:5", NAN, NAN);
+    strategy_name(&s, name, sizeof name);
+    assert_string_equal(name, "expert:5");
+    s = parse_ok("top-3", NAN, NAN);
+    strategy_name(&s, name, sizeof name);
+    assert_string_equal(name, "top-3");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_topk),
+        cmocka_unit_test(test_full_uniform_expert),
+        cmocka_unit_test(test_threshold_nucleus),
+        cmocka_unit_test(test_sample_follows_probabilities),
+        cmocka_unit_test(test_ties_go_to_lower_index),
+        cmocka_unit_test(test_parse_errors),
+    };
+    return cmocka_run_group_tests(tests, setup, NULL);
+}
