@@ -1,0 +1,50 @@
+/* api.h -- the sampling API's wire formats: request decoding and response encoding.
+ *
+ * POST /v1/samples takes JSON (application/json) or protobuf
+ * (application/x-protobuf, ddm.v1.SampleRequest) and answers in the request's
+ * format, or per Accept: application/json, application/x-protobuf, or
+ * image/png (one grid of all images). Decoding checks every field's type and
+ * range and names the field in its message; unknown JSON fields are refused
+ * so that a typo is not silently ignored. */
+#ifndef DDM_API_H
+#define DDM_API_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "router/sampler.h"
+
+/* Upper bound on n x evaluations per request (keeps one request from
+ * occupying the service for minutes). */
+#define API_MAX_WORK (256 * 1000)
+
+typedef enum api_format { API_JSON = 0, API_PROTO, API_PNG } api_format;
+
+/* Decodes a sample request. K and n_classes describe the served model.
+ * On success returns 0 and fills *p (seed drawn from *seed_state when
+ * absent). On failure returns the HTTP status to answer (400 or 415), and
+ * err_code / err hold the error's code ("bad_field", "bad_json", ...) and
+ * message. */
+int api_decode_sample(const char *content_type, const uint8_t *body, size_t len, int K,
+                      int n_classes, uint64_t *seed_state, sample_params *p,
+                      const char **err_code, char *err, size_t errlen);
+
+/* Response format from the Accept header (may be NULL) and the request's
+ * content type. Returns 0 and *fmt, or 406 if Accept names nothing we make. */
+int api_response_format(const char *accept, const char *content_type, api_format *fmt);
+
+/* What a finished request returns. */
+typedef struct api_result {
+    const sample_params *p;
+    int K;
+    int width, height;        /* image side; width * height = dim */
+    traj **trajs;             /* [p->n] finished trajectories (x = image) */
+    double queue_ms, total_ms, router_ms, expert_ms;
+} api_result;
+
+/* Encodes the response body (malloc'd, caller frees) and its content type.
+ * Returns 0, or DDM_ENOMEM / DDM_EFORMAT with err set. */
+int api_encode_sample(api_format fmt, const api_result *r, uint8_t **body, size_t *len,
+                      const char **content_type, char *err, size_t errlen);
+
+#endif

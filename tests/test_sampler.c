@@ -1,0 +1,310 @@
+/* test_sampler.c -- trajectories, ticks (routing, grouping, CFG, ODE steps)
+ * and in-process sampling with a small random expert set on disk. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "common/err.h"
+#include "common/model.h"
+#include "common/rng.h"
+#include "common/st.h"
+#include "router/local.h"
+#include "router/sampler.h"
+#include "tests/support/toyset.h"
+
+#define D 6
+
+static sample_params params(const char *strat, int K, int steps, sampler_kind s)
+{
+    sample_params p;
+    sample_params_default(&p, K);
+    char err[256];
+    if (strategy_parse(strat, K, NAN, NAN, &p.strat, err, sizeof err))
+        fail_msg("%s", err);
+    p.steps = steps;
+    p.sampler = s;
+    p.seed = 99;
+    return p;
+}
+
+/* Velocity of toy expert k: v = a_k x + b_k (elementwise, same for all dims). */
+static const float A[3] = { -1.0f, -0.5f, 0.25f };
+static const float B[3] = { 0.3f, -0.2f, 0.1f };
+
+static void fill_linear(tick *tk, int K)
+{
+    for (int k = 0; k < K; k++) {
+        const float *x;
+        int rows = tick_rows(tk, k, &x, NULL, NULL);
+        float *o = tick_out(tk, k);
+        for (int r = 0; r < rows * D; r++)
+            o[r] = A[k] * x[r] + B[k];
+    }
+}
+
+static void test_initial_noise_is_keyed_by_seed_and_image(void **state)
+{
+    (void)state;
+    sample_params p = params("expert:0", 3, 10, SAMPLER_EULER);
+    traj *t0 = traj_new(&p, 0, D), *t1 = traj_new(&p, 1, D);
+    float z[D];
+    rng_normal_fill(99, 1, 0, z, D);
+    for (int d = 0; d < D; d++)
+        assert_true(t1->x[d] == z[d]);
+    assert_true(t0->x[0] != t1->x[0]);
+    assert_float_equal(traj_time(t0), 1.0f, 0);
+    traj_free(t0);
+    traj_free(t1);
+}
+
+static void test_euler_matches_recurrence(void **state)
+{
+    (void)state;
+    char err[256];
+    tick *tk = tick_new(3, D, 4, NULL, err, sizeof err);
+    assert_non_null(tk);
+    sample_params p = params("expert:1", 3, 7, SAMPLER_EULER);
+    traj *tr = traj_new(&p, 0, D);
+    float ref[D];
+    memcpy(ref, tr->x, sizeof ref);
+    for (int s = 0; s < 7; s++) {
+        assert_int_equal(tick_plan(tk, &tr, 1), 0);
+        assert_int_equal(tick_rows(tk, 0, NULL, NULL, NULL), 0);
+        assert_int_equal(tick_rows(tk, 1, NULL, NULL, NULL), 1);
+        const float *t;
+        tick_rows(tk, 1, NULL, &t, NULL);
+        assert_float_equal(t[0], 1.0f - s / 7.0f, 1e-6);
+        fill_linear(tk, 3);
+        tick_finish(tk);
+        for (int d = 0; d < D; d++)
+            ref[d] += (-1.0f / 7.0f) * (A[1] * ref[d] + B[1]);
+    }
+    assert_true(tr->done);
+    assert_int_equal(tr->evals, 7);
+    for (int d = 0; d < D; d++)
+        assert_float_equal(tr->x[d], ref[d], 1e-5);
+    assert_int_equal(tick_plan(tk, &tr, 1), DDM_EINVAL); /* done trajectories are refused */
+    traj_free(tr);
+    tick_free(tk);
+}
+
+static void test_heun_second_order(void **state)
+{
+    (void)state;
+    char err[256];
+    tick *tk = tick_new(3, D, 4, NULL, err, sizeof err);
+    sample_params p = params("expert:0", 3, 5, SAMPLER_HEUN);
+    traj *tr = traj_new(&p, 0, D);
+    float ref[D];
+    memcpy(ref, tr->x, sizeof ref);
+    int evals = 0;
+    while (!tr->done) {
+        assert_int_equal(tick_plan(tk, &tr, 1), 0);
+        fill_linear(tk, 3);
+        tick_finish(tk);
+        evals++;
+    }
+    assert_int_equal(evals, 10);
+    /* Heun on dx/dt = a x + b with step h: x' = x + h/2 (f(x) + f(x + h f(x))) */
+    float h = -0.2f;
+    for (int s = 0; s < 5; s++)
+        for (int d = 0; d < D; d++) {
+            float f1 = A[0] * ref[d] + B[0];
+            float f2 = A[0] * (ref[d] + h * f1) + B[0];
+            ref[d] += 0.5f * h * (f1 + f2);
+        }
+    for (int d = 0; d < D; d++)
+        assert_float_equal(tr->x[d], ref[d], 1e-5);
+    traj_free(tr);
+    tick_free(tk);
+}
+
+static void test_uniform_and_guidance_rows(void **state)
+{
+    (void)state;
+    char err[256];
+    tick *tk = tick_new(3, D, 4, NULL, err, sizeof err);
+    sample_params p = params("uniform", 3, 4, SAMPLER_EULER);
+    p.label = 2;
+    p.guidance = 3.0f;
+    traj *tr[2] = { traj_new(&p, 0, D), traj_new(&p, 1, D) };
+    float x0[D];
+    memcpy(x0, tr[1]->x, sizeof x0);
+    assert_int_equal(tick_plan(tk, tr, 2), 0);
+    for (int k = 0; k < 3; k++) {
+        const int *lab;
+        /* two trajectories x (label row + null row) */
+        assert_int_equal(tick_rows(tk, k, NULL, NULL, &lab), 4);
+        assert_int_equal(lab[0], 2);
+        assert_int_equal(lab[1], -1);
+        float *o = tick_out(tk, k);
+        for (int r = 0; r < 4; r++)
+            for (int d = 0; d < D; d++) /* cond rows: k + 1, null rows: 10 k */
+                o[r * D + d] = (r % 2 == 0) ? (float)(k + 1) : 10.0f * k;
+    }
+    tick_finish(tk);
+    /* v = sum_k 1/3 (null + g (cond - null)) */
+    float v = 0;
+    for (int k = 0; k < 3; k++)
+        v += (10.0f * k + 3.0f * ((k + 1) - 10.0f * k)) / 3.0f;
+    for (int d = 0; d < D; d++)
+        assert_float_equal(tr[1]->x[d], x0[d] - 0.25f * v, 1e-5);
+    assert_int_equal(tr[0]->rows, 6);
+    assert_int_equal(tr[0]->rows_by_expert[2], 2);
+    /* without guidance (g = 1) a labelled request sends one row per expert */
+    sample_params q = params("uniform", 3, 4, SAMPLER_EULER);
+    q.label = 1;
+    traj *t1 = traj_new(&q, 0, D);
+    assert_int_equal(tick_plan(tk, &t1, 1), 0);
+    const int *lab;
+    assert_int_equal(tick_rows(tk, 0, NULL, NULL, &lab), 1);
+    assert_int_equal(lab[0], 1);
+    fill_linear(tk, 3);
+    tick_finish(tk);
+    traj_free(t1);
+    traj_free(tr[0]);
+    traj_free(tr[1]);
+    tick_free(tk);
+}
+
+/* ---- with real networks ------------------------------------------------------------- */
+
+static char dir[64];
+
+static int setup_set(void **state)
+{
+    (void)state;
+    if (toyset_tempdir(dir, sizeof dir, "test-sampler"))
+        return -1;
+    return toyset_write(dir, 3, 16, 3, 0);
+}
+
+static int teardown_set(void **state)
+{
+    (void)state;
+    toyset_rmdir(dir);
+    return 0;
+}
+
+static void test_plan_routes_by_router_network(void **state)
+{
+    (void)state;
+    char err[256];
+    ensemble *e = ensemble_open(dir, err, sizeof err);
+    if (!e)
+        fail_msg("%s", err);
+    assert_int_equal(e->K, 3);
+    sample_params p = params("top-1", 3, 10, SAMPLER_EULER);
+    enum { N = 40 };
+    traj *tr[N];
+    for (int i = 0; i < N; i++)
+        tr[i] = traj_new(&p, i, 16);
+    assert_int_equal(tick_plan(e->tk, tr, N), 0);
+    /* recompute the router's choice independently */
+    float logits[N * 3], x[N * 16], t[N];
+    for (int i = 0; i < N; i++) {
+        memcpy(x + i * 16, tr[i]->xe, 16 * sizeof(float));
+        t[i] = 1.0f;
+    }
+    net_scratch *s = net_scratch_new(&e->router->cfg, N, 0);
+    assert_int_equal(net_forward(&e->router->cfg, &e->router->w, s, N, x, t, NULL, logits), 0);
+    net_scratch_free(s);
+    int count[3] = { 0 };
+    for (int i = 0; i < N; i++) {
+        int best = 0;
+        for (int k = 1; k < 3; k++)
+            if (logits[i * 3 + k] > logits[i * 3 + best])
+                best = k;
+        assert_int_equal(tr[i]->n_sel, 1);
+        assert_int_equal(tr[i]->sel[0], best);
+        count[best]++;
+    }
+    for (int k = 0; k < 3; k++)
+        assert_int_equal(tick_rows(e->tk, k, NULL, NULL, NULL), count[k]);
+    assert_int_equal(ensemble_eval_tick(e, e->tk), 0);
+    tick_finish(e->tk);
+    for (int i = 0; i < N; i++)
+        traj_free(tr[i]);
+    ensemble_close(e);
+}
+
+static void test_sampling_is_deterministic_per_seed(void **state)
+{
+    (void)state;
+    char err[256];
+    ensemble *e = ensemble_open(dir, err, sizeof err);
+    assert_non_null(e);
+    sample_params p = params("top-2", 3, 12, SAMPLER_HEUN);
+    p.n = 5;
+    p.trace = 1;
+    float a[5 * 16], b[5 * 16], c[2 * 16];
+    sample_stats st;
+    traj *trs[5];
+    assert_int_equal(ensemble_sample(e, &p, a, &st, trs), 0);
+    assert_int_equal(st.rows, 5 * 24 * 2); /* 2 experts x 24 evaluations x 5 images */
+    uint64_t by = 0;
+    for (int k = 0; k < 3; k++)
+        by += st.rows_by_expert[k];
+    assert_int_equal(by, st.rows);
+    for (int i = 0; i < 5; i++) {
+        assert_int_equal(trs[i]->trace[0].n_sel, 2);
+        float wsum = trs[i]->trace[5].w[0] + trs[i]->trace[5].w[1];
+        assert_float_equal(wsum, 1.0f, 1e-5);
+        traj_free(trs[i]);
+    }
+    assert_int_equal(ensemble_sample(e, &p, b, NULL, NULL), 0);
+    assert_memory_equal(a, b, sizeof a);
+    /* an image does not depend on the other images of its request (up to
+     * BLAS rounding: OpenBLAS may round a row differently for another batch
+     * height, by an ulp or so) */
+    p.n = 2;
+    assert_int_equal(ensemble_sample(e, &p, c, NULL, NULL), 0);
+    for (int i = 0; i < 2 * 16; i++)
+        assert_float_equal(a[i], c[i], 1e-4);
+    p.seed = 100;
+    assert_int_equal(ensemble_sample(e, &p, c, NULL, NULL), 0);
+    assert_true(memcmp(a, c, sizeof c) != 0);
+    for (int i = 0; i < 5 * 16; i++)
+        assert_true(isfinite(a[i]));
+    ensemble_close(e);
+}
+
+static void test_open_refuses_wrong_expert_file(void **state)
+{
+    (void)state;
+    char err[256], from[128], to[128];
+    snprintf(from, sizeof from, "%s/expert-1.safetensors", dir);
+    snprintf(to, sizeof to, "%s/expert-1.bak", dir);
+    assert_int_equal(rename(from, to), 0);
+    assert_null(ensemble_open(dir, err, sizeof err));
+    assert_non_null(strstr(err, "expert-1.safetensors"));
+    /* expert-2's file in expert-1's place: refused for its id */
+    char two[128];
+    snprintf(two, sizeof two, "%s/expert-2.safetensors", dir);
+    assert_int_equal(link(two, from), 0);
+    assert_null(ensemble_open(dir, err, sizeof err));
+    assert_non_null(strstr(err, "expert_id 2"));
+    unlink(from);
+    assert_int_equal(rename(to, from), 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_initial_noise_is_keyed_by_seed_and_image),
+        cmocka_unit_test(test_euler_matches_recurrence),
+        cmocka_unit_test(test_heun_second_order),
+        cmocka_unit_test(test_uniform_and_guidance_rows),
+        cmocka_unit_test(test_plan_routes_by_router_network),
+        cmocka_unit_test(test_sampling_is_deterministic_per_seed),
+        cmocka_unit_test(test_open_refuses_wrong_expert_file),
+    };
+    return cmocka_run_group_tests(tests, setup_set, teardown_set);
+}
