@@ -112,6 +112,8 @@ all:
 deps:
 	@sh mk/deps.sh
 
+data: ; @sh mk/data.sh
+
 build: $(BINS)
 
 test-build: $(BINS) $(TEST_BINS) $(BENCH_BINS)
