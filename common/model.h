@@ -32,11 +32,16 @@ typedef struct model {
     char dataset[32];
 } model;
 
-/* Opens and validates a weights file: metadata present and sane, every tensor
- * of the layout present with exactly the expected shape, finite values.
- * Returns NULL with a one-line message in err (naming the file and tensor) on
- * any problem. */
+/* Opens and validates a weights file: metadata present and sane (config ints
+ * are plain decimals passing net_config_check; a denoiser has out_dim ==
+ * in_dim; a router with num_experts > 0 has out_dim == num_experts;
+ * -1 <= expert_id < num_experts), every tensor of the layout present as
+ * F32/F16/BF16 with exactly the expected shape, no layout tensor the config
+ * rules out, finite values, Gaussian variances g_lam >= 0 and g_sig2 > 0.
+ * Returns the model (caller closes it) or NULL with a one-line message in err
+ * naming the file and the tensor or key. */
 model *model_open(const char *path, char *err, size_t errlen);
+/* Frees the params, closes the file; NULL is a no-op. */
 void model_close(model *m);
 
 const char *model_kind_name(model_kind k);
@@ -45,7 +50,9 @@ const char *model_meta(const model *m, const char *key);
 
 /* Adds the network's tensors (params in net_tensor_table layout, stored as
  * dtype) and the required metadata to w. The caller adds any other metadata
- * or tensors and calls st_writer_save(). Returns 0 or an error. */
+ * or tensors and calls st_writer_save(). dataset may be NULL (""). Returns 0,
+ * DDM_EINVAL (bad kind, dtype, config, expert_id < -1, dataset of 32+ chars,
+ * or a name already in w) or DDM_ENOMEM. */
 int model_write(st_writer *w, model_kind kind, const net_config *c, const float *params,
                 st_dtype dtype, const char *dataset, int expert_id, int num_experts);
 

@@ -23,17 +23,24 @@ typedef struct st_tensor {
     st_dtype dtype;
     int ndim;
     int64_t shape[ST_MAX_DIMS];
-    const void *data;      /* inside the read-only mapping */
-    size_t nbytes;
+    const void *data;      /* inside the read-only mapping; may be unaligned (read
+                              with memcpy or st_read_f32), little-endian */
+    size_t nbytes;         /* == st_numel() * element size, checked at open */
 } st_tensor;
 
 typedef struct st_file st_file;
 
 /* Maps and validates `path`. Returns NULL on any problem with a one-line
- * message in err that names the file and what is wrong. */
+ * message in err that names the file and what is wrong ("weights file P: ...").
+ * Besides the checks above: dtypes F32 F16 BF16 I32 I64 U8 only, at most
+ * ST_MAX_DIMS dims, unique names, no gap or trailing bytes in the data block,
+ * __metadata__ an object of strings. The sha256 is computed here. The file
+ * must not be modified in place while open (writers replace it by rename). */
 st_file *st_open(const char *path, char *err, size_t errlen);
+/* Unmaps and frees f and everything it returned; NULL is a no-op. */
 void st_close(st_file *f);
 
+/* Tensors in header order; st_at returns NULL outside 0..count-1. */
 int st_count(const st_file *f);
 const st_tensor *st_at(const st_file *f, int i);
 /* Returns the tensor called name, or NULL. */
@@ -55,21 +62,41 @@ int st_read_f32(const st_tensor *t, float *dst, size_t n, char *err, size_t errl
 
 /* Writer: collects tensors (copied, converted to the requested dtype) and
  * metadata, then writes the file to path.tmp and renames it over path, so a
- * crash never leaves a half-written weights file. */
+ * crash never leaves a half-written weights file. Tensors are laid out in add
+ * order; the header is padded with spaces to a multiple of 8 bytes. */
 typedef struct st_writer st_writer;
+/* Returns an empty writer, or NULL when out of memory. */
 st_writer *st_writer_new(void);
+/* Frees w and its copies; NULL is a no-op. */
 void st_writer_free(st_writer *w);
-/* data holds numel(shape) floats; dtype is ST_F32, ST_F16 or ST_BF16. */
+/* Copies data (numel(shape) floats; may be NULL only if that is 0), stored
+ * as dtype ST_F32, ST_F16 or ST_BF16 (rounded to nearest even). ndim 0 is a
+ * scalar. Returns 0, DDM_EINVAL (empty, reserved or duplicate name, bad dtype
+ * or shape) or DDM_ENOMEM; on failure w is unchanged. */
 int st_writer_add_f32(st_writer *w, const char *name, st_dtype dtype, int ndim,
                       const int64_t *shape, const float *data);
-/* Raw bytes of any dtype (e.g. ST_I32 assignments). */
+/* Copies raw little-endian bytes of any dtype (e.g. ST_I32 assignments);
+ * nbytes must equal numel(shape) * element size. Returns as st_writer_add_f32. */
 int st_writer_add_raw(st_writer *w, const char *name, st_dtype dtype, int ndim,
                       const int64_t *shape, const void *data, size_t nbytes);
+/* Sets a __metadata__ string (copied); setting a key again replaces its
+ * value. Returns 0, DDM_EINVAL or DDM_ENOMEM. */
 int st_writer_meta(st_writer *w, const char *key, const char *value);
+/* Writes everything added so far to path (via path.tmp, fsync, rename; the
+ * temporary is removed on failure). w stays usable. Returns 0, DDM_ENOMEM or
+ * -errno with a one-line message in err. */
 int st_writer_save(st_writer *w, const char *path, char *err, size_t errlen);
 
-/* IEEE half <-> float, round to nearest even. */
+/* IEEE half <-> float, round to nearest even; inf, NaN and subnormals kept. */
 uint16_t st_f32_to_f16(float f);
 float st_f16_to_f32(uint16_t h);
+/* bfloat16 <-> float, round to nearest even; NaN stays NaN. */
+uint16_t st_f32_to_bf16(float f);
+float st_bf16_to_f32(uint16_t h);
+
+/* The dtype's name in headers ("F32", ...) and its element size in bytes;
+ * "?" and 0 for a value outside the enum. */
+const char *st_dtype_name(st_dtype d);
+size_t st_dtype_size(st_dtype d);
 
 #endif

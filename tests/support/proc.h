@@ -1,0 +1,33 @@
+/* proc.h -- child processes for end-to-end tests: the real binaries, started
+ * the way a user starts them, with their output in a log file. */
+#ifndef DDM_TEST_PROC_H
+#define DDM_TEST_PROC_H
+
+#include <sys/types.h>
+
+/* Path of binary name ("ddm-router") under $DDM_BIN_DIR (default ./bin). */
+const char *proc_bin(const char *name, char *buf, size_t len);
+
+/* Starts argv (argv[0] = path) with stdout and stderr appended to log
+ * (NULL: /dev/null). Returns the pid or -1. */
+pid_t proc_start(char *const argv[], const char *log);
+
+/* Sends sig and waits up to timeout_ms for the exit; then SIGKILLs.
+ * Returns the exit status as from waitpid (or -1). */
+int proc_stop(pid_t pid, int sig, int timeout_ms);
+
+/* Waits up to timeout_ms for pid to exit by itself; returns the waitpid
+ * status, or -1 on timeout (the process keeps running). */
+int proc_wait(pid_t pid, int timeout_ms);
+
+/* Polls http://127.0.0.1:port path until it answers want_status or
+ * timeout_ms passes. Returns 0 on success, -1 on timeout. */
+int proc_wait_http(int port, const char *path, int want_status, int timeout_ms);
+
+/* A TCP port that was free a moment ago (bind to port 0 and close). */
+int proc_free_port(void);
+
+/* Prints the last lines of a log file to stderr (for failing tests). */
+void proc_dump_log(const char *log);
+
+#endif
