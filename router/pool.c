@@ -383,7 +383,9 @@ static void send_probe(replica *rp)
     wr.info = &ir;
     uint8_t buf[64];
     size_t len = ddm__v1__worker_request__pack(&wr, buf);
-    if (nnuv_send_copy(rp->probe, buf, len, NULL) == 0) {
+    nnuv_hdr h;
+    nnuv_hdr_set_id(&h, rp->p->next_id++ & 0x7fffffffu);
+    if (nnuv_send_copy(rp->probe, buf, len, &h) == 0) {
         rp->awaiting = 1;
         rp->probe_sent_ns = uv_hrtime();
     }
@@ -432,13 +434,11 @@ static int open_sock(int proto, int raw, const char *url, char *err, size_t errl
         snprintf(err, errlen, "nanomsg socket: %s", nn_strerror(nn_errno()));
         return -1;
     }
-    int unlimited = -1, buf = 8 << 20, ivl = 3600 * 1000, linger = 0;
+    int unlimited = -1, buf = 8 << 20, linger = 0;
     nn_setsockopt(s, NN_SOL_SOCKET, NN_RCVMAXSIZE, &unlimited, sizeof unlimited);
     nn_setsockopt(s, NN_SOL_SOCKET, NN_SNDBUF, &buf, sizeof buf);
     nn_setsockopt(s, NN_SOL_SOCKET, NN_RCVBUF, &buf, sizeof buf);
     nn_setsockopt(s, NN_SOL_SOCKET, NN_LINGER, &linger, sizeof linger);
-    if (!raw) /* probes: we resend ourselves, nanomsg must not */
-        nn_setsockopt(s, NN_REQ, NN_REQ_RESEND_IVL, &ivl, sizeof ivl);
     if (url && nn_connect(s, url) < 0) {
         snprintf(err, errlen, "cannot connect to %s: %s", url, nn_strerror(nn_errno()));
         nn_close(s);
@@ -482,7 +482,9 @@ int pool_new(uv_loop_t *loop, const cluster *cl, const pool_config *cfg, pool **
             *rp = (replica){ .p = p, .k = k, .r = r, .eid = -1, .state = REP_CONNECTING };
             rp->url = strdup(cl->experts[k].urls[r]);
             snprintf(rp->detail, sizeof rp->detail, "waiting for the handshake");
-            int ps = open_sock(NN_REQ, 0, rp->url, err, errlen);
+            /* raw too: a cooked REQ socket allows one request at a time and
+             * its state machine gets in the way of periodic probes */
+            int ps = open_sock(NN_REQ, 1, rp->url, err, errlen);
             if (!rp->url || ps < 0 || nnuv_open(loop, ps, &rp->probe)) {
                 if (ps >= 0 && !rp->probe)
                     nn_close(ps);

@@ -1,0 +1,646 @@
+/* test_router.c -- ddm-router end to end: real ddm-expert and ddm-router
+ * processes on loopback, a small random expert set on disk, requests over
+ * real HTTP connections. */
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "common/base64.h"
+#include "common/png.h"
+#include "ddm/v1/api.pb-c.h"
+#include "router/local.h"
+#include "server/httpc.h"
+#include "tests/support/proc.h"
+#include "tests/support/toyset.h"
+
+#define K 3
+#define DIM 16
+#define CLASSES 3
+
+static char dir[128], conf[256], rlog[256];
+static pid_t router_pid;
+static int router_port;
+/* expert 0 has two replicas (tcp and ipc), experts 1 and 2 one each */
+#define N_WORKERS 4
+static pid_t workers[N_WORKERS];
+static const int worker_expert[N_WORKERS] = { 0, 0, 1, 2 };
+static char worker_url[N_WORKERS][200];
+
+static pid_t start_worker(int i)
+{
+    char bin[256], weights[256], log[256];
+    snprintf(weights, sizeof weights, "%s/expert-%d.safetensors", dir, worker_expert[i]);
+    snprintf(log, sizeof log, "%s/worker-%d.log", dir, i);
+    char *argv[] = { (char *)proc_bin("ddm-expert", bin, sizeof bin), "--weights", weights,
+                     "--listen", worker_url[i], "--max-delay-us", "200", NULL };
+    return proc_start(argv, log);
+}
+
+static pid_t start_router(const char *cluster, int port, const char *log)
+{
+    char bin[256], listen[64];
+    snprintf(listen, sizeof listen, "127.0.0.1:%d", port);
+    char *argv[] = { (char *)proc_bin("ddm-router", bin, sizeof bin), "--cluster", (char *)cluster,
+                     "--listen", listen, "--expert-timeout-ms", "700", NULL };
+    return proc_start(argv, log);
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    signal(SIGPIPE, SIG_IGN);
+    if (toyset_tempdir(dir, sizeof dir, "test-router") || toyset_write(dir, K, DIM, CLASSES, 3))
+        return -1;
+    int p0 = proc_free_port();
+    snprintf(worker_url[0], sizeof worker_url[0], "tcp://127.0.0.1:%d", p0);
+    snprintf(worker_url[1], sizeof worker_url[1], "ipc://%s/e0b.ipc", dir);
+    snprintf(worker_url[2], sizeof worker_url[2], "ipc://%s/e1.ipc", dir);
+    snprintf(worker_url[3], sizeof worker_url[3], "ipc://%s/e2.ipc", dir);
+    snprintf(conf, sizeof conf, "%s/cluster.conf", dir);
+    FILE *f = fopen(conf, "w");
+    if (!f)
+        return -1;
+    fprintf(f, "# test cluster\nmodels %s\n", dir);
+    for (int i = 0; i < N_WORKERS; i++)
+        fprintf(f, "expert %d %s\n", worker_expert[i], worker_url[i]);
+    fprintf(f, "set max-images 64\n");
+    fclose(f);
+    for (int i = 0; i < N_WORKERS; i++)
+        if ((workers[i] = start_worker(i)) < 0)
+            return -1;
+    router_port = proc_free_port();
+    snprintf(rlog, sizeof rlog, "%s/router.log", dir);
+    router_pid = start_router(conf, router_port, rlog);
+    if (proc_wait_http(router_port, "/readyz", 200, 15000)) {
+        fprintf(stderr, "router never became ready\n");
+        proc_dump_log(rlog);
+        return -1;
+    }
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    if (getenv("DDM_KEEP_LOGS"))
+        fprintf(stderr, "logs kept in %s\n", dir);
+    if (router_pid > 0)
+        proc_stop(router_pid, SIGTERM, 5000);
+    for (int i = 0; i < N_WORKERS; i++)
+        if (workers[i] > 0)
+            proc_stop(workers[i], SIGTERM, 5000);
+    if (!getenv("DDM_KEEP_LOGS"))
+        toyset_rmdir(dir);
+    return 0;
+}
+
+/* ---- helpers ----------------------------------------------------------------------- */
+
+static httpc *client(void)
+{
+    char hp[64], err[128];
+    snprintf(hp, sizeof hp, "127.0.0.1:%d", router_port);
+    httpc *c;
+    assert_int_equal(httpc_open(hp, 20000, &c, err, sizeof err), 0);
+    return c;
+}
+
+/* POSTs a JSON body; returns the status, fills *resp (caller frees). */
+static int post_json(httpc *c, const char *body, httpc_response *resp)
+{
+    httpc_header h[] = { { "Content-Type", "application/json" } };
+    int rc = httpc_request(c, "POST", "/v1/samples", h, 1, body, strlen(body), resp);
+    return rc ? rc : resp->status;
+}
+
+static int get(const char *path, httpc_response *resp)
+{
+    httpc *c = client();
+    int rc = httpc_request(c, "GET", path, NULL, 0, NULL, 0, resp);
+    httpc_close(c);
+    return rc ? rc : resp->status;
+}
+
+/* Decodes the PNGs of a JSON response into pix [n][DIM] (0..255). */
+static int json_images(cJSON *root, uint8_t *pix, int max)
+{
+    cJSON *imgs = cJSON_GetObjectItem(root, "images");
+    int n = cJSON_GetArraySize(imgs);
+    assert_true(n <= max);
+    for (int i = 0; i < n; i++) {
+        const char *b64 = cJSON_GetArrayItem(imgs, i)->valuestring;
+        size_t len = strlen(b64);
+        uint8_t *png = malloc(len);
+        long plen = base64_decode(b64, len, png);
+        assert_true(plen > 0);
+        uint8_t *px;
+        int w, h;
+        char err[128];
+        assert_int_equal(pngio_decode_grey(png, (size_t)plen, &px, &w, &h, err, sizeof err), 0);
+        assert_int_equal(w * h, DIM);
+        memcpy(pix + (size_t)i * DIM, px, DIM);
+        free(px);
+        free(png);
+    }
+    return n;
+}
+
+static cJSON *sample_ok(const char *body)
+{
+    httpc *c = client();
+    httpc_response r;
+    int st = post_json(c, body, &r);
+    if (st != 200)
+        fail_msg("%s -> %d %s", body, st, r.body ? r.body : "");
+    cJSON *root = cJSON_Parse(r.body);
+    assert_non_null(root);
+    httpc_response_free(&r);
+    httpc_close(c);
+    return root;
+}
+
+static double num(cJSON *o, const char *k) { return cJSON_GetObjectItem(o, k)->valuedouble; }
+
+/* ---- tests -------------------------------------------------------------------------- */
+
+static void test_health_ready_experts(void **state)
+{
+    (void)state;
+    httpc_response r;
+    assert_int_equal(get("/healthz", &r), 200);
+    httpc_response_free(&r);
+    assert_int_equal(get("/readyz", &r), 200);
+    httpc_response_free(&r);
+    usleep(300000); /* ready means one replica per expert; give the second a probe round */
+    assert_int_equal(get("/v1/experts", &r), 200);
+    cJSON *root = cJSON_Parse(r.body);
+    httpc_response_free(&r);
+    cJSON *ex = cJSON_GetObjectItem(root, "experts");
+    assert_int_equal(cJSON_GetArraySize(ex), K);
+    cJSON *e0 = cJSON_GetArrayItem(ex, 0);
+    assert_int_equal((int)num(e0, "live_replicas"), 2);
+    cJSON *reps = cJSON_GetObjectItem(e0, "replicas");
+    assert_int_equal(cJSON_GetArraySize(reps), 2);
+    assert_string_equal(cJSON_GetObjectItem(cJSON_GetArrayItem(reps, 1), "state")->valuestring, "up");
+    cJSON_Delete(root);
+}
+
+static void check_strategy(const char *strategy, int expect_per_step, int only_expert)
+{
+    char body[256];
+    snprintf(body, sizeof body,
+             "{\"n\": 3, \"steps\": 6, \"seed\": 11, \"strategy\": \"%s\", \"trace\": true}", strategy);
+    cJSON *root = sample_ok(body);
+    uint8_t pix[3 * DIM];
+    assert_int_equal(json_images(root, pix, 3), 3);
+    cJSON *trace = cJSON_GetObjectItem(root, "trace");
+    assert_int_equal(cJSON_GetArraySize(trace), 3 * 6);
+    long calls[K] = { 0 }, total = 0;
+    cJSON *te;
+    cJSON_ArrayForEach(te, trace) {
+        cJSON *ex = cJSON_GetObjectItem(te, "experts"), *w = cJSON_GetObjectItem(te, "weights");
+        int m = cJSON_GetArraySize(ex);
+        if (expect_per_step > 0)
+            assert_int_equal(m, expect_per_step);
+        assert_true(m >= 1 && m <= K);
+        double wsum = 0;
+        for (int j = 0; j < m; j++) {
+            int k = cJSON_GetArrayItem(ex, j)->valueint;
+            if (only_expert >= 0)
+                assert_int_equal(k, only_expert);
+            calls[k]++;
+            total++;
+            wsum += cJSON_GetArrayItem(w, j)->valuedouble;
+        }
+        assert_float_equal(wsum, 1.0, 1e-4);
+    }
+    /* the per-expert counters agree with the trace: exactly the selected experts were called */
+    cJSON *by = cJSON_GetObjectItem(root, "calls_by_expert");
+    for (int k = 0; k < K; k++)
+        assert_int_equal((long)cJSON_GetArrayItem(by, k)->valuedouble, calls[k]);
+    assert_int_equal((long)num(root, "expert_calls"), total);
+    cJSON_Delete(root);
+}
+
+static void test_every_strategy(void **state)
+{
+    (void)state;
+    check_strategy("top-1", 1, -1);
+    check_strategy("top-2", 2, -1);
+    check_strategy("full", K, -1);
+    check_strategy("uniform", K, -1);
+    check_strategy("expert:2", 1, 2);
+    check_strategy("threshold", 0, -1);
+    check_strategy("nucleus", 0, -1);
+    check_strategy("sample", 1, -1);
+}
+
+static void test_seeds_formats_and_in_process(void **state)
+{
+    (void)state;
+    const char *req = "{\"n\": 4, \"steps\": 8, \"seed\": 42, \"strategy\": \"top-2\", \"sampler\": \"heun\"}";
+    cJSON *a = sample_ok(req), *b = sample_ok(req);
+    assert_int_equal((long)num(a, "seed"), 42);
+    uint8_t pa[4 * DIM], pb[4 * DIM], pc[4 * DIM];
+    json_images(a, pa, 4);
+    json_images(b, pb, 4);
+    assert_memory_equal(pa, pb, sizeof pa);
+    cJSON *c = sample_ok("{\"n\": 4, \"steps\": 8, \"seed\": 43, \"strategy\": \"top-2\", \"sampler\": \"heun\"}");
+    json_images(c, pc, 4);
+    assert_true(memcmp(pa, pc, sizeof pa) != 0);
+
+    /* protobuf gives the same images */
+    Ddm__V1__SampleRequest m = DDM__V1__SAMPLE_REQUEST__INIT;
+    m.has_n = 1, m.n = 4;
+    m.has_steps = 1, m.steps = 8;
+    m.has_seed = 1, m.seed = 42;
+    m.strategy = "top-2";
+    m.sampler = "heun";
+    uint8_t buf[256];
+    size_t len = ddm__v1__sample_request__pack(&m, buf);
+    httpc *hc = client();
+    httpc_header h[] = { { "Content-Type", "application/x-protobuf" } };
+    httpc_response r;
+    assert_int_equal(httpc_request(hc, "POST", "/v1/samples", h, 1, buf, len, &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(httpc_response_header(&r, "Content-Type"), "application/x-protobuf");
+    Ddm__V1__SampleResponse *resp =
+        ddm__v1__sample_response__unpack(NULL, r.body_len, (uint8_t *)r.body);
+    assert_non_null(resp);
+    assert_int_equal(resp->n_images, 4);
+    assert_int_equal(resp->seed, 42);
+    for (int i = 0; i < 4; i++) {
+        uint8_t *px;
+        int w, hh;
+        char err[128];
+        assert_int_equal(pngio_decode_grey(resp->images[i].data, resp->images[i].len, &px, &w, &hh,
+                                           err, sizeof err), 0);
+        assert_memory_equal(px, pa + i * DIM, DIM);
+        free(px);
+    }
+    ddm__v1__sample_response__free_unpacked(resp, NULL);
+    httpc_response_free(&r);
+    httpc_close(hc);
+
+    /* the daemon's images equal in-process sampling with the same library */
+    char err[256];
+    ensemble *e = ensemble_open(dir, err, sizeof err);
+    assert_non_null(e);
+    sample_params p;
+    sample_params_default(&p, K);
+    p.n = 4, p.steps = 8, p.seed = 42, p.sampler = SAMPLER_HEUN;
+    float x[4 * DIM];
+    assert_int_equal(ensemble_sample(e, &p, x, NULL, NULL), 0);
+    uint8_t ref[4 * DIM];
+    pngio_grid_render(x, 4, DIM, 1, 4, ref); /* 4 images of 16x1 side by side: same quantisation */
+    int maxdiff = 0;
+    for (int i = 0; i < 4; i++)
+        for (int d = 0; d < DIM; d++) {
+            int a1 = pa[i * DIM + d];
+            int b1 = ref[i * (DIM + PNGIO_GRID_SEP) + d];
+            if (abs(a1 - b1) > maxdiff)
+                maxdiff = abs(a1 - b1);
+        }
+    assert_true(maxdiff <= 1); /* <= one 8-bit level: float results agree to ~1e-4 */
+    ensemble_close(e);
+    cJSON_Delete(a);
+    cJSON_Delete(b);
+    cJSON_Delete(c);
+}
+
+static void test_label_guidance_and_png(void **state)
+{
+    (void)state;
+    cJSON *a = sample_ok("{\"n\": 2, \"steps\": 5, \"label\": 1, \"guidance\": 2, \"strategy\": \"top-2\"}");
+    /* conditional + null rows for each of the 2 experts, 5 steps, 2 images */
+    assert_int_equal((long)num(a, "expert_calls"), 2 * 2 * 5 * 2);
+    cJSON_Delete(a);
+    a = sample_ok("{\"n\": 2, \"steps\": 5, \"label\": 1, \"strategy\": \"top-2\"}");
+    assert_int_equal((long)num(a, "expert_calls"), 2 * 5 * 2);
+    cJSON_Delete(a);
+    httpc *c = client();
+    httpc_header h[] = { { "Content-Type", "application/json" }, { "Accept", "image/png" } };
+    httpc_response r;
+    const char *body = "{\"n\": 9, \"steps\": 3}";
+    assert_int_equal(httpc_request(c, "POST", "/v1/samples", h, 2, body, strlen(body), &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(httpc_response_header(&r, "Content-Type"), "image/png");
+    uint8_t *px;
+    int w, hh;
+    char err[128];
+    assert_int_equal(pngio_decode_grey((uint8_t *)r.body, r.body_len, &px, &w, &hh, err, sizeof err), 0);
+    assert_int_equal(w, 3 * 4 + 2 * PNGIO_GRID_SEP);
+    free(px);
+    httpc_response_free(&r);
+    httpc_close(c);
+}
+
+/* One hostile or malformed request and the status it must get. */
+typedef struct bad_case {
+    const char *name;
+    const char *raw;       /* full raw request, or NULL to POST body as JSON */
+    const char *body;
+    int status;            /* expected status; 0 = connection closed without one */
+    const char *msg;       /* substring of the error message, or NULL */
+} bad_case;
+
+static void test_malformed_requests(void **state)
+{
+    (void)state;
+    static char huge_body[2 << 20];
+    memset(huge_body, ' ', sizeof huge_body - 1);
+    static char huge_raw[300];
+    snprintf(huge_raw, sizeof huge_raw,
+             "POST /v1/samples HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+             "Content-Length: %zu\r\n\r\n", sizeof huge_body - 1);
+    static char big_header[40000];
+    int n = snprintf(big_header, sizeof big_header, "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ");
+    memset(big_header + n, 'a', 30000);
+    strcpy(big_header + n + 30000, "\r\n\r\n");
+    const bad_case cases[] = {
+        { "not json", NULL, "{n: 3", 400, "not valid JSON" },
+        { "json array", NULL, "[1,2]", 400, "JSON object" },
+        { "empty body", NULL, "", 400, "JSON" },
+        { "n string", NULL, "{\"n\": \"3\"}", 400, "must be an integer" },
+        { "n zero", NULL, "{\"n\": 0}", 400, "1..256" },
+        { "n huge", NULL, "{\"n\": 100000}", 400, "1..256" },
+        { "n fraction", NULL, "{\"n\": 1.5}", 400, "integer" },
+        { "steps zero", NULL, "{\"steps\": 0}", 400, "1..1000" },
+        { "steps huge", NULL, "{\"steps\": 1e9}", 400, "1..1000" },
+        { "n x steps", NULL, "{\"n\": 256, \"steps\": 1000, \"sampler\": \"heun\"}", 400, "limit" },
+        { "seed negative", NULL, "{\"seed\": -1}", 400, "seed" },
+        { "seed string junk", NULL, "{\"seed\": \"12x\"}", 400, "seed" },
+        { "strategy unknown", NULL, "{\"strategy\": \"best\"}", 400, "unknown" },
+        { "strategy top-9", NULL, "{\"strategy\": \"top-9\"}", 400, "1..3" },
+        { "expert out of range", NULL, "{\"strategy\": \"expert:7\"}", 400, "0..2" },
+        { "strategy number", NULL, "{\"strategy\": 2}", 400, "string" },
+        { "threshold range", NULL, "{\"strategy\": \"threshold\", \"threshold\": 2}", 400, "(0, 1]" },
+        { "temperature zero", NULL, "{\"strategy\": \"sample\", \"temperature\": 0}", 400, "temperature" },
+        { "label range", NULL, "{\"label\": 7}", 400, "0..2" },
+        { "label string", NULL, "{\"label\": \"7\"}", 400, "label" },
+        { "guidance negative", NULL, "{\"guidance\": -1}", 400, "0..20" },
+        { "sampler unknown", NULL, "{\"sampler\": \"rk4\"}", 400, "euler or heun" },
+        { "trace not bool", NULL, "{\"trace\": 1}", 400, "true or false" },
+        { "unknown field", NULL, "{\"images\": 3}", 400, "unknown field" },
+        { "wrong content type", "POST /v1/samples HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+          "Content-Length: 2\r\n\r\n{}", NULL, 415, "application/json" },
+        { "truncated protobuf", "POST /v1/samples HTTP/1.1\r\nHost: x\r\n"
+          "Content-Type: application/x-protobuf\r\nContent-Length: 2\r\n\r\n\x22\x05", NULL, 400,
+          "SampleRequest" },
+        { "unknown path", "GET /v2/nothing HTTP/1.1\r\nHost: x\r\n\r\n", NULL, 404, NULL },
+        { "wrong method", "GET /v1/samples HTTP/1.1\r\nHost: x\r\n\r\n", NULL, 405, NULL },
+        { "delete experts", "DELETE /v1/experts HTTP/1.1\r\nHost: x\r\n\r\n", NULL, 405, NULL },
+        { "no length", "POST /v1/samples HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\r\n", NULL, 411, NULL },
+        { "garbage", "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 hello\r\n\r\n", NULL, 400, NULL },
+        { "bad version", "GET /healthz HTTP/9.9\r\nHost: x\r\n\r\n", NULL, 400, NULL },
+        { "oversized body", huge_raw, NULL, 413, NULL },
+        { "huge header", big_header, NULL, 431, NULL },
+        { "bad chunked", "POST /v1/samples HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+          "Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n", NULL, 400, NULL },
+        { "unsupported encoding", "POST /v1/samples HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", NULL, 501, NULL },
+        { "not acceptable", "POST /v1/samples HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+          "Accept: text/html\r\nContent-Length: 2\r\n\r\n{}", NULL, 406, NULL },
+    };
+    int ncases = (int)(sizeof cases / sizeof cases[0]);
+    assert_true(ncases >= 30);
+    for (int i = 0; i < ncases; i++) {
+        const bad_case *bc = &cases[i];
+        httpc *c = client();
+        httpc_response r;
+        int rc;
+        if (bc->raw) {
+            rc = httpc_send_raw(c, bc->raw, strlen(bc->raw));
+            if (!rc && bc->raw == huge_raw)
+                httpc_send_raw(c, huge_body, sizeof huge_body - 1); /* may fail once refused */
+            if (!rc)
+                rc = httpc_read_response(c, 0, &r);
+        } else {
+            rc = post_json(c, bc->body, &r);
+            rc = rc < 0 ? rc : 0;
+        }
+        if (rc != 0)
+            fail_msg("case \"%s\": no response (%d)", bc->name, rc);
+        if (r.status != bc->status)
+            fail_msg("case \"%s\": status %d, expected %d: %s", bc->name, r.status, bc->status, r.body);
+        if (bc->msg && !strstr(r.body, bc->msg))
+            fail_msg("case \"%s\": body lacks \"%s\": %s", bc->name, bc->msg, r.body);
+        if (r.status >= 400) { /* errors are JSON {"error": {"code", "message"}} */
+            cJSON *root = cJSON_Parse(r.body);
+            cJSON *e = root ? cJSON_GetObjectItem(root, "error") : NULL;
+            if (!e || !cJSON_IsString(cJSON_GetObjectItem(e, "message")))
+                fail_msg("case \"%s\": error body is not {\"error\": ...}: %s", bc->name, r.body);
+            cJSON_Delete(root);
+        }
+        httpc_response_free(&r);
+        httpc_close(c);
+    }
+    /* still serving */
+    cJSON *ok = sample_ok("{\"n\": 1, \"steps\": 2}");
+    cJSON_Delete(ok);
+}
+
+static void test_hostile_connections(void **state)
+{
+    (void)state;
+    /* hundreds of idle connections, a slow header, a client leaving mid-request */
+    enum { IDLE = 300 };
+    httpc *idle[IDLE];
+    for (int i = 0; i < IDLE; i++) {
+        idle[i] = client();
+        assert_int_equal(httpc_connect(idle[i]), 0);
+    }
+    httpc *slow = client();
+    assert_int_equal(httpc_send_raw(slow, "POST /v1/samples HTTP/1.1\r\nHo", 30), 0);
+    httpc *gone = client();
+    const char *req = "POST /v1/samples HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      "Content-Length: 32\r\n\r\n{\"n\": 8, \"steps\": 200, \"seed\":1}";
+    assert_int_equal(httpc_send_raw(gone, req, strlen(req)), 0);
+    usleep(50000);
+    httpc_close(gone); /* leaves while its request is being computed */
+    httpc *half = client();
+    assert_int_equal(httpc_send_raw(half, req, strlen(req) - 10), 0);
+    httpc_close(half); /* leaves mid-body */
+    cJSON *ok = sample_ok("{\"n\": 2, \"steps\": 4}");
+    cJSON_Delete(ok);
+    for (int i = 0; i < IDLE; i++)
+        httpc_close(idle[i]);
+    httpc_close(slow);
+    httpc_response r;
+    assert_int_equal(get("/metrics", &r), 200);
+    assert_non_null(strstr(r.body, "ddm_expert_calls_total{expert=\"0\"}"));
+    assert_non_null(strstr(r.body, "ddm_sample_request_seconds_bucket"));
+    httpc_response_free(&r);
+}
+
+/* ---- failover -------------------------------------------------------------------------- */
+
+typedef struct load {
+    volatile int stop;
+    int ok, failed, last_status;
+} load;
+
+static void *load_thread(void *arg)
+{
+    load *l = arg;
+    httpc *c = client();
+    while (!l->stop) {
+        httpc_response r;
+        int st = post_json(c, "{\"n\": 2, \"steps\": 10, \"strategy\": \"expert:0\"}", &r);
+        if (st == 200)
+            __sync_fetch_and_add(&l->ok, 1);
+        else {
+            __sync_fetch_and_add(&l->failed, 1);
+            l->last_status = st;
+        }
+        httpc_response_free(&r);
+    }
+    httpc_close(c);
+    return NULL;
+}
+
+static void test_replica_killed_under_load(void **state)
+{
+    (void)state;
+    load l = { 0 };
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++)
+        pthread_create(&th[i], NULL, load_thread, &l);
+    usleep(400000);
+    kill(workers[1], SIGKILL); /* one of expert 0's two replicas */
+    proc_wait(workers[1], 2000);
+    workers[1] = -1;
+    usleep(2500000);
+    l.stop = 1;
+    for (int i = 0; i < 4; i++)
+        pthread_join(th[i], NULL);
+    if (l.failed)
+        fail_msg("%d of %d requests failed (last status %d)", l.failed, l.ok + l.failed, l.last_status);
+    assert_true(l.ok > 4);
+    workers[1] = start_worker(1); /* back for the other tests */
+}
+
+static void test_only_replica_killed_then_restarted(void **state)
+{
+    (void)state;
+    kill(workers[2], SIGKILL); /* expert 1's only replica */
+    proc_wait(workers[2], 2000);
+    workers[2] = -1;
+    httpc *c = client();
+    httpc_response r;
+    int st = post_json(c, "{\"n\": 1, \"steps\": 3, \"strategy\": \"expert:1\"}", &r);
+    assert_true(st == 503 || st == 504);
+    if (!strstr(r.body, "expert 1"))
+        fail_msg("503 does not name the expert: %s", r.body);
+    httpc_response_free(&r);
+    assert_int_equal(proc_wait_http(router_port, "/readyz", 503, 5000), 0);
+    assert_int_equal(get("/readyz", &r), 503);
+    assert_non_null(strstr(r.body, "1"));
+    httpc_response_free(&r);
+    /* requests that do not need expert 1 still work */
+    st = post_json(c, "{\"n\": 1, \"steps\": 3, \"strategy\": \"expert:2\"}", &r);
+    assert_int_equal(st, 200);
+    httpc_response_free(&r);
+    workers[2] = start_worker(2);
+    assert_int_equal(proc_wait_http(router_port, "/readyz", 200, 10000), 0);
+    st = post_json(c, "{\"n\": 1, \"steps\": 3, \"strategy\": \"expert:1\"}", &r);
+    assert_int_equal(st, 200);
+    httpc_response_free(&r);
+    httpc_close(c);
+}
+
+static void test_handshake_refuses_wrong_worker(void **state)
+{
+    (void)state;
+    /* a second router whose file lists expert 2's worker as expert 1 */
+    char conf2[256], log2[256];
+    snprintf(conf2, sizeof conf2, "%s/wrong.conf", dir);
+    snprintf(log2, sizeof log2, "%s/router2.log", dir);
+    FILE *f = fopen(conf2, "w");
+    fprintf(f, "models %s\nexpert 0 %s\nexpert 1 %s\nexpert 2 %s\n", dir, worker_url[0],
+            worker_url[3], worker_url[3]);
+    fclose(f);
+    int port = proc_free_port();
+    pid_t pid = start_router(conf2, port, log2);
+    assert_int_equal(proc_wait_http(port, "/healthz", 200, 10000), 0);
+    usleep(800000);
+    char hp[64], err[128];
+    snprintf(hp, sizeof hp, "127.0.0.1:%d", port);
+    httpc *c;
+    assert_int_equal(httpc_open(hp, 5000, &c, err, sizeof err), 0);
+    httpc_response r;
+    assert_int_equal(httpc_request(c, "GET", "/v1/experts", NULL, 0, NULL, 0, &r), 0);
+    if (!strstr(r.body, "refused") || !strstr(r.body, "serves expert 2"))
+        fail_msg("wrong worker not refused: %s", r.body);
+    httpc_response_free(&r);
+    assert_int_equal(httpc_request(c, "GET", "/readyz", NULL, 0, NULL, 0, &r), 0);
+    assert_int_equal(r.status, 503);
+    httpc_response_free(&r);
+    httpc_close(c);
+    int status = proc_stop(pid, SIGTERM, 5000);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+static void test_bad_flags_and_files(void **state)
+{
+    (void)state;
+    char bin[256], log[256];
+    snprintf(log, sizeof log, "%s/flags.log", dir);
+    char *a1[] = { (char *)proc_bin("ddm-router", bin, sizeof bin), "--bogus", NULL };
+    int st = proc_wait(proc_start(a1, log), 5000);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 2);
+    char *a2[] = { bin, "--cluster", "/nonexistent.conf", NULL };
+    st = proc_wait(proc_start(a2, log), 5000);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 1);
+    char *a3[] = { bin, "--help", NULL };
+    st = proc_wait(proc_start(a3, log), 5000);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
+static void test_sigterm_drains(void **state)
+{
+    (void)state;
+    /* a request in flight when SIGTERM arrives is still answered */
+    httpc *c = client();
+    const char *req = "POST /v1/samples HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      "Content-Length: 31\r\n\r\n{\"n\": 4, \"steps\": 60, \"seed\":1}";
+    assert_int_equal(httpc_send_raw(c, req, strlen(req)), 0);
+    usleep(30000);
+    kill(router_pid, SIGTERM);
+    httpc_response r;
+    assert_int_equal(httpc_read_response(c, 0, &r), 0);
+    assert_int_equal(r.status, 200);
+    httpc_response_free(&r);
+    httpc_close(c);
+    int st = proc_wait(router_pid, 10000);
+    router_pid = -1;
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_health_ready_experts),
+        cmocka_unit_test(test_every_strategy),
+        cmocka_unit_test(test_seeds_formats_and_in_process),
+        cmocka_unit_test(test_label_guidance_and_png),
+        cmocka_unit_test(test_malformed_requests),
+        cmocka_unit_test(test_hostile_connections),
+        cmocka_unit_test(test_replica_killed_under_load),
+        cmocka_unit_test(test_only_replica_killed_then_restarted),
+        cmocka_unit_test(test_handshake_refuses_wrong_worker),
+        cmocka_unit_test(test_bad_flags_and_files),
+        cmocka_unit_test(test_sigterm_drains),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
