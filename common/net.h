@@ -11,11 +11,19 @@
  *   y  = W_out f + b_out
  *   denoiser only:  v = y + gauss(x_t, t)
  *
+ * LN is LayerNorm over the H values of a row, eps NET_LN_EPS, no bias (the
+ * gain is the g multiplied after it); silu(z) = z * sigmoid(z).
+ * temb(t), with T2 = time_dim / 2 and, for i < T2, freq_i = exp(-ln(10000) i / T2)
+ * and arg_i = 1000 t freq_i (computed in double):
+ *   temb = [sin(arg_0), ..., sin(arg_{T2-1}), cos(arg_0), ..., cos(arg_{T2-1})].
+ *
  * gauss() is the closed-form E[eps - x0 | x_t] if the expert's data were the
- * Gaussian N(mu, U diag(lam) U^T + sig2 (I - U U^T)): it carries the noise that
- * an MLP bottleneck cannot (see DESIGN.md), and the MLP learns the correction.
+ * Gaussian N(mu, U^T diag(lam) U + sig2 (I - U^T U)) (U's R rows are orthonormal
+ * directions): it carries the noise that an MLP bottleneck cannot (see
+ * DESIGN.md), and the MLP learns the correction.
  * With d = x_t - (1 - t) mu and f(l) = (t - (1 - t) l) / ((1 - t)^2 l + t^2):
- *   gauss = -mu + f(sig2) d + U diag(f(lam_i) - f(sig2)) U^T d.
+ *   gauss = -mu + f(sig2) d + U^T diag(f(lam_i) - f(sig2)) U d.
+ * lam and sig2 must be > 0 (f is undefined at t = 0, l = 0).
  * The Gaussian tensors are fixed (computed once from the shard), not trained.
  *
  * All tensors are fp32, row-major, one contiguous buffer in the order of
@@ -89,8 +97,11 @@ void net_bind(const net_config *c, float *buf, net_weights *w);
  * tensors are set to mu = 0, U = 0, lam = 1, sig2 = 1. */
 void net_init(const net_config *c, float *buf, uint64_t seed);
 
-/* Per-batch activations and workspace, allocated once for up to max_batch
- * rows. With training != 0 it also keeps what net_backward needs. */
+/* Per-batch activations and workspace for one config, allocated once for up
+ * to max_batch rows. With training != 0 it also keeps what net_backward needs
+ * (every block's activations and a copy of the input). Returns NULL on a bad
+ * config, max_batch < 1 or out of memory. A scratch is used by one thread at
+ * a time; net_scratch_free(NULL) is a no-op. */
 typedef struct net_scratch net_scratch;
 net_scratch *net_scratch_new(const net_config *c, int max_batch, int training);
 void net_scratch_free(net_scratch *s);
@@ -101,23 +112,30 @@ int net_scratch_max_batch(const net_scratch *s);
  *   t      [n] times in [0, 1]          (ignored, may be NULL, when T = 0 and R = 0)
  *   labels [n] classes 0..C-1, or -1 for null; NULL means all null (ignored when C = 0)
  *   out    [n][O]
- * Returns 0, DDM_ERANGE if n > max_batch or a label is out of range. Does not
- * allocate. out may not alias x. */
+ * Returns 0; DDM_ERANGE if n < 0, n > max_batch, a label is outside -1..C-1 or
+ * a t is outside [0, 1] (or NaN); DDM_EINVAL if s was made for another config
+ * or t is NULL while needed. On error out is untouched and a following
+ * net_backward is refused. Does not allocate. out may not alias x. */
 int net_forward(const net_config *c, const net_weights *w, net_scratch *s, int n,
                 const float *x, const float *t, const int *labels, float *out);
 
-/* The same function computed with plain loops: the reference the BLAS path is
- * tested against. Slow; allocates its own temporaries; returns 0 or an error. */
+/* The same function computed with plain loops in double: the reference the
+ * BLAS path is tested against. Slow; allocates its own temporaries; returns 0,
+ * the errors of net_forward (no max_batch) or DDM_ENOMEM. */
 int net_forward_ref(const net_config *c, const net_weights *w, int n,
                     const float *x, const float *t, const int *labels, float *out);
 
-/* Features f [n][H] (the penultimate activation) of the last net_forward on s. */
+/* Features f [n][H] (the penultimate activation) of the last net_forward on
+ * s; owned by s, valid until the next net_forward. */
 const float *net_features(const net_scratch *s);
 
 /* Backward pass for the last net_forward on s (created with training != 0,
  * same n): given dout [n][O] = dLoss/dout, ADDS dLoss/dparam into grad (a
  * net_weights bound to a buffer of the same layout; only trainable tensors
- * are touched). dLoss/dx is not computed. Returns 0 or DDM_EINVAL. */
+ * are touched; emb rows only of the batch's labels, row C for null).
+ * dLoss/dx is not computed. Does not allocate. Returns 0, or DDM_EINVAL when s
+ * is not a training scratch of this config or its last net_forward failed or
+ * had another n. */
 int net_backward(const net_config *c, const net_weights *w, net_weights *grad,
                  net_scratch *s, int n, const float *dout);
 
