@@ -87,17 +87,19 @@ $(call binname,$(1)): $(BUILD)/obj/$(1:.c=.o) $(ALL_LIBS)
 endef
 $(foreach m,$(wildcard $(MAINS)),$(eval $(call BIN_RULE,$(m))))
 
+# test/bench support code (toy model sets, child processes)
+TEST_SUPPORT := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard tests/support/*.c))
+
 # ---- benchmark programs: tools/bench/<name>_main.c -> $(BUILD)/bench/<name> ----
 BENCH_MAINS := $(wildcard tools/bench/*_main.c)
 BENCH_BINS  := $(patsubst tools/bench/%_main.c,$(BUILD)/bench/%,$(BENCH_MAINS))
-$(BUILD)/bench/%: $(BUILD)/obj/tools/bench/%_main.o $(ALL_LIBS)
+$(BUILD)/bench/%: $(BUILD)/obj/tools/bench/%_main.o $(TEST_SUPPORT) $(ALL_LIBS)
 	@mkdir -p $(dir $@)
 	$(LINK)
 
 # ---- tests -------------------------------------------------------------------------
 TEST_SRCS := $(wildcard tests/test_*.c)
 TEST_BINS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRCS))
-TEST_SUPPORT := $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard tests/support/*.c))
 $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_SUPPORT) $(ALL_LIBS)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $< $(TEST_SUPPORT) -Wl,--start-group $(ALL_LIBS) -Wl,--end-group $(LDLIBS) -lcmocka
@@ -113,6 +115,15 @@ deps:
 	@sh mk/deps.sh
 
 data: ; @sh mk/data.sh
+
+# `make models DATASET=digits|fashion`: the whole training pipeline (k-means
+# shards, experts two at a time, router, classifier, monolith, verify) into
+# models/$(DATASET)/ with its MANIFEST, and sample grids docs/samples-$(DATASET)-*.png.
+# Restartable: finished steps are kept (FORCE=1 redoes everything). See docs/training.md.
+DATASET ?= digits
+models: all data
+	$(BIN)/ddm-train all --data $(DATASET) --out models/$(DATASET) \
+	    --grids docs/samples-$(DATASET) $(if $(filter 1,$(FORCE)),--force)
 
 build: $(BINS)
 
@@ -132,6 +143,55 @@ bench-%: all
 
 bench: all
 	@for s in tools/bench/*.sh; do n=$$(basename $$s .sh); $(MAKE) --no-print-directory bench-$$n || exit 1; done
+
+# `make demo`: start the shipped digits cluster (8 experts + router on loopback),
+# write 64-image grids for top-2 and full routing into $(DEMO_OUT), show how to
+# call the API, stop everything (on failure and Ctrl-C too). KEEP=1 leaves the
+# cluster running.
+DEMO_CONF ?= deploy/local/digits.conf
+DEMO_OUT  ?= out/demo
+DEMO_URL  ?= http://127.0.0.1:8080
+demo:
+	@m=$$(sed 's/#.*//' $(DEMO_CONF) | awk '$$1 == "models" { print $$2 }'); \
+	if [ ! -f "$$m/router.safetensors" ]; then \
+	    echo "demo: $$m is missing (no router.safetensors): run make models DATASET=$$(basename "$$m")" >&2; \
+	    exit 1; \
+	fi
+	@$(MAKE) --no-print-directory all
+	@cl="sh deploy/local/ddm-cluster"; bin="$(abspath $(BIN))"; conf="$(DEMO_CONF)"; \
+	trap 'st=$$?; if [ $$st -ne 0 ] || [ "$(KEEP)" != 1 ]; then $$cl down "$$conf" --bin "$$bin"; fi; exit $$st' EXIT; \
+	trap 'exit 130' INT TERM HUP; \
+	$$cl up "$$conf" --bin "$$bin" || exit 1; \
+	mkdir -p "$(DEMO_OUT)" || exit 1; \
+	for s in top-2 full; do \
+	    echo; echo "== strategy $$s: 64 images, 50 steps, seed 7"; \
+	    "$$bin/ddm-client" sample --url $(DEMO_URL) -n 64 --steps 50 --seed 7 --strategy $$s \
+	        -o "$(DEMO_OUT)/$$s.png" || exit 1; \
+	done; \
+	echo; echo "== experts after the demo requests"; \
+	"$$bin/ddm-client" experts --url $(DEMO_URL) || exit 1; \
+	echo; echo "Sample grids: $(abspath $(DEMO_OUT))/top-2.png and $(abspath $(DEMO_OUT))/full.png"; \
+	echo; echo "Try the API yourself (while the cluster runs; make demo KEEP=1 keeps it up):"; \
+	echo "  curl -s $(DEMO_URL)/v1/samples -H 'Content-Type: application/json' \\"; \
+	echo "       -d '{\"n\": 2, \"steps\": 50, \"strategy\": \"top-2\", \"seed\": 7}'   # JSON, PNGs in base64"; \
+	echo "  curl -s $(DEMO_URL)/v1/samples -H 'Content-Type: application/json' -H 'Accept: image/png' \\"; \
+	echo "       -d '{\"n\": 16, \"label\": 7, \"guidance\": 2}' -o sevens.png              # one PNG grid"; \
+	echo "  curl -s $(DEMO_URL)/v1/experts; curl -s $(DEMO_URL)/metrics | head"; \
+	echo "  $(BIN)/ddm-client sample -n 16 --strategy top-2 --seed 7 -o grid.png"; \
+	echo "  (API reference: docs/api.md)"; \
+	if [ "$(KEEP)" = 1 ]; then \
+	    echo; echo "The cluster keeps running (KEEP=1): stop it with"; \
+	    echo "  sh deploy/local/ddm-cluster down $$conf"; \
+	    echo "(status: sh deploy/local/ddm-cluster status $$conf; logs in /tmp/ddm-$$(basename $$conf .conf))"; \
+	else \
+	    echo; echo "Stopping the cluster (make demo KEEP=1 leaves it running)."; \
+	fi
+
+# Load test: the demo cluster under 60 s of POST /v1/samples at 64 connections
+# (wrk, tests/load/samples.lua): images/s, latency percentiles, errors (must be
+# 0), RSS of the router and workers (must stay flat). LOAD_ARGS: tests/load/run.sh --help.
+load: all
+	@sh tests/load/run.sh --bin $(BIN) $(LOAD_ARGS)
 
 clean:
 	rm -rf build bin

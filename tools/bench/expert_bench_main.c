@@ -1,0 +1,632 @@
+/* expert_bench_main.c -- ddm-expert benchmark: single-thread sgemm peak,
+ * in-process forward throughput, served throughput through the socket with
+ * concurrent clients, and round-trip latency over ipc:// and tcp loopback.
+ *
+ * Uses the architecture of the shipped expert (D=784, hidden=384, 2 blocks,
+ * time_dim=64, 10 classes, Gaussian rank 64) with random weights, written to
+ * a temp dir and served by real ddm-expert processes. Prints Markdown. */
+#include <arpa/inet.h>
+#include <cblas.h>
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <nanomsg/nn.h>
+#include <nanomsg/reqrep.h>
+
+#include "common/model.h"
+#include "common/net.h"
+#include "common/rng.h"
+#include "common/st.h"
+#include "ddm/v1/worker.pb-c.h"
+#include "expert-worker/blas.h"
+
+static const net_config ARCH = { .in_dim = 784, .hidden = 384, .n_blocks = 2, .out_dim = 784,
+                                 .n_classes = 10, .time_dim = 64, .gauss_rank = 64 };
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* CPU seconds used by the calling thread. */
+static double thread_cpu_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* CPU seconds (user + system) used so far by process pid, all threads. */
+static double proc_cpu_s(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    const char *p = strrchr(buf, ')'); /* after the command name */
+    unsigned long ut = 0, st = 0;
+    /* fields 3.. after ")": state ppid pgrp session tty tpgid flags minflt cminflt
+     * majflt cmajflt utime stime */
+    if (!p || sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+        return 0;
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+static void die(const char *msg)
+{
+    fprintf(stderr, "expert_bench: %s\n", msg);
+    exit(1);
+}
+
+/* ---- weights ----------------------------------------------------------------- */
+
+static void write_weights(const char *path)
+{
+    const net_config *c = &ARCH;
+    size_t np = net_param_count(c);
+    float *p = malloc(np * sizeof *p);
+    if (!p)
+        die("out of memory");
+    net_init(c, p, 1);
+    net_weights w;
+    net_bind(c, p, &w);
+    int D = c->in_dim, H = c->hidden, R = c->gauss_rank;
+    rng_normal_fill(2, 1, 0, w.w_out, (size_t)D * H);
+    for (size_t i = 0; i < (size_t)D * H; i++)
+        w.w_out[i] *= 0.05f;
+    for (int i = 0; i < D; i++)
+        w.g_mu[i] = 0.1f * rng_normal(2, 2, (uint64_t)i);
+    memset(w.g_u, 0, (size_t)R * D * sizeof(float));
+    for (int r = 0; r < R; r++) { /* orthonormal: spread unit vectors */
+        w.g_u[(size_t)r * D + (size_t)(r * 12)] = 1.0f;
+        w.g_lam[r] = 0.5f + 0.05f * (float)r;
+    }
+    w.g_sig2[0] = 0.1f;
+    st_writer *sw = st_writer_new();
+    char err[256];
+    if (!sw || model_write(sw, MODEL_DENOISER, c, p, ST_F32, "bench", 0, 1) ||
+        st_writer_save(sw, path, err, sizeof err))
+        die("cannot write the weights file");
+    st_writer_free(sw);
+    free(p);
+}
+
+/* ---- compute -------------------------------------------------------------------- */
+
+/* The machine may be shared: every rate below is the best of many short runs
+ * (the closest to an unloaded core), not a mean. */
+#define REPS 12
+
+/* GFLOP/s of C[m][n] = A[m][k] B[k][n] (row-major), best of REPS runs
+ * sharing ~secs. */
+typedef struct gemm_result {
+    double best;      /* GFLOP/s, best short run, wall clock */
+    double per_cpu;   /* GFLOP per CPU-second over all runs */
+} gemm_result;
+
+static gemm_result sgemm_rate(int m, int n, int k, double secs)
+{
+    float *a = malloc((size_t)m * k * sizeof *a), *b = malloc((size_t)k * n * sizeof *b);
+    float *c = malloc((size_t)m * n * sizeof *c);
+    if (!a || !b || !c)
+        die("out of memory");
+    rng_normal_fill(3, 1, 0, a, (size_t)m * k);
+    rng_normal_fill(3, 2, 0, b, (size_t)k * n);
+    double best = 0, cpu0 = thread_cpu_s();
+    long total = 0;
+    for (int rep = 0; rep < REPS; rep++) {
+        long it = 0;
+        double t0 = now_s(), t;
+        do {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, n, k, 1.0f, a, k, b, n,
+                        0.0f, c, n);
+            it++;
+            t = now_s() - t0;
+        } while (t < secs / REPS || it < 2);
+        double g = 2.0 * m * n * k * (double)it / t * 1e-9;
+        if (g > best)
+            best = g;
+        total += it;
+    }
+    double cpu = thread_cpu_s() - cpu0;
+    free(a);
+    free(b);
+    free(c);
+    gemm_result r = { best, 2.0 * m * n * k * (double)total / cpu * 1e-9 };
+    return r;
+}
+
+typedef struct fwd_result {
+    double latents_s, gflops;  /* best short run, wall clock */
+    double per_cpu_s;          /* latents per CPU-second over all runs */
+} fwd_result;
+
+static fwd_result forward_rate(const model *m, int batch, double secs)
+{
+    const net_config *c = &m->cfg;
+    net_scratch *s = net_scratch_new(c, batch, 0);
+    float *x = malloc((size_t)batch * c->in_dim * sizeof *x);
+    float *out = malloc((size_t)batch * c->out_dim * sizeof *out);
+    float *t = malloc((size_t)batch * sizeof *t);
+    int *lab = malloc((size_t)batch * sizeof *lab);
+    if (!s || !x || !out || !t || !lab)
+        die("out of memory");
+    rng_normal_fill(4, 1, 0, x, (size_t)batch * c->in_dim);
+    for (int i = 0; i < batch; i++) {
+        t[i] = (float)rng_uniform(4, 2, (uint64_t)i);
+        lab[i] = i % 11 - 1;
+    }
+    double best = 0, cpu0 = thread_cpu_s();
+    long total = 0;
+    for (int rep = 0; rep < REPS; rep++) {
+        long it = 0;
+        double t0 = now_s(), el;
+        do {
+            if (net_forward(c, &m->w, s, batch, x, t, lab, out))
+                die("net_forward failed");
+            it++;
+            el = now_s() - t0;
+        } while (el < secs / REPS || it < 2);
+        double r = (double)it * batch / el;
+        if (r > best)
+            best = r;
+        total += it * batch;
+    }
+    double cpu = thread_cpu_s() - cpu0;
+    net_scratch_free(s);
+    free(x);
+    free(out);
+    free(t);
+    free(lab);
+    fwd_result res = { best, best * net_forward_flops(c, 1) * 1e-9, (double)total / cpu };
+    return res;
+}
+
+/* ---- workers and clients ------------------------------------------------------------- */
+
+static pid_t start_worker(const char *bin, const char *weights, const char *url,
+                          const char *delay_us)
+{
+    pid_t pid = fork();
+    if (pid < 0)
+        die("fork failed");
+    if (pid == 0) {
+        execl(bin, bin, "--weights", weights, "--listen", url, "--max-batch", "256",
+              "--max-delay-us", delay_us, "--threads", "1", "--log-level", "warn", (char *)NULL);
+        fprintf(stderr, "expert_bench: exec %s: %s\n", bin, strerror(errno));
+        _exit(127);
+    }
+    return pid;
+}
+
+static void stop_worker(pid_t pid)
+{
+    kill(pid, SIGTERM);
+    int st;
+    waitpid(pid, &st, 0);
+}
+
+static int client_socket(const char *url)
+{
+    int s = nn_socket(AF_SP_RAW, NN_REQ);
+    int big = -1, to = 10000;
+    if (s < 0 || nn_setsockopt(s, NN_SOL_SOCKET, NN_RCVMAXSIZE, &big, sizeof big) ||
+        nn_setsockopt(s, NN_SOL_SOCKET, NN_RCVTIMEO, &to, sizeof to) ||
+        nn_setsockopt(s, NN_SOL_SOCKET, NN_SNDTIMEO, &to, sizeof to) || nn_connect(s, url) < 0)
+        die("cannot open a client socket");
+    return s;
+}
+
+static void send_id(int s, uint32_t id, const void *buf, size_t len)
+{
+    union { max_align_t a; unsigned char b[64]; } ctrl;
+    struct nn_cmsghdr *cm = (struct nn_cmsghdr *)ctrl.b;
+    size_t four = 4;
+    uint8_t h[4] = { (uint8_t)(0x80 | (id >> 24 & 0x7f)), (uint8_t)(id >> 16), (uint8_t)(id >> 8),
+                     (uint8_t)id };
+    cm->cmsg_len = NN_CMSG_SPACE(sizeof four + 4);
+    cm->cmsg_level = PROTO_SP;
+    cm->cmsg_type = SP_HDR;
+    memcpy(NN_CMSG_DATA(cm), &four, sizeof four);
+    memcpy(NN_CMSG_DATA(cm) + sizeof four, h, 4);
+    struct nn_iovec iov = { (void *)buf, len };
+    struct nn_msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctrl.b,
+                            .msg_controllen = cm->cmsg_len };
+    if (nn_sendmsg(s, &mh, 0) != (int)len)
+        die("send failed");
+}
+
+/* Receives a reply; returns its batch_size (0 on an error reply), -1 on timeout. */
+static int recv_one(int s)
+{
+    void *body = NULL;
+    union { max_align_t a; unsigned char b[128]; } ctrl;
+    struct nn_iovec iov = { &body, NN_MSG };
+    struct nn_msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctrl.b,
+                            .msg_controllen = sizeof ctrl.b };
+    int n = nn_recvmsg(s, &mh, 0);
+    if (n < 0)
+        return -1;
+    Ddm__V1__WorkerReply *r = ddm__v1__worker_reply__unpack(NULL, (size_t)n, body);
+    nn_freemsg(body);
+    int bs = 0;
+    if (r && r->kind_case == DDM__V1__WORKER_REPLY__KIND_DENOISE && !r->denoise->error &&
+        r->denoise->has_v)
+        bs = (int)r->denoise->batch_size;
+    else if (r && r->kind_case == DDM__V1__WORKER_REPLY__KIND_DENOISE && r->denoise->error)
+        fprintf(stderr, "expert_bench: error reply: %s\n", r->denoise->error->message);
+    if (r)
+        ddm__v1__worker_reply__free_unpacked(r, NULL);
+    return bs;
+}
+
+/* One packed DenoiseRequest of n latents. */
+static uint8_t *make_request(int n, size_t *len)
+{
+    int D = ARCH.in_dim;
+    float *x = malloc((size_t)n * D * sizeof *x);
+    int32_t *lab = malloc((size_t)n * sizeof *lab);
+    rng_normal_fill(5, (uint64_t)n, 0, x, (size_t)n * D);
+    for (int i = 0; i < n; i++)
+        lab[i] = i % 10;
+    Ddm__V1__DenoiseRequest d = DDM__V1__DENOISE_REQUEST__INIT;
+    d.has_id = 1;
+    d.has_t = 1;
+    d.t = 0.5f;
+    d.has_dim = 1;
+    d.dim = (uint32_t)D;
+    d.has_batch = 1;
+    d.batch = (uint32_t)n;
+    d.has_x = 1;
+    d.x.data = (uint8_t *)x;
+    d.x.len = (size_t)n * D * sizeof(float);
+    d.n_labels = (size_t)n;
+    d.labels = lab;
+    Ddm__V1__WorkerRequest w = DDM__V1__WORKER_REQUEST__INIT;
+    w.kind_case = DDM__V1__WORKER_REQUEST__KIND_DENOISE;
+    w.denoise = &d;
+    *len = ddm__v1__worker_request__get_packed_size(&w);
+    uint8_t *buf = malloc(*len);
+    ddm__v1__worker_request__pack(&w, buf);
+    free(x);
+    free(lab);
+    return buf;
+}
+
+/* Waits until the worker at url answers a one-latent request. */
+static void wait_ready(const char *url)
+{
+    int s = client_socket(url);
+    int to = 200;
+    nn_setsockopt(s, NN_SOL_SOCKET, NN_RCVTIMEO, &to, sizeof to);
+    size_t len;
+    uint8_t *req = make_request(1, &len);
+    for (int i = 0; i < 100; i++) {
+        send_id(s, (uint32_t)i, req, len);
+        if (recv_one(s) > 0) {
+            free(req);
+            nn_close(s);
+            return;
+        }
+    }
+    die("the worker did not answer within 20 s");
+}
+
+static long g_latents; /* latents received by all clients (atomic) */
+static long g_batch_sum, g_replies;
+
+typedef struct client {
+    pthread_t th;
+    const char *url;
+    const uint8_t *req;
+    size_t len;
+    int latents;         /* per request */
+    int depth;           /* requests kept in flight */
+    double t0, t1;       /* measuring window */
+    long got_latents;    /* latents of replies inside the window */
+    int failed;
+} client;
+
+static void *client_main(void *arg)
+{
+    client *c = arg;
+    int s = client_socket(c->url);
+    uint32_t id = 1;
+    int inflight = 0;
+    for (int i = 0; i < c->depth; i++, inflight++)
+        send_id(s, id++, c->req, c->len);
+    while (inflight > 0) {
+        int bs = recv_one(s);
+        inflight--;
+        if (bs < 0) {
+            c->failed = 1;
+            break;
+        }
+        double t = now_s();
+        if (bs > 0) {
+            __atomic_add_fetch(&g_latents, c->latents, __ATOMIC_RELAXED);
+            __atomic_add_fetch(&g_batch_sum, bs, __ATOMIC_RELAXED);
+            __atomic_add_fetch(&g_replies, 1, __ATOMIC_RELAXED);
+        }
+        if (t >= c->t0 && t < c->t1 && bs > 0)
+            c->got_latents += c->latents;
+        if (t < c->t1) {
+            send_id(s, id++, c->req, c->len);
+            inflight++;
+        }
+    }
+    nn_close(s);
+    return NULL;
+}
+
+typedef struct served_result {
+    double latents_s;   /* mean over the whole window */
+    double best_s;      /* best 0.5 s sub-window */
+    double per_cpu_s;   /* latents per CPU-second of the worker process */
+    double avg_batch;
+    int failed;
+} served_result;
+
+static served_result served_rate(const char *url, pid_t worker, int nclients, int per_req,
+                                 int depth, double secs)
+{
+    size_t len;
+    uint8_t *req = make_request(per_req, &len);
+    client *cs = calloc((size_t)nclients, sizeof *cs);
+    double start = now_s() + 0.1;
+    double t0 = start + 0.5, t1 = t0 + secs;
+    for (int i = 0; i < nclients; i++) {
+        cs[i] = (client){ .url = url, .req = req, .len = len, .latents = per_req, .depth = depth,
+                          .t0 = t0, .t1 = t1 };
+        pthread_create(&cs[i].th, NULL, client_main, &cs[i]);
+    }
+    /* sample the shared counters every 0.25 s inside the window */
+    enum { MAXS = 512 };
+    double ts[MAXS];
+    long lat_at[MAXS], bs_at[MAXS], rep_at[MAXS];
+    int ns = 0;
+    while (now_s() < t0)
+        usleep(1000);
+    double wcpu0 = proc_cpu_s(worker);
+    for (double next = t0; next <= t1 + 1e-9 && ns < MAXS; next += 0.25) {
+        while (now_s() < next)
+            usleep(500);
+        ts[ns] = now_s();
+        lat_at[ns] = __atomic_load_n(&g_latents, __ATOMIC_RELAXED);
+        bs_at[ns] = __atomic_load_n(&g_batch_sum, __ATOMIC_RELAXED);
+        rep_at[ns] = __atomic_load_n(&g_replies, __ATOMIC_RELAXED);
+        ns++;
+    }
+    double wcpu = proc_cpu_s(worker) - wcpu0;
+    served_result r = { 0 };
+    long lat = 0;
+    for (int i = 0; i < nclients; i++) {
+        pthread_join(cs[i].th, NULL);
+        lat += cs[i].got_latents;
+        r.failed |= cs[i].failed;
+    }
+    r.latents_s = (double)lat / secs;
+    if (ns > 1 && wcpu > 0)
+        r.per_cpu_s = (double)(lat_at[ns - 1] - lat_at[0]) / wcpu;
+    for (int i = 0; i + 2 < ns; i++) {
+        double rate = (double)(lat_at[i + 2] - lat_at[i]) / (ts[i + 2] - ts[i]);
+        if (rate > r.best_s)
+            r.best_s = rate;
+    }
+    if (ns > 1 && rep_at[ns - 1] > rep_at[0])
+        r.avg_batch = (double)(bs_at[ns - 1] - bs_at[0]) / (double)(rep_at[ns - 1] - rep_at[0]);
+    free(cs);
+    free(req);
+    return r;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Round trips of one latent, one at a time: p50 and p99 in microseconds. */
+static void latency(const char *url, int n, double *p50, double *p99, double *mean)
+{
+    int s = client_socket(url);
+    size_t len;
+    uint8_t *req = make_request(1, &len);
+    double *lat = malloc((size_t)n * sizeof *lat);
+    for (int i = 0; i < 200; i++) { /* warm up */
+        send_id(s, (uint32_t)i, req, len);
+        if (recv_one(s) <= 0)
+            die("latency warm-up failed");
+    }
+    double sum = 0;
+    for (int i = 0; i < n; i++) {
+        double t0 = now_s();
+        send_id(s, (uint32_t)(1000 + i), req, len);
+        if (recv_one(s) <= 0)
+            die("latency request failed");
+        lat[i] = (now_s() - t0) * 1e6;
+        sum += lat[i];
+    }
+    qsort(lat, (size_t)n, sizeof *lat, cmp_double);
+    *p50 = lat[n / 2];
+    *p99 = lat[(int)(n * 0.99)];
+    *mean = sum / n;
+    free(lat);
+    free(req);
+    nn_close(s);
+}
+
+/* A loopback TCP port that was free a moment ago (bind to 0, close). */
+static int free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t len = sizeof a;
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) ||
+        getsockname(fd, (struct sockaddr *)&a, &len))
+        die("cannot find a free TCP port");
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+int main(int argc, char **argv)
+{
+    const char *bin = "bin/ddm-expert";
+    double secs = 3.0;
+    int gemm_only = 0;
+    static const struct option opts[] = {
+        { "bin", required_argument, 0, 'b' },
+        { "seconds", required_argument, 0, 's' },
+        { "gemm-only", no_argument, 0, 'g' },
+        { "help", no_argument, 0, 'h' },
+        { 0, 0, 0, 0 },
+    };
+    int o;
+    while ((o = getopt_long(argc, argv, "b:s:gh", opts, NULL)) != -1) {
+        switch (o) {
+        case 'b': bin = optarg; break;
+        case 's': secs = atof(optarg); break;
+        case 'g': gemm_only = 1; break;
+        case 'h':
+            printf("usage: expert_bench [--bin PATH/ddm-expert] [--seconds S] [--gemm-only]\n");
+            return 0;
+        default: return 2;
+        }
+    }
+    if (secs <= 0)
+        die("--seconds must be > 0");
+    expert_blas_fix_core(argv); /* the same kernels ddm-expert will use */
+    openblas_set_num_threads(1);
+    if (gemm_only) {
+        gemm_result a = sgemm_rate(256, 384, 784, 1.5), b = sgemm_rate(1024, 1024, 1024, 3.0);
+        printf("| %s | %.1f (%.1f) | %.1f (%.1f) |\n", expert_blas_core(), a.best, a.per_cpu,
+               b.best, b.per_cpu);
+        return 0;
+    }
+    char dir[] = "/tmp/ddm-bench-expert-XXXXXX";
+    if (!mkdtemp(dir))
+        die("mkdtemp failed");
+    char weights[128];
+    snprintf(weights, sizeof weights, "%s/expert-0.safetensors", dir);
+    write_weights(weights);
+    char err[256];
+    model *m = model_open(weights, err, sizeof err);
+    if (!m)
+        die(err);
+
+    printf("## ddm-expert\n\n");
+    printf("Architecture: D=%d, hidden=%d, n_blocks=%d, time_dim=%d, n_classes=%d, "
+           "gauss_rank=%d (%.2f MFLOP per latent), random weights, OpenBLAS 1 thread, "
+           "%s kernels.\n\n",
+           ARCH.in_dim, ARCH.hidden, ARCH.n_blocks, ARCH.time_dim, ARCH.n_classes,
+           ARCH.gauss_rank, net_forward_flops(&ARCH, 1) * 1e-6, expert_blas_core());
+
+    gemm_result g_shape = sgemm_rate(256, 384, 784, 1.5);
+    gemm_result g_sq = sgemm_rate(1024, 1024, 1024, 3.0);
+    double peak = g_sq.best > g_shape.best ? g_sq.best : g_shape.best;
+    double peak_cpu = g_sq.per_cpu > g_shape.per_cpu ? g_sq.per_cpu : g_shape.per_cpu;
+    printf("### cblas_sgemm peak (single thread)\n\n"
+           "Wall clock: best of %d short runs. Per CPU-second: FLOPs over the CPU time the "
+           "thread actually got (what a core delivers when this process runs; robust to other "
+           "load on the machine).\n\n"
+           "| GEMM (M x N x K) | GFLOP/s (wall, best) | GFLOP per CPU-second |\n|---|---|---|\n",
+           REPS);
+    printf("| 256 x 384 x 784 | %.1f | %.1f |\n| 1024 x 1024 x 1024 | %.1f | %.1f |\n\n",
+           g_shape.best, g_shape.per_cpu, g_sq.best, g_sq.per_cpu);
+    printf("Peak used below: %.1f GFLOP/s wall, %.1f GFLOP per CPU-second.\n\n", peak, peak_cpu);
+
+    static const int batches[] = { 1, 16, 64, 256 };
+    fwd_result fr[4];
+    printf("### In-process forward (net_forward)\n\n"
+           "| batch | latents/s (wall) | GFLOP/s (wall) | %% of peak (wall) | latents per "
+           "CPU-s | GFLOP per CPU-s | %% of peak (CPU) |\n|---|---|---|---|---|---|---|\n");
+    for (int i = 0; i < 4; i++) {
+        fr[i] = forward_rate(m, batches[i], batches[i] == 1 ? 1.5 : 2.0);
+        double gcpu = fr[i].per_cpu_s * net_forward_flops(&ARCH, 1) * 1e-9;
+        printf("| %d | %.0f | %.1f | %.0f%% | %.0f | %.1f | %.0f%% |\n", batches[i],
+               fr[i].latents_s, fr[i].gflops, 100.0 * fr[i].gflops / peak, fr[i].per_cpu_s, gcpu,
+               100.0 * gcpu / peak_cpu);
+    }
+    fflush(stdout);
+
+    char ipc[160];
+    snprintf(ipc, sizeof ipc, "ipc://%s/bench.ipc", dir);
+    pid_t w = start_worker(bin, weights, ipc, "500");
+    wait_ready(ipc);
+    printf("\n### Served through the socket (ipc://, 16 latents per request, 2 in flight per "
+           "client, --max-delay-us 500)\n\n"
+           "Served rate: best 0.5 s window (mean over %.0f s in brackets), compared with the best "
+           "in-process rate at the batch the clients can fill. Per CPU-second: latents per "
+           "second of CPU used by the whole worker process (all its threads) vs by the "
+           "in-process forward: the efficiency of serving, independent of other load.\n\n"
+           "| clients | served latents/s | mean batch | in-process latents/s at batch | served / "
+           "in-process | served per worker CPU-s | in-process per CPU-s | ratio |\n"
+           "|---|---|---|---|---|---|---|---|\n", secs);
+    /* the last row: one client (one raw REQ socket, one pipe) with 16 in
+     * flight, as a router pipelining to one worker would */
+    static const int nclients[] = { 1, 4, 16, 1 };
+    static const int depth[] = { 2, 2, 2, 16 };
+    for (int i = 0; i < 4; i++) {
+        served_result sr = served_rate(ipc, w, nclients[i], 16, depth[i], secs);
+        int nominal = 16 * nclients[i] * depth[i]; /* latents the clients keep in flight */
+        nominal = nominal > 256 ? 256 : nominal;
+        int bi = nominal >= 256 ? 3 : nominal >= 64 ? 2 : 1;
+        char who[32];
+        snprintf(who, sizeof who, depth[i] == 2 ? "%d" : "%d (%d in flight)", nclients[i],
+                 depth[i]);
+        printf("| %s | %.0f (%.0f) | %.1f | %.0f (batch %d) | %.0f%% | %.0f | %.0f | %.0f%% |%s\n",
+               who, sr.best_s, sr.latents_s, sr.avg_batch, fr[bi].latents_s,
+               batches[bi], 100.0 * sr.best_s / fr[bi].latents_s, sr.per_cpu_s,
+               fr[bi].per_cpu_s, 100.0 * sr.per_cpu_s / fr[bi].per_cpu_s,
+               sr.failed ? " (a client timed out)" : "");
+        fflush(stdout);
+    }
+    stop_worker(w);
+
+    printf("\n### Round trip of one latent (one client, one request at a time, "
+           "--max-delay-us 0)\n\n| transport | p50 us | p99 us | mean us |\n|---|---|---|---|\n");
+    char tcp[64];
+    snprintf(tcp, sizeof tcp, "tcp://127.0.0.1:%d", free_port());
+    const char *urls[2] = { ipc, tcp };
+    const char *names[2] = { "ipc://", "tcp://127.0.0.1" };
+    for (int i = 0; i < 2; i++) {
+        w = start_worker(bin, weights, urls[i], "0");
+        wait_ready(urls[i]);
+        double p50, p99, mean;
+        latency(urls[i], 3000, &p50, &p99, &mean);
+        printf("| %s | %.0f | %.0f | %.0f |\n", names[i], p50, p99, mean);
+        fflush(stdout);
+        stop_worker(w);
+    }
+    w = start_worker(bin, weights, ipc, "500");
+    wait_ready(ipc);
+    double p50, p99, mean;
+    latency(ipc, 2000, &p50, &p99, &mean);
+    printf("| ipc://, default --max-delay-us 500 | %.0f | %.0f | %.0f |\n", p50, p99, mean);
+    stop_worker(w);
+
+    model_close(m);
+    unlink(weights);
+    char sock[200];
+    snprintf(sock, sizeof sock, "%s/bench.ipc", dir);
+    unlink(sock);
+    rmdir(dir);
+    return 0;
+}

@@ -1,0 +1,250 @@
+/* router_bench_main.c -- served vs in-process sampling throughput of ddm-router.
+ *
+ * For each strategy and client count: images/s of the same sampling done
+ * in-process (router/local: one batch of c trajectories, the batching the
+ * daemon forms for c closed-loop clients asking one image each), and served
+ * (c client threads against a real ddm-router with real ddm-expert workers
+ * on ipc:// sockets), plus latency percentiles and the router's overhead per
+ * tick from its /metrics. Prints a markdown table. Uses models/digits (or
+ * --models DIR): throughput needs the shipped architecture, not training. */
+#include <cblas.h>
+#include <getopt.h>
+#include <math.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/model.h"
+#include "router/local.h"
+#include "server/httpc.h"
+#include "tests/support/proc.h"
+#include "tests/support/toyset.h"
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+typedef struct client_stats {
+    const char *hostport, *body;
+    double until;
+    int ok, failed;
+    double lat[20000];
+    int nlat;
+} client_stats;
+
+static void *client_thread(void *arg)
+{
+    client_stats *cs = arg;
+    httpc *c;
+    char err[128];
+    if (httpc_open(cs->hostport, 60000, &c, err, sizeof err))
+        return NULL;
+    httpc_header h[] = { { "Content-Type", "application/json" } };
+    while (now_s() < cs->until) {
+        double t0 = now_s();
+        httpc_response r;
+        int rc = httpc_request(c, "POST", "/v1/samples", h, 1, cs->body, strlen(cs->body), &r);
+        if (rc == 0 && r.status == 200) {
+            cs->ok++;
+            if (cs->nlat < 20000)
+                cs->lat[cs->nlat++] = now_s() - t0;
+        } else {
+            cs->failed++;
+        }
+        httpc_response_free(&r);
+    }
+    httpc_close(c);
+    return NULL;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double metric(const char *text, const char *name)
+{
+    const char *p = strstr(text, name);
+    while (p && p[strlen(name)] != ' ')
+        p = strstr(p + 1, name);
+    return p ? atof(p + strlen(name) + 1) : NAN;
+}
+
+static int fetch_metrics(const char *hostport, double *ticks, double *overhead, double *rnet)
+{
+    httpc *c;
+    char err[128];
+    if (httpc_open(hostport, 5000, &c, err, sizeof err))
+        return -1;
+    httpc_response r;
+    int rc = httpc_request(c, "GET", "/metrics", NULL, 0, NULL, 0, &r);
+    if (!rc && r.status == 200) {
+        *ticks = metric(r.body, "ddm_ticks_total");
+        *overhead = metric(r.body, "ddm_tick_overhead_seconds_total");
+        *rnet = metric(r.body, "ddm_router_net_seconds_total");
+    }
+    httpc_response_free(&r);
+    httpc_close(c);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    const char *models = NULL, *bindir = "bin";
+    int steps = 50, duration = 15;
+    static const struct option lo[] = {
+        { "models", required_argument, 0, 'm' }, { "bin", required_argument, 0, 'b' },
+        { "steps", required_argument, 0, 's' },  { "duration", required_argument, 0, 'd' },
+        { "help", no_argument, 0, 'h' },         { 0, 0, 0, 0 },
+    };
+    int c;
+    while ((c = getopt_long(argc, argv, "m:b:s:d:h", lo, NULL)) != -1) {
+        switch (c) {
+        case 'm': models = optarg; break;
+        case 'b': bindir = optarg; break;
+        case 's': steps = atoi(optarg); break;
+        case 'd': duration = atoi(optarg); break;
+        case 'h':
+            printf("usage: router_bench [--models DIR] [--bin DIR] [--steps 50] [--duration 15]\n"
+                   "Without --models, uses models/digits.\n");
+            return 0;
+        default: return 2;
+        }
+    }
+    signal(SIGPIPE, SIG_IGN);
+    openblas_set_num_threads(1);
+    setenv("DDM_BIN_DIR", bindir, 1);
+    char tmp[128];
+    if (toyset_tempdir(tmp, sizeof tmp, "bench-router"))
+        return 1;
+    struct stat sb;
+    if (!models && stat("models/digits/router.safetensors", &sb) == 0)
+        models = "models/digits";
+    char err[512];
+    if (!models) {
+        fprintf(stderr, "router_bench: no models/digits here: pass --models DIR\n");
+        toyset_rmdir(tmp);
+        return 1;
+    }
+    ensemble *e = ensemble_open(models, err, sizeof err);
+    if (!e) {
+        fprintf(stderr, "router_bench: %s\n", err);
+        return 1;
+    }
+    int K = e->K;
+    /* start the workers and the router */
+    pid_t workers[64];
+    char conf[256], rlog[256], url[256], weights[512], wlog[256], bin[256];
+    snprintf(conf, sizeof conf, "%s/cluster.conf", tmp);
+    FILE *f = fopen(conf, "w");
+    fprintf(f, "models %s\n", models);
+    for (int k = 0; k < K; k++) {
+        snprintf(url, sizeof url, "ipc://%s/e%d.ipc", tmp, k);
+        fprintf(f, "expert %d %s\n", k, url);
+        snprintf(weights, sizeof weights, "%s/expert-%d.safetensors", models, k);
+        snprintf(wlog, sizeof wlog, "%s/worker-%d.log", tmp, k);
+        char *av[] = { (char *)proc_bin("ddm-expert", bin, sizeof bin), "--weights", weights,
+                       "--listen", url, NULL };
+        workers[k] = proc_start(av, wlog);
+    }
+    fclose(f);
+    int port = proc_free_port();
+    char listen[64], hostport[64];
+    snprintf(listen, sizeof listen, "127.0.0.1:%d", port);
+    snprintf(hostport, sizeof hostport, "127.0.0.1:%d", port);
+    snprintf(rlog, sizeof rlog, "%s/router.log", tmp);
+    char *rv[] = { (char *)proc_bin("ddm-router", bin, sizeof bin), "--cluster", conf, "--listen",
+                   listen, NULL };
+    pid_t router = proc_start(rv, rlog);
+    if (proc_wait_http(port, "/readyz", 200, 20000)) {
+        fprintf(stderr, "router_bench: router not ready\n");
+        proc_dump_log(rlog);
+        return 1;
+    }
+    const char *strategies[] = { "top-2", "full" };
+    const int clients[] = { 1, 32 };
+    printf("| strategy | clients | in-process img/s | served img/s | served/in-process | p50 ms | p99 ms | failed | router overhead us/tick | router net us/tick |\n");
+    printf("|---|---|---|---|---|---|---|---|---|---|\n");
+    double served_top2_32 = 0, served_full_32 = 0;
+    for (int si = 0; si < 2; si++) {
+        for (int ci = 0; ci < 2; ci++) {
+            int nc = clients[ci];
+            /* in-process: c trajectories advancing together, repeated for ~duration/3 */
+            sample_params p;
+            sample_params_default(&p, K);
+            strategy_parse(strategies[si], K, NAN, NAN, &p.strat, err, sizeof err);
+            p.n = nc;
+            p.steps = steps;
+            float *out = malloc((size_t)nc * (size_t)e->dim * sizeof *out);
+            double t0 = now_s();
+            int reps = 0;
+            do {
+                p.seed = (uint64_t)reps;
+                ensemble_sample(e, &p, out, NULL, NULL);
+                reps++;
+            } while (now_s() - t0 < duration / 3.0);
+            double local_ips = nc * reps / (now_s() - t0);
+            free(out);
+            /* served */
+            double tk0 = 0, ov0 = 0, rn0 = 0, tk1 = 0, ov1 = 0, rn1 = 0;
+            fetch_metrics(hostport, &tk0, &ov0, &rn0);
+            char body[128];
+            snprintf(body, sizeof body, "{\"n\": 1, \"steps\": %d, \"strategy\": \"%s\"}", steps,
+                     strategies[si]);
+            client_stats *cs = calloc((size_t)nc, sizeof *cs);
+            pthread_t th[64];
+            double s0 = now_s();
+            for (int i = 0; i < nc; i++) {
+                cs[i].hostport = hostport;
+                cs[i].body = body;
+                cs[i].until = s0 + duration;
+                pthread_create(&th[i], NULL, client_thread, &cs[i]);
+            }
+            for (int i = 0; i < nc; i++)
+                pthread_join(th[i], NULL);
+            double el = now_s() - s0;
+            fetch_metrics(hostport, &tk1, &ov1, &rn1);
+            int ok = 0, failed = 0, nl = 0;
+            for (int i = 0; i < nc; i++) {
+                ok += cs[i].ok;
+                failed += cs[i].failed;
+                nl += cs[i].nlat;
+            }
+            double *lat = malloc((size_t)(nl ? nl : 1) * sizeof *lat);
+            int j = 0;
+            for (int i = 0; i < nc; i++)
+                for (int q = 0; q < cs[i].nlat; q++)
+                    lat[j++] = cs[i].lat[q];
+            qsort(lat, (size_t)nl, sizeof *lat, cmp_double);
+            double served_ips = ok / el;
+            double ticks = tk1 - tk0;
+            printf("| %s | %d | %.1f | %.1f | %.2f | %.1f | %.1f | %d | %.0f | %.0f |\n",
+                   strategies[si], nc, local_ips, served_ips, served_ips / local_ips,
+                   nl ? 1e3 * lat[nl / 2] : NAN, nl ? 1e3 * lat[(int)(nl * 0.99)] : NAN, failed,
+                   ticks > 0 ? 1e6 * (ov1 - ov0) / ticks : NAN,
+                   ticks > 0 ? 1e6 * (rn1 - rn0) / ticks : NAN);
+            fflush(stdout);
+            if (nc == 32)
+                *(si == 0 ? &served_top2_32 : &served_full_32) = served_ips;
+            free(lat);
+            free(cs);
+        }
+    }
+    printf("\ntop-2 / full served throughput at 32 clients: %.2fx (K = %d)\n",
+           served_top2_32 / served_full_32, K);
+    proc_stop(router, SIGTERM, 10000);
+    for (int k = 0; k < K; k++)
+        proc_stop(workers[k], SIGTERM, 5000);
+    ensemble_close(e);
+    toyset_rmdir(tmp);
+    return 0;
+}
