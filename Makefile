@@ -106,7 +106,7 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_SUPPORT) $(ALL_LIBS)
 
 # ---- entry points --------------------------------------------------------------------
 .SECONDARY:
-.PHONY: all deps build test test-build clean demo data models bench bench-expert bench-router load
+.PHONY: all deps build test test-build clean demo data models bench load eval
 all:
 	@sh mk/deps.sh
 	@$(MAKE) --no-print-directory build
@@ -143,6 +143,11 @@ bench-%: all
 
 bench: all
 	@for s in tools/bench/*.sh; do n=$$(basename $$s .sh); $(MAKE) --no-print-directory bench-$$n || exit 1; done
+
+# The digits results table (docs/results/digits/table.md, table.csv, plots) from
+# the shipped weights in models/digits: ddm-eval table, under 15 minutes on 2 cores.
+eval: all data
+	$(BIN)/ddm-eval table --data digits --models models/digits --out docs/results/digits
 
 # `make demo`: start the shipped digits cluster (8 experts + router on loopback),
 # write 64-image grids for top-2 and full routing into $(DEMO_OUT), show how to

@@ -6,7 +6,7 @@
 
 #include "common/log.h"
 #include "expert-worker/args.h"
-#include "expert-worker/blas.h"
+#include "common/blas.h"
 #include "expert-worker/worker.h"
 
 int main(int argc, char **argv)
@@ -21,7 +21,7 @@ int main(int argc, char **argv)
         return 2;
     case EXPERT_ARGS_RUN: break;
     }
-    expert_blas_fix_core(argv); /* may re-execute this program */
+    blas_fix_core(argv); /* may re-execute this program */
     signal(SIGPIPE, SIG_IGN);
     uv_loop_t *loop = uv_default_loop();
     expert_worker *w;

@@ -5,10 +5,12 @@
  * pooled job's arena (the nanomsg buffer is released at once), validated and
  * queued in the batcher. After each receive burst (a uv_check handle) and
  * whenever a forward pass ends or the delay timer fires, schedule() asks the
- * batcher whether to start a pass; if so the queued jobs' rows are copied
- * into the input buffers and uv_queue_work runs net_forward. One pass at a
- * time: the next batch forms in the queue meanwhile. The delay timer is a
- * timerfd (microsecond resolution; uv timers have milliseconds).
+ * batcher whether to start a pass; if so uv_queue_work hands the jobs to a
+ * pool thread, which copies their rows into the input buffers and runs
+ * net_forward. One pass at a time: the next batch forms in the queue
+ * meanwhile, and starts (into the other of two output buffers) before the
+ * finished pass's replies are packed. The delay timer is a timerfd
+ * (microsecond resolution; uv timers have milliseconds).
  *
  * Replies leave a raw REP socket, which silently drops a reply when the
  * requester's pipe is still busy writing an earlier one (nnuv.h): the socket
@@ -32,7 +34,7 @@
 #include "common/nnuv.h"
 #include "common/version.h"
 #include "expert-worker/batcher.h"
-#include "expert-worker/blas.h"
+#include "common/blas.h"
 #include "expert-worker/metrics.h"
 #include "expert-worker/wire.h"
 #include "server/http.h"
@@ -790,7 +792,7 @@ int expert_worker_new(uv_loop_t *loop, const expert_config *cfg, expert_worker *
     log_info("serving expert %d of %s (%s, sha256 %.16s) on %d URL(s) from %s; max-batch %d, "
              "max-delay %d us, %d BLAS thread(s), %s kernels", w->m->expert_id, w->m->dataset,
              w->arch, st_sha256(w->m->file), cfg->n_listen, cfg->weights, cfg->max_batch,
-             cfg->max_delay_us, cfg->threads, expert_blas_core());
+             cfg->max_delay_us, cfg->threads, blas_core());
     *out = w;
     return 0;
 }

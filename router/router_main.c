@@ -8,6 +8,7 @@
 #include <string.h>
 #include <uv.h>
 
+#include "common/blas.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "common/model.h"
@@ -124,6 +125,7 @@ static void on_signal(uv_signal_t *s, int signum)
 int main(int argc, char **argv)
 {
     log_set_name("ddm-router");
+    blas_fix_core(argv); /* may re-execute this program with faster BLAS kernels */
     opts o = { .max_images = 1024, .tick_capacity = 256, .ticks = 2, .expert_timeout_ms = 2000,
                .attempts = 3, .request_timeout_ms = 300000, .max_connections = 1024,
                .threads = 1 };
@@ -248,7 +250,6 @@ int main(int argc, char **argv)
     pc.attempts = (int)o.attempts;
     int rc = pool_new(a.loop, &cl, &pc, &a.pl, err, sizeof err);
     int K = cl.n_experts;
-    cluster_free(&cl);
     if (rc) {
         fprintf(stderr, "ddm-router: %s\n", err);
         model_close(a.router);
@@ -289,6 +290,7 @@ int main(int argc, char **argv)
     uv_run(a.loop, UV_RUN_DEFAULT);
     service_free(a.svc);
     model_close(a.router);
+    cluster_free(&cl); /* listen and rpath point into it */
     uv_loop_close(a.loop);
     return 0;
 }

@@ -86,7 +86,6 @@ static void after_encode(uv_work_t *w, int status)
 {
     (void)status;
     sreq *r = w->data;
-    engine_job_release(r->job);
     if (r->req) {
         http_req_on_abort(r->req, NULL, NULL);
         observe_latency(r->s, r->req);
@@ -100,6 +99,7 @@ static void after_encode(uv_work_t *w, int status)
     } else {
         free(r->body);
     }
+    engine_job_release(r->job); /* r->result points into the job until here */
     sreq_end(r);
 }
 

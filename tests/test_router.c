@@ -302,7 +302,7 @@ static void test_seeds_formats_and_in_process(void **state)
     p.n = 4, p.steps = 8, p.seed = 42, p.sampler = SAMPLER_HEUN;
     float x[4 * DIM];
     assert_int_equal(ensemble_sample(e, &p, x, NULL, NULL), 0);
-    uint8_t ref[4 * DIM];
+    uint8_t ref[4 * (DIM + PNGIO_GRID_SEP)];
     pngio_grid_render(x, 4, DIM, 1, 4, ref); /* 4 images of 16x1 side by side: same quantisation */
     int maxdiff = 0;
     for (int i = 0; i < 4; i++)

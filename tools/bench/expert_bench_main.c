@@ -29,7 +29,7 @@
 #include "common/rng.h"
 #include "common/st.h"
 #include "ddm/v1/worker.pb-c.h"
-#include "expert-worker/blas.h"
+#include "common/blas.h"
 
 static const net_config ARCH = { .in_dim = 784, .hidden = 384, .n_blocks = 2, .out_dim = 784,
                                  .n_classes = 10, .time_dim = 64, .gauss_rank = 64 };
@@ -512,11 +512,11 @@ int main(int argc, char **argv)
     }
     if (secs <= 0)
         die("--seconds must be > 0");
-    expert_blas_fix_core(argv); /* the same kernels ddm-expert will use */
+    blas_fix_core(argv); /* the same kernels ddm-expert will use */
     openblas_set_num_threads(1);
     if (gemm_only) {
         gemm_result a = sgemm_rate(256, 384, 784, 1.5), b = sgemm_rate(1024, 1024, 1024, 3.0);
-        printf("| %s | %.1f (%.1f) | %.1f (%.1f) |\n", expert_blas_core(), a.best, a.per_cpu,
+        printf("| %s | %.1f (%.1f) | %.1f (%.1f) |\n", blas_core(), a.best, a.per_cpu,
                b.best, b.per_cpu);
         return 0;
     }
@@ -536,7 +536,7 @@ int main(int argc, char **argv)
            "gauss_rank=%d (%.2f MFLOP per latent), random weights, OpenBLAS 1 thread, "
            "%s kernels.\n\n",
            ARCH.in_dim, ARCH.hidden, ARCH.n_blocks, ARCH.time_dim, ARCH.n_classes,
-           ARCH.gauss_rank, net_forward_flops(&ARCH, 1) * 1e-6, expert_blas_core());
+           ARCH.gauss_rank, net_forward_flops(&ARCH, 1) * 1e-6, blas_core());
 
     gemm_result g_shape = sgemm_rate(256, 384, 784, 1.5);
     gemm_result g_sq = sgemm_rate(1024, 1024, 1024, 3.0);

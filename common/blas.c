@@ -1,5 +1,5 @@
 /* blas.c -- make OpenBLAS use the kernels the CPU can run (see blas.h). */
-#include "expert-worker/blas.h"
+#include "common/blas.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -11,9 +11,9 @@
 
 #include "common/log.h"
 
-const char *expert_blas_core(void) { return openblas_get_corename(); }
+const char *blas_core(void) { return openblas_get_corename(); }
 
-void expert_blas_fix_core(char **argv)
+void blas_fix_core(char **argv)
 {
     if (getenv("OPENBLAS_CORETYPE"))
         return; /* the user chose, or we already re-executed */
