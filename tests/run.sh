@@ -19,10 +19,10 @@ for t in "$dir"/test_*; do
     timeout -k 5 "$timeout_s" "$t" >"$out" 2>&1
     rc=$?
     end=$(date +%s)
-    p=$(grep -c '^ok [0-9]' "$out" | tr -d ' ')
-    s=$(grep -c '^ok [0-9].*# SKIP' "$out" | tr -d ' ')
-    f=$(grep -c '^not ok [0-9]' "$out" | tr -d ' ')
-    p=$((p - s))
+    # cmocka 1.1 reports a skip as "not ok N ... # SKIP"
+    s=$(grep -c '^\(not \)\?ok [0-9].*# SKIP' "$out" | tr -d ' ')
+    p=$(grep '^ok [0-9]' "$out" | grep -vc '# SKIP' | tr -d ' ')
+    f=$(grep '^not ok [0-9]' "$out" | grep -vc '# SKIP' | tr -d ' ')
     planned=$(sed -n 's/^1\.\.\([0-9]*\).*/\1/p' "$out" | head -1)
     reported=$((p + s + f))
     if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
