@@ -201,6 +201,18 @@ static pid_t start_worker(const char *url, ...)
     return pid;
 }
 
+/* SIGTERM, and the worker must exit 0 (under sanitizers: without leaks,
+ * so every path a test drove is checked for them). */
+static void stop_clean(pid_t pid)
+{
+    int st = proc_stop(pid, SIGTERM, 10000);
+    forget_child(pid);
+    if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+        proc_dump_log(g_log);
+        fail_msg("ddm-expert did not exit 0 on SIGTERM (status %d)", st);
+    }
+}
+
 /* ---- a blocking raw REQ client ------------------------------------------------------ */
 
 static int client_open(const char *url, int rcv_ms)
@@ -565,7 +577,8 @@ static void test_concurrent_clients_batch(void **state)
     ipc_url(url, sizeof url, "conc");
     snprintf(url2, sizeof url2, "tcp://127.0.0.1:%d", proc_free_port());
     /* a long delay so everything sent at once shares passes */
-    start_worker(url, "--listen", url2, "--max-delay-us", "100000", "--max-batch", "32", NULL);
+    pid_t pid = start_worker(url, "--listen", url2, "--max-delay-us", "100000", "--max-batch",
+                             "32", NULL);
     int s[CLIENTS];
     for (int c = 0; c < CLIENTS; c++) {
         s[c] = client_open(c % 2 ? url2 : url, RECV_MS);
@@ -604,6 +617,7 @@ static void test_concurrent_clients_batch(void **state)
             dreq_free(&d[c][k]);
         nn_close(s[c]);
     }
+    stop_clean(pid);
 }
 
 static void set_bad(Ddm__V1__DenoiseRequest *r, const dreq *d, int32_t *lab)
@@ -618,7 +632,7 @@ static void test_bad_inputs(void **state)
     (void)state;
     char url[300];
     ipc_url(url, sizeof url, "bad");
-    start_worker(url, "--max-batch", "8", "--max-delay-us", "0", NULL);
+    pid_t pid = start_worker(url, "--max-batch", "8", "--max-delay-us", "0", NULL);
     int s = client_open(url, RECV_MS);
     wait_ready(s);
 
@@ -692,6 +706,7 @@ static void test_bad_inputs(void **state)
     dreq_free(&d);
     dreq_free(&big);
     nn_close(s);
+    stop_clean(pid);
 }
 
 /* Past --max-queue latents waiting, a request is refused with a busy error
@@ -701,7 +716,8 @@ static void test_queue_full(void **state)
     (void)state;
     char url[300];
     ipc_url(url, sizeof url, "full");
-    start_worker(url, "--max-batch", "8", "--max-queue", "8", "--max-delay-us", "300000", NULL);
+    pid_t pid = start_worker(url, "--max-batch", "8", "--max-queue", "8", "--max-delay-us",
+                             "2000000", NULL);
     int s = client_open(url, RECV_MS);
     wait_ready(s);
     dreq d[3];
@@ -721,6 +737,7 @@ static void test_queue_full(void **state)
     for (int k = 0; k < 3; k++)
         dreq_free(&d[k]);
     nn_close(s);
+    stop_clean(pid);
 }
 
 /* A message far over NN_RCVMAXSIZE (set from --max-batch) is refused cleanly:
@@ -732,7 +749,7 @@ static void test_oversized_message(void **state)
     (void)state;
     char url[300];
     ipc_url(url, sizeof url, "big");
-    start_worker(url, "--max-batch", "8", "--max-delay-us", "0", NULL);
+    pid_t pid = start_worker(url, "--max-batch", "8", "--max-delay-us", "0", NULL);
     int s = client_open(url, 1000);
     wait_ready(s);
 
@@ -757,6 +774,7 @@ static void test_oversized_message(void **state)
     wait_ready(s);
     expect_serving(s);
     nn_close(s);
+    stop_clean(pid);
 }
 
 /* SIGTERM with work queued: the queued requests are answered (long before
@@ -764,9 +782,11 @@ static void test_oversized_message(void **state)
 static void test_sigterm_drains(void **state)
 {
     (void)state;
-    char url[300];
+    char url[300], hp[64];
     ipc_url(url, sizeof url, "term");
-    pid_t pid = start_worker(url, "--max-delay-us", "5000000", NULL);
+    int port = proc_free_port();
+    snprintf(hp, sizeof hp, "127.0.0.1:%d", port);
+    pid_t pid = start_worker(url, "--max-delay-us", "5000000", "--metrics", hp, NULL);
     int s = client_open(url, RECV_MS);
     wait_ready(s);
     enum { N = 5 };
@@ -775,7 +795,22 @@ static void test_sigterm_drains(void **state)
         dreq_make(&d[k], 300 + (uint64_t)k, 2, 1);
         send_dreq(s, (uint32_t)(5000 + k), &d[k]);
     }
-    usleep(300000); /* they are queued: the batch waits for its 5 s delay */
+    /* wait until all of them are queued (the batch waits for its 5 s delay) */
+    int queued = 0;
+    httpc *c;
+    char err[128];
+    assert_int_equal(httpc_open(hp, 2000, &c, err, sizeof err), 0);
+    for (int i = 0; i < 250 && !queued; i++) {
+        httpc_response resp;
+        if (httpc_request(c, "GET", "/metrics", NULL, 0, NULL, 0, &resp) == 0 &&
+            resp.status == 200 && strstr(resp.body, "ddm_expert_queue_latents 10\n"))
+            queued = 1;
+        httpc_response_free(&resp);
+        if (!queued)
+            usleep(20000);
+    }
+    httpc_close(c);
+    assert_true(queued);
     assert_int_equal(kill(pid, SIGTERM), 0);
     for (int k = 0; k < N; k++) {
         uint32_t id;
@@ -786,6 +821,7 @@ static void test_sigterm_drains(void **state)
         }
         assert_true(id >= 5000 && id < 5000 + N);
         check_reply(r, &d[id - 5000], 0);
+        assert_int_equal(r->denoise->batch_size, 2 * N); /* flushed together */
         assert_true(r->denoise->queue_us < 4000000);
         ddm__v1__worker_reply__free_unpacked(r, NULL);
     }
@@ -806,7 +842,7 @@ static void test_metrics(void **state)
     ipc_url(url, sizeof url, "metrics");
     int port = proc_free_port();
     snprintf(hp, sizeof hp, "127.0.0.1:%d", port);
-    start_worker(url, "--metrics", hp, "--max-delay-us", "0", NULL);
+    pid_t pid = start_worker(url, "--metrics", hp, "--max-delay-us", "0", NULL);
     int s = client_open(url, RECV_MS);
     wait_ready(s);
     expect_serving(s);
@@ -838,6 +874,7 @@ static void test_metrics(void **state)
     httpc_response_free(&resp);
     httpc_close(c);
     nn_close(s);
+    stop_clean(pid);
 }
 
 /* Runs ddm-expert with args to completion; returns the exit status and the
