@@ -1,6 +1,8 @@
 /* err.c -- descriptions of ddm error codes. */
 #include "common/err.h"
 
+#include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
 
 const char *ddm_strerror(int err)
@@ -23,4 +25,15 @@ const char *ddm_strerror(int err)
     if (err < 0 && err > -1000)
         return strerror(-err);
     return "unknown error";
+}
+
+int ddm_errf(char *err, size_t errlen, int code, const char *fmt, ...)
+{
+    if (err && errlen > 0) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+    }
+    return code;
 }

@@ -5,6 +5,8 @@
 #ifndef DDM_ERR_H
 #define DDM_ERR_H
 
+#include <stddef.h>
+
 typedef enum ddm_err {
     DDM_OK = 0,
     DDM_EINVAL    = -1000, /* bad argument or malformed input */
@@ -24,5 +26,11 @@ typedef enum ddm_err {
 /* Returns a static, human-readable description of err (a DDM_E* code or a
  * -errno value). Never returns NULL. */
 const char *ddm_strerror(int err);
+
+/* Formats a one-line message into err (when err is not NULL and errlen > 0)
+ * and returns code, so a failure path reads `return ddm_errf(err, errlen,
+ * DDM_EFORMAT, "...", ...);`. */
+int ddm_errf(char *err, size_t errlen, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
 #endif
