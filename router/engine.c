@@ -239,6 +239,8 @@ static void after_plan(uv_work_t *w, int status)
         return;
     }
     e->st.router_us_sum += tick_router_us(s->tk);
+    for (int i = 0; i < s->n; i++) /* each trajectory's share of the router network */
+        ((engine_job *)s->batch[i]->owner)->router_us += tick_router_us(s->tk) / s->n;
     s->calls_ns = uv_hrtime();
     s->pending = 1; /* held until every call is out */
     for (int k = 0; k < e->K; k++) {

@@ -1,0 +1,795 @@
+/* client_main.c -- ddm-client: command-line client of ddm-router.
+ *
+ *   ddm-client sample   POST /v1/samples, write a PNG grid / files, print the stats
+ *   ddm-client experts  GET /v1/experts as a table
+ *   ddm-client bench    closed-loop load on POST /v1/samples, latency percentiles
+ *   ddm-client ready    GET /readyz, optionally waiting until it says 200
+ * Exit 0 on success, 1 on a runtime failure (an HTTP error included), 2 on a
+ * usage error. */
+#include <cjson/cJSON.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/err.h"
+#include "common/version.h"
+#include "server/httpc.h"
+#include "tools/client/cli.h"
+#include "tools/client/loadgen.h"
+#include "tools/client/samples.h"
+
+#define DEFAULT_URL "http://127.0.0.1:8080"
+#define CT_JSON "application/json"
+#define CT_PROTO "application/x-protobuf"
+
+static void usage_main(FILE *f)
+{
+    fprintf(f,
+"usage: ddm-client COMMAND [options]\n"
+"\n"
+"Command-line client of ddm-router (the Decentralized Diffusion Model server).\n"
+"\n"
+"commands:\n"
+"  sample     generate images: POST /v1/samples, write a PNG grid, print seed, calls, timings\n"
+"  experts    list the experts, their replicas and statistics (GET /v1/experts)\n"
+"  bench      closed-loop load test of POST /v1/samples: images/s, latency percentiles\n"
+"  ready      check GET /readyz (optionally wait for it); exit 0 when ready\n"
+"\n"
+"  -h, --help       this text (COMMAND --help: that command's options)\n"
+"  -V, --version    print the version\n"
+"\n"
+"Every command takes --url URL (default $DDM_URL, else " DEFAULT_URL ").\n"
+"Exit status: 0 success, 1 runtime failure (HTTP errors included), 2 usage error.\n"
+"Example: ddm-client sample -n 16 --strategy top-2 --seed 7 -o grid.png\n");
+}
+
+static void usage_sample(FILE *f)
+{
+    fprintf(f,
+"usage: ddm-client sample [options]\n"
+"\n"
+"Asks ddm-router for images (POST /v1/samples) and writes them as one PNG grid\n"
+"(-o) and/or one PNG per image (--out-dir). Fields not given are left to the\n"
+"server's defaults; the server checks the ranges.\n"
+"\n"
+"  -u, --url URL           server (default $DDM_URL, else " DEFAULT_URL ")\n"
+"  -n, --n N               images, 1..256 (server default 1)\n"
+"  -s, --steps N           ODE steps, 1..1000 (server default 50)\n"
+"  -S, --strategy NAME     top-K, full, threshold, sample, nucleus, uniform, expert:N\n"
+"                          (server default top-2)\n"
+"      --seed N            noise seed, 0..2^64-1 (server draws one when absent; echoed)\n"
+"      --label N           class to draw (absent: unconditional)\n"
+"      --guidance G        classifier-free guidance scale (server default 1)\n"
+"      --sampler NAME      euler or heun (server default euler)\n"
+"      --threshold X       tau of threshold (top_p of nucleus)\n"
+"      --temperature X     temperature of sample\n"
+"      --trace             ask for and print the experts and weights chosen at each step\n"
+"      --proto             talk protobuf (ddm.v1.SampleRequest/Response) instead of JSON\n"
+"  -o, --output FILE       write all images as one PNG grid\n"
+"      --cols N            grid columns (default ceil(sqrt(n)), as the server's grid)\n"
+"      --out-dir DIR       write each image as DIR/sample-NNN.png (DIR is created)\n"
+"      --server-grid       let the server render the grid (Accept: image/png); needs -o,\n"
+"                          prints no stats\n"
+"      --json              print the response as JSON (without the images) on stdout\n"
+"  -t, --timeout DUR       deadline of the request (default 300s; units ms, s, m, h)\n"
+"  -q, --quiet             print nothing but errors\n"
+"  -h, --help              this text\n");
+}
+
+static void usage_experts(FILE *f)
+{
+    fprintf(f,
+"usage: ddm-client experts [options]\n"
+"\n"
+"Lists the served experts (GET /v1/experts): live replicas, each replica's state,\n"
+"batched calls, rows, mean latency and mean batch size.\n"
+"\n"
+"  -u, --url URL      server (default $DDM_URL, else " DEFAULT_URL ")\n"
+"      --json         print the server's JSON as is\n"
+"  -t, --timeout DUR  deadline of the request (default 10s)\n"
+"  -h, --help         this text\n");
+}
+
+static void usage_bench(FILE *f)
+{
+    fprintf(f,
+"usage: ddm-client bench [options]\n"
+"\n"
+"Closed-loop load on POST /v1/samples: C connections (one thread each) send the\n"
+"same request back to back for the duration. Prints requests/s, images/s, latency\n"
+"p50/p90/p99/max and the failures by HTTP status or transport error. Exits 1 if\n"
+"any request failed.\n"
+"\n"
+"  -u, --url URL          server (default $DDM_URL, else " DEFAULT_URL ")\n"
+"  -c, --connections N    concurrent connections, 1..%d (default 8)\n"
+"  -d, --duration DUR     how long to send (default 10s; units ms, s, m, h; max 24h)\n"
+"      --requests N       stop after N requests in total (default: no limit)\n"
+"  -n, --n N              images per request (default 1)\n"
+"  -s, --steps N          steps per image (server default 50)\n"
+"  -S, --strategy NAME    routing strategy (server default top-2)\n"
+"      --seed N           fixed seed for every request (default: the server draws)\n"
+"      --label N          class to draw\n"
+"      --guidance G       classifier-free guidance scale\n"
+"      --sampler NAME     euler or heun\n"
+"      --proto            send protobuf instead of JSON\n"
+"      --png              ask for image/png grids (Accept: image/png)\n"
+"  -t, --timeout DUR      deadline of one request (default 120s)\n"
+"      --json             print the summary as one JSON object on stdout\n"
+"  -q, --quiet            no progress lines on stderr\n"
+"  -h, --help             this text\n",
+            LOADGEN_MAX_CONNECTIONS);
+}
+
+static void usage_ready(FILE *f)
+{
+    fprintf(f,
+"usage: ddm-client ready [options]\n"
+"\n"
+"Asks GET /readyz. Exit 0 when the router says ready (every expert has a live\n"
+"replica), 1 otherwise, with the server's reason (which experts are missing).\n"
+"\n"
+"  -u, --url URL      server (default $DDM_URL, else " DEFAULT_URL ")\n"
+"  -w, --wait DUR     keep asking every 200 ms for up to DUR (default: ask once)\n"
+"  -q, --quiet        print nothing on success\n"
+"  -h, --help         this text\n");
+}
+
+/* After getopt's own one-line complaint: where to look. */
+static int usage_hint(const char *cmd)
+{
+    fprintf(stderr, "ddm-client: see ddm-client %s --help\n", cmd);
+    return 2;
+}
+
+/* ---- shared option handling ----------------------------------------------------------- */
+
+enum {
+    O_SEED = 1000, O_LABEL, O_GUIDANCE, O_SAMPLER, O_THRESHOLD, O_TEMPERATURE, O_TRACE,
+    O_PROTO, O_COLS, O_OUTDIR, O_SERVERGRID, O_JSON, O_REQUESTS, O_PNG
+};
+
+typedef struct common_opts {
+    const char *url;
+    char hostport[300];
+    long timeout_ms;
+    int quiet, json;
+} common_opts;
+
+static int bad_value(const char *flag, const char *v, const char *want)
+{
+    fprintf(stderr, "ddm-client: %s \"%s\": expected %s\n", flag, v, want);
+    return 2;
+}
+
+static int opt_long(const char *flag, const char *v, long lo, long hi, long *out)
+{
+    if (cli_parse_long(v, lo, hi, out)) {
+        char want[96];
+        snprintf(want, sizeof want, "an integer %ld..%ld", lo, hi);
+        return bad_value(flag, v, want);
+    }
+    return 0;
+}
+
+static int opt_double(const char *flag, const char *v, double *out)
+{
+    return cli_parse_double(v, out) ? bad_value(flag, v, "a number") : 0;
+}
+
+static int opt_duration(const char *flag, const char *v, long *out)
+{
+    return cli_duration_ms(v, out) ? bad_value(flag, v, "a duration such as 30s, 500ms, 2m")
+                                   : 0;
+}
+
+static int resolve_url(common_opts *c)
+{
+    if (!c->url)
+        c->url = getenv("DDM_URL") && *getenv("DDM_URL") ? getenv("DDM_URL") : DEFAULT_URL;
+    char err[512];
+    if (cli_url_hostport(c->url, c->hostport, sizeof c->hostport, err, sizeof err)) {
+        fprintf(stderr, "ddm-client: %s\n", err);
+        return 2;
+    }
+    return 0;
+}
+
+static int extra_args(int argc, char **argv)
+{
+    if (optind < argc) {
+        fprintf(stderr, "ddm-client: unexpected argument \"%s\" (see --help)\n", argv[optind]);
+        return 2;
+    }
+    return 0;
+}
+
+/* Opens a connection and sends one request; on success *resp holds the
+ * answer (any status). Prints the transport error and returns 1 on failure. */
+static int do_request(const common_opts *c, const char *method, const char *path,
+                      const httpc_header *h, size_t nh, const void *body, size_t len,
+                      httpc_response *resp)
+{
+    char err[512];
+    httpc *hc;
+    memset(resp, 0, sizeof *resp);
+    if (httpc_open(c->hostport, (int)c->timeout_ms, &hc, err, sizeof err)) {
+        fprintf(stderr, "ddm-client: %s\n", err);
+        return 1;
+    }
+    int rc = httpc_request(hc, method, path, h, nh, body, len, resp);
+    httpc_close(hc);
+    if (rc) {
+        if (rc == DDM_ETIMEDOUT)
+            fprintf(stderr, "ddm-client: %s %s%s: no answer within %ld ms (raise --timeout)\n",
+                    method, c->url, path, c->timeout_ms);
+        else
+            fprintf(stderr, "ddm-client: %s %s%s: %s (is ddm-router running there?)\n", method,
+                    c->url, path, ddm_strerror(rc));
+        httpc_response_free(resp);
+        return 1;
+    }
+    return 0;
+}
+
+/* Prints "ddm-client: HTTP 400: message" for a non-200 response; returns 1 then. */
+static int http_failed(const httpc_response *resp)
+{
+    if (resp->status == 200)
+        return 0;
+    char msg[1024];
+    cli_error_message(resp, msg, sizeof msg);
+    fprintf(stderr, "ddm-client: HTTP %d: %s\n", resp->status, msg);
+    return 1;
+}
+
+static double mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/* Parses the request fields sample and bench share. Returns 0 if c was one of
+ * them (and handled), -1 if it is not one of them, 2 on a bad value. */
+static int parse_req_opt(int c, const char *arg, samples_req *r)
+{
+    long v;
+    switch (c) {
+    case 'n':
+        if (opt_long("--n", arg, 1, 1000000, &r->n))
+            return 2;
+        return 0;
+    case 's':
+        if (opt_long("--steps", arg, 1, 1000000, &r->steps))
+            return 2;
+        return 0;
+    case 'S': r->strategy = arg; return 0;
+    case O_SAMPLER: r->sampler = arg; return 0;
+    case O_SEED:
+        if (cli_parse_u64(arg, &r->seed))
+            return bad_value("--seed", arg, "an integer 0..18446744073709551615");
+        r->has_seed = 1;
+        return 0;
+    case O_LABEL:
+        if (opt_long("--label", arg, 0, 1000000, &v))
+            return 2;
+        r->has_label = 1, r->label = v;
+        return 0;
+    case O_GUIDANCE:
+        r->has_guidance = 1;
+        return opt_double("--guidance", arg, &r->guidance);
+    case O_THRESHOLD:
+        r->has_threshold = 1;
+        return opt_double("--threshold", arg, &r->threshold);
+    case O_TEMPERATURE:
+        r->has_temperature = 1;
+        return opt_double("--temperature", arg, &r->temperature);
+    default:
+        return -1;
+    }
+}
+
+/* ---- sample -------------------------------------------------------------------------- */
+
+static void print_trace(const samples_resp *r)
+{
+    for (int i = 0; i < r->n_trace; i++) {
+        const samples_trace *t = &r->trace[i];
+        printf("trace image %d step %d%s t=%.4f:", t->image, t->step,
+               t->stage ? " (corrector)" : "", t->t);
+        for (int j = 0; j < t->n_sel; j++)
+            printf(" %d (%.3f)", t->experts[j], t->weights[j]);
+        printf("\n");
+    }
+}
+
+static void print_stats(FILE *f, const samples_resp *r, double rtt_ms)
+{
+    fprintf(f, "seed %llu, strategy %s, sampler %s, %d steps, %d images %dx%d\n",
+            (unsigned long long)r->seed, r->strategy, r->sampler, r->steps, r->n_images,
+            r->width, r->height);
+    fprintf(f, "expert calls %llu; by expert:", (unsigned long long)r->expert_calls);
+    for (int k = 0; k < r->K; k++)
+        fprintf(f, " %d:%llu", k, (unsigned long long)r->calls_by_expert[k]);
+    fprintf(f, "\n");
+    fprintf(f, "timings ms: total %.1f (queue %.1f, router %.1f, experts %.1f), "
+               "round trip %.1f\n", r->total_ms, r->queue_ms, r->router_ms, r->expert_ms,
+            rtt_ms);
+}
+
+static int cmd_sample(int argc, char **argv)
+{
+    static const struct option lo[] = {
+        { "url", required_argument, 0, 'u' },       { "n", required_argument, 0, 'n' },
+        { "steps", required_argument, 0, 's' },     { "strategy", required_argument, 0, 'S' },
+        { "seed", required_argument, 0, O_SEED },   { "label", required_argument, 0, O_LABEL },
+        { "guidance", required_argument, 0, O_GUIDANCE },
+        { "sampler", required_argument, 0, O_SAMPLER },
+        { "threshold", required_argument, 0, O_THRESHOLD },
+        { "temperature", required_argument, 0, O_TEMPERATURE },
+        { "trace", no_argument, 0, O_TRACE },       { "proto", no_argument, 0, O_PROTO },
+        { "output", required_argument, 0, 'o' },    { "cols", required_argument, 0, O_COLS },
+        { "out-dir", required_argument, 0, O_OUTDIR },
+        { "server-grid", no_argument, 0, O_SERVERGRID },
+        { "json", no_argument, 0, O_JSON },         { "timeout", required_argument, 0, 't' },
+        { "quiet", no_argument, 0, 'q' },           { "help", no_argument, 0, 'h' },
+        { 0, 0, 0, 0 },
+    };
+    common_opts co = { .timeout_ms = 300000 };
+    samples_req rq = { 0 };
+    int proto = 0, server_grid = 0;
+    long cols = 0;
+    const char *out = NULL, *out_dir = NULL;
+    int c;
+    while ((c = getopt_long(argc, argv, "u:n:s:S:o:t:qh", lo, NULL)) != -1) {
+        int st = parse_req_opt(c, optarg, &rq);
+        if (st == 2)
+            return 2;
+        if (st == 0)
+            continue;
+        switch (c) {
+        case 'u': co.url = optarg; break;
+        case 'o': out = optarg; break;
+        case 't': if (opt_duration("--timeout", optarg, &co.timeout_ms)) return 2; break;
+        case 'q': co.quiet = 1; break;
+        case O_TRACE: rq.trace = 1; break;
+        case O_PROTO: proto = 1; break;
+        case O_COLS: if (opt_long("--cols", optarg, 1, 1024, &cols)) return 2; break;
+        case O_OUTDIR: out_dir = optarg; break;
+        case O_SERVERGRID: server_grid = 1; break;
+        case O_JSON: co.json = 1; break;
+        case 'h': usage_sample(stdout); return 0;
+        default: return usage_hint("sample");
+        }
+    }
+    if (extra_args(argc, argv) || resolve_url(&co))
+        return 2;
+    if (co.timeout_ms > 0x7fffffff)
+        co.timeout_ms = 0x7fffffff;
+    if (server_grid && (!out || out_dir || co.json || rq.trace || cols)) {
+        fprintf(stderr, "ddm-client: --server-grid writes only the server's PNG grid: give -o FILE "
+                        "and none of --out-dir, --json, --trace, --cols\n");
+        return 2;
+    }
+
+    uint8_t *body;
+    size_t blen;
+    if (samples_encode(&rq, proto, &body, &blen)) {
+        fprintf(stderr, "ddm-client: out of memory\n");
+        return 1;
+    }
+    const char *ctype = proto ? CT_PROTO : CT_JSON;
+    httpc_header h[2] = { { "Content-Type", ctype },
+                          { "Accept", server_grid ? "image/png" : ctype } };
+    httpc_response resp;
+    double t0 = mono_ms();
+    int rc = do_request(&co, "POST", "/v1/samples", h, 2, body, blen, &resp);
+    double rtt = mono_ms() - t0;
+    free(body);
+    if (rc)
+        return 1;
+    if (http_failed(&resp)) {
+        httpc_response_free(&resp);
+        return 1;
+    }
+    char err[512];
+    if (server_grid) {
+        FILE *f = fopen(out, "wb");
+        int bad = !f || fwrite(resp.body, 1, resp.body_len, f) != resp.body_len;
+        if (f && fclose(f))
+            bad = 1;
+        httpc_response_free(&resp);
+        if (bad) {
+            fprintf(stderr, "ddm-client: cannot write %s (check the folder exists and is writable)\n",
+                    out);
+            return 1;
+        }
+        if (!co.quiet)
+            printf("wrote %s (grid rendered by the server), round trip %.1f ms\n", out, rtt);
+        return 0;
+    }
+    samples_resp sr;
+    rc = samples_decode(httpc_response_header(&resp, "Content-Type"), (const uint8_t *)resp.body,
+                        resp.body_len, &sr, err, sizeof err);
+    httpc_response_free(&resp);
+    if (rc) {
+        fprintf(stderr, "ddm-client: %s\n", err);
+        return 1;
+    }
+    /* with --json, stdout carries only the JSON; the rest goes to stderr */
+    FILE *info = co.json ? stderr : stdout;
+    if (out && (rc = samples_write_grid(&sr, out, (int)cols, err, sizeof err)) == 0 && !co.quiet)
+        fprintf(info, "wrote %s: %d images in a %d-column grid\n", out, sr.n_images,
+                cols ? (int)cols : samples_grid_cols(sr.n_images));
+    if (!rc && out_dir && (rc = samples_write_dir(&sr, out_dir, "sample-", err, sizeof err)) == 0 &&
+        !co.quiet)
+        fprintf(info, "wrote %s/sample-000.png .. sample-%03d.png\n", out_dir, sr.n_images - 1);
+    if (rc) {
+        fprintf(stderr, "ddm-client: %s\n", err);
+        samples_resp_free(&sr);
+        return 1;
+    }
+    if (co.json)
+        printf("%s\n", sr.meta_json);
+    else if (!co.quiet && rq.trace)
+        print_trace(&sr);
+    if (!co.quiet)
+        print_stats(info, &sr, rtt);
+    samples_resp_free(&sr);
+    return 0;
+}
+
+/* ---- experts ------------------------------------------------------------------------- */
+
+static double jnum(const cJSON *o, const char *k)
+{
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, k);
+    return cJSON_IsNumber(it) ? it->valuedouble : 0;
+}
+
+static const char *jstr(const cJSON *o, const char *k)
+{
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, k);
+    return cJSON_IsString(it) ? it->valuestring : "";
+}
+
+static int print_experts(const char *body, size_t len)
+{
+    cJSON *root = cJSON_ParseWithLength(body, len);
+    const cJSON *experts = cJSON_GetObjectItemCaseSensitive(root, "experts");
+    if (!cJSON_IsArray(experts)) {
+        fprintf(stderr, "ddm-client: GET /v1/experts: the answer is not the expected JSON "
+                        "(is this a ddm-router?)\n");
+        cJSON_Delete(root);
+        return 1;
+    }
+    printf("%d experts, dim %d, %d classes, %s\n", (int)jnum(root, "num_experts"),
+           (int)jnum(root, "dim"), (int)jnum(root, "num_classes"),
+           cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "ready")) ? "ready"
+                                                                        : "NOT ready");
+    printf("%-3s %-5s %10s %12s %9s %8s %8s %8s  %s\n", "id", "live", "calls", "rows",
+           "lat ms", "batch", "retries", "failures", "replicas (state)");
+    const cJSON *e;
+    cJSON_ArrayForEach(e, experts) {
+        const cJSON *reps = cJSON_GetObjectItemCaseSensitive(e, "replicas");
+        char live[16];
+        snprintf(live, sizeof live, "%d/%d", (int)jnum(e, "live_replicas"),
+                 cJSON_GetArraySize(reps));
+        printf("%-3d %-5s %10.0f %12.0f %9.3f %8.2f %8.0f %8.0f ", (int)jnum(e, "id"), live,
+               jnum(e, "calls"), jnum(e, "rows"), jnum(e, "mean_latency_ms"),
+               jnum(e, "mean_batch"), jnum(e, "retries"), jnum(e, "failures"));
+        const cJSON *r;
+        int first = 1;
+        cJSON_ArrayForEach(r, reps) {
+            /* the detail of a healthy replica (weights hash, batch) is in --json */
+            const char *state = jstr(r, "state"), *detail = jstr(r, "detail");
+            int show = *detail && strcmp(state, "up");
+            printf("%s %s (%s%s%s)", first ? "" : ",", jstr(r, "url"), state, show ? ": " : "",
+                   show ? detail : "");
+            first = 0;
+        }
+        printf("\n");
+    }
+    cJSON_Delete(root);
+    return 0;
+}
+
+static int cmd_experts(int argc, char **argv)
+{
+    static const struct option lo[] = {
+        { "url", required_argument, 0, 'u' }, { "json", no_argument, 0, O_JSON },
+        { "timeout", required_argument, 0, 't' }, { "help", no_argument, 0, 'h' },
+        { 0, 0, 0, 0 },
+    };
+    common_opts co = { .timeout_ms = 10000 };
+    int c;
+    while ((c = getopt_long(argc, argv, "u:t:h", lo, NULL)) != -1) {
+        switch (c) {
+        case 'u': co.url = optarg; break;
+        case 't': if (opt_duration("--timeout", optarg, &co.timeout_ms)) return 2; break;
+        case O_JSON: co.json = 1; break;
+        case 'h': usage_experts(stdout); return 0;
+        default: return usage_hint("experts");
+        }
+    }
+    if (extra_args(argc, argv) || resolve_url(&co))
+        return 2;
+    if (co.timeout_ms > 0x7fffffff)
+        co.timeout_ms = 0x7fffffff;
+    httpc_response resp;
+    if (do_request(&co, "GET", "/v1/experts", NULL, 0, NULL, 0, &resp))
+        return 1;
+    int rc = http_failed(&resp);
+    if (!rc && co.json)
+        fwrite(resp.body, 1, resp.body_len, stdout);
+    else if (!rc)
+        rc = print_experts(resp.body, resp.body_len);
+    httpc_response_free(&resp);
+    return rc;
+}
+
+/* ---- bench --------------------------------------------------------------------------- */
+
+static void on_progress(void *ud, double elapsed, uint64_t done, uint64_t failed)
+{
+    (void)ud;
+    fprintf(stderr, "bench: %5.1f s  %llu requests  %llu failed\n", elapsed,
+            (unsigned long long)done, (unsigned long long)failed);
+}
+
+static const char *failure_name(int code, char *buf, size_t len)
+{
+    if (code > 0)
+        snprintf(buf, len, "HTTP %d", code);
+    else if (code == 0)
+        snprintf(buf, len, "other");
+    else
+        snprintf(buf, len, "transport: %s", ddm_strerror(code));
+    return buf;
+}
+
+static void print_bench_json(const loadgen_config *lc, const loadgen_result *r, long n)
+{
+    cJSON *o = cJSON_CreateObject();
+    if (!o)
+        return;
+    cJSON_AddNumberToObject(o, "connections", lc->connections);
+    cJSON_AddNumberToObject(o, "duration_s", r->elapsed_s);
+    cJSON_AddNumberToObject(o, "requests", (double)r->requests);
+    cJSON_AddNumberToObject(o, "ok", (double)r->ok);
+    cJSON_AddNumberToObject(o, "failed", (double)r->failed);
+    cJSON_AddNumberToObject(o, "requests_per_s", r->elapsed_s > 0 ? (double)r->ok / r->elapsed_s : 0);
+    cJSON_AddNumberToObject(o, "images_per_s",
+                            r->elapsed_s > 0 ? (double)r->ok * (double)n / r->elapsed_s : 0);
+    cJSON *lat = cJSON_AddObjectToObject(o, "latency_ms");
+    if (lat) {
+        cJSON_AddNumberToObject(lat, "mean", r->mean_ms);
+        cJSON_AddNumberToObject(lat, "p50", r->p50_ms);
+        cJSON_AddNumberToObject(lat, "p90", r->p90_ms);
+        cJSON_AddNumberToObject(lat, "p99", r->p99_ms);
+        cJSON_AddNumberToObject(lat, "max", r->max_ms);
+    }
+    cJSON *errs = cJSON_AddObjectToObject(o, "errors");
+    for (int i = 0; errs && i < r->n_failures; i++) {
+        char name[128];
+        cJSON_AddNumberToObject(errs, failure_name(r->failures[i].code, name, sizeof name),
+                                (double)r->failures[i].count);
+    }
+    char *s = cJSON_PrintUnformatted(o);
+    if (s)
+        printf("%s\n", s);
+    free(s);
+    cJSON_Delete(o);
+}
+
+static int cmd_bench(int argc, char **argv)
+{
+    static const struct option lo[] = {
+        { "url", required_argument, 0, 'u' },          { "connections", required_argument, 0, 'c' },
+        { "duration", required_argument, 0, 'd' },     { "requests", required_argument, 0, O_REQUESTS },
+        { "n", required_argument, 0, 'n' },            { "steps", required_argument, 0, 's' },
+        { "strategy", required_argument, 0, 'S' },     { "seed", required_argument, 0, O_SEED },
+        { "label", required_argument, 0, O_LABEL },    { "guidance", required_argument, 0, O_GUIDANCE },
+        { "sampler", required_argument, 0, O_SAMPLER },
+        { "threshold", required_argument, 0, O_THRESHOLD },
+        { "temperature", required_argument, 0, O_TEMPERATURE },
+        { "proto", no_argument, 0, O_PROTO },          { "png", no_argument, 0, O_PNG },
+        { "timeout", required_argument, 0, 't' },      { "json", no_argument, 0, O_JSON },
+        { "quiet", no_argument, 0, 'q' },              { "help", no_argument, 0, 'h' },
+        { 0, 0, 0, 0 },
+    };
+    common_opts co = { .timeout_ms = 120000 };
+    samples_req rq = { .n = 1 };
+    long conns = 8, duration = 10000, max_req = 0;
+    int proto = 0, png = 0;
+    int c;
+    while ((c = getopt_long(argc, argv, "u:c:d:n:s:S:t:qh", lo, NULL)) != -1) {
+        int st = parse_req_opt(c, optarg, &rq);
+        if (st == 2)
+            return 2;
+        if (st == 0)
+            continue;
+        switch (c) {
+        case 'u': co.url = optarg; break;
+        case 'c':
+            if (opt_long("--connections", optarg, 1, LOADGEN_MAX_CONNECTIONS, &conns))
+                return 2;
+            break;
+        case 'd':
+            if (opt_duration("--duration", optarg, &duration))
+                return 2;
+            if (duration > 24L * 3600 * 1000)
+                return bad_value("--duration", optarg, "at most 24h");
+            break;
+        case O_REQUESTS: if (opt_long("--requests", optarg, 1, 1000000000L, &max_req)) return 2; break;
+        case O_PROTO: proto = 1; break;
+        case O_PNG: png = 1; break;
+        case 't': if (opt_duration("--timeout", optarg, &co.timeout_ms)) return 2; break;
+        case O_JSON: co.json = 1; break;
+        case 'q': co.quiet = 1; break;
+        case 'h': usage_bench(stdout); return 0;
+        default: return usage_hint("bench");
+        }
+    }
+    if (extra_args(argc, argv) || resolve_url(&co))
+        return 2;
+    if (co.timeout_ms > 0x7fffffff)
+        co.timeout_ms = 0x7fffffff;
+    uint8_t *body;
+    size_t blen;
+    if (samples_encode(&rq, proto, &body, &blen)) {
+        fprintf(stderr, "ddm-client: out of memory\n");
+        return 1;
+    }
+    const char *ctype = proto ? CT_PROTO : CT_JSON;
+    loadgen_config lc = {
+        .hostport = co.hostport, .method = "POST", .path = "/v1/samples",
+        .body = body, .body_len = blen, .content_type = ctype,
+        .accept = png ? "image/png" : ctype, .connections = (int)conns,
+        .duration_ms = duration, .max_requests = max_req, .timeout_ms = (int)co.timeout_ms,
+        .progress = co.quiet ? NULL : on_progress,
+    };
+    char desc[256], steps[32] = "";
+    if (rq.steps)
+        snprintf(steps, sizeof steps, " steps=%ld", rq.steps);
+    snprintf(desc, sizeof desc, "n=%ld%s strategy=%s %s", rq.n, steps,
+             rq.strategy ? rq.strategy : "(default)", proto ? "protobuf" : "json");
+    if (!co.quiet)
+        fprintf(stderr, "bench: %s for %.1f s with %ld connections: POST /v1/samples %s\n",
+                co.url, (double)duration / 1000.0, conns, desc);
+    loadgen_result r;
+    char err[512];
+    int rc = loadgen_run(&lc, &r, err, sizeof err);
+    free(body);
+    if (rc) {
+        fprintf(stderr, "ddm-client: %s\n", err);
+        return 1;
+    }
+    if (co.json) {
+        print_bench_json(&lc, &r, rq.n);
+    } else {
+        double el = r.elapsed_s > 0 ? r.elapsed_s : 1;
+        printf("requests    %llu in %.2f s: %llu ok, %llu failed\n",
+               (unsigned long long)r.requests, r.elapsed_s, (unsigned long long)r.ok,
+               (unsigned long long)r.failed);
+        printf("throughput  %.2f requests/s, %.2f images/s\n", (double)r.ok / el,
+               (double)r.ok * (double)rq.n / el);
+        printf("latency ms  mean %.1f  p50 %.1f  p90 %.1f  p99 %.1f  max %.1f\n", r.mean_ms,
+               r.p50_ms, r.p90_ms, r.p99_ms, r.max_ms);
+        if (!r.n_failures)
+            printf("errors      none\n");
+        for (int i = 0; i < r.n_failures; i++) {
+            char name[128];
+            const loadgen_failure *f = &r.failures[i];
+            printf("errors      %s: %llu", failure_name(f->code, name, sizeof name),
+                   (unsigned long long)f->count);
+            if (f->code > 0) /* a transport error's name says it all */
+                printf(" (first: %s)", f->first_message);
+            printf("\n");
+        }
+    }
+    if (r.failed || !r.ok) {
+        if (!r.ok && !r.failed)
+            fprintf(stderr, "ddm-client: bench: no request completed (raise --duration)\n");
+        else
+            fprintf(stderr, "ddm-client: bench: %llu of %llu requests failed\n",
+                    (unsigned long long)r.failed, (unsigned long long)r.requests);
+        return 1;
+    }
+    return 0;
+}
+
+/* ---- ready --------------------------------------------------------------------------- */
+
+static int cmd_ready(int argc, char **argv)
+{
+    static const struct option lo[] = {
+        { "url", required_argument, 0, 'u' }, { "wait", required_argument, 0, 'w' },
+        { "quiet", no_argument, 0, 'q' },     { "help", no_argument, 0, 'h' },
+        { 0, 0, 0, 0 },
+    };
+    common_opts co = { .timeout_ms = 2000 };
+    long wait_ms = 0;
+    int c;
+    while ((c = getopt_long(argc, argv, "u:w:qh", lo, NULL)) != -1) {
+        switch (c) {
+        case 'u': co.url = optarg; break;
+        case 'w': if (opt_duration("--wait", optarg, &wait_ms)) return 2; break;
+        case 'q': co.quiet = 1; break;
+        case 'h': usage_ready(stdout); return 0;
+        default: return usage_hint("ready");
+        }
+    }
+    if (extra_args(argc, argv) || resolve_url(&co))
+        return 2;
+    char err[512], last[1024] = "";
+    httpc *hc;
+    if (httpc_open(co.hostport, (int)co.timeout_ms, &hc, err, sizeof err)) {
+        fprintf(stderr, "ddm-client: %s\n", err);
+        return 2;
+    }
+    double deadline = mono_ms() + (double)wait_ms;
+    for (;;) {
+        httpc_response resp;
+        int rc = httpc_request(hc, "GET", "/readyz", NULL, 0, NULL, 0, &resp);
+        if (rc) {
+            snprintf(last, sizeof last, "GET %s/readyz: %s", co.url, ddm_strerror(rc));
+            httpc_disconnect(hc);
+        } else if (resp.status == 200) {
+            httpc_response_free(&resp);
+            httpc_close(hc);
+            if (!co.quiet)
+                printf("ready\n");
+            return 0;
+        } else {
+            char msg[900];
+            cli_error_message(&resp, msg, sizeof msg);
+            snprintf(last, sizeof last, "HTTP %d: %s", resp.status, msg);
+        }
+        httpc_response_free(&resp);
+        if (mono_ms() + 200 > deadline)
+            break;
+        usleep(200000);
+    }
+    httpc_close(hc);
+    if (wait_ms)
+        fprintf(stderr, "ddm-client: not ready after %.1f s: %s\n", (double)wait_ms / 1000, last);
+    else
+        fprintf(stderr, "ddm-client: not ready: %s\n", last);
+    return 1;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage_main(stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
+        usage_main(stdout);
+        return 0;
+    }
+    if (!strcmp(cmd, "-V") || !strcmp(cmd, "--version")) {
+        printf("ddm-client %s\n", DDM_VERSION);
+        return 0;
+    }
+    /* the command's options start after it; getopt's messages say "ddm-client" */
+    argv[1] = "ddm-client";
+    argc--;
+    argv++;
+    if (!strcmp(cmd, "sample"))
+        return cmd_sample(argc, argv);
+    if (!strcmp(cmd, "experts"))
+        return cmd_experts(argc, argv);
+    if (!strcmp(cmd, "bench"))
+        return cmd_bench(argc, argv);
+    if (!strcmp(cmd, "ready"))
+        return cmd_ready(argc, argv);
+    fprintf(stderr, "ddm-client: unknown command \"%s\": use sample, experts, bench or ready "
+                    "(see --help)\n", cmd);
+    return 2;
+}
