@@ -1,0 +1,131 @@
+/* ctx.h -- what every ddm-eval command shares: options, the reference
+ * images (held-out set for FID, training set for the floor), the per-sample
+ * quality summary, and small output helpers.
+ *
+ * The reference sets are the dataset's own splits (tools/train/data.h) or,
+ * with --heldout / --train, any safetensors file with a tensor "images"
+ * ([n][D], U8 as x = b * 2 / 255 - 1, or F32 in [-1, 1]) and optionally
+ * "labels" (I32 [n]) -- a shard file of ddm-train is one. */
+#ifndef DDM_EVAL_CTX_H
+#define DDM_EVAL_CTX_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "tools/eval/fid.h"
+#include "tools/eval/gen.h"
+#include "tools/eval/judge.h"
+
+#define EVAL_PATH 1024
+#define EVAL_MAX_CLASSES 64
+
+typedef struct eval_opts {
+    char data[16];                /* --data: digits | fashion */
+    char data_dir[EVAL_PATH];     /* --data-dir */
+    char models[EVAL_PATH];       /* --models (default models/<data>) */
+    char classifier[EVAL_PATH];   /* --classifier (default <models>/classifier.safetensors) */
+    char monolith[EVAL_PATH];     /* --monolith ("" = <models>/monolith.safetensors if present) */
+    char partition[EVAL_PATH];    /* --partition (default <data-dir>/<data>/k<K>/partition.safetensors) */
+    char heldout[EVAL_PATH];      /* --heldout file ("" = the dataset's test split) */
+    char train[EVAL_PATH];        /* --train file ("" = the dataset's training split) */
+    char url[256];                /* --url: sample through a running ddm-router */
+    char out[EVAL_PATH];          /* --out (default docs/results/<data>) */
+    char strategy[GEN_NAME];      /* fid: --strategy */
+    char rows[512];               /* table: --rows (comma list, "" = all) */
+    char strategies[256];         /* distance: --strategies */
+    int label;                    /* fid: --label (-1 none) */
+    int conditional;              /* fid: --conditional (class-balanced labels) */
+    int steps;                    /* --steps */
+    float guidance;               /* --guidance of labelled samples */
+    int seeds;                    /* --seeds */
+    uint64_t seed;                /* --seed: first run seed */
+    long n;                       /* -n: images per FID (per seed in table) */
+    long n_cond;                  /* --n-cond: table, class-conditional images per seed */
+    int modes;                    /* table: bit 1 unconditional, bit 2 conditional */
+    int probe_n;                  /* --probe: trajectories of a probe pass */
+    int every;                    /* --every: probed evaluations */
+    float eps;                    /* --eps: Lipschitz step */
+    int jobs;                     /* --jobs: worker threads */
+    int timeout_ms;               /* --timeout (url mode) */
+    int plots;                    /* write PNG charts and grids */
+    int quiet;
+    char command[2048];           /* the command line, for reports */
+    int n_given;                  /* -n was given */
+} eval_opts;
+
+void eval_opts_default(eval_opts *o);
+/* Fills defaults that depend on --data and --models; call after parsing. */
+void eval_opts_finish(eval_opts *o);
+
+/* The reference images and the statistics of the held-out features. */
+typedef struct eval_ref {
+    int D, C;
+    float *held;            /* [held_n][D] */
+    int *held_labels;       /* [held_n] or NULL */
+    long held_n;
+    fid_stats held_stats;   /* classifier features of the held-out set */
+    float *train;           /* [train_n][D] or NULL when unavailable */
+    long train_n;
+    const char *const *class_names; /* [C] or NULL */
+} eval_ref;
+
+/* Loads the held-out set (required) and the training set (optional: on
+ * failure train is NULL and a warning goes to stderr) and computes the
+ * held-out feature statistics with j. Returns 0 or an error with a message. */
+int eval_ref_load(const eval_opts *o, judge *j, eval_ref *r, char *err, size_t errlen);
+void eval_ref_free(eval_ref *r);
+
+/* FID of n training images (a subset drawn without replacement with seed;
+ * all of them when n >= train_n) against the held-out set: the floor a
+ * perfect generator would reach with that many samples. *used receives the
+ * count. Returns 0, DDM_ENOTFOUND without a training set, or an error. */
+int eval_floor(const eval_ref *r, judge *j, long n, uint64_t seed, double *fid, long *used,
+               char *err, size_t errlen);
+
+/* Quality of n samples x [n][D]. */
+typedef struct eval_quality {
+    double fid;
+    int hist[EVAL_MAX_CLASSES];   /* classifier's class counts */
+    double confident;             /* share with max softmax > JUDGE_CONFIDENT */
+    double label_acc;             /* share classified as asked (NAN without labels) */
+    long n;
+} eval_quality;
+
+/* Classifies x, computes its FID against r and the rest of eval_quality.
+ * asked [n] the requested classes or NULL; conf [n] receives per-sample
+ * confidence when not NULL. Returns 0 or an error with a message. */
+int eval_quality_of(judge *j, const eval_ref *r, const float *x, long n, const int *asked,
+                    float *conf, eval_quality *q, char *err, size_t errlen);
+
+/* Opens the classifier named by o (message names the flag to fix). */
+judge *eval_open_judge(const eval_opts *o, char *err, size_t errlen);
+/* Opens the sample source of o: --url, else the in-process set. */
+gen_source *eval_open_source(const eval_opts *o, char *err, size_t errlen);
+
+/* Cluster centroids [K][D] (caller frees): the experts' "centroid" tensors,
+ * else the partition file's "centroids". NULL with a message when neither
+ * exists. where receives a description of the source. */
+float *eval_centroids(const eval_opts *o, ensemble *e, char *where, size_t wlen, char *err,
+                      size_t errlen);
+/* Class make-up of the clusters: table [K][C] counts (caller frees) from the
+ * partition file, or NULL with a message. */
+int *eval_cluster_table(const eval_opts *o, int K, int C, char *err, size_t errlen);
+
+/* mkdir -p. Returns 0 or -errno with a message. */
+int eval_mkdirs(const char *path, char *err, size_t errlen);
+/* Opens out/name for writing; NULL with a message. */
+FILE *eval_fopen(const eval_opts *o, const char *name, char *err, size_t errlen);
+/* A file-name-safe copy of a row name ("expert:3" -> "expert-3"). */
+void eval_slug(const char *name, char *buf, size_t len);
+/* Width and height of an image of D pixels (square when D is a square). */
+void eval_image_side(int D, int *w, int *h);
+/* Writes n images [n][D] as a grid PNG with cols columns at out/name. */
+int eval_write_grid(const eval_opts *o, const char *name, const float *x, int n, int D, int cols,
+                    char *err, size_t errlen);
+/* Seconds since an arbitrary start (monotonic). */
+double eval_now(void);
+/* Class name c ("3", "T-shirt/top", ...) into buf. */
+const char *eval_class_name(const eval_ref *r, int c, char *buf, size_t len);
+
+#endif

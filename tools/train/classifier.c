@@ -1,0 +1,136 @@
+/* classifier.c -- the clean-image classifier task (random shifts) and its use. */
+#include "tools/train/tasks.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/err.h"
+#include "common/rng.h"
+
+typedef struct cls_ctx {
+    const train_data *d;
+    const train_opts *o;
+    int side, shift, K;
+    int *target;   /* [B] class of each row */
+} cls_ctx;
+
+/* dst = src moved by (dx, dy) pixels, background -1 where nothing moves in. */
+static void shift_image(const float *src, int side, int dx, int dy, float *dst)
+{
+    for (int y = 0; y < side; y++) {
+        int sy = y - dy;
+        for (int x = 0; x < side; x++) {
+            int sx = x - dx;
+            dst[y * side + x] =
+                (sy >= 0 && sy < side && sx >= 0 && sx < side) ? src[sy * side + sx] : -1.0f;
+        }
+    }
+}
+
+static void cls_batch(void *vctx, long step, int B, float *x, float *t, int *labels)
+{
+    cls_ctx *ctx = vctx;
+    const train_data *d = ctx->d;
+    const uint64_t seed = ctx->o->seed;
+    const size_t D = (size_t)d->dim;
+    const uint64_t base = (uint64_t)step * (uint64_t)B;
+    const int span = 2 * ctx->shift + 1;
+    for (int i = 0; i < B; i++) {
+        uint64_t r = base + (uint64_t)i;
+        int j = (int)(rng_uniform(seed, FIT_STREAM_INDEX, r) * d->n);
+        if (j >= d->n)
+            j = d->n - 1;
+        int dx = (int)(rng_uniform(seed, FIT_STREAM_AUG, 2 * r) * span) - ctx->shift;
+        int dy = (int)(rng_uniform(seed, FIT_STREAM_AUG, 2 * r + 1) * span) - ctx->shift;
+        if (ctx->side * ctx->side == d->dim)
+            shift_image(d->x + (size_t)j * D, ctx->side, dx, dy, x + (size_t)i * D);
+        else
+            memcpy(x + (size_t)i * D, d->x + (size_t)j * D, D * sizeof *x);
+        t[i] = 0.0f;
+        labels[i] = -1;
+        ctx->target[i] = d->y[j];
+    }
+}
+
+static double cls_loss(void *vctx, int B, const float *out, float *dout)
+{
+    cls_ctx *ctx = vctx;
+    return fit_xent(B, ctx->K, out, ctx->target, dout);
+}
+
+int classifier_train(const net_config *c, float *params, float *avg, const train_data *d,
+                     int side, int shift, const train_opts *o, train_result *res, char *err,
+                     size_t errlen)
+{
+    if (d->n < 1 || !d->y || d->dim != c->in_dim) {
+        snprintf(err, errlen, "%s: no data, no labels or dim %d != %d", o->tag, d->dim,
+                 c->in_dim);
+        return DDM_EINVAL;
+    }
+    for (int i = 0; i < d->n; i++) {
+        if (d->y[i] < 0 || d->y[i] >= c->out_dim) {
+            snprintf(err, errlen, "%s: class %d of sample %d is outside 0..%d", o->tag, d->y[i], i,
+                     c->out_dim - 1);
+            return DDM_ERANGE;
+        }
+    }
+    cls_ctx ctx = { d, o, side, shift < 0 ? 0 : shift, c->out_dim,
+                    malloc((size_t)o->batch * sizeof(int)) };
+    if (!ctx.target) {
+        snprintf(err, errlen, "%s: out of memory", o->tag);
+        return DDM_ENOMEM;
+    }
+    fit_task task = { &ctx, cls_batch, cls_loss };
+    int rc = fit_run(c, params, avg, &task, o, res, err, errlen);
+    free(ctx.target);
+    return rc;
+}
+
+int classifier_predict(const net_config *c, const float *params, int n, const float *x,
+                       int *pred, float *conf)
+{
+    enum { CH = 256 };
+    const int K = c->out_dim;
+    net_scratch *s = net_scratch_new(c, CH, 0);
+    float *out = malloc((size_t)CH * K * sizeof *out);
+    float *tz = calloc(CH, sizeof *tz);
+    int rc = (!s || !out || !tz) ? DDM_ENOMEM : 0;
+    net_weights w;
+    net_bind(c, (float *)params, &w);
+    for (int r0 = 0; r0 < n && !rc; r0 += CH) {
+        int m = n - r0 < CH ? n - r0 : CH;
+        rc = net_forward(c, &w, s, m, x + (size_t)r0 * c->in_dim, tz, NULL, out);
+        for (int i = 0; i < m && !rc; i++) {
+            const float *l = out + (size_t)i * K;
+            int a = fit_argmax(l, K);
+            double sum = 0.0;
+            for (int k = 0; k < K; k++)
+                sum += exp((double)(l[k] - l[a]));
+            if (pred)
+                pred[r0 + i] = a;
+            if (conf)
+                conf[r0 + i] = (float)(1.0 / sum);
+        }
+    }
+    net_scratch_free(s);
+    free(out);
+    free(tz);
+    return rc;
+}
+
+double classifier_eval(const net_config *c, const float *params, const train_data *d)
+{
+    int *pred = malloc((size_t)(d->n > 0 ? d->n : 1) * sizeof *pred);
+    double acc = -1.0;
+    if (pred && d->y && d->n > 0 && d->dim == c->in_dim &&
+        classifier_predict(c, params, d->n, d->x, pred, NULL) == 0) {
+        long hit = 0;
+        for (int i = 0; i < d->n; i++)
+            hit += pred[i] == d->y[i];
+        acc = (double)hit / d->n;
+    }
+    free(pred);
+    return acc;
+}
