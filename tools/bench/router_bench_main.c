@@ -103,7 +103,7 @@ static int fetch_metrics(const char *hostport, double *ticks, double *overhead, 
 int main(int argc, char **argv)
 {
     blas_fix_core(argv); /* the workers do the same: compare like with like */
-    const char *models = NULL, *bindir = "bin", *delay = "500";
+    const char *models = NULL, *bindir = "bin", *delay = "0";
     int steps = 50, duration = 15;
     static const struct option lo[] = {
         { "models", required_argument, 0, 'm' }, { "bin", required_argument, 0, 'b' },
@@ -121,7 +121,7 @@ int main(int argc, char **argv)
         case 'D': delay = optarg; break;
         case 'h':
             printf("usage: router_bench [--models DIR] [--bin DIR] [--steps 50] [--duration 15]\n"
-                   "                    [--max-delay-us N (workers', default 500)]\n"
+                   "                    [--max-delay-us N (workers', default 0 as in ddm-cluster)]\n"
                    "Without --models, uses models/digits.\n");
             return 0;
         default: return 2;
