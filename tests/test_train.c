@@ -19,6 +19,7 @@
 #include <cmocka.h>
 
 #include "common/err.h"
+#include "common/fsutil.h"
 #include "common/model.h"
 #include "common/rng.h"
 #include "common/st.h"
@@ -361,7 +362,7 @@ static int setup_shards(void **state)
     snprintf(f->shards, sizeof f->shards, "%s/shards", f->dir);
     snprintf(f->out, sizeof f->out, "%s/out", f->dir);
     char err[256];
-    if (train_mkdirs(f->shards, err, sizeof err))
+    if (fs_mkdirs(f->shards, err, sizeof err))
         return -1;
     float *x = malloc(FN * FD * sizeof *x), cent[FK * FD];
     int y[FN], assign[FN];

@@ -124,6 +124,7 @@ static void preset(train_cfg *c, const char *dataset)
         c->den.steps = 6000;
         c->rt.steps = 5000;
         c->cls.steps = 10000;
+        c->cls_shift = 1;
     }
 }
 

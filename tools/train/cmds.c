@@ -1,13 +1,12 @@
 /* cmds.c -- ddm-train partition, expert, router, monolith and classifier. */
 #include "tools/train/cmds.h"
 
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "common/err.h"
+#include "common/fsutil.h"
 #include "tools/train/data.h"
 #include "tools/train/kmeans.h"
 #include "tools/train/shard.h"
@@ -15,27 +14,6 @@
 
 static const float ROUTER_TS[] = { 0.1f, 0.3f, 0.5f, 0.7f, 0.9f };
 #define N_ROUTER_TS 5
-
-int train_mkdirs(const char *path, char *err, size_t errlen)
-{
-    char buf[CFG_PATH * 2];
-    snprintf(buf, sizeof buf, "%s", path);
-    for (char *p = buf + 1;; p++) {
-        if (*p == '/' || *p == '\0') {
-            char keep = *p;
-            *p = '\0';
-            if (mkdir(buf, 0755) != 0 && errno != EEXIST) {
-                int e = errno;
-                snprintf(err, errlen, "cannot create directory %s: %s", buf, strerror(e));
-                return -e;
-            }
-            *p = keep;
-            if (!keep)
-                break;
-        }
-    }
-    return 0;
-}
 
 static int meta_num(st_writer *w, const char *key, double v)
 {
@@ -69,7 +47,6 @@ int train_save(const train_cfg *c, const char *path, model_kind kind, const net_
     snprintf(num, sizeof num, "%ld", o->steps);
     rc = rc ? rc : st_writer_meta(w, "steps", num);
     rc = rc ? rc : meta_num(w, "loss", res->final_loss);
-    rc = rc ? rc : meta_num(w, "train_seconds", res->seconds);
     rc = rc ? rc : st_writer_meta(w, "command", c->command);
     for (int i = 0; i < nkv && !rc; i++)
         rc = st_writer_meta(w, kv[2 * i], kv[2 * i + 1]);
@@ -125,7 +102,7 @@ int cmd_partition(const train_cfg *c)
         kmeans_print_table(stdout, km->assign, ds->n, c->K, ds->labels, ds->n_classes,
                            ds->class_names);
         fflush(stdout);
-        rc = train_mkdirs(c->shards, err, sizeof err);
+        rc = fs_mkdirs(c->shards, err, sizeof err);
     }
     if (!rc)
         rc = shard_write_all(c->shards, c->dataset, ds->n, ds->dim, ds->pixels, ds->labels,
@@ -220,7 +197,7 @@ int cmd_expert(const train_cfg *c)
         snprintf(cbuf, sizeof cbuf, "%d", s->id);
         const char *kv[] = { "cluster", cbuf, "shard_n", nbuf, "shard_sha256", s->sha256,
                              "role", "expert", "classes", kept };
-        rc = train_mkdirs(c->out, err, sizeof err);
+        rc = fs_mkdirs(c->out, err, sizeof err);
         rc = rc ? rc : train_save(c, opath, MODEL_DENOISER, &nc, avg, s->id, seed, &o, &res,
                                   s->centroid, kv, 5, err, sizeof err);
         if (!rc)
@@ -298,7 +275,7 @@ int cmd_router(const train_cfg *c)
     char opath[CFG_PATH + 64];
     snprintf(opath, sizeof opath, "%s/router.safetensors", c->out);
     const char *kv[] = { "heldout_accuracy_uncond_label", acc, "role", "router" };
-    if (train_mkdirs(c->out, err, sizeof err) ||
+    if (fs_mkdirs(c->out, err, sizeof err) ||
         train_save(c, opath, MODEL_ROUTER, &nc, avg, -1, seed, &o, &res, NULL, kv, 2, err,
                    sizeof err)) {
         rc = 1;
@@ -348,7 +325,7 @@ int cmd_monolith(const train_cfg *c)
         char opath[CFG_PATH + 64];
         snprintf(opath, sizeof opath, "%s/monolith.safetensors", c->out);
         const char *kv[] = { "role", "monolith" };
-        rc = train_mkdirs(c->out, err, sizeof err);
+        rc = fs_mkdirs(c->out, err, sizeof err);
         rc = rc ? rc : train_save(c, opath, MODEL_DENOISER, &nc, avg, -1, seed, &o, &res, NULL,
                                   kv, 1, err, sizeof err);
         if (!rc)
@@ -397,7 +374,7 @@ int cmd_classifier(const train_cfg *c)
         printf("classifier: test accuracy %.2f%% (%d images), train %.2f%%\n", 100 * acc, te->n,
                100 * acc_tr);
         const char *kv[] = { "test_accuracy", abuf, "role", "classifier" };
-        rc = train_mkdirs(c->out, err, sizeof err);
+        rc = fs_mkdirs(c->out, err, sizeof err);
         rc = rc ? rc : train_save(c, opath, MODEL_CLASSIFIER, &nc, avg, -1, seed, &o, &res, NULL,
                                   kv, 2, err, sizeof err);
         if (!rc)

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "common/err.h"
+#include "common/fsutil.h"
 #include "common/model.h"
 #include "tools/train/cmds.h"
 #include "tools/train/shard.h"
@@ -206,7 +207,7 @@ int cmd_all(const train_cfg *c, const char *self)
 {
     char err[4096], ppath[CFG_PATH + 64];
     double t_all = fit_now();
-    if (train_mkdirs(c->out, err, sizeof err)) {
+    if (fs_mkdirs(c->out, err, sizeof err)) {
         fprintf(stderr, "ddm-train: %s\n", err);
         return 1;
     }

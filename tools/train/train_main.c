@@ -1,11 +1,10 @@
 /* train_main.c -- ddm-train: datasets to a DDM expert set (see --help). */
 #include <cblas.h>
 #include <stdio.h>
-#include <stdlib.h>
-#include <strings.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "common/blas.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "tools/train/cfg.h"
@@ -49,33 +48,6 @@ static const struct {
 };
 #define N_STEPS (sizeof STEPS / sizeof STEPS[0])
 
-/* OpenBLAS 0.3.21 does not recognise this machine's CPU (a Sapphire Rapids
- * under KVM) and falls back to its generic "Prescott" SSE3 kernels, 2.6x
- * slower for our GEMMs than its AVX-512 ones. The core type is read only
- * when the library loads, so when that fallback happened on a CPU with
- * AVX-512 (or AVX2), set OPENBLAS_CORETYPE and re-execute once. An
- * explicit OPENBLAS_CORETYPE is always respected. */
-static void blas_coretype(char **argv)
-{
-    if (getenv("OPENBLAS_CORETYPE"))
-        return;
-    const char *core = openblas_get_corename();
-    if (!core || strcasecmp(core, "prescott") != 0)
-        return;
-    __builtin_cpu_init();
-    const char *want = NULL;
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
-        want = "SkylakeX";
-    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-        want = "Haswell";
-    if (!want)
-        return;
-    setenv("OPENBLAS_CORETYPE", want, 1);
-    execv("/proc/self/exe", argv);
-    /* could not re-execute: carry on with the slow kernels */
-}
-
 static void usage(FILE *f)
 {
     train_cfg d;
@@ -91,7 +63,7 @@ static void usage(FILE *f)
     fprintf(f, "  --shard N              expert: the cluster to train on (required)\n"
                "  --shard-file PATH      expert: the shard file (default SHARDS/shard-N.safetensors)\n"
                "\n--data fashion changes the defaults of --steps to 6000, --router-steps to 5000\n"
-               "and --cls-steps to 10000 (ddm-train all --data fashion --help shows them).\n"
+               "--cls-steps to 10000 and --cls-shift to 1 (ddm-train all --data fashion --help).\n"
                "\nexample: ddm-train all --data digits --k 8 --out models/digits\n"
                "exit status: 0 success, 1 runtime error, 2 usage error\n");
 }
@@ -99,7 +71,7 @@ static void usage(FILE *f)
 int main(int argc, char **argv)
 {
     log_set_name("ddm-train");
-    blas_coretype(argv);
+    blas_fix_core(argv);
     if (argc < 2) {
         usage(stderr);
         return 2;
