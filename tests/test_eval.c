@@ -525,6 +525,11 @@ static void test_binary_usage_errors(void **state)
     assert_non_null(strstr(out, "-n \"1\""));
     free(out);
     assert_int_equal(run_eval(log, (const char *[]){ "table", "--modes", "x", NULL }), 2);
+    assert_int_equal(run_eval(log, (const char *[]){ "fid", "-s", "top-k", NULL }), 2);
+    out = slurp(log);
+    assert_non_null(strstr(out, "--strategy: strategy \"top-k\" is unknown"));
+    free(out);
+    assert_int_equal(run_eval(log, (const char *[]){ "table", "--rows", "full,bogus", NULL }), 2);
     /* runtime error: no models there */
     char cls[256];
     snprintf(cls, sizeof cls, "%s/classifier.safetensors", tdir);

@@ -91,6 +91,9 @@ int cmd_distance(const eval_opts *o)
     fprintf(md, "Written by `%s`. %d unconditional trajectories per strategy, %d Euler steps, "
             "run seed %llu; centroids from %s.\n\n", o->command, n, o->steps,
             (unsigned long long)o->seed, where);
+    char wl[1024];
+    eval_weights_line(g, NULL, wl, sizeof wl);
+    fprintf(md, "Weights (sha256): %s.\n\n", wl);
     fprintf(md, "At every step the cluster centroids c_k are ranked (1 = nearest) by three "
             "distances: from x_t to (1 - t) c_k, where cluster k's data sits at time t; from the "
             "image the trajectory finally draws, x_final; and from the predicted clean image "

@@ -193,6 +193,10 @@ int cmd_specialists(const eval_opts *o)
             "(expert, class) with that label and guidance %g; %ld unconditional samples per "
             "expert; %d Euler steps, run seed %llu.\n\n", o->command, ncell, o->guidance, nunc,
             o->steps, (unsigned long long)o->seed);
+    char wl[1024];
+    eval_weights_line(g, j, wl, sizeof wl);
+    if (wl[0])
+        fprintf(md, "Weights (sha256): %s.\n\n", wl);
     fprintf(md, "## Asked class recognised by the classifier (%%)\n\n| expert | cluster make-up |");
     fprintf(csv, "table,expert");
     for (int c = 0; c < C; c++) {

@@ -79,6 +79,7 @@ typedef struct table {
     int probes;                       /* probe passes run (in-process only) */
     double floor_fid[MODES][16];      /* training vs held-out, per mode (its n) and seed */
     long floor_n[MODES];
+    char weights[1024];               /* sha256 line of the weights in use */
     /* shared state of the workers */
     pthread_mutex_t mu;
     int next, finished, failed;
@@ -343,6 +344,8 @@ static int write_reports(table *t, double wall, double cpu, char *err, size_t er
     fprintf(md, "# %s: routing strategies side by side\n\n", o->data);
     fprintf(md, "Written by `%s` on %s in %.0f s wall, %.0f s CPU (%d worker threads).\n\n",
             o->command, date, wall, cpu, o->jobs);
+    if (t->weights[0])
+        fprintf(md, "- Weights (sha256): %s.\n", t->weights);
     fprintf(md, "- Samples: %s, %d Euler steps. FID per row and seed from %ld unconditional "
             "samples", o->url[0] ? o->url : o->models, o->steps, t->n_mode[0]);
     if (t->modes[1])
@@ -667,6 +670,7 @@ int cmd_table(const eval_opts *o)
     }
     if (parse_rows(&t, o->rows, err, sizeof err))
         goto out;
+    eval_weights_line(g0, j, t.weights, sizeof t.weights);
     /* the monolith only where it exists */
     for (int r = 0; r < t.nrows; r++) {
         if (t.spec[r].monolith && !gen_has_monolith(g0)) {

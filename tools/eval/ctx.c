@@ -447,3 +447,24 @@ const char *eval_class_name(const eval_ref *r, int c, char *buf, size_t len)
         snprintf(buf, len, "%d", c);
     return buf;
 }
+
+void eval_weights_line(gen_source *g, const judge *j, char *buf, size_t len)
+{
+    size_t at = 0;
+    buf[0] = '\0';
+#define PUT(...)                                                                              \
+    do {                                                                                      \
+        if (at < len)                                                                         \
+            at += (size_t)snprintf(buf + at, len - at, __VA_ARGS__);                          \
+    } while (0)
+    ensemble *e = g ? gen_ensemble(g) : NULL, *m = g ? gen_monolith(g) : NULL;
+    if (e && e->router)
+        PUT("router %.12s", st_sha256(e->router->file));
+    for (int k = 0; e && k < e->K; k++)
+        PUT("%sexpert-%d %.12s", k || e->router ? ", " : "", k, st_sha256(e->experts[k]->file));
+    if (m)
+        PUT("%smonolith %.12s", at ? ", " : "", st_sha256(m->experts[0]->file));
+    if (j)
+        PUT("%sclassifier %.12s", at ? ", " : "", st_sha256(j->m->file));
+#undef PUT
+}

@@ -123,6 +123,10 @@ void eval_image_side(int D, int *w, int *h);
 /* Writes n images [n][D] as a grid PNG with cols columns at out/name. */
 int eval_write_grid(const eval_opts *o, const char *name, const float *x, int n, int D, int cols,
                     char *err, size_t errlen);
+/* One line naming the weights in use by their sha256 (first 12 hex digits):
+ * router, experts, monolith (in-process sources) and classifier j (may be
+ * NULL). Empty for a URL source without j. */
+void eval_weights_line(gen_source *g, const judge *j, char *buf, size_t len);
 /* Seconds since an arbitrary start (monotonic). */
 double eval_now(void);
 /* Class name c ("3", "T-shirt/top", ...) into buf. */

@@ -130,6 +130,24 @@ static int get_float(const char *flag, const char *val, double lo, double hi, fl
     return 0;
 }
 
+/* 0 if every comma-separated name in list is a strategy (or "monolith") for
+ * some set size; else prints strategy_parse's message and returns 2. */
+static int check_names(const char *flag, const char *list)
+{
+    char buf[512];
+    snprintf(buf, sizeof buf, "%s", list);
+    for (char *save = NULL, *s = strtok_r(buf, ",", &save); s; s = strtok_r(NULL, ",", &save)) {
+        strategy st;
+        char err[256];
+        if (strcmp(s, "monolith") &&
+            strategy_parse(s, STRAT_MAX_EXPERTS, NAN, NAN, &st, err, sizeof err)) {
+            fprintf(stderr, "ddm-eval: %s: %s\n", flag, err);
+            return 2;
+        }
+    }
+    return 0;
+}
+
 /* Parses flags into o; returns 0, 1 after --help/--version, or 2. */
 static int parse(int argc, char **argv, eval_opts *o)
 {
@@ -272,6 +290,10 @@ static int parse(int argc, char **argv, eval_opts *o)
         fprintf(stderr, "ddm-eval: --label and --conditional exclude each other\n");
         return 2;
     }
+    /* strategy names are checked here for spelling; against the set's K once it is loaded */
+    if (check_names("--strategy", o->strategy) || check_names("--rows", o->rows) ||
+        check_names("--strategies", o->strategies))
+        return 2;
     return 0;
 }
 
