@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/blas.h"
 #include "common/version.h"
 #include "tools/client/cli.h"
 #include "tools/eval/cmds.h"
@@ -299,6 +300,7 @@ static int parse(int argc, char **argv, eval_opts *o)
 
 int main(int argc, char **argv)
 {
+    blas_fix_core(argv); /* may re-execute with the CPU's real BLAS kernels */
     if (argc < 2) {
         usage(stderr);
         return 2;
