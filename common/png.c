@@ -8,7 +8,6 @@
 
 #include <errno.h>
 #include <png.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,22 +24,10 @@ typedef struct pngerr {
     int oom;           /* set before png_error() when an allocation failed */
 } pngerr;
 
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
-
 static void on_error(png_structp png, png_const_charp msg)
 {
     pngerr *e = png_get_error_ptr(png);
-    set_err(e->err, e->errlen, "PNG: %s", msg);
+    ddm_errf(e->err, e->errlen, 0, "PNG: %s", msg);
     png_longjmp(png, 1);
 }
 
@@ -116,7 +103,7 @@ int pngio_encode_grey(const uint8_t *pix, int width, int height, uint8_t **out,
     *out = NULL;
     *outlen = 0;
     if (!pix || width <= 0 || height <= 0 || width > PNGIO_MAX_SIDE || height > PNGIO_MAX_SIDE) {
-        set_err(err, errlen, "PNG encode: image size %dx%d outside 1..%d", width, height,
+        ddm_errf(err, errlen, 0, "PNG encode: image size %dx%d outside 1..%d", width, height,
                 PNGIO_MAX_SIDE);
         return DDM_EINVAL;
     }
@@ -124,7 +111,7 @@ int pngio_encode_grey(const uint8_t *pix, int width, int height, uint8_t **out,
     int rc = encode_run(&enc, pix, width, height);
     if (rc) {
         if (rc == DDM_ENOMEM)
-            set_err(err, errlen, "PNG encode: out of memory (%dx%d image)", width, height);
+            ddm_errf(err, errlen, 0, "PNG encode: out of memory (%dx%d image)", width, height);
         free(enc.data);
         return rc;
     }
@@ -139,7 +126,7 @@ static int write_file(const char *path, const uint8_t *buf, size_t len, char *er
     FILE *f = fopen(path, "wb");
     if (!f) {
         int rc = -errno;
-        set_err(err, errlen, "cannot create %s: %s", path, strerror(-rc));
+        ddm_errf(err, errlen, 0, "cannot create %s: %s", path, strerror(-rc));
         return rc;
     }
     size_t w = fwrite(buf, 1, len, f);
@@ -149,7 +136,7 @@ static int write_file(const char *path, const uint8_t *buf, size_t len, char *er
     if (fclose(f) != 0 && rc == 0)
         rc = errno ? -errno : DDM_EIO;
     if (rc) {
-        set_err(err, errlen, "writing %s failed: %s (disk full?)", path, ddm_strerror(rc));
+        ddm_errf(err, errlen, 0, "writing %s failed: %s (disk full?)", path, ddm_strerror(rc));
         remove(path);
     }
     return rc;
@@ -258,7 +245,7 @@ int pngio_decode_grey(const uint8_t *buf, size_t len, uint8_t **pix, int *width,
     *pix = NULL;
     *width = *height = 0;
     if (!buf || len < 8 || png_sig_cmp(buf, 0, 8) != 0) {
-        set_err(err, errlen, "not a PNG file (bad signature)");
+        ddm_errf(err, errlen, 0, "not a PNG file (bad signature)");
         return DDM_EFORMAT;
     }
     decoder d = { .e = { err, errlen, 0 }, .buf = buf, .len = len };
@@ -279,20 +266,20 @@ int pngio_read_grey(const char *path, uint8_t **pix, int *width, int *height,
     FILE *f = fopen(path, "rb");
     if (!f) {
         int rc = errno == ENOENT ? DDM_ENOTFOUND : -errno;
-        set_err(err, errlen, "%s: %s", path, rc == DDM_ENOTFOUND ? "no such file" : strerror(-rc));
+        ddm_errf(err, errlen, 0, "%s: %s", path, rc == DDM_ENOTFOUND ? "no such file" : strerror(-rc));
         return rc;
     }
     struct stat st;
     if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode) || (size_t)st.st_size > MAX_FILE_BYTES) {
         fclose(f);
-        set_err(err, errlen, "%s: not a regular file of at most 1 GiB", path);
+        ddm_errf(err, errlen, 0, "%s: not a regular file of at most 1 GiB", path);
         return DDM_EINVAL;
     }
     size_t len = (size_t)st.st_size;
     uint8_t *buf = malloc(len ? len : 1);
     if (!buf) {
         fclose(f);
-        set_err(err, errlen, "%s: out of memory reading %zu bytes", path, len);
+        ddm_errf(err, errlen, 0, "%s: out of memory reading %zu bytes", path, len);
         return DDM_ENOMEM;
     }
     size_t got = fread(buf, 1, len, f);
@@ -300,14 +287,14 @@ int pngio_read_grey(const char *path, uint8_t **pix, int *width, int *height,
     fclose(f);
     if (rd_err || got != len) {
         free(buf);
-        set_err(err, errlen, "%s: read error", path);
+        ddm_errf(err, errlen, 0, "%s: read error", path);
         return DDM_EIO;
     }
     char msg[256] = "";
     int rc = pngio_decode_grey(buf, len, pix, width, height, msg, sizeof msg);
     free(buf);
     if (rc)
-        set_err(err, errlen, "%s: %s", path, msg);
+        ddm_errf(err, errlen, 0, "%s: %s", path, msg);
     return rc;
 }
 
@@ -367,13 +354,13 @@ int pngio_encode_grid(const float *imgs, int n, int w, int h, int cols, uint8_t 
     *outlen = 0;
     int gw, gh;
     if (!imgs || pngio_grid_size(n, cols, w, h, &gw, &gh) != 0) {
-        set_err(err, errlen, "PNG grid: bad layout (n %d, cols %d, cell %dx%d) or grid "
+        ddm_errf(err, errlen, 0, "PNG grid: bad layout (n %d, cols %d, cell %dx%d) or grid "
                 "larger than %d pixels", n, cols, w, h, PNGIO_MAX_SIDE);
         return DDM_EINVAL;
     }
     uint8_t *pix = malloc((size_t)gw * (size_t)gh);
     if (!pix) {
-        set_err(err, errlen, "PNG grid: out of memory (%dx%d)", gw, gh);
+        ddm_errf(err, errlen, 0, "PNG grid: out of memory (%dx%d)", gw, gh);
         return DDM_ENOMEM;
     }
     pngio_grid_render(imgs, n, w, h, cols, pix);

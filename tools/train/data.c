@@ -7,7 +7,6 @@
 #include "tools/train/data.h"
 
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,18 +37,6 @@ static const char *const fashion_names[DATA_CLASSES] = {
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 };
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 const char *const *data_class_names(const char *name)
 {
@@ -104,13 +91,13 @@ static int load_digits(const char *dir, data_split split, dataset **out, char *e
 {
     char path[4096];
     if ((size_t)snprintf(path, sizeof path, "%s/digits/digits.png", dir) >= sizeof path) {
-        set_err(err, errlen, "data directory path too long: %s", dir);
+        ddm_errf(err, errlen, 0, "data directory path too long: %s", dir);
         return DDM_EINVAL;
     }
     struct stat st;
     if (stat(path, &st) != 0) {
         int e = errno;
-        set_err(err, errlen, "%s: %s; run `make data` to fetch the datasets", path,
+        ddm_errf(err, errlen, 0, "%s: %s; run `make data` to fetch the datasets", path,
                 e == ENOENT ? "not found" : strerror(e));
         return e == ENOENT ? DDM_ENOTFOUND : -e;
     }
@@ -119,11 +106,11 @@ static int load_digits(const char *dir, data_split split, dataset **out, char *e
     char msg[512];
     int rc = pngio_read_grey(path, &pix, &w, &h, msg, sizeof msg);
     if (rc) {
-        set_err(err, errlen, "%s; run `make data` to fetch it again", msg);
+        ddm_errf(err, errlen, 0, "%s; run `make data` to fetch it again", msg);
         return rc;
     }
     if (w != DIGITS_W || h != DIGITS_H) {
-        set_err(err, errlen, "%s is %dx%d, expected %dx%d (100x50 tiles of 20x20); "
+        ddm_errf(err, errlen, 0, "%s is %dx%d, expected %dx%d (100x50 tiles of 20x20); "
                 "run `make data` to fetch it again", path, w, h, DIGITS_W, DIGITS_H);
         free(pix);
         return DDM_EFORMAT;
@@ -133,7 +120,7 @@ static int load_digits(const char *dir, data_split split, dataset **out, char *e
     dataset *ds = ds_alloc("digits", split, per_class * DATA_CLASSES);
     if (!ds) {
         free(pix);
-        set_err(err, errlen, "digits: out of memory");
+        ddm_errf(err, errlen, 0, "digits: out of memory");
         return DDM_ENOMEM;
     }
     int i = 0;
@@ -171,25 +158,25 @@ static int idx_open(const char *dir, const char *base, gzFile *f, char *path, si
     const char *suffix[2] = { ".gz", "" };
     for (int s = 0; s < 2; s++) {
         if ((size_t)snprintf(path, pathlen, "%s/fashion/%s%s", dir, base, suffix[s]) >= pathlen) {
-            set_err(err, errlen, "data directory path too long: %s", dir);
+            ddm_errf(err, errlen, 0, "data directory path too long: %s", dir);
             return DDM_EINVAL;
         }
         if (stat(path, &st) == 0)
             break;
         if (s == 1) {
-            set_err(err, errlen, "%s/fashion/%s.gz: not found (nor uncompressed); run `make data` "
+            ddm_errf(err, errlen, 0, "%s/fashion/%s.gz: not found (nor uncompressed); run `make data` "
                     "to fetch the datasets", dir, base);
             return DDM_ENOTFOUND;
         }
     }
     if (!S_ISREG(st.st_mode)) {
-        set_err(err, errlen, "%s: not a regular file", path);
+        ddm_errf(err, errlen, 0, "%s: not a regular file", path);
         return DDM_EINVAL;
     }
     *f = gzopen(path, "rb");
     if (!*f) {
         int e = errno ? errno : ENOMEM;
-        set_err(err, errlen, "%s: cannot open: %s", path, strerror(e));
+        ddm_errf(err, errlen, 0, "%s: cannot open: %s", path, strerror(e));
         return -e;
     }
     gzbuffer(*f, 1 << 17);
@@ -207,7 +194,7 @@ static int idx_read(gzFile f, void *buf, size_t n, const char *path, const char 
         if (r <= 0) {
             int zerr;
             const char *zmsg = gzerror(f, &zerr);
-            set_err(err, errlen, "%s: truncated or corrupt while reading %s (%s); "
+            ddm_errf(err, errlen, 0, "%s: truncated or corrupt while reading %s (%s); "
                     "run `make data` to fetch it again", path, what,
                     zerr != Z_OK && zmsg && *zmsg ? zmsg : "file ends early");
             return zerr == Z_ERRNO ? DDM_EIO : DDM_EFORMAT;
@@ -224,14 +211,14 @@ static int idx_expect_end(gzFile f, const char *path, char *err, size_t errlen)
     uint8_t extra[1];
     int r = gzread(f, extra, sizeof extra);
     if (r > 0) {
-        set_err(err, errlen, "%s: has more bytes than its header announces; "
+        ddm_errf(err, errlen, 0, "%s: has more bytes than its header announces; "
                 "run `make data` to fetch it again", path);
         return DDM_EFORMAT;
     }
     if (r < 0) {
         int zerr;
         const char *zmsg = gzerror(f, &zerr);
-        set_err(err, errlen, "%s: corrupt at its end (%s); run `make data` to fetch it again",
+        ddm_errf(err, errlen, 0, "%s: corrupt at its end (%s); run `make data` to fetch it again",
                 path, zmsg ? zmsg : "?");
         return DDM_EFORMAT;
     }
@@ -252,7 +239,7 @@ static int idx_header(gzFile f, const char *path, uint32_t magic, uint32_t *dims
     if (rc)
         return rc;
     if (be32(hdr) != magic) {
-        set_err(err, errlen, "%s: bad magic number 0x%08x, expected 0x%08x (IDX %s); "
+        ddm_errf(err, errlen, 0, "%s: bad magic number 0x%08x, expected 0x%08x (IDX %s); "
                 "run `make data` to fetch it again", path, be32(hdr), magic,
                 magic == IDX_MAGIC_IMAGES ? "images" : "labels");
         return DDM_EFORMAT;
@@ -260,7 +247,7 @@ static int idx_header(gzFile f, const char *path, uint32_t magic, uint32_t *dims
     for (int i = 0; i < ndims; i++)
         dims[i] = be32(hdr + 4 * (i + 1));
     if (dims[0] == 0 || dims[0] > IDX_MAX_ITEMS) {
-        set_err(err, errlen, "%s: item count %u outside 1..%u", path, dims[0], IDX_MAX_ITEMS);
+        ddm_errf(err, errlen, 0, "%s: item count %u outside 1..%u", path, dims[0], IDX_MAX_ITEMS);
         return DDM_EFORMAT;
     }
     return 0;
@@ -287,13 +274,13 @@ static int load_fashion(const char *dir, data_split split, dataset **out, char *
         (rc = idx_header(fl, lpath, IDX_MAGIC_LABELS, ldims, 1, err, errlen)))
         goto done;
     if (idims[1] != DATA_SIDE || idims[2] != DATA_SIDE) {
-        set_err(err, errlen, "%s: images are %ux%u, expected %dx%d", ipath, idims[1], idims[2],
+        ddm_errf(err, errlen, 0, "%s: images are %ux%u, expected %dx%d", ipath, idims[1], idims[2],
                 DATA_SIDE, DATA_SIDE);
         rc = DDM_EFORMAT;
         goto done;
     }
     if (idims[0] != ldims[0]) {
-        set_err(err, errlen, "%s holds %u images but %s holds %u labels; run `make data` to "
+        ddm_errf(err, errlen, 0, "%s holds %u images but %s holds %u labels; run `make data` to "
                 "fetch them again", ipath, idims[0], lpath, ldims[0]);
         rc = DDM_EMISMATCH;
         goto done;
@@ -302,7 +289,7 @@ static int load_fashion(const char *dir, data_split split, dataset **out, char *
     ds = ds_alloc("fashion", split, n);
     buf = malloc((size_t)IDX_CHUNK_IMAGES * DATA_DIM);
     if (!ds || !buf) {
-        set_err(err, errlen, "fashion: out of memory for %d images", n);
+        ddm_errf(err, errlen, 0, "fashion: out of memory for %d images", n);
         rc = DDM_ENOMEM;
         goto done;
     }
@@ -322,7 +309,7 @@ static int load_fashion(const char *dir, data_split split, dataset **out, char *
             goto done;
         for (int k = 0; k < m; k++) {
             if (buf[k] >= DATA_CLASSES) {
-                set_err(err, errlen, "%s: label %u of item %d is outside 0..%d", lpath, buf[k],
+                ddm_errf(err, errlen, 0, "%s: label %u of item %d is outside 0..%d", lpath, buf[k],
                         i + k, DATA_CLASSES - 1);
                 rc = DDM_EFORMAT;
                 goto done;
@@ -353,14 +340,14 @@ int data_load(const char *name, const char *data_dir, data_split split, dataset 
     if (!data_dir)
         data_dir = DATA_DEFAULT_DIR;
     if (split != DATA_TRAIN && split != DATA_TEST) {
-        set_err(err, errlen, "bad split %d (expected train or test)", (int)split);
+        ddm_errf(err, errlen, 0, "bad split %d (expected train or test)", (int)split);
         return DDM_EINVAL;
     }
     if (name && strcmp(name, "digits") == 0)
         return load_digits(data_dir, split, out, err, errlen);
     if (name && strcmp(name, "fashion") == 0)
         return load_fashion(data_dir, split, out, err, errlen);
-    set_err(err, errlen, "unknown dataset \"%s\" (expected digits or fashion)",
+    ddm_errf(err, errlen, 0, "unknown dataset \"%s\" (expected digits or fashion)",
             name ? name : "(null)");
     return DDM_EINVAL;
 }
@@ -370,19 +357,19 @@ int data_subset(const dataset *ds, const int *idx, int n, dataset **out, char *e
 {
     *out = NULL;
     if (n < 0) {
-        set_err(err, errlen, "data_subset: negative count %d", n);
+        ddm_errf(err, errlen, 0, "data_subset: negative count %d", n);
         return DDM_EINVAL;
     }
     for (int i = 0; i < n; i++) {
         if (idx[i] < 0 || idx[i] >= ds->n) {
-            set_err(err, errlen, "data_subset: index %d at position %d is outside 0..%d",
+            ddm_errf(err, errlen, 0, "data_subset: index %d at position %d is outside 0..%d",
                     idx[i], i, ds->n - 1);
             return DDM_ERANGE;
         }
     }
     dataset *sub = ds_alloc(ds->name, ds->split, n);
     if (!sub) {
-        set_err(err, errlen, "data_subset: out of memory for %d samples", n);
+        ddm_errf(err, errlen, 0, "data_subset: out of memory for %d samples", n);
         return DDM_ENOMEM;
     }
     sub->class_names = ds->class_names;

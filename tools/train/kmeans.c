@@ -11,7 +11,6 @@
 #include <cblas.h>
 #include <float.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -27,18 +26,6 @@
 extern void dsyev_(const char *jobz, const char *uplo, const int *n, double *a,
                    const int *lda, double *w, double *work, const int *lwork, int *info,
                    size_t jobz_len, size_t uplo_len);
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (!err || !errlen)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 void kmeans_opts_default(kmeans_opts *o, int k)
 {
@@ -368,22 +355,22 @@ int kmeans_fit(const float *rows, int n, int d, const kmeans_opts *o, kmeans_res
 {
     *out = NULL;
     if (!rows || n < 1 || d < 1) {
-        set_err(err, errlen, "k-means: need at least one row of at least one value (n %d, d %d)",
+        ddm_errf(err, errlen, 0, "k-means: need at least one row of at least one value (n %d, d %d)",
                 n, d);
         return DDM_EINVAL;
     }
     if (o->k < 1 || o->k > n) {
-        set_err(err, errlen, "k-means: k %d outside 1..%d (the number of rows)", o->k, n);
+        ddm_errf(err, errlen, 0, "k-means: k %d outside 1..%d (the number of rows)", o->k, n);
         return DDM_EINVAL;
     }
     if (o->restarts < 1 || o->max_iters < 1) {
-        set_err(err, errlen, "k-means: restarts (%d) and max_iters (%d) must be >= 1",
+        ddm_errf(err, errlen, 0, "k-means: restarts (%d) and max_iters (%d) must be >= 1",
                 o->restarts, o->max_iters);
         return DDM_EINVAL;
     }
     int max_pca = d < n - 1 ? d : n - 1;
     if (o->pca_dims < 0 || o->pca_dims > max_pca) {
-        set_err(err, errlen, "k-means: pca_dims %d outside 0..%d", o->pca_dims, max_pca);
+        ddm_errf(err, errlen, 0, "k-means: pca_dims %d outside 0..%d", o->pca_dims, max_pca);
         return DDM_EINVAL;
     }
 
@@ -398,7 +385,7 @@ int kmeans_fit(const float *rows, int n, int d, const kmeans_opts *o, kmeans_res
         proj = malloc(sizeof *proj * (size_t)n * (size_t)o->pca_dims);
         if (!proj) {
             pca_free(p);
-            set_err(err, errlen, "k-means: out of memory for %d PCA features", n);
+            ddm_errf(err, errlen, 0, "k-means: out of memory for %d PCA features", n);
             return DDM_ENOMEM;
         }
         pca_project(p, rows, n, proj);
@@ -412,7 +399,7 @@ int kmeans_fit(const float *rows, int n, int d, const kmeans_opts *o, kmeans_res
     if (!best || work_init(&w, feat, n, fd, o->k) != 0) {
         free(best);
         free(proj);
-        set_err(err, errlen, "k-means: out of memory (n %d, d %d, k %d)", n, fd, o->k);
+        ddm_errf(err, errlen, 0, "k-means: out of memory (n %d, d %d, k %d)", n, fd, o->k);
         return DDM_ENOMEM;
     }
     double best_inertia = INFINITY;
@@ -434,7 +421,7 @@ int kmeans_fit(const float *rows, int n, int d, const kmeans_opts *o, kmeans_res
     kmeans_result *res = make_result(rows, n, d, o->k, best);
     free(best);
     if (!res) {
-        set_err(err, errlen, "k-means: out of memory for the result");
+        ddm_errf(err, errlen, 0, "k-means: out of memory for the result");
         return DDM_ENOMEM;
     }
     res->inertia = best_inertia;
@@ -530,7 +517,7 @@ int pca_fit(const float *rows, int n, int d, int n_components, pca **out, char *
     *out = NULL;
     if (!rows || n < 2 || d < 1 || n_components < 1 || n_components > d ||
         n_components > n - 1) {
-        set_err(err, errlen, "PCA: need n >= 2 rows and 1 <= components <= min(d, n-1) "
+        ddm_errf(err, errlen, 0, "PCA: need n >= 2 rows and 1 <= components <= min(d, n-1) "
                 "(n %d, d %d, components %d)", n, d, n_components);
         return DDM_EINVAL;
     }
@@ -593,7 +580,7 @@ int pca_fit(const float *rows, int n, int d, int n_components, pca **out, char *
         goto fail;
     dsyev_("V", "U", &d, cov, &d, evals, work, &lwork, &info, 1, 1);
     if (info != 0) {
-        set_err(err, errlen, "PCA: LAPACK dsyev failed (info %d)", info);
+        ddm_errf(err, errlen, 0, "PCA: LAPACK dsyev failed (info %d)", info);
         rc = DDM_EINVAL;
         goto fail;
     }
@@ -625,7 +612,7 @@ int pca_fit(const float *rows, int n, int d, int n_components, pca **out, char *
     return 0;
 fail:
     if (rc == DDM_ENOMEM)
-        set_err(err, errlen, "PCA: out of memory (n %d, d %d)", n, d);
+        ddm_errf(err, errlen, 0, "PCA: out of memory (n %d, d %d)", n, d);
     free(mean);
     free(cov);
     free(covf);
