@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "common/fsutil.h"
 #include "common/err.h"
 #include "common/png.h"
 #include "common/rng.h"
@@ -372,30 +373,9 @@ int *eval_cluster_table(const eval_opts *o, int K, int C, char *err, size_t errl
 
 /* ---- output -------------------------------------------------------------------------- */
 
-int eval_mkdirs(const char *path, char *err, size_t errlen)
-{
-    char buf[EVAL_PATH];
-    snprintf(buf, sizeof buf, "%s", path);
-    for (char *p = buf + 1;; p++) {
-        if (*p == '/' || *p == '\0') {
-            char keep = *p;
-            *p = '\0';
-            if (mkdir(buf, 0755) != 0 && errno != EEXIST) {
-                int e = errno;
-                snprintf(err, errlen, "cannot create directory %s: %s", buf, strerror(e));
-                return -e;
-            }
-            *p = keep;
-            if (!keep)
-                break;
-        }
-    }
-    return 0;
-}
-
 FILE *eval_fopen(const eval_opts *o, const char *name, char *err, size_t errlen)
 {
-    if (eval_mkdirs(o->out, err, errlen))
+    if (fs_mkdirs(o->out, err, errlen))
         return NULL;
     char path[EVAL_PATH + 128];
     snprintf(path, sizeof path, "%s/%s", o->out, name);
@@ -430,7 +410,7 @@ void eval_image_side(int D, int *w, int *h)
 int eval_write_grid(const eval_opts *o, const char *name, const float *x, int n, int D, int cols,
                     char *err, size_t errlen)
 {
-    if (eval_mkdirs(o->out, err, errlen))
+    if (fs_mkdirs(o->out, err, errlen))
         return DDM_EIO;
     char path[EVAL_PATH + 128];
     snprintf(path, sizeof path, "%s/%s", o->out, name);

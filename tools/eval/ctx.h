@@ -112,8 +112,6 @@ float *eval_centroids(const eval_opts *o, ensemble *e, char *where, size_t wlen,
  * partition file, or NULL with a message. */
 int *eval_cluster_table(const eval_opts *o, int K, int C, char *err, size_t errlen);
 
-/* mkdir -p. Returns 0 or -errno with a message. */
-int eval_mkdirs(const char *path, char *err, size_t errlen);
 /* Opens out/name for writing; NULL with a message. */
 FILE *eval_fopen(const eval_opts *o, const char *name, char *err, size_t errlen);
 /* A file-name-safe copy of a row name ("expert:3" -> "expert-3"). */
