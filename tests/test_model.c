@@ -1,7 +1,6 @@
 /* test_model.c -- weights files of networks: write + open round trips for each
  * kind and dtype, and a table of flawed files each refused with a message
  * naming the file, the tensor or key, and what is wrong. */
-#include <dirent.h>
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -16,32 +15,21 @@
 #include "common/err.h"
 #include "common/model.h"
 #include "common/rng.h"
+#include "tests/support/toyset.h"
 
 static char tmpdir[64];
 
 static int group_setup(void **state)
 {
     (void)state;
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/ddm-test-model-XXXXXX");
-    return mkdtemp(tmpdir) ? 0 : -1;
+    return toyset_tempdir(tmpdir, sizeof tmpdir, "test-model");
 }
 
 static int group_teardown(void **state)
 {
     (void)state;
-    DIR *d = opendir(tmpdir);
-    if (!d)
-        return -1;
-    struct dirent *e;
-    char p[512];
-    while ((e = readdir(d))) {
-        if (e->d_name[0] == '.')
-            continue;
-        snprintf(p, sizeof p, "%s/%s", tmpdir, e->d_name);
-        unlink(p);
-    }
-    closedir(d);
-    return rmdir(tmpdir);
+    toyset_rmdir(tmpdir);
+    return 0;
 }
 
 static void tmp_path(char *buf, size_t len, const char *name)

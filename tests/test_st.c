@@ -1,7 +1,6 @@
 /* test_st.c -- safetensors reader/writer: round trips, half/bfloat16 rounding,
  * a table of corrupt files each refused with its own message, random
  * mutations that must never crash the reader, and SHA-256 vectors. */
-#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <setjmp.h>
@@ -19,32 +18,21 @@
 #include "common/rng.h"
 #include "common/sha256.h"
 #include "common/st.h"
+#include "tests/support/toyset.h"
 
 static char tmpdir[64];
 
 static int group_setup(void **state)
 {
     (void)state;
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/ddm-test-st-XXXXXX");
-    return mkdtemp(tmpdir) ? 0 : -1;
+    return toyset_tempdir(tmpdir, sizeof tmpdir, "test-st");
 }
 
 static int group_teardown(void **state)
 {
     (void)state;
-    DIR *d = opendir(tmpdir);
-    if (!d)
-        return -1;
-    struct dirent *e;
-    char p[512];
-    while ((e = readdir(d))) {
-        if (e->d_name[0] == '.')
-            continue;
-        snprintf(p, sizeof p, "%s/%s", tmpdir, e->d_name);
-        unlink(p);
-    }
-    closedir(d);
-    return rmdir(tmpdir);
+    toyset_rmdir(tmpdir);
+    return 0;
 }
 
 static void tmp_path(char *buf, size_t len, const char *name)
