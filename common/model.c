@@ -240,7 +240,9 @@ static int read_tensors(model *m, const char *path, char *err, size_t errlen)
         }
     }
 
-    m->params = malloc(net_param_count(&m->cfg) * sizeof *m->params + 1);
+    /* the parameters, then their transposed copies for net_forward */
+    m->params = malloc((net_param_count(&m->cfg) + net_transposed_count(&m->cfg)) *
+                       sizeof *m->params + 1);
     if (!m->params) {
         fail(path, err, errlen, "out of memory for %zu parameters", net_param_count(&m->cfg));
         return -1;
@@ -283,6 +285,7 @@ static int read_tensors(model *m, const char *path, char *err, size_t errlen)
         }
     }
     net_bind(&m->cfg, m->params, &m->w);
+    net_transpose(&m->cfg, &m->w, m->params + net_param_count(&m->cfg));
 
     /* The Gaussian baseline divides by these variances. */
     for (int r = 0; m->w.g_lam && r < m->cfg.gauss_rank; r++) {

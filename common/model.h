@@ -25,7 +25,8 @@ typedef struct model {
     model_kind kind;
     net_config cfg;
     net_weights w;        /* points into params */
-    float *params;        /* owned: net_param_count(cfg) floats, converted to fp32 */
+    float *params;        /* owned: net_param_count(cfg) floats, converted to fp32, then
+                             the net_transpose() copies that w points at too */
     st_file *file;        /* the open weights file (metadata, sha256) */
     int expert_id;        /* cluster id, -1 when not an expert */
     int num_experts;      /* K of the set, 0 if unknown */

@@ -42,6 +42,7 @@ struct net_scratch {
     /* Gaussian baseline (R > 0) */
     float *gd;      /* [max][D] d = x - (1 - t) mu */
     float *gz;      /* [max][R] d U^T, then scaled per row */
+    float *ggain;   /* [R] f(lam_r) - f(sig2) at one t (rows of a batch often share t) */
 };
 
 /* ---- small helpers ---------------------------------------------------------- */
@@ -64,7 +65,11 @@ static void *alloc_array(size_t n, size_t size, int *fail)
  * local arrays: gcc -O2 vectorises those (its cheap cost model refuses loops
  * of unknown trip count), and a row's tail goes through the same code padded,
  * so every element is computed the same way whatever H is. */
-#define VL 8
+#define VL 16
+
+/* The kernels below also get AVX2 and AVX-512 builds, picked at load time by
+ * the CPU (gcc's target_clones): the binaries stay portable x86-64. */
+#define VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 
 /* dst[0..VL) = p[0..m), the rest pad. */
 static inline void load_lanes(float *restrict dst, const float *restrict p, int m, float pad)
@@ -122,6 +127,7 @@ static inline void sigmoid_lanes(const float *restrict v, float *restrict sg)
 }
 
 /* a = a + b (b may be NULL), s = silu(a). s may equal a (then only s is kept). */
+VECTOR_CLONES
 static void bias_silu_row(int H, float *a, const float *b, float *s)
 {
     float v[VL], bb[VL], sg[VL];
@@ -164,6 +170,7 @@ static void silu_back_row(int H, const float *z0, const float *zg, float *d)
 
 /* One LayerNorm row: u = g * (h - mean) / sqrt(var + eps), with xhat (before
  * the gain) kept when not NULL. Returns 1 / sqrt(var + eps). */
+VECTOR_CLONES
 static float ln_row(int H, const float *restrict h, const float *restrict g, float *restrict u,
                     float *restrict xhat)
 {
@@ -261,6 +268,36 @@ static void gemm_nt(int m, int n, int k, const float *a, const float *b, float b
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, k, 1.0f, a, k, b, k, beta, c, n);
 }
 
+/* OpenBLAS (0.3.21 on SkylakeX) multiplies without packing its operands when
+ * m n k <= 1e6, its "small matrix" kernels. At a few rows, packing the weights
+ * (which come from L3 on every call) is most of a layer's time, so a layer
+ * over at most SLICE_ROWS rows is cut into column slices under that size:
+ * 1.4-1.9x faster at 4-16 rows, slower from about 32 (docs/benchmarks.md). */
+#define SMALL_GEMM_MNK 1000000
+#define SLICE_ROWS 16
+
+/* C[m][n] = A[m][k] W^T + beta C for a weight matrix W [n][k], multiplying by
+ * its transposed copy wt [k][n] when there is one (see net_weights). */
+static void layer(int m, int n, int k, const float *a, const float *w, const float *wt,
+                  float beta, float *c)
+{
+    if (!wt) {
+        gemm_nt(m, n, k, a, w, beta, c);
+        return;
+    }
+    int cols = n;
+    if (m <= SLICE_ROWS && (double)m * n * k > SMALL_GEMM_MNK) {
+        cols = SMALL_GEMM_MNK / (m * k) / 16 * 16; /* whole 16-float vectors */
+        if (cols < 16)
+            cols = n;
+    }
+    for (int j = 0; j < n; j += cols) {
+        int nj = n - j < cols ? n - j : cols;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, nj, k, 1.0f, a, k, wt + j, n,
+                    beta, c + j, n);
+    }
+}
+
 /* C[m][n] = A[m][k] B[k][n] + beta C: a gradient back through a layer. */
 static void gemm_nn(int m, int n, int k, const float *a, const float *b, float beta, float *c)
 {
@@ -344,6 +381,7 @@ net_scratch *net_scratch_new(const net_config *c, int max_batch, int training)
     }
     s->gd = alloc_array(R > 0 ? m * D : 0, sizeof(float), &fail);
     s->gz = alloc_array(m * R, sizeof(float), &fail);
+    s->ggain = alloc_array(R, sizeof(float), &fail);
     if (fail) {
         net_scratch_free(s);
         return NULL;
@@ -361,7 +399,7 @@ void net_scratch_free(net_scratch *s)
         free(s->sact);
     free(s->freq); free(s->temb); free(s->h); free(s->f); free(s->u); free(s->act);
     free(s->xhat); free(s->rstd); free(s->x); free(s->lab);
-    free(s->dh); free(s->d1); free(s->d2); free(s->gd); free(s->gz);
+    free(s->dh); free(s->d1); free(s->d2); free(s->gd); free(s->gz); free(s->ggain);
     free(s);
 }
 
@@ -373,6 +411,7 @@ const float *net_features(const net_scratch *s) { return s->f; }
 
 /* With out = f W_out^T already in place, adds b_out and the Gaussian baseline:
  * out += b_out - mu + fs d + (d U^T diag(f(lam) - fs)) U, d = x - (1 - t) mu. */
+VECTOR_CLONES
 static void gauss_add(const net_config *c, const net_weights *w, net_scratch *s, int n,
                       const float *x, const float *t, float *out)
 {
@@ -385,12 +424,16 @@ static void gauss_add(const net_config *c, const net_weights *w, net_scratch *s,
         for (int j = 0; j < D; j++)
             di[j] = xi[j] - a * w->g_mu[j];
     }
-    gemm_nt(n, R, D, d, w->g_u, 0.0f, z); /* z = d U^T: coordinates along the directions */
+    layer(n, R, D, d, w->g_u, w->g_u_t, 0.0f, z); /* z = d U^T: coordinates along the directions */
+    float *gain = s->ggain;
     for (int i = 0; i < n; i++) {
         double fs = gauss_gain(w->g_sig2[0], t[i]);
+        if (i == 0 || t[i] != t[i - 1])
+            for (int r = 0; r < R; r++)
+                gain[r] = (float)(gauss_gain(w->g_lam[r], t[i]) - fs);
         float *zi = z + (size_t)i * R;
         for (int r = 0; r < R; r++)
-            zi[r] *= (float)(gauss_gain(w->g_lam[r], t[i]) - fs);
+            zi[r] *= gain[r];
         float fsf = (float)fs;
         const float *di = d + (size_t)i * D;
         float *oi = out + (size_t)i * D;
@@ -400,6 +443,7 @@ static void gauss_add(const net_config *c, const net_weights *w, net_scratch *s,
     gemm_nn(n, D, R, z, w->g_u, 1.0f, out); /* out += z U */
 }
 
+VECTOR_CLONES
 int net_forward(const net_config *c, const net_weights *w, net_scratch *s, int n,
                 const float *x, const float *t, const int *labels, float *out)
 {
@@ -421,7 +465,7 @@ int net_forward(const net_config *c, const net_weights *w, net_scratch *s, int n
     float *h = s->h;
 
     /* input layer: h = x W_in^T + temb W_t^T + b_in + emb[label] */
-    gemm_nt(n, H, D, x, w->w_in, 0.0f, h);
+    layer(n, H, D, x, w->w_in, w->w_in_t, 0.0f, h);
     if (T > 0) {
         for (int i = 0; i < n; i++) {
             float *e = s->temb + (size_t)i * T;
@@ -469,10 +513,12 @@ int net_forward(const net_config *c, const net_weights *w, net_scratch *s, int n
             for (int j = 0; j < H; j++) /* b2 now; the W2 GEMM accumulates onto it */
                 hi[j] += b2[j];
         }
-        gemm_nt(n, H, H, u, w->w1 + (size_t)b * H * H, 0.0f, a);
+        layer(n, H, H, u, w->w1 + (size_t)b * H * H, w->w1_t ? w->w1_t + (size_t)b * H * H : NULL,
+              0.0f, a);
         for (int i = 0; i < n; i++)
             bias_silu_row(H, a + (size_t)i * H, b1, sa + (size_t)i * H);
-        gemm_nt(n, H, H, sa, w->w2 + (size_t)b * H * H, 1.0f, h);
+        layer(n, H, H, sa, w->w2 + (size_t)b * H * H, w->w2_t ? w->w2_t + (size_t)b * H * H : NULL,
+              1.0f, h);
     }
 
     /* features and output layer */
@@ -485,7 +531,7 @@ int net_forward(const net_config *c, const net_weights *w, net_scratch *s, int n
             s->rstd[(size_t)B * s->max_batch + i] = r;
         bias_silu_row(H, fi, NULL, fi);
     }
-    gemm_nt(n, O, H, s->f, w->w_out, 0.0f, out);
+    layer(n, O, H, s->f, w->w_out, w->w_out_t, 0.0f, out);
     if (c->gauss_rank > 0) {
         gauss_add(c, w, s, n, x, t, out);
     } else {

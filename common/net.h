@@ -64,6 +64,15 @@ typedef struct net_weights {
     float *g_u;      /* [R][D] orthonormal directions, rows    (NULL when R = 0) */
     float *g_lam;    /* [R]    variances along g_u             (NULL when R = 0) */
     float *g_sig2;   /* [1]    variance in the rest of space   (NULL when R = 0) */
+    /* Optional transposed copies ([in][out]) set by net_transpose(); NULL
+     * otherwise. When present net_forward multiplies by them instead: OpenBLAS
+     * packs a transposed weight matrix far more slowly, which costs up to half
+     * of a forward pass at the small batches serving sees (docs/benchmarks.md). */
+    float *w_in_t;   /* [D][H] */
+    float *w1_t;     /* [n_blocks][H][H], each block's w1 transposed */
+    float *w2_t;     /* [n_blocks][H][H] */
+    float *w_out_t;  /* [H][O] */
+    float *g_u_t;    /* [D][R] */
 } net_weights;
 
 /* One tensor of the layout: its name in weights files, shape, offset (in
@@ -90,6 +99,14 @@ size_t net_param_count(const net_config *c);
 size_t net_trainable_count(const net_config *c);
 /* Points w's fields into buf (net_param_count floats) per the layout. */
 void net_bind(const net_config *c, float *buf, net_weights *w);
+
+/* Floats needed for the transposed copies of net_transpose(). */
+size_t net_transposed_count(const net_config *c);
+/* Writes the transposed copies of w's large matrices into buf
+ * (net_transposed_count floats) and points w's *_t fields at them, so that
+ * net_forward uses them. For inference only: the copies are not updated when
+ * the weights change, so a training loop must not call it. */
+void net_transpose(const net_config *c, net_weights *w, float *buf);
 
 /* Deterministic initialisation of the trainable tensors in buf: scaled normal
  * weights from rng (seed), zero biases, unit gains, and W_out = 0 for a

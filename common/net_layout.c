@@ -128,6 +128,38 @@ void net_bind(const net_config *c, float *buf, net_weights *w)
     }
 }
 
+size_t net_transposed_count(const net_config *c)
+{
+    const size_t D = (size_t)c->in_dim, H = (size_t)c->hidden, O = (size_t)c->out_dim;
+    return D * H + 2 * (size_t)c->n_blocks * H * H + H * O + D * (size_t)c->gauss_rank;
+}
+
+/* dst[cols][rows] = src[rows][cols]^T */
+static float *transpose_into(float *dst, const float *src, size_t rows, size_t cols)
+{
+    for (size_t i = 0; i < rows; i++)
+        for (size_t j = 0; j < cols; j++)
+            dst[j * rows + i] = src[i * cols + j];
+    return dst;
+}
+
+void net_transpose(const net_config *c, net_weights *w, float *buf)
+{
+    const size_t D = (size_t)c->in_dim, H = (size_t)c->hidden, O = (size_t)c->out_dim;
+    const size_t B = (size_t)c->n_blocks, R = (size_t)c->gauss_rank;
+    w->w_in_t = transpose_into(buf, w->w_in, H, D);
+    buf += D * H;
+    w->w1_t = B ? buf : NULL;
+    for (size_t b = 0; b < B; b++, buf += H * H)
+        transpose_into(buf, w->w1 + b * H * H, H, H);
+    w->w2_t = B ? buf : NULL;
+    for (size_t b = 0; b < B; b++, buf += H * H)
+        transpose_into(buf, w->w2 + b * H * H, H, H);
+    w->w_out_t = transpose_into(buf, w->w_out, O, H);
+    buf += H * O;
+    w->g_u_t = R ? transpose_into(buf, w->g_u, R, D) : NULL;
+}
+
 static void fill_normal(float *p, size_t n, float scale, uint64_t seed, uint64_t stream)
 {
     rng_normal_fill(seed, stream, 0, p, n);

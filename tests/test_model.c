@@ -119,7 +119,26 @@ static void test_denoiser_roundtrip_f32(void **state)
     int nt = net_tensor_table(c, info);
     net_weights expect;
     net_bind(c, m->params, &expect);
-    assert_memory_equal(&m->w, &expect, sizeof expect);
+    assert_memory_equal(&m->w, &expect, offsetof(net_weights, w_in_t));
+    /* the transposed copies for net_forward follow the parameters */
+    const int D = c->in_dim, H = c->hidden, R = c->gauss_rank;
+    assert_ptr_equal(m->w.w_in_t, m->params + n);
+    for (int i = 0; i < H; i++)
+        for (int j = 0; j < D; j++)
+            assert_true(m->w.w_in_t[(size_t)j * H + i] == m->w.w_in[(size_t)i * D + j]);
+    for (int b = 0; b < c->n_blocks; b++)
+        for (int i = 0; i < H; i++)
+            for (int j = 0; j < H; j++) {
+                size_t at = (size_t)b * H * H;
+                assert_true(m->w.w1_t[at + (size_t)j * H + i] == m->w.w1[at + (size_t)i * H + j]);
+                assert_true(m->w.w2_t[at + (size_t)j * H + i] == m->w.w2[at + (size_t)i * H + j]);
+            }
+    for (int i = 0; i < c->out_dim; i++)
+        for (int j = 0; j < H; j++)
+            assert_true(m->w.w_out_t[(size_t)j * c->out_dim + i] == m->w.w_out[(size_t)i * H + j]);
+    for (int r = 0; r < R; r++)
+        for (int j = 0; j < D; j++)
+            assert_true(m->w.g_u_t[(size_t)j * R + r] == m->w.g_u[(size_t)r * D + j]);
     assert_ptr_equal(m->w.g_sig2, m->params + info[nt - 1].offset);
     assert_non_null(m->w.g_u);
     assert_true(m->w.g_lam[0] > 0 && m->w.g_sig2[0] == 0.5f);

@@ -185,27 +185,34 @@ static void check_forward_vs_ref(fx *f, net_config c, uint64_t seed)
     tnet_random(f, &n, c, seed);
     net_scratch *s = fx_scratch(f, &c, 64, 0);
     net_scratch *st = fx_scratch(f, &c, 64, 1);
-    const int batches[] = { 1, 7, 64 };
-    for (int k = 0; k < 3; k++) {
+    /* the inference layout: transposed copies, GEMMs sliced at <= 16 rows */
+    net_weights wt = n.w;
+    net_transpose(&c, &wt, fx_alloc(f, net_transposed_count(&c) * sizeof(float)));
+    const int batches[] = { 1, 7, 16, 64 };
+    for (int k = 0; k < 4; k++) {
         int b = batches[k];
-        float *x, *t, *out, *ref, *out_tr;
+        float *x, *t, *out, *ref, *out_tr, *out_t;
         int *lab;
         inputs(f, &c, b, seed + (uint64_t)k, &x, &t, &lab);
         out = fx_alloc(f, (size_t)b * c.out_dim * sizeof(float));
         out_tr = fx_alloc(f, (size_t)b * c.out_dim * sizeof(float));
         ref = fx_alloc(f, (size_t)b * c.out_dim * sizeof(float));
+        out_t = fx_alloc(f, (size_t)b * c.out_dim * sizeof(float));
         const float *tp = c.time_dim || c.gauss_rank ? t : NULL;
         assert_int_equal(net_forward(&c, &n.w, s, b, x, tp, lab, out), 0);
         assert_int_equal(net_forward(&c, &n.w, st, b, x, tp, lab, out_tr), 0);
+        assert_int_equal(net_forward(&c, &wt, s, b, x, tp, lab, out_t), 0);
         assert_int_equal(net_forward_ref(&c, &n.w, b, x, tp, lab, ref), 0);
         double e = rel_err(out, ref, (size_t)b * c.out_dim);
         double e_tr = rel_err(out_tr, ref, (size_t)b * c.out_dim);
-        if (e >= 1e-5 || e_tr >= 1e-5)
-            print_message("D=%d H=%d B=%d O=%d T=%d C=%d R=%d batch %d: err %.3g, training %.3g\n",
-                          c.in_dim, c.hidden, c.n_blocks, c.out_dim, c.time_dim, c.n_classes,
-                          c.gauss_rank, b, e, e_tr);
+        double e_t = rel_err(out_t, ref, (size_t)b * c.out_dim);
+        if (e >= 1e-5 || e_tr >= 1e-5 || e_t >= 1e-5)
+            print_message("D=%d H=%d B=%d O=%d T=%d C=%d R=%d batch %d: err %.3g, training %.3g, "
+                          "transposed %.3g\n", c.in_dim, c.hidden, c.n_blocks, c.out_dim,
+                          c.time_dim, c.n_classes, c.gauss_rank, b, e, e_tr, e_t);
         assert_true(e < 1e-5);
         assert_true(e_tr < 1e-5);
+        assert_true(e_t < 1e-5);
         /* the output is not trivially the same for every row */
         if (b > 1)
             assert_true(rel_err(out, out + c.out_dim, (size_t)c.out_dim) > 1e-3);
