@@ -20,7 +20,7 @@ out="$BUILD/bench/expert.md"
     echo
     echo "Single-thread sgemm GFLOP/s, wall best (per CPU-second in brackets). Debian's"
     echo "OpenBLAS 0.3.21 falls back to Prescott kernels on CPUs it does not know;"
-    echo "ddm-expert re-executes itself with OPENBLAS_CORETYPE set (expert-worker/blas.h)."
+    echo "ddm-expert re-executes itself with OPENBLAS_CORETYPE set (common/blas.h)."
     echo
     echo "| kernels | 256x384x784 | 1024^3 |"
     echo "|---|---|---|"
