@@ -103,12 +103,13 @@ static int fetch_metrics(const char *hostport, double *ticks, double *overhead, 
 int main(int argc, char **argv)
 {
     blas_fix_core(argv); /* the workers do the same: compare like with like */
-    const char *models = NULL, *bindir = "bin", *delay = "0";
-    int steps = 50, duration = 15;
+    const char *models = NULL, *bindir = "bin", *delay = "0", *ticks = "1";
+    int steps = 50, duration = 15, per_request = 1;
     static const struct option lo[] = {
         { "models", required_argument, 0, 'm' }, { "bin", required_argument, 0, 'b' },
         { "steps", required_argument, 0, 's' },  { "duration", required_argument, 0, 'd' },
-        { "max-delay-us", required_argument, 0, 'D' },
+        { "max-delay-us", required_argument, 0, 'D' }, { "ticks", required_argument, 0, 'T' },
+        { "images", required_argument, 0, 'n' },
         { "help", no_argument, 0, 'h' },         { 0, 0, 0, 0 },
     };
     int c;
@@ -119,13 +120,21 @@ int main(int argc, char **argv)
         case 's': steps = atoi(optarg); break;
         case 'd': duration = atoi(optarg); break;
         case 'D': delay = optarg; break;
+        case 'T': ticks = optarg; break;
+        case 'n': per_request = atoi(optarg); break;
         case 'h':
             printf("usage: router_bench [--models DIR] [--bin DIR] [--steps 50] [--duration 15]\n"
                    "                    [--max-delay-us N (workers', default 0 as in ddm-cluster)]\n"
+                   "                    [--ticks N (the router's --ticks; default 1 as in digits.conf)]\n"
+                   "                    [--images N (images per request, default 1)]\n"
                    "Without --models, uses models/digits.\n");
             return 0;
         default: return 2;
         }
+    }
+    if (steps < 1 || duration < 1 || per_request < 1 || per_request > 64) {
+        fprintf(stderr, "router_bench: --steps and --duration must be >= 1, --images 1..64\n");
+        return 2;
     }
     signal(SIGPIPE, SIG_IGN);
     openblas_set_num_threads(1);
@@ -170,7 +179,7 @@ int main(int argc, char **argv)
     snprintf(hostport, sizeof hostport, "127.0.0.1:%d", port);
     snprintf(rlog, sizeof rlog, "%s/router.log", tmp);
     char *rv[] = { (char *)proc_bin("ddm-router", bin, sizeof bin), "--cluster", conf, "--listen",
-                   listen, NULL };
+                   listen, "--ticks", (char *)ticks, NULL };
     pid_t router = proc_start(rv, rlog);
     if (proc_wait_http(port, "/readyz", 200, 20000)) {
         fprintf(stderr, "router_bench: router not ready\n");
@@ -179,6 +188,8 @@ int main(int argc, char **argv)
     }
     const char *strategies[] = { "top-2", "full" };
     const int clients[] = { 1, 32 };
+    printf("%d image(s) per request, %d steps, router --ticks %s, workers --max-delay-us %s\n\n",
+           per_request, steps, ticks, delay);
     printf("| strategy | clients | in-process img/s (1 thread) | in-process img/s (2 threads) | served img/s | served / best in-process | p50 ms | p99 ms | failed | router overhead us/tick | router net us/tick |\n");
     printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
     double served_top2_32 = 0, served_full_32 = 0;
@@ -189,9 +200,9 @@ int main(int argc, char **argv)
             sample_params p;
             sample_params_default(&p, K);
             strategy_parse(strategies[si], K, NAN, NAN, &p.strat, err, sizeof err);
-            p.n = nc;
+            p.n = nc * per_request;
             p.steps = steps;
-            float *out = malloc((size_t)nc * (size_t)e->dim * sizeof *out);
+            float *out = malloc((size_t)p.n * (size_t)e->dim * sizeof *out);
             double local_ips = 0, local2_ips = 0;
             for (int threads = 1; threads <= 2; threads++) {
                 openblas_set_num_threads(threads);
@@ -202,7 +213,7 @@ int main(int argc, char **argv)
                     ensemble_sample(e, &p, out, NULL, NULL);
                     reps++;
                 } while (now_s() - t0 < duration / 3.0);
-                *(threads == 1 ? &local_ips : &local2_ips) = nc * reps / (now_s() - t0);
+                *(threads == 1 ? &local_ips : &local2_ips) = p.n * reps / (now_s() - t0);
             }
             openblas_set_num_threads(1);
             free(out);
@@ -210,8 +221,8 @@ int main(int argc, char **argv)
             double tk0 = 0, ov0 = 0, rn0 = 0, tk1 = 0, ov1 = 0, rn1 = 0;
             fetch_metrics(hostport, &tk0, &ov0, &rn0);
             char body[128];
-            snprintf(body, sizeof body, "{\"n\": 1, \"steps\": %d, \"strategy\": \"%s\"}", steps,
-                     strategies[si]);
+            snprintf(body, sizeof body, "{\"n\": %d, \"steps\": %d, \"strategy\": \"%s\"}",
+                     per_request, steps, strategies[si]);
             client_stats *cs = calloc((size_t)nc, sizeof *cs);
             pthread_t th[64];
             double s0 = now_s();
@@ -237,7 +248,7 @@ int main(int argc, char **argv)
                 for (int q = 0; q < cs[i].nlat; q++)
                     lat[j++] = cs[i].lat[q];
             qsort(lat, (size_t)nl, sizeof *lat, cmp_double);
-            double served_ips = ok / el;
+            double served_ips = (double)ok * per_request / el;
             double ticks = tk1 - tk0;
             double best = local_ips > local2_ips ? local_ips : local2_ips;
             printf("| %s | %d | %.1f | %.1f | %.1f | %.2f | %.1f | %.1f | %d | %.0f | %.0f |\n",
