@@ -83,7 +83,7 @@ static void usage(FILE *f)
 "Exit status: 0 success, 1 runtime error, 2 usage error.\n"
 "Examples:\n"
 "  ddm-eval fid --strategy top-2 -n 5000\n"
-"  ddm-eval table                       (the digits table, ~15 min on 2 cores)\n"
+"  ddm-eval table                       (the digits table, ~4 min on 2 cores)\n"
 "  ddm-eval fid --url http://127.0.0.1:8080 --strategy full -n 500\n");
 }
 
