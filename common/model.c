@@ -69,7 +69,7 @@ fail(const char *path, char *err, size_t errlen, const char *fmt, ...)
 static const char *show(const char *s, char buf[48])
 {
     size_t i = 0;
-    for (; s[i] && i < 40; i++)
+    for (; i < 40 && s[i]; i++)
         buf[i] = (unsigned char)s[i] < 0x20 || s[i] == 0x7f ? '?' : s[i];
     if (s[i]) {
         memcpy(buf + i, "...", 3);
