@@ -13,6 +13,16 @@
 
 const char *blas_core(void) { return openblas_get_corename(); }
 
+int blas_has_small_gemm(void)
+{
+    static const char *const cores[] = { "SkylakeX", "Cooperlake", "SapphireRapids" };
+    const char *core = openblas_get_corename();
+    for (size_t i = 0; core && i < sizeof cores / sizeof cores[0]; i++)
+        if (strcasecmp(core, cores[i]) == 0)
+            return 1;
+    return 0;
+}
+
 void blas_fix_core(char **argv)
 {
     if (getenv("OPENBLAS_CORETYPE"))

@@ -17,4 +17,9 @@ void blas_fix_core(char **argv);
 /* The kernel set OpenBLAS uses ("SkylakeX", "Prescott", ...). */
 const char *blas_core(void);
 
+/* 1 when that kernel set multiplies small sgemm problems (m n k <= 1e6)
+ * without packing its operands (OpenBLAS 0.3.21: SkylakeX and the cores built
+ * on it), else 0. net_forward slices small-batch layers to use them. */
+int blas_has_small_gemm(void);
+
 #endif

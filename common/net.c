@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/blas.h"
 #include "common/err.h"
 
 struct net_scratch {
@@ -43,6 +44,7 @@ struct net_scratch {
     float *gd;      /* [max][D] d = x - (1 - t) mu */
     float *gz;      /* [max][R] d U^T, then scaled per row */
     float *ggain;   /* [R] f(lam_r) - f(sig2) at one t (rows of a batch often share t) */
+    int small_gemm; /* blas_has_small_gemm(), read once */
 };
 
 /* ---- small helpers ---------------------------------------------------------- */
@@ -272,21 +274,23 @@ static void gemm_nt(int m, int n, int k, const float *a, const float *b, float b
  * m n k <= 1e6, its "small matrix" kernels. At a few rows, packing the weights
  * (which come from L3 on every call) is most of a layer's time, so a layer
  * over at most SLICE_ROWS rows is cut into column slices under that size:
- * 1.4-1.9x faster at 4-16 rows, slower from about 32 (docs/benchmarks.md). */
+ * 1.4-1.9x faster at 4-16 rows, slower from about 32 (docs/benchmarks.md).
+ * Kernel sets without those kernels (Haswell) gain nothing from slices and
+ * lose up to 15% at 16 rows, so they get whole layers (blas_has_small_gemm). */
 #define SMALL_GEMM_MNK 1000000
 #define SLICE_ROWS 16
 
 /* C[m][n] = A[m][k] W^T + beta C for a weight matrix W [n][k], multiplying by
  * its transposed copy wt [k][n] when there is one (see net_weights). */
-static void layer(int m, int n, int k, const float *a, const float *w, const float *wt,
-                  float beta, float *c)
+static void layer(const net_scratch *s, int m, int n, int k, const float *a, const float *w,
+                  const float *wt, float beta, float *c)
 {
     if (!wt) {
         gemm_nt(m, n, k, a, w, beta, c);
         return;
     }
     int cols = n;
-    if (m <= SLICE_ROWS && (double)m * n * k > SMALL_GEMM_MNK) {
+    if (s->small_gemm && m <= SLICE_ROWS && (double)m * n * k > SMALL_GEMM_MNK) {
         cols = SMALL_GEMM_MNK / (m * k) / 16 * 16; /* whole 16-float vectors */
         if (cols < 16)
             cols = n;
@@ -382,6 +386,7 @@ net_scratch *net_scratch_new(const net_config *c, int max_batch, int training)
     s->gd = alloc_array(R > 0 ? m * D : 0, sizeof(float), &fail);
     s->gz = alloc_array(m * R, sizeof(float), &fail);
     s->ggain = alloc_array(R, sizeof(float), &fail);
+    s->small_gemm = blas_has_small_gemm();
     if (fail) {
         net_scratch_free(s);
         return NULL;
@@ -424,7 +429,8 @@ static void gauss_add(const net_config *c, const net_weights *w, net_scratch *s,
         for (int j = 0; j < D; j++)
             di[j] = xi[j] - a * w->g_mu[j];
     }
-    layer(n, R, D, d, w->g_u, w->g_u_t, 0.0f, z); /* z = d U^T: coordinates along the directions */
+    /* z = d U^T: coordinates along the directions */
+    layer(s, n, R, D, d, w->g_u, w->g_u_t, 0.0f, z);
     float *gain = s->ggain;
     for (int i = 0; i < n; i++) {
         double fs = gauss_gain(w->g_sig2[0], t[i]);
@@ -465,7 +471,7 @@ int net_forward(const net_config *c, const net_weights *w, net_scratch *s, int n
     float *h = s->h;
 
     /* input layer: h = x W_in^T + temb W_t^T + b_in + emb[label] */
-    layer(n, H, D, x, w->w_in, w->w_in_t, 0.0f, h);
+    layer(s, n, H, D, x, w->w_in, w->w_in_t, 0.0f, h);
     if (T > 0) {
         for (int i = 0; i < n; i++) {
             float *e = s->temb + (size_t)i * T;
@@ -513,12 +519,11 @@ int net_forward(const net_config *c, const net_weights *w, net_scratch *s, int n
             for (int j = 0; j < H; j++) /* b2 now; the W2 GEMM accumulates onto it */
                 hi[j] += b2[j];
         }
-        layer(n, H, H, u, w->w1 + (size_t)b * H * H, w->w1_t ? w->w1_t + (size_t)b * H * H : NULL,
-              0.0f, a);
+        size_t wb = (size_t)b * H * H;
+        layer(s, n, H, H, u, w->w1 + wb, w->w1_t ? w->w1_t + wb : NULL, 0.0f, a);
         for (int i = 0; i < n; i++)
             bias_silu_row(H, a + (size_t)i * H, b1, sa + (size_t)i * H);
-        layer(n, H, H, sa, w->w2 + (size_t)b * H * H, w->w2_t ? w->w2_t + (size_t)b * H * H : NULL,
-              1.0f, h);
+        layer(s, n, H, H, sa, w->w2 + wb, w->w2_t ? w->w2_t + wb : NULL, 1.0f, h);
     }
 
     /* features and output layer */
@@ -531,7 +536,7 @@ int net_forward(const net_config *c, const net_weights *w, net_scratch *s, int n
             s->rstd[(size_t)B * s->max_batch + i] = r;
         bias_silu_row(H, fi, NULL, fi);
     }
-    layer(n, O, H, s->f, w->w_out, w->w_out_t, 0.0f, out);
+    layer(s, n, O, H, s->f, w->w_out, w->w_out_t, 0.0f, out);
     if (c->gauss_rank > 0) {
         gauss_add(c, w, s, n, x, t, out);
     } else {

@@ -14,6 +14,7 @@
 #include <cmocka.h>
 #include <cblas.h>
 
+#include "common/blas.h"
 #include "common/err.h"
 #include "common/net.h"
 #include "common/rng.h"
@@ -737,8 +738,14 @@ static void test_throughput(void **state)
     print_message("# forward+backward batch 64: %.3f ms\n", el / iters * 1e3);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    (void)argc;
+    /* the kernels the binaries use, so that the small-batch slices of
+     * net_forward run here too where OpenBLAS has them (common/blas.h) */
+    blas_fix_core(argv);
+    print_message("OpenBLAS kernels %s; small-matrix slices %s\n", blas_core(),
+                  blas_has_small_gemm() ? "tested" : "not available");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_forward_matches_ref, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_layer_norm_tiny_variance, fx_setup, fx_teardown),
