@@ -431,16 +431,17 @@ static void gauss_add(const net_config *c, const net_weights *w, net_scratch *s,
     }
     /* z = d U^T: coordinates along the directions */
     layer(s, n, R, D, d, w->g_u, w->g_u_t, 0.0f, z);
-    float *gain = s->ggain;
+    float *gain = s->ggain, fsf = 0.0f;
     for (int i = 0; i < n; i++) {
-        double fs = gauss_gain(w->g_sig2[0], t[i]);
-        if (i == 0 || t[i] != t[i - 1])
+        if (i == 0 || t[i] != t[i - 1]) { /* gains depend on t only */
+            double fs = gauss_gain(w->g_sig2[0], t[i]);
             for (int r = 0; r < R; r++)
                 gain[r] = (float)(gauss_gain(w->g_lam[r], t[i]) - fs);
+            fsf = (float)fs;
+        }
         float *zi = z + (size_t)i * R;
         for (int r = 0; r < R; r++)
             zi[r] *= gain[r];
-        float fsf = (float)fs;
         const float *di = d + (size_t)i * D;
         float *oi = out + (size_t)i * D;
         for (int j = 0; j < D; j++)

@@ -798,16 +798,11 @@ static int gone(pid_t pid)
 {
     if (kill(pid, 0) != 0)
         return errno == ESRCH;
-    char p[64], buf[256];
-    snprintf(p, sizeof p, "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(p, "r");
-    if (!f)
+    char buf[256];
+    const char *fields = proc_stat(pid, buf, sizeof buf);
+    if (!fields)
         return 1;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    const char *rp = strrchr(buf, ')');
-    return rp && rp[1] == ' ' && rp[2] == 'Z';
+    return fields[0] == ' ' && fields[1] == 'Z';
 }
 
 static int file_equal(const char *a, const char *b)

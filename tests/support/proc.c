@@ -125,3 +125,17 @@ void proc_dump_log(const char *log)
     if (system(cmd) != 0)
         fprintf(stderr, "(no log %s)\n", log);
 }
+
+const char *proc_stat(pid_t pid, char *buf, size_t len)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return NULL;
+    size_t n = fread(buf, 1, len - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    const char *p = strrchr(buf, ')'); /* the last one ends the command name */
+    return p ? p + 1 : NULL;
+}

@@ -27,6 +27,11 @@ int proc_wait_http(int port, const char *path, int want_status, int timeout_ms);
 /* A TCP port that was free a moment ago (bind to port 0 and close). */
 int proc_free_port(void);
 
+/* Reads /proc/pid/stat into buf and returns the fields after the command
+ * name (" S ppid pgrp ..."; the name may hold spaces and parentheses), or
+ * NULL when the process is gone or the line is cut. */
+const char *proc_stat(pid_t pid, char *buf, size_t len);
+
 /* Prints the last lines of a log file to stderr (for failing tests). */
 void proc_dump_log(const char *log);
 

@@ -24,12 +24,13 @@
 #include <nanomsg/nn.h>
 #include <nanomsg/reqrep.h>
 
+#include "common/blas.h"
 #include "common/model.h"
 #include "common/net.h"
 #include "common/rng.h"
 #include "common/st.h"
 #include "ddm/v1/worker.pb-c.h"
-#include "common/blas.h"
+#include "tests/support/proc.h"
 
 static const net_config ARCH = { .in_dim = 784, .hidden = 384, .n_blocks = 2, .out_dim = 784,
                                  .n_classes = 10, .time_dim = 64, .gauss_rank = 64 };
@@ -52,19 +53,12 @@ static double thread_cpu_s(void)
 /* CPU seconds (user + system) used so far by process pid, all threads. */
 static double proc_cpu_s(pid_t pid)
 {
-    char path[64], buf[1024];
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return 0;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    const char *p = strrchr(buf, ')'); /* after the command name */
+    char buf[1024];
+    const char *p = proc_stat(pid, buf, sizeof buf);
     unsigned long ut = 0, st = 0;
     /* fields 3.. after ")": state ppid pgrp session tty tpgid flags minflt cminflt
      * majflt cmajflt utime stime */
-    if (!p || sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+    if (!p || sscanf(p, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
         return 0;
     return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
 }

@@ -143,14 +143,8 @@ int cmd_distance(const eval_opts *o)
                100 * bmean(r, r->top_nearest_fin, -1), 100 * bmean(r, r->far_w_xt, -1),
                100 * bmean(r, r->far_w_fin, -1));
     }
-    int bad = ferror(md) || ferror(csv);
-    bad |= fclose(md) != 0;
-    bad |= fclose(csv) != 0;
-    md = csv = NULL;
-    if (bad) {
-        snprintf(err, sizeof err, "writing %s/distance.md failed", o->out);
+    if (eval_fclose_reports(o, &md, &csv, "distance.md or distance.csv", err, sizeof err))
         goto out;
-    }
     if (o->plots) {
         int tot = 0;
         for (int i = 0; i < ns; i++)

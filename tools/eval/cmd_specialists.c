@@ -311,14 +311,8 @@ int cmd_specialists(const eval_opts *o)
                     "through --url).\n");
     }
     fprintf(md, "\nGrid: specialists.png, row k = expert k, column c = asked for class c.\n");
-    int bad = ferror(md) || ferror(csv);
-    bad |= fclose(md) != 0;
-    bad |= fclose(csv) != 0;
-    md = csv = NULL;
-    if (bad) {
-        snprintf(err, sizeof err, "writing %s/specialists.md failed", o->out);
+    if (eval_fclose_reports(o, &md, &csv, "specialists.md or specialists.csv", err, sizeof err))
         goto out;
-    }
     if (o->plots && eval_write_grid(o, "specialists.png", grid, K * C, D, C, err, sizeof err))
         goto out;
     printf("specialists: asked class recognised (%%), rows = experts, columns = classes\n");

@@ -483,14 +483,7 @@ static int write_reports(table *t, double wall, double cpu, char *err, size_t er
                 "disagreement.png (per-sample disagreement vs classifier confidence), "
                 "routing.png (mean routing weight per expert over t), samples-*.png "
                 "(first samples of each row).\n");
-    int bad = ferror(md) || ferror(csv);
-    bad |= fclose(md) != 0;
-    bad |= fclose(csv) != 0;
-    if (bad) {
-        snprintf(err, errlen, "writing %s/table.md or table.csv failed", o->out);
-        return DDM_EIO;
-    }
-    return 0;
+    return eval_fclose_reports(o, &md, &csv, "table.md or table.csv", err, errlen);
 }
 
 static int write_plots(table *t, char *err, size_t errlen)

@@ -385,6 +385,19 @@ FILE *eval_fopen(const eval_opts *o, const char *name, char *err, size_t errlen)
     return f;
 }
 
+int eval_fclose_reports(const eval_opts *o, FILE **md, FILE **csv, const char *what, char *err,
+                        size_t errlen)
+{
+    int bad = ferror(*md) || ferror(*csv);
+    bad |= fclose(*md) != 0;
+    bad |= fclose(*csv) != 0;
+    *md = *csv = NULL;
+    if (!bad)
+        return 0;
+    snprintf(err, errlen, "writing %s/%s failed", o->out, what);
+    return DDM_EIO;
+}
+
 void eval_slug(const char *name, char *buf, size_t len)
 {
     size_t i = 0;

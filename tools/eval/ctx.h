@@ -114,6 +114,10 @@ int *eval_cluster_table(const eval_opts *o, int K, int C, char *err, size_t errl
 
 /* Opens out/name for writing; NULL with a message. */
 FILE *eval_fopen(const eval_opts *o, const char *name, char *err, size_t errlen);
+/* Closes a command's two reports (*md, *csv; both set to NULL). Returns 0, or
+ * DDM_EIO with "writing OUT/what failed" when a write or a close failed. */
+int eval_fclose_reports(const eval_opts *o, FILE **md, FILE **csv, const char *what, char *err,
+                        size_t errlen);
 /* A file-name-safe copy of a row name ("expert:3" -> "expert-3"). */
 void eval_slug(const char *name, char *buf, size_t len);
 /* Width and height of an image of D pixels (square when D is a square). */
