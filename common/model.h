@@ -13,6 +13,7 @@
 #define DDM_MODEL_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "common/net.h"
 #include "common/st.h"
@@ -27,6 +28,7 @@ typedef struct model {
     net_weights w;        /* points into params */
     float *params;        /* owned: net_param_count(cfg) floats, converted to fp32, then
                              the net_transpose() copies that w points at too */
+    uint16_t *halves;     /* owned: net_half() copies that w points at, or NULL */
     st_file *file;        /* the open weights file (metadata, sha256) */
     int expert_id;        /* cluster id, -1 when not an expert */
     int num_experts;      /* K of the set, 0 if unknown */

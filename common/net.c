@@ -18,6 +18,7 @@
 
 #include "common/blas.h"
 #include "common/err.h"
+#include "common/half_gemm.h"
 
 struct net_scratch {
     net_config c;
@@ -45,6 +46,7 @@ struct net_scratch {
     float *gz;      /* [max][R] d U^T, then scaled per row */
     float *ggain;   /* [R] f(lam_r) - f(sig2) at one t (rows of a batch often share t) */
     int small_gemm; /* blas_has_small_gemm(), read once */
+    int half_gemm;  /* half_gemm_supported(), read once */
 };
 
 /* ---- small helpers ---------------------------------------------------------- */
@@ -281,10 +283,15 @@ static void gemm_nt(int m, int n, int k, const float *a, const float *b, float b
 #define SLICE_ROWS 16
 
 /* C[m][n] = A[m][k] W^T + beta C for a weight matrix W [n][k], multiplying by
- * its transposed copy wt [k][n] when there is one (see net_weights). */
+ * its half copy wh [k][n] at a few rows, else by its transposed copy wt [k][n]
+ * when there is one (see net_weights). */
 static void layer(const net_scratch *s, int m, int n, int k, const float *a, const float *w,
-                  const float *wt, float beta, float *c)
+                  const float *wt, const uint16_t *wh, float beta, float *c)
 {
+    if (wh && s->half_gemm && m <= HALF_GEMM_MAX_ROWS) {
+        half_gemm(m, n, k, a, wh, beta, c);
+        return;
+    }
     if (!wt) {
         gemm_nt(m, n, k, a, w, beta, c);
         return;
@@ -387,6 +394,7 @@ net_scratch *net_scratch_new(const net_config *c, int max_batch, int training)
     s->gz = alloc_array(m * R, sizeof(float), &fail);
     s->ggain = alloc_array(R, sizeof(float), &fail);
     s->small_gemm = blas_has_small_gemm();
+    s->half_gemm = half_gemm_supported();
     if (fail) {
         net_scratch_free(s);
         return NULL;
@@ -430,7 +438,7 @@ static void gauss_add(const net_config *c, const net_weights *w, net_scratch *s,
             di[j] = xi[j] - a * w->g_mu[j];
     }
     /* z = d U^T: coordinates along the directions */
-    layer(s, n, R, D, d, w->g_u, w->g_u_t, 0.0f, z);
+    layer(s, n, R, D, d, w->g_u, w->g_u_t, w->g_u_th, 0.0f, z);
     float *gain = s->ggain, fsf = 0.0f;
     for (int i = 0; i < n; i++) {
         if (i == 0 || t[i] != t[i - 1]) { /* gains depend on t only */
@@ -447,7 +455,10 @@ static void gauss_add(const net_config *c, const net_weights *w, net_scratch *s,
         for (int j = 0; j < D; j++)
             oi[j] += w->b_out[j] - w->g_mu[j] + fsf * di[j];
     }
-    gemm_nn(n, D, R, z, w->g_u, 1.0f, out); /* out += z U */
+    if (w->g_u_h && s->half_gemm && n <= HALF_GEMM_MAX_ROWS) /* out += z U */
+        half_gemm(n, D, R, z, w->g_u_h, 1.0f, out);
+    else
+        gemm_nn(n, D, R, z, w->g_u, 1.0f, out);
 }
 
 VECTOR_CLONES
@@ -472,7 +483,7 @@ int net_forward(const net_config *c, const net_weights *w, net_scratch *s, int n
     float *h = s->h;
 
     /* input layer: h = x W_in^T + temb W_t^T + b_in + emb[label] */
-    layer(s, n, H, D, x, w->w_in, w->w_in_t, 0.0f, h);
+    layer(s, n, H, D, x, w->w_in, w->w_in_t, w->w_in_h, 0.0f, h);
     if (T > 0) {
         for (int i = 0; i < n; i++) {
             float *e = s->temb + (size_t)i * T;
@@ -521,10 +532,12 @@ int net_forward(const net_config *c, const net_weights *w, net_scratch *s, int n
                 hi[j] += b2[j];
         }
         size_t wb = (size_t)b * H * H;
-        layer(s, n, H, H, u, w->w1 + wb, w->w1_t ? w->w1_t + wb : NULL, 0.0f, a);
+        layer(s, n, H, H, u, w->w1 + wb, w->w1_t ? w->w1_t + wb : NULL,
+              w->w1_h ? w->w1_h + wb : NULL, 0.0f, a);
         for (int i = 0; i < n; i++)
             bias_silu_row(H, a + (size_t)i * H, b1, sa + (size_t)i * H);
-        layer(s, n, H, H, sa, w->w2 + wb, w->w2_t ? w->w2_t + wb : NULL, 1.0f, h);
+        layer(s, n, H, H, sa, w->w2 + wb, w->w2_t ? w->w2_t + wb : NULL,
+              w->w2_h ? w->w2_h + wb : NULL, 1.0f, h);
     }
 
     /* features and output layer */
@@ -537,7 +550,7 @@ int net_forward(const net_config *c, const net_weights *w, net_scratch *s, int n
             s->rstd[(size_t)B * s->max_batch + i] = r;
         bias_silu_row(H, fi, NULL, fi);
     }
-    layer(s, n, O, H, s->f, w->w_out, w->w_out_t, 0.0f, out);
+    layer(s, n, O, H, s->f, w->w_out, w->w_out_t, w->w_out_h, 0.0f, out);
     if (c->gauss_rank > 0) {
         gauss_add(c, w, s, n, x, t, out);
     } else {

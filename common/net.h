@@ -73,6 +73,17 @@ typedef struct net_weights {
     float *w2_t;     /* [n_blocks][H][H] */
     float *w_out_t;  /* [H][O] */
     float *g_u_t;    /* [D][R] */
+    /* Optional IEEE-half copies set by net_half(): the transposed matrices
+     * above and g_u, each only when every value is exactly a half (as in the
+     * fp16 weights files we ship) and its output width is a multiple of 16.
+     * net_forward multiplies up to HALF_GEMM_MAX_ROWS rows by them
+     * (common/half_gemm.h): half the bytes to stream per call. */
+    const uint16_t *w_in_h;  /* [D][H] */
+    const uint16_t *w1_h;    /* [n_blocks][H][H] */
+    const uint16_t *w2_h;    /* [n_blocks][H][H] */
+    const uint16_t *w_out_h; /* [H][O] */
+    const uint16_t *g_u_th;  /* [D][R] */
+    const uint16_t *g_u_h;   /* [R][D] */
 } net_weights;
 
 /* One tensor of the layout: its name in weights files, shape, offset (in
@@ -107,6 +118,13 @@ size_t net_transposed_count(const net_config *c);
  * net_forward uses them. For inference only: the copies are not updated when
  * the weights change, so a training loop must not call it. */
 void net_transpose(const net_config *c, net_weights *w, float *buf);
+/* uint16_t values needed by net_half(). */
+size_t net_half_count(const net_config *c);
+/* After net_transpose(): writes half copies into buf (net_half_count values)
+ * and points w's *_h fields at those that hold exactly the fp32 values (the
+ * others stay NULL, and net_forward uses fp32 for them). Returns how many of
+ * the six matrices got a copy. Inference only, like net_transpose. */
+int net_half(const net_config *c, net_weights *w, uint16_t *buf);
 
 /* Deterministic initialisation of the trainable tensors in buf: scaled normal
  * weights from rng (seed), zero biases, unit gains, and W_out = 0 for a

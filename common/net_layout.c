@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "common/err.h"
+#include "common/half_gemm.h"
 #include "common/rng.h"
 
 int net_config_check(const net_config *c, char *err, size_t errlen)
@@ -158,6 +159,39 @@ void net_transpose(const net_config *c, net_weights *w, float *buf)
     w->w_out_t = transpose_into(buf, w->w_out, O, H);
     buf += H * O;
     w->g_u_t = R ? transpose_into(buf, w->g_u, R, D) : NULL;
+}
+
+size_t net_half_count(const net_config *c)
+{
+    return net_transposed_count(c) + (size_t)c->gauss_rank * (size_t)c->in_dim;
+}
+
+/* A half copy of src[n] (rows of `cols` values) taken from *buf, or NULL when
+ * half_gemm cannot use it or it would not be exact. */
+static const uint16_t *half_of(const float *src, size_t n, size_t cols, uint16_t **buf, int *made)
+{
+    if (!src || n == 0 || cols % 16 != 0)
+        return NULL;
+    uint16_t *dst = *buf;
+    *buf += n;
+    if (!half_copy_exact(src, dst, n))
+        return NULL;
+    ++*made;
+    return dst;
+}
+
+int net_half(const net_config *c, net_weights *w, uint16_t *buf)
+{
+    const size_t D = (size_t)c->in_dim, H = (size_t)c->hidden, O = (size_t)c->out_dim;
+    const size_t B = (size_t)c->n_blocks, R = (size_t)c->gauss_rank;
+    int made = 0;
+    w->w_in_h = half_of(w->w_in_t, D * H, H, &buf, &made);
+    w->w1_h = half_of(w->w1_t, B * H * H, H, &buf, &made);
+    w->w2_h = half_of(w->w2_t, B * H * H, H, &buf, &made);
+    w->w_out_h = half_of(w->w_out_t, H * O, O, &buf, &made);
+    w->g_u_th = half_of(w->g_u_t, D * R, R, &buf, &made);
+    w->g_u_h = half_of(w->g_u, R * D, D, &buf, &made);
+    return made;
 }
 
 static void fill_normal(float *p, size_t n, float scale, uint64_t seed, uint64_t stream)

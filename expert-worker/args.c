@@ -27,6 +27,9 @@ void expert_args_usage(FILE *f)
         "      --max-queue N        latents waiting before new requests are refused with a\n"
         "                           busy error (default 16 x max-batch)\n"
         "      --threads N          OpenBLAS threads (default 1: many workers share a machine)\n"
+        "      --inline-rows N      forward passes of at most N latents run on the event-loop\n"
+        "                           thread, larger ones on a pool thread (default 20; 0 = all\n"
+        "                           on the pool)\n"
         "      --metrics HOST:PORT  serve Prometheus text on GET /metrics (default off)\n"
         "      --linger-ms N        on SIGTERM/SIGINT, after the last reply, time given to\n"
         "                           nanomsg to send it before exiting (default 200)\n"
@@ -57,7 +60,7 @@ expert_args_result expert_args_parse(int argc, char **argv, expert_config *cfg, 
                                      char *err, size_t errlen)
 {
     enum { OPT_MAX_BATCH = 1000, OPT_MAX_DELAY, OPT_MAX_QUEUE, OPT_THREADS, OPT_METRICS,
-           OPT_LINGER, OPT_LOG };
+           OPT_LINGER, OPT_LOG, OPT_INLINE };
     static const struct option longopts[] = {
         { "weights", required_argument, 0, 'w' },
         { "listen", required_argument, 0, 'l' },
@@ -65,6 +68,7 @@ expert_args_result expert_args_parse(int argc, char **argv, expert_config *cfg, 
         { "max-delay-us", required_argument, 0, OPT_MAX_DELAY },
         { "max-queue", required_argument, 0, OPT_MAX_QUEUE },
         { "threads", required_argument, 0, OPT_THREADS },
+        { "inline-rows", required_argument, 0, OPT_INLINE },
         { "metrics", required_argument, 0, OPT_METRICS },
         { "linger-ms", required_argument, 0, OPT_LINGER },
         { "log-level", required_argument, 0, OPT_LOG },
@@ -107,6 +111,11 @@ expert_args_result expert_args_parse(int argc, char **argv, expert_config *cfg, 
             if (parse_num("threads", optarg, 1, 1024, &v, err, errlen))
                 return EXPERT_ARGS_USAGE;
             cfg->threads = (int)v;
+            break;
+        case OPT_INLINE:
+            if (parse_num("inline-rows", optarg, 0, 65536, &v, err, errlen))
+                return EXPERT_ARGS_USAGE;
+            cfg->inline_rows = (int)v;
             break;
         case OPT_METRICS: cfg->metrics = optarg; break;
         case OPT_LINGER:

@@ -9,7 +9,11 @@
  * pool thread, which copies their rows into the input buffers and runs
  * net_forward. One pass at a time: the next batch forms in the queue
  * meanwhile, and starts (into the other of two output buffers) before the
- * finished pass's replies are packed. The delay timer is a timerfd
+ * finished pass's replies are packed. A pass of at most --inline-rows
+ * latents (well under a millisecond) runs on the loop thread instead: the
+ * hop to a pool thread and back costs two wake-ups, which at the few rows of
+ * sparse routing was a fifth of a worker's CPU (docs/benchmarks.md); its
+ * replies go out before the next pass starts. The delay timer is a timerfd
  * (microsecond resolution; uv timers have milliseconds).
  *
  * Replies leave a raw REP socket, which silently drops a reply when the
@@ -76,6 +80,8 @@ struct expert_worker {
      * out[cur], scratch and the batch's jobs while computing is set */
     uv_work_t work;
     int computing;
+    int inline_pass;     /* the pass being finished ran on the loop thread */
+    int replying;        /* after_work_cb is sending a pass's replies: no inline pass now */
     batcher_item *batch;       /* jobs in the pass, in row order */
     int batch_n;
     int fwd_rc;
@@ -101,6 +107,7 @@ void expert_config_default(expert_config *c)
     c->max_batch = 256;
     c->max_delay_us = 500;
     c->threads = 1;
+    c->inline_rows = 20;
     c->linger_ms = 200;
 }
 
@@ -264,6 +271,8 @@ static void after_work_cb(uv_work_t *req, int status)
     expert_worker *w = req->data;
     int D = w->lim.dim;
     int rc = status < 0 ? status : w->fwd_rc;
+    int was_inline = w->inline_pass;
+    w->inline_pass = 0;
     uint32_t compute_us = (uint32_t)(w->compute_ns / 1000);
     batcher_item *it = w->batch;
     int n = w->batch_n;
@@ -281,7 +290,8 @@ static void after_work_cb(uv_work_t *req, int status)
     } else {
         log_error("forward pass over %d latents failed: %s", n, ddm_strerror(rc));
     }
-    if (!w->stopping || w->q.count > 0)
+    w->replying = 1; /* a pass started now goes to the pool, not ahead of these replies */
+    if (!was_inline && (!w->stopping || w->q.count > 0))
         schedule(w); /* when stopping with nothing left, finish after the replies */
     if (rc == 0)
         wire_f32_to_le(out, (size_t)n * (size_t)D);
@@ -312,7 +322,8 @@ static void after_work_cb(uv_work_t *req, int status)
         }
         job_put(w, j);
     }
-    if (w->stopping)
+    w->replying = 0;
+    if (w->stopping || was_inline)
         schedule(w);
 }
 
@@ -336,6 +347,12 @@ static void dispatch(expert_worker *w)
     w->computing = 1;
     w->met.computing = 1;
     w->met.queue_latents = w->q.latents;
+    if (n <= w->cfg.inline_rows && !w->replying) {
+        w->inline_pass = 1;
+        work_cb(&w->work);
+        after_work_cb(&w->work, 0);
+        return;
+    }
     int rc = uv_queue_work(w->loop, &w->work, work_cb, after_work_cb);
     if (rc < 0) /* only for a NULL work_cb: a bug */
         abort();
@@ -790,9 +807,10 @@ int expert_worker_new(uv_loop_t *loop, const expert_config *cfg, expert_worker *
         return rc;
     }
     log_info("serving expert %d of %s (%s, sha256 %.16s) on %d URL(s) from %s; max-batch %d, "
-             "max-delay %d us, %d BLAS thread(s), %s kernels", w->m->expert_id, w->m->dataset,
-             w->arch, st_sha256(w->m->file), cfg->n_listen, cfg->weights, cfg->max_batch,
-             cfg->max_delay_us, cfg->threads, blas_core());
+             "max-delay %d us, inline up to %d rows, %d BLAS thread(s), %s kernels%s",
+             w->m->expert_id, w->m->dataset, w->arch, st_sha256(w->m->file), cfg->n_listen,
+             cfg->weights, cfg->max_batch, cfg->max_delay_us, cfg->inline_rows, cfg->threads,
+             blas_core(), w->m->halves ? ", fp16 weight copies for small batches" : "");
     *out = w;
     return 0;
 }

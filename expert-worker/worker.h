@@ -26,6 +26,7 @@ typedef struct expert_config {
     int max_delay_us;    /* how long the oldest request may wait for company (500; 0 = never) */
     long max_queue;      /* latents waiting before new requests are refused (0 = 16 x max_batch) */
     int threads;         /* OpenBLAS threads (1); 0 leaves OpenBLAS alone */
+    int inline_rows;     /* passes of at most this many latents run on the loop thread (20) */
     const char *metrics; /* "host:port" serving GET /metrics, NULL = none */
     int linger_ms;       /* after draining, time nanomsg gets to write the last replies (200) */
     int handle_signals;  /* SIGTERM/SIGINT start a graceful stop */

@@ -64,6 +64,7 @@ void engine_config_default(engine_config *c)
     c->max_images = 1024;
     c->tick_capacity = 256;
     c->ticks_in_flight = 2;
+    c->router_threads = 1;
     c->request_timeout_ms = 300000;
 }
 
@@ -243,7 +244,17 @@ static void after_plan(uv_work_t *w, int status)
         ((engine_job *)s->batch[i]->owner)->router_us += tick_router_us(s->tk) / s->n;
     s->calls_ns = uv_hrtime();
     s->pending = 1; /* held until every call is out */
+    /* Largest calls first: workers that share cores start the longest jobs
+     * first, so the tick does not end on one big call running alone. */
+    int order[STRAT_MAX_EXPERTS];
     for (int k = 0; k < e->K; k++) {
+        int rows = tick_rows(s->tk, k, NULL, NULL, NULL), at = k;
+        for (; at > 0 && tick_rows(s->tk, order[at - 1], NULL, NULL, NULL) < rows; at--)
+            order[at] = order[at - 1];
+        order[at] = k;
+    }
+    for (int i = 0; i < e->K; i++) {
+        const int k = order[i];
         const float *x, *t;
         const int *lab;
         int rows = tick_rows(s->tk, k, &x, &t, &lab);
@@ -404,7 +415,7 @@ int engine_new(uv_loop_t *loop, pool *pl, const model *router, int K, int dim, i
         s->work.data = s;
         s->tk = tick_new(K, dim, e->cfg.tick_capacity, router, err, errlen);
         s->batch = calloc((size_t)e->cfg.tick_capacity, sizeof *s->batch);
-        if (!s->tk || !s->batch) {
+        if (!s->tk || !s->batch || tick_set_router_threads(s->tk, e->cfg.router_threads)) {
             engine_close(e, NULL, NULL);
             return DDM_ENOMEM;
         }

@@ -27,6 +27,7 @@ typedef struct engine_config {
     int max_images;             /* images admitted at once; past it submit says busy (1024) */
     int tick_capacity;          /* trajectories per tick (256) */
     int ticks_in_flight;        /* (2) */
+    int router_threads;         /* threads the router network's rows are split over (1) */
     uint32_t request_timeout_ms; /* a request older than this fails with 504 (300000) */
 } engine_config;
 

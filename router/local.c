@@ -1,6 +1,7 @@
 /* local.c -- in-process expert sets (see local.h). */
 #include "router/local.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -127,24 +128,102 @@ void ensemble_close(ensemble *e)
     free(e);
 }
 
+/* Expert k's rows of a planned tick. */
+static int eval_expert(ensemble *e, tick *tk, int k)
+{
+    const float *x, *t;
+    const int *lab;
+    int rows = tick_rows(tk, k, &x, &t, &lab);
+    float *out = tick_out(tk, k);
+    const model *m = e->experts[k];
+    size_t D = (size_t)e->dim;
+    for (int r0 = 0; r0 < rows; r0 += e->chunk) {
+        int nr = rows - r0 < e->chunk ? rows - r0 : e->chunk;
+        int rc = net_forward(&m->cfg, &m->w, e->scratch[k], nr, x + (size_t)r0 * D, t + r0,
+                             m->cfg.n_classes > 0 ? lab + r0 : NULL, out + (size_t)r0 * D);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+typedef struct lane {
+    ensemble *e;
+    tick *tk;
+    int experts[STRAT_MAX_EXPERTS], n, rows, rc;
+} lane;
+
+static void *run_lane(void *arg)
+{
+    lane *l = arg;
+    for (int i = 0; i < l->n && !l->rc; i++)
+        l->rc = eval_expert(l->e, l->tk, l->experts[i]);
+    return NULL;
+}
+
 int ensemble_eval_tick(ensemble *e, tick *tk)
 {
-    for (int k = 0; k < e->K; k++) {
-        const float *x, *t;
-        const int *lab;
-        int rows = tick_rows(tk, k, &x, &t, &lab);
-        float *out = tick_out(tk, k);
-        const model *m = e->experts[k];
-        size_t D = (size_t)e->dim;
-        for (int r0 = 0; r0 < rows; r0 += e->chunk) {
-            int nr = rows - r0 < e->chunk ? rows - r0 : e->chunk;
-            int rc = net_forward(&m->cfg, &m->w, e->scratch[k], nr, x + (size_t)r0 * D, t + r0,
-                                 m->cfg.n_classes > 0 ? lab + r0 : NULL, out + (size_t)r0 * D);
+    int lanes = e->threads > 1 ? e->threads : 1;
+    if (lanes > e->K)
+        lanes = e->K;
+    if (lanes == 1) {
+        for (int k = 0; k < e->K; k++) {
+            int rc = eval_expert(e, tk, k);
             if (rc)
                 return rc;
         }
+        return 0;
     }
-    return 0;
+    /* experts by rows, largest first, each to the lane with the fewest rows */
+    lane ln[ENSEMBLE_MAX_THREADS];
+    memset(ln, 0, sizeof ln);
+    int order[STRAT_MAX_EXPERTS], rows[STRAT_MAX_EXPERTS];
+    for (int k = 0; k < e->K; k++) {
+        rows[k] = tick_rows(tk, k, NULL, NULL, NULL);
+        int at = k;
+        while (at > 0 && rows[order[at - 1]] < rows[k]) {
+            order[at] = order[at - 1];
+            at--;
+        }
+        order[at] = k;
+    }
+    for (int i = 0; i < e->K; i++) {
+        int k = order[i], best = 0;
+        for (int l = 1; l < lanes; l++)
+            if (ln[l].rows < ln[best].rows)
+                best = l;
+        ln[best].experts[ln[best].n++] = k;
+        ln[best].rows += rows[k];
+    }
+    pthread_t tid[ENSEMBLE_MAX_THREADS];
+    int started[ENSEMBLE_MAX_THREADS] = { 0 };
+    for (int l = 0; l < lanes; l++) {
+        ln[l].e = e;
+        ln[l].tk = tk;
+        if (l > 0)
+            started[l] = pthread_create(&tid[l], NULL, run_lane, &ln[l]) == 0;
+    }
+    run_lane(&ln[0]);
+    int rc = ln[0].rc;
+    for (int l = 1; l < lanes; l++) {
+        if (started[l])
+            pthread_join(tid[l], NULL);
+        else
+            run_lane(&ln[l]); /* no thread to be had: run that lane here */
+        if (ln[l].rc && !rc)
+            rc = ln[l].rc;
+    }
+    return rc;
+}
+
+int ensemble_set_threads(ensemble *e, int threads)
+{
+    if (threads < 1 || threads > ENSEMBLE_MAX_THREADS)
+        return DDM_EINVAL;
+    int rc = tick_set_router_threads(e->tk, threads);
+    if (!rc)
+        e->threads = threads;
+    return rc;
 }
 
 int ensemble_sample(ensemble *e, const sample_params *p, float *out, sample_stats *st,

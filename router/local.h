@@ -21,7 +21,10 @@ typedef struct ensemble {
     int chunk;             /* rows per expert forward call */
     tick *tk;
     int tick_cap;
+    int threads;           /* ensemble_set_threads() (1 until set) */
 } ensemble;
+
+#define ENSEMBLE_MAX_THREADS 16
 
 /* Loads dir/router.safetensors and dir/expert-0..K-1.safetensors (K from
  * the router's out_dim). Checks that every expert has the same dim and
@@ -45,7 +48,13 @@ typedef struct sample_stats {
 int ensemble_sample(ensemble *e, const sample_params *p, float *out, sample_stats *st,
                     traj **trajs_out);
 
-/* Runs one planned tick's expert rows in-process (net_forward per expert). */
+/* Runs one planned tick's expert rows in-process (net_forward per expert;
+ * with threads > 1 the experts are shared out over that many threads, the
+ * busiest first, each to the least loaded). */
 int ensemble_eval_tick(ensemble *e, tick *tk);
+
+/* Threads for the experts of a tick and for the router network's rows
+ * (1..ENSEMBLE_MAX_THREADS). Returns 0 or DDM_EINVAL. */
+int ensemble_set_threads(ensemble *e, int threads);
 
 #endif

@@ -39,7 +39,8 @@ static void usage(FILE *f)
 "      --attempts N              sends per expert message before failing (default 3)\n"
 "      --request-timeout-ms MS   whole-request deadline, then 504 (default 300000)\n"
 "      --max-connections N       HTTP connections before 503 (default 1024)\n"
-"      --threads N               OpenBLAS threads for the router network (default 1)\n"
+"      --threads N               threads for the router network: a tick's rows are split\n"
+"                                over them (default 1; 2 when the router has a core to spare)\n"
 "      --log-level LEVEL         debug, info, warn, error (default info)\n"
 "  -h, --help                    this text\n"
 "  -V, --version                 print the version\n"
@@ -137,7 +138,7 @@ int main(int argc, char **argv)
         { "attempts", 1, 100, &o.attempts },
         { "request-timeout-ms", 100, 86400000, &o.request_timeout_ms },
         { "max-connections", 1, 1 << 20, &o.max_connections },
-        { "threads", 1, 256, &o.threads },
+        { "threads", 1, 16, &o.threads },
     };
     enum { N_NUMS = sizeof nums / sizeof nums[0] };
     int set_by_flag[N_NUMS] = { 0 };
@@ -214,7 +215,7 @@ int main(int argc, char **argv)
         if (!known)
             log_warn("%s: unknown setting \"%s\" ignored", o.cluster, cl.set_keys[i]);
     }
-    openblas_set_num_threads((int)o.threads);
+    openblas_set_num_threads(1); /* parallel by rows instead (--threads) */
     const char *listen = o.listen ? o.listen : cl.listen ? cl.listen : "127.0.0.1:8080";
     const char *rpath = o.router_weights ? o.router_weights : cl.router_path;
 
@@ -260,6 +261,7 @@ int main(int argc, char **argv)
     ec.max_images = (int)o.max_images;
     ec.tick_capacity = (int)o.tick_capacity;
     ec.ticks_in_flight = (int)o.ticks;
+    ec.router_threads = (int)o.threads;
     ec.request_timeout_ms = (uint32_t)o.request_timeout_ms;
     if (engine_new(a.loop, a.pl, a.router, K, dim, width, height, &ec, &a.eng, err, sizeof err)) {
         fprintf(stderr, "ddm-router: %s\n", err);

@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "common/err.h"
+#include "common/net_par.h"
 #include "common/rng.h"
 
 void sample_params_default(sample_params *p, int K)
@@ -129,7 +130,7 @@ typedef struct slot {
 struct tick {
     int K, dim, cap;
     const model *router;
-    net_scratch *router_scratch;
+    net_par *router_par;     /* router network scratch, rows split over its threads */
     float *rx;          /* [cap][D] router inputs */
     float *rt;          /* [cap] */
     int *rlab;          /* [cap] */
@@ -188,8 +189,8 @@ tick *tick_new(int K, int dim, int max_trajs, const model *router, char *err, si
             goto oom;
     }
     if (router) {
-        tk->router_scratch = net_scratch_new(&router->cfg, max_trajs, 0);
-        if (!tk->router_scratch)
+        tk->router_par = net_par_new(&router->cfg, max_trajs, 1);
+        if (!tk->router_par)
             goto oom;
     }
     return tk;
@@ -220,7 +221,7 @@ void tick_free(tick *tk)
     free(tk->rt);
     free(tk->rlab);
     free(tk->logits);
-    net_scratch_free(tk->router_scratch);
+    net_par_free(tk->router_par);
     free(tk);
 }
 
@@ -242,6 +243,18 @@ static int add_row(tick *tk, int k, const float *x, float t, int label)
     tk->t[k][r] = t;
     tk->lab[k][r] = label;
     return r;
+}
+
+int tick_set_router_threads(tick *tk, int threads)
+{
+    if (!tk->router)
+        return 0;
+    net_par *p = net_par_new(&tk->router->cfg, tk->cap, threads);
+    if (!p)
+        return DDM_EINVAL;
+    net_par_free(tk->router_par);
+    tk->router_par = p;
+    return 0;
 }
 
 int tick_plan(tick *tk, traj **trajs, int n)
@@ -271,8 +284,8 @@ int tick_plan(tick *tk, traj **trajs, int n)
     }
     double t0 = now_us();
     if (nr > 0) {
-        int rc = net_forward(&tk->router->cfg, &tk->router->w, tk->router_scratch, nr, tk->rx,
-                             tk->rt, tk->rlab, tk->logits);
+        int rc = net_par_forward(tk->router_par, &tk->router->w, nr, tk->rx, tk->rt, tk->rlab,
+                                 tk->logits);
         if (rc)
             return rc;
     }

@@ -105,6 +105,9 @@ typedef struct tick tick;
 tick *tick_new(int K, int dim, int max_trajs, const model *router, char *err, size_t errlen);
 void tick_free(tick *tk);
 int tick_capacity(const tick *tk);
+/* Splits the router network's rows over `threads` threads (1..16; a tick
+ * starts with 1). Returns 0, or DDM_EINVAL / out of memory leaving it as it was. */
+int tick_set_router_threads(tick *tk, int threads);
 
 /* Phase 1: routing and grouping for trajs[0..n) (none done, n <= capacity).
  * Returns 0 or an error (e.g. DDM_ERANGE for too many). */

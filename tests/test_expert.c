@@ -525,10 +525,11 @@ static void test_info_handshake(void **state)
 }
 
 /* One request at a time with no batching delay: every reply equals the
- * in-process forward pass over the same rows, bit for bit; over tcp and ipc. */
-static void run_bit_exact(const char *url)
+ * in-process forward pass over the same rows, bit for bit; over tcp and ipc,
+ * small passes on the loop thread (the default) and all on the pool. */
+static void run_bit_exact(const char *url, const char *inline_rows)
 {
-    start_worker(url, "--max-delay-us", "0", NULL);
+    start_worker(url, "--max-delay-us", "0", "--inline-rows", inline_rows, NULL);
     int s = client_open(url, RECV_MS);
     wait_ready(s);
     const int sizes[] = { 1, 5, 17, 64, 256 };
@@ -555,7 +556,7 @@ static void test_bit_exact_ipc(void **state)
     (void)state;
     char url[300];
     ipc_url(url, sizeof url, "exact");
-    run_bit_exact(url);
+    run_bit_exact(url, "20");
 }
 
 static void test_bit_exact_tcp(void **state)
@@ -563,7 +564,7 @@ static void test_bit_exact_tcp(void **state)
     (void)state;
     char url[64];
     snprintf(url, sizeof url, "tcp://127.0.0.1:%d", proc_free_port());
-    run_bit_exact(url);
+    run_bit_exact(url, "0");
 }
 
 /* Several raw REQ sockets, each with several requests in flight: each gets
@@ -978,6 +979,10 @@ static void test_flags(void **state)
     char *badnum2[] = { "--weights", g_weights, "--listen", "ipc:///tmp/x", "--threads", "2x",
                         NULL };
     assert_int_equal(run_to_exit(badnum2, out, sizeof out), 2);
+    char *badnum3[] = { "--weights", g_weights, "--listen", "ipc:///tmp/x", "--inline-rows", "-1",
+                        NULL };
+    assert_int_equal(run_to_exit(badnum3, out, sizeof out), 2);
+    assert_non_null(strstr(out, "--inline-rows"));
 }
 
 /* ---- unit tests: batching policy and validation ------------------------------------ */

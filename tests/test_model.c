@@ -13,6 +13,7 @@
 #include <cmocka.h>
 
 #include "common/err.h"
+#include "common/half_gemm.h"
 #include "common/model.h"
 #include "common/rng.h"
 #include "tests/support/toyset.h"
@@ -198,6 +199,46 @@ static void test_router_roundtrip_f16(void **state)
     }
     assert_true(differ > 0); /* it really went through half precision */
     model_close(m);
+    free(p);
+}
+
+/* A weights file stored as F16 holds only halves: model_open keeps exact half
+ * copies of the six matrices for half_gemm. The same weights stored as F32
+ * (not halves) get none, and net_forward stays on fp32. */
+static void test_half_copies(void **state)
+{
+    (void)state;
+    if (!half_gemm_supported())
+        skip();
+    const net_config c = { .in_dim = 32, .hidden = 16, .n_blocks = 2, .out_dim = 32,
+                           .n_classes = 10, .time_dim = 4, .gauss_rank = 16 };
+    float *p = random_params(&c, 9);
+    char path[256], err[512];
+    for (int f16 = 0; f16 <= 1; f16++) {
+        tmp_path(path, sizeof path, f16 ? "half.safetensors" : "single.safetensors");
+        st_writer *w = st_writer_new();
+        assert_int_equal(model_write(w, MODEL_DENOISER, &c, p, f16 ? ST_F16 : ST_F32, "digits",
+                                     0, 8), 0);
+        assert_int_equal(st_writer_save(w, path, err, sizeof err), 0);
+        st_writer_free(w);
+        model *m = open_ok(path);
+        const uint16_t *h[] = { m->w.w_in_h, m->w.w1_h, m->w.w2_h,
+                                m->w.w_out_h, m->w.g_u_th, m->w.g_u_h };
+        const float *src[] = { m->w.w_in_t, m->w.w1_t, m->w.w2_t,
+                               m->w.w_out_t, m->w.g_u_t, m->w.g_u };
+        const size_t len[] = { 32 * 16, 2 * 16 * 16, 2 * 16 * 16, 16 * 32, 32 * 16, 16 * 32 };
+        for (int i = 0; i < 6; i++) {
+            if (!f16) {
+                assert_null(h[i]);
+                continue;
+            }
+            assert_non_null(h[i]);
+            for (size_t j = 0; j < len[i]; j++)
+                assert_true(st_f16_to_f32(h[i][j]) == src[i][j]);
+        }
+        assert_true(f16 ? m->halves != NULL : m->halves == NULL);
+        model_close(m);
+    }
     free(p);
 }
 
@@ -510,6 +551,7 @@ int main(void)
         cmocka_unit_test(test_denoiser_roundtrip_f32),
         cmocka_unit_test(test_denoiser_roundtrip_init_params),
         cmocka_unit_test(test_router_roundtrip_f16),
+        cmocka_unit_test(test_half_copies),
         cmocka_unit_test(test_classifier_roundtrip_bf16),
         cmocka_unit_test(test_model_write_refuses_bad_args),
         cmocka_unit_test(test_flawed_files_rejected),

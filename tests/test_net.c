@@ -16,7 +16,10 @@
 
 #include "common/blas.h"
 #include "common/err.h"
+#include "common/half_gemm.h"
 #include "common/net.h"
+#include "common/net_par.h"
+#include "common/st.h"
 #include "common/rng.h"
 
 /* ---- fixture: every allocation is tracked and freed in teardown ------------ */
@@ -231,6 +234,153 @@ static void test_forward_matches_ref(void **state)
     check_forward_vs_ref(f, (net_config){ 784, 64, 2, 10, 0, 0, 0 }, 13);
     /* no blocks, odd sizes */
     check_forward_vs_ref(f, (net_config){ 37, 19, 0, 37, 3, 6, 5 }, 14);
+}
+
+/* ---- half-precision weights and split forward -------------------------------- */
+
+/* half_gemm against double loops: tiles of 64 and 16 columns, every row
+ * group size, k down to 1, beta 0 and 1. */
+static void test_half_gemm(void **state)
+{
+    (void)state;
+    if (!half_gemm_supported())
+        skip();
+    const int ms[] = { 1, 2, 5, 6, 7, 13, 20 }, ns[] = { 16, 64, 80, 144 }, ks[] = { 1, 3, 100 };
+    enum { MAXM = 20, MAXN = 144, MAXK = 100 };
+    static float a[MAXM * MAXK], bf[MAXK * MAXN], c[MAXM * MAXN];
+    static uint16_t bh[MAXK * MAXN];
+    static double want[MAXM * MAXN];
+    for (int mi = 0; mi < 7; mi++)
+        for (int ni = 0; ni < 4; ni++)
+            for (int ki = 0; ki < 3; ki++)
+                for (int beta = 0; beta <= 1; beta++) {
+                    int m = ms[mi], n = ns[ni], k = ks[ki];
+                    fill(a, (size_t)m * k, 0, 1, 40 + (uint64_t)mi);
+                    fill(bf, (size_t)k * n, 0, 1, 50 + (uint64_t)ni);
+                    fill(c, (size_t)m * n, 0, 1, 60 + (uint64_t)ki);
+                    half_copy_exact(bf, bh, (size_t)k * n); /* rounds: compare with the halves */
+                    for (int i = 0; i < m; i++)
+                        for (int j = 0; j < n; j++) {
+                            double acc = beta ? c[(size_t)i * n + j] : 0.0;
+                            for (int q = 0; q < k; q++)
+                                acc += (double)a[(size_t)i * k + q] *
+                                       st_f16_to_f32(bh[(size_t)q * n + j]);
+                            want[(size_t)i * n + j] = acc;
+                        }
+                    half_gemm(m, n, k, a, bh, (float)beta, c);
+                    for (size_t i = 0; i < (size_t)m * n; i++)
+                        if (fabs(c[i] - want[i]) > 1e-4 * (1 + fabs(want[i])))
+                            fail_msg("m %d n %d k %d beta %d: [%zu] = %g, want %g", m, n, k, beta,
+                                     i, (double)c[i], want[i]);
+                }
+}
+
+static void test_half_copy_exact(void **state)
+{
+    (void)state;
+    const float exact[] = { 0.0f, -0.0f, 0.5f, -1.75f, 65504.0f, 5.9604645e-8f /* 2^-24 */ };
+    uint16_t h[6];
+    assert_int_equal(half_copy_exact(exact, h, 6), 1);
+    for (int i = 0; i < 6; i++) {
+        float back = st_f16_to_f32(h[i]);
+        assert_memory_equal(&back, &exact[i], sizeof back);
+    }
+    const float inexact[] = { 0.1f, 1e5f, 1e-9f, 1.0f + 1.0f / 4096 };
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(half_copy_exact(&inexact[i], h, 1), 0);
+}
+
+/* A net whose weights are all halves gets half copies of every matrix
+ * half_gemm can take (output width a multiple of 16), and net_forward with
+ * them matches the reference at batches on both sides of HALF_GEMM_MAX_ROWS. */
+static void check_half_vs_ref(fx *f, net_config c, uint64_t seed, int want_copies)
+{
+    tnet n;
+    tnet_random(f, &n, c, seed);
+    size_t np = net_param_count(&c);
+    for (size_t i = 0; i < np; i++)
+        n.buf[i] = st_f16_to_f32(st_f32_to_f16(n.buf[i])); /* as if loaded from fp16 */
+    net_weights wh = n.w;
+    net_transpose(&c, &wh, fx_alloc(f, net_transposed_count(&c) * sizeof(float)));
+    assert_int_equal(net_half(&c, &wh, fx_alloc(f, net_half_count(&c) * sizeof(uint16_t))),
+                     want_copies);
+    assert_non_null(wh.w_in_h);
+    net_scratch *s = fx_scratch(f, &c, 64, 0);
+    const int batches[] = { 1, 7, HALF_GEMM_MAX_ROWS, HALF_GEMM_MAX_ROWS + 1, 64 };
+    for (int k = 0; k < 5; k++) {
+        int b = batches[k];
+        float *x, *t, *out, *ref;
+        int *lab;
+        inputs(f, &c, b, seed + (uint64_t)k, &x, &t, &lab);
+        out = fx_alloc(f, (size_t)b * c.out_dim * sizeof(float));
+        ref = fx_alloc(f, (size_t)b * c.out_dim * sizeof(float));
+        assert_int_equal(net_forward(&c, &wh, s, b, x, t, lab, out), 0);
+        assert_int_equal(net_forward_ref(&c, &n.w, b, x, t, lab, ref), 0);
+        double e = rel_err(out, ref, (size_t)b * c.out_dim);
+        if (e >= 1e-5)
+            print_message("half copies, batch %d: err %.3g\n", b, e);
+        assert_true(e < 1e-5);
+    }
+    /* one weight that is not a half: that matrix gets no copy */
+    n.w.w1[3] = 0.1f;
+    net_weights w2 = n.w;
+    net_transpose(&c, &w2, fx_alloc(f, net_transposed_count(&c) * sizeof(float)));
+    assert_int_equal(net_half(&c, &w2, fx_alloc(f, net_half_count(&c) * sizeof(uint16_t))),
+                     want_copies - 1);
+    assert_null(w2.w1_h);
+    assert_non_null(w2.w2_h);
+}
+
+static void test_forward_half(void **state)
+{
+    fx *f = *state;
+    if (!half_gemm_supported())
+        skip();
+    /* denoiser: all but g_u^T (R = 20 columns) */
+    check_half_vs_ref(f, (net_config){ 784, 96, 2, 784, 10, 32, 20 }, 21, 5);
+    /* router: w_out has 8 columns, so w_in, w1, w2 only */
+    check_half_vs_ref(f, (net_config){ 784, 64, 1, 8, 10, 16, 0 }, 22, 3);
+}
+
+/* net_par_forward gives net_forward's rows, split or not. */
+static void test_par_forward(void **state)
+{
+    fx *f = *state;
+    net_config c = { 784, 64, 1, 8, 10, 16, 0 };
+    tnet n;
+    tnet_random(f, &n, c, 31);
+    assert_null(net_par_new(&c, 64, 0));
+    assert_null(net_par_new(&c, 64, 17));
+    assert_null(net_par_new(&c, 0, 2));
+    net_scratch *s = fx_scratch(f, &c, 64, 0);
+    const int rows[] = { 5, 16, 37, 64 };
+    for (int threads = 1; threads <= 3; threads++) {
+        net_par *p = net_par_new(&c, 64, threads);
+        assert_non_null(p);
+        for (int k = 0; k < 4; k++) {
+            int b = rows[k];
+            float *x, *t, *out, *whole;
+            int *lab;
+            inputs(f, &c, b, 70 + (uint64_t)k, &x, &t, &lab);
+            out = fx_alloc(f, (size_t)b * c.out_dim * sizeof(float));
+            whole = fx_alloc(f, (size_t)b * c.out_dim * sizeof(float));
+            assert_int_equal(net_par_forward(p, &n.w, b, x, t, lab, out), 0);
+            assert_int_equal(net_forward(&c, &n.w, s, b, x, t, lab, whole), 0);
+            assert_true(rel_err(out, whole, (size_t)b * c.out_dim) < 1e-6);
+            /* the last part wrote its rows too */
+            assert_true(rel_err(out + (size_t)(b - 1) * c.out_dim,
+                                whole + (size_t)(b - 1) * c.out_dim, (size_t)c.out_dim) < 1e-6);
+        }
+        /* an error in any part comes back: a label out of range in the last row */
+        float *x, *t, *out;
+        int *lab;
+        inputs(f, &c, 40, 80, &x, &t, &lab);
+        out = fx_alloc(f, 40 * (size_t)c.out_dim * sizeof(float));
+        lab[39] = 99;
+        assert_int_not_equal(net_par_forward(p, &n.w, 40, x, t, lab, out), 0);
+        net_par_free(p);
+    }
+    net_par_free(NULL);
 }
 
 /* Rows of h with a variance far below NET_LN_EPS: eps keeps LN finite and
@@ -748,6 +898,10 @@ int main(int argc, char **argv)
                   blas_has_small_gemm() ? "tested" : "not available");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_forward_matches_ref, fx_setup, fx_teardown),
+        cmocka_unit_test(test_half_gemm),
+        cmocka_unit_test(test_half_copy_exact),
+        cmocka_unit_test_setup_teardown(test_forward_half, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_par_forward, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_layer_norm_tiny_variance, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_extreme_activations, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_null_labels, fx_setup, fx_teardown),

@@ -276,6 +276,30 @@ static void test_sampling_is_deterministic_per_seed(void **state)
     ensemble_close(e);
 }
 
+/* Experts shared out over threads and the router network split by rows give
+ * the images of one thread (up to BLAS rounding for other batch heights). */
+static void test_threads_give_same_images(void **state)
+{
+    (void)state;
+    char err[256];
+    ensemble *e = ensemble_open(dir, err, sizeof err);
+    assert_non_null(e);
+    assert_int_equal(ensemble_set_threads(e, 0), DDM_EINVAL);
+    assert_int_equal(ensemble_set_threads(e, ENSEMBLE_MAX_THREADS + 1), DDM_EINVAL);
+    sample_params p = params("top-2", 3, 6, SAMPLER_EULER);
+    p.n = 40; /* enough rows for the router network to be split */
+    static float one[40 * 16], many[40 * 16];
+    sample_stats s1, s3;
+    assert_int_equal(ensemble_sample(e, &p, one, &s1, NULL), 0);
+    assert_int_equal(ensemble_set_threads(e, 3), 0);
+    assert_int_equal(ensemble_sample(e, &p, many, &s3, NULL), 0);
+    for (int i = 0; i < 40 * 16; i++)
+        assert_float_equal(one[i], many[i], 1e-4);
+    for (int k = 0; k < 3; k++)
+        assert_int_equal(s1.rows_by_expert[k], s3.rows_by_expert[k]);
+    ensemble_close(e);
+}
+
 static void test_open_refuses_wrong_expert_file(void **state)
 {
     (void)state;
@@ -304,6 +328,7 @@ int main(void)
         cmocka_unit_test(test_uniform_and_guidance_rows),
         cmocka_unit_test(test_plan_routes_by_router_network),
         cmocka_unit_test(test_sampling_is_deterministic_per_seed),
+        cmocka_unit_test(test_threads_give_same_images),
         cmocka_unit_test(test_open_refuses_wrong_expert_file),
     };
     return cmocka_run_group_tests(tests, setup_set, teardown_set);

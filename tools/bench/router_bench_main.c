@@ -103,13 +103,13 @@ static int fetch_metrics(const char *hostport, double *ticks, double *overhead, 
 int main(int argc, char **argv)
 {
     blas_fix_core(argv); /* the workers do the same: compare like with like */
-    const char *models = NULL, *bindir = "bin", *delay = "0", *ticks = "1";
+    const char *models = NULL, *bindir = "bin", *delay = "0", *ticks = "1", *rthreads = "2";
     int steps = 50, duration = 15, per_request = 1;
     static const struct option lo[] = {
         { "models", required_argument, 0, 'm' }, { "bin", required_argument, 0, 'b' },
         { "steps", required_argument, 0, 's' },  { "duration", required_argument, 0, 'd' },
         { "max-delay-us", required_argument, 0, 'D' }, { "ticks", required_argument, 0, 'T' },
-        { "images", required_argument, 0, 'n' },
+        { "images", required_argument, 0, 'n' }, { "threads", required_argument, 0, 'R' },
         { "help", no_argument, 0, 'h' },         { 0, 0, 0, 0 },
     };
     int c;
@@ -122,11 +122,13 @@ int main(int argc, char **argv)
         case 'D': delay = optarg; break;
         case 'T': ticks = optarg; break;
         case 'n': per_request = atoi(optarg); break;
+        case 'R': rthreads = optarg; break;
         case 'h':
             printf("usage: router_bench [--models DIR] [--bin DIR] [--steps 50] [--duration 15]\n"
                    "                    [--max-delay-us N (workers', default 0 as in ddm-cluster)]\n"
                    "                    [--ticks N (the router's --ticks; default 1 as in digits.conf)]\n"
                    "                    [--images N (images per request, default 1)]\n"
+                   "                    [--threads N (the router's --threads; default 2 as in digits.conf)]\n"
                    "Without --models, uses models/digits.\n");
             return 0;
         default: return 2;
@@ -179,7 +181,7 @@ int main(int argc, char **argv)
     snprintf(hostport, sizeof hostport, "127.0.0.1:%d", port);
     snprintf(rlog, sizeof rlog, "%s/router.log", tmp);
     char *rv[] = { (char *)proc_bin("ddm-router", bin, sizeof bin), "--cluster", conf, "--listen",
-                   listen, "--ticks", (char *)ticks, NULL };
+                   listen, "--ticks", (char *)ticks, "--threads", (char *)rthreads, NULL };
     pid_t router = proc_start(rv, rlog);
     if (proc_wait_http(port, "/readyz", 200, 20000)) {
         fprintf(stderr, "router_bench: router not ready\n");
@@ -188,8 +190,8 @@ int main(int argc, char **argv)
     }
     const char *strategies[] = { "top-2", "full" };
     const int clients[] = { 1, 32 };
-    printf("%d image(s) per request, %d steps, router --ticks %s, workers --max-delay-us %s\n\n",
-           per_request, steps, ticks, delay);
+    printf("%d image(s) per request, %d steps, router --ticks %s --threads %s, workers "
+           "--max-delay-us %s\n\n", per_request, steps, ticks, rthreads, delay);
     printf("| strategy | clients | in-process img/s (1 thread) | in-process img/s (2 threads) | served img/s | served / best in-process | p50 ms | p99 ms | failed | router overhead us/tick | router net us/tick |\n");
     printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
     double served_top2_32 = 0, served_full_32 = 0;
@@ -205,7 +207,8 @@ int main(int argc, char **argv)
             float *out = malloc((size_t)p.n * (size_t)e->dim * sizeof *out);
             double local_ips = 0, local2_ips = 0;
             for (int threads = 1; threads <= 2; threads++) {
-                openblas_set_num_threads(threads);
+                /* 2 threads: experts shared out over two threads, router rows split */
+                ensemble_set_threads(e, threads);
                 double t0 = now_s();
                 int reps = 0;
                 do {
@@ -215,7 +218,7 @@ int main(int argc, char **argv)
                 } while (now_s() - t0 < duration / 3.0);
                 *(threads == 1 ? &local_ips : &local2_ips) = p.n * reps / (now_s() - t0);
             }
-            openblas_set_num_threads(1);
+            ensemble_set_threads(e, 1);
             free(out);
             /* served */
             double tk0 = 0, ov0 = 0, rn0 = 0, tk1 = 0, ov1 = 0, rn1 = 0;
