@@ -100,6 +100,94 @@ static int fetch_metrics(const char *hostport, double *ticks, double *overhead, 
     return rc;
 }
 
+#define ROUNDS 3
+
+static double median(const double *v, int n)
+{
+    double tmp[16];
+    memcpy(tmp, v, (size_t)n * sizeof *v);
+    qsort(tmp, (size_t)n, sizeof *tmp, cmp_double);
+    return n % 2 ? tmp[n / 2] : 0.5 * (tmp[n / 2 - 1] + tmp[n / 2]);
+}
+
+/* Images/s of in-process sampling: n trajectories advancing together (the
+ * batching the daemon forms for n single-image clients), repeated for
+ * `seconds`. threads 2: experts shared out over two threads, router rows split. */
+static double inproc_ips(ensemble *e, const char *strategy, int n, int steps, int threads,
+                         double seconds)
+{
+    char err[256];
+    sample_params p;
+    sample_params_default(&p, e->K);
+    strategy_parse(strategy, e->K, NAN, NAN, &p.strat, err, sizeof err);
+    p.n = n;
+    p.steps = steps;
+    float *out = malloc((size_t)n * (size_t)e->dim * sizeof *out);
+    ensemble_set_threads(e, threads);
+    double t0 = now_s();
+    int reps = 0;
+    do {
+        p.seed = (uint64_t)reps;
+        ensemble_sample(e, &p, out, NULL, NULL);
+        reps++;
+    } while (now_s() - t0 < seconds);
+    double ips = (double)n * reps / (now_s() - t0);
+    ensemble_set_threads(e, 1);
+    free(out);
+    return ips;
+}
+
+typedef struct served_result {
+    double ips, p50_ms, p99_ms, overhead_us, router_net_us;
+    int failed;
+} served_result;
+
+/* nc closed-loop clients against the daemon for `seconds`. */
+static served_result served(const char *hostport, const char *strategy, int nc, int per_request,
+                            int steps, double seconds)
+{
+    served_result res = { 0 };
+    double tk0 = 0, ov0 = 0, rn0 = 0, tk1 = 0, ov1 = 0, rn1 = 0;
+    fetch_metrics(hostport, &tk0, &ov0, &rn0);
+    char body[128];
+    snprintf(body, sizeof body, "{\"n\": %d, \"steps\": %d, \"strategy\": \"%s\"}", per_request,
+             steps, strategy);
+    client_stats *cs = calloc((size_t)nc, sizeof *cs);
+    pthread_t th[64];
+    double s0 = now_s();
+    for (int i = 0; i < nc; i++) {
+        cs[i].hostport = hostport;
+        cs[i].body = body;
+        cs[i].until = s0 + seconds;
+        pthread_create(&th[i], NULL, client_thread, &cs[i]);
+    }
+    for (int i = 0; i < nc; i++)
+        pthread_join(th[i], NULL);
+    double el = now_s() - s0;
+    fetch_metrics(hostport, &tk1, &ov1, &rn1);
+    int ok = 0, nl = 0;
+    for (int i = 0; i < nc; i++) {
+        ok += cs[i].ok;
+        res.failed += cs[i].failed;
+        nl += cs[i].nlat;
+    }
+    double *lat = malloc((size_t)(nl ? nl : 1) * sizeof *lat);
+    int j = 0;
+    for (int i = 0; i < nc; i++)
+        for (int q = 0; q < cs[i].nlat; q++)
+            lat[j++] = cs[i].lat[q];
+    qsort(lat, (size_t)nl, sizeof *lat, cmp_double);
+    res.ips = (double)ok * per_request / el;
+    res.p50_ms = nl ? 1e3 * lat[nl / 2] : NAN;
+    res.p99_ms = nl ? 1e3 * lat[(int)(nl * 0.99)] : NAN;
+    double ticks = tk1 - tk0;
+    res.overhead_us = ticks > 0 ? 1e6 * (ov1 - ov0) / ticks : NAN;
+    res.router_net_us = ticks > 0 ? 1e6 * (rn1 - rn0) / ticks : NAN;
+    free(lat);
+    free(cs);
+    return res;
+}
+
 int main(int argc, char **argv)
 {
     blas_fix_core(argv); /* the workers do the same: compare like with like */
@@ -190,84 +278,53 @@ int main(int argc, char **argv)
     }
     const char *strategies[] = { "top-2", "full" };
     const int clients[] = { 1, 32 };
+    const double slice = (double)duration / ROUNDS; /* each round measures for this long */
     printf("%d image(s) per request, %d steps, router --ticks %s --threads %s, workers "
-           "--max-delay-us %s\n\n", per_request, steps, ticks, rthreads, delay);
-    printf("| strategy | clients | in-process img/s (1 thread) | in-process img/s (2 threads) | served img/s | served / best in-process | p50 ms | p99 ms | failed | router overhead us/tick | router net us/tick |\n");
+           "--max-delay-us %s; medians of %d rounds (in each round: in-process 1 thread, "
+           "2 threads, served, %.1f s each)\n\n", per_request, steps, ticks, rthreads, delay,
+           ROUNDS, slice);
+    printf("| strategy | clients | in-process img/s (1 thread) | in-process img/s (2 threads) | served img/s | served / in-process (2 threads) | p50 ms | p99 ms | failed | router overhead us/tick | router net us/tick |\n");
     printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
-    double served_top2_32 = 0, served_full_32 = 0;
     for (int si = 0; si < 2; si++) {
         for (int ci = 0; ci < 2; ci++) {
             int nc = clients[ci];
-            /* in-process: c trajectories advancing together, repeated for ~duration/3 */
-            sample_params p;
-            sample_params_default(&p, K);
-            strategy_parse(strategies[si], K, NAN, NAN, &p.strat, err, sizeof err);
-            p.n = nc * per_request;
-            p.steps = steps;
-            float *out = malloc((size_t)p.n * (size_t)e->dim * sizeof *out);
-            double local_ips = 0, local2_ips = 0;
-            for (int threads = 1; threads <= 2; threads++) {
-                /* 2 threads: experts shared out over two threads, router rows split */
-                ensemble_set_threads(e, threads);
-                double t0 = now_s();
-                int reps = 0;
-                do {
-                    p.seed = (uint64_t)reps;
-                    ensemble_sample(e, &p, out, NULL, NULL);
-                    reps++;
-                } while (now_s() - t0 < duration / 3.0);
-                *(threads == 1 ? &local_ips : &local2_ips) = p.n * reps / (now_s() - t0);
+            double in1[ROUNDS], in2[ROUNDS], sv[ROUNDS], ratio[ROUNDS];
+            served_result last = { 0 };
+            int failed = 0;
+            for (int r = 0; r < ROUNDS; r++) {
+                in1[r] = inproc_ips(e, strategies[si], nc * per_request, steps, 1, slice);
+                in2[r] = inproc_ips(e, strategies[si], nc * per_request, steps, 2, slice);
+                last = served(hostport, strategies[si], nc, per_request, steps, slice);
+                sv[r] = last.ips;
+                ratio[r] = sv[r] / in2[r];
+                failed += last.failed;
             }
-            ensemble_set_threads(e, 1);
-            free(out);
-            /* served */
-            double tk0 = 0, ov0 = 0, rn0 = 0, tk1 = 0, ov1 = 0, rn1 = 0;
-            fetch_metrics(hostport, &tk0, &ov0, &rn0);
-            char body[128];
-            snprintf(body, sizeof body, "{\"n\": %d, \"steps\": %d, \"strategy\": \"%s\"}",
-                     per_request, steps, strategies[si]);
-            client_stats *cs = calloc((size_t)nc, sizeof *cs);
-            pthread_t th[64];
-            double s0 = now_s();
-            for (int i = 0; i < nc; i++) {
-                cs[i].hostport = hostport;
-                cs[i].body = body;
-                cs[i].until = s0 + duration;
-                pthread_create(&th[i], NULL, client_thread, &cs[i]);
-            }
-            for (int i = 0; i < nc; i++)
-                pthread_join(th[i], NULL);
-            double el = now_s() - s0;
-            fetch_metrics(hostport, &tk1, &ov1, &rn1);
-            int ok = 0, failed = 0, nl = 0;
-            for (int i = 0; i < nc; i++) {
-                ok += cs[i].ok;
-                failed += cs[i].failed;
-                nl += cs[i].nlat;
-            }
-            double *lat = malloc((size_t)(nl ? nl : 1) * sizeof *lat);
-            int j = 0;
-            for (int i = 0; i < nc; i++)
-                for (int q = 0; q < cs[i].nlat; q++)
-                    lat[j++] = cs[i].lat[q];
-            qsort(lat, (size_t)nl, sizeof *lat, cmp_double);
-            double served_ips = (double)ok * per_request / el;
-            double ticks = tk1 - tk0;
-            double best = local_ips > local2_ips ? local_ips : local2_ips;
             printf("| %s | %d | %.1f | %.1f | %.1f | %.2f | %.1f | %.1f | %d | %.0f | %.0f |\n",
-                   strategies[si], nc, local_ips, local2_ips, served_ips, served_ips / best,
-                   nl ? 1e3 * lat[nl / 2] : NAN, nl ? 1e3 * lat[(int)(nl * 0.99)] : NAN, failed,
-                   ticks > 0 ? 1e6 * (ov1 - ov0) / ticks : NAN,
-                   ticks > 0 ? 1e6 * (rn1 - rn0) / ticks : NAN);
+                   strategies[si], nc, median(in1, ROUNDS), median(in2, ROUNDS),
+                   median(sv, ROUNDS), median(ratio, ROUNDS), last.p50_ms, last.p99_ms, failed,
+                   last.overhead_us, last.router_net_us);
             fflush(stdout);
-            if (nc == 32)
-                *(si == 0 ? &served_top2_32 : &served_full_32) = served_ips;
-            free(lat);
-            free(cs);
         }
     }
-    printf("\ntop-2 / full served throughput at 32 clients: %.2fx (K = %d)\n",
-           served_top2_32 / served_full_32, K);
+    /* The strategies' ratio from back-to-back measurements: the host's speed
+     * drifts by tens of percent over the minutes the table takes. */
+    double ratio_sv[ROUNDS], ratio_in[ROUNDS];
+    for (int r = 0; r < ROUNDS; r++) {
+        double t = served(hostport, "top-2", 32, per_request, steps, slice).ips;
+        double f = served(hostport, "full", 32, per_request, steps, slice).ips;
+        ratio_sv[r] = t / f;
+        t = inproc_ips(e, "top-2", 32 * per_request, steps, 2, slice);
+        f = inproc_ips(e, "full", 32 * per_request, steps, 2, slice);
+        ratio_in[r] = t / f;
+    }
+    printf("\ntop-2 / full throughput at 32 clients (K = %d), back-to-back pairs: served %.2fx "
+           "(rounds:", K, median(ratio_sv, ROUNDS));
+    for (int r = 0; r < ROUNDS; r++)
+        printf(" %.2f", ratio_sv[r]);
+    printf("), in-process with 2 threads %.2fx (rounds:", median(ratio_in, ROUNDS));
+    for (int r = 0; r < ROUNDS; r++)
+        printf(" %.2f", ratio_in[r]);
+    printf(")\n");
     proc_stop(router, SIGTERM, 10000);
     for (int k = 0; k < K; k++)
         proc_stop(workers[k], SIGTERM, 5000);
