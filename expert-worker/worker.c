@@ -10,11 +10,12 @@
  * net_forward. One pass at a time: the next batch forms in the queue
  * meanwhile, and starts (into the other of two output buffers) before the
  * finished pass's replies are packed. A pass of at most --inline-rows
- * latents (well under a millisecond) runs on the loop thread instead: the
- * hop to a pool thread and back costs two wake-ups, which at the few rows of
- * sparse routing was a fifth of a worker's CPU (docs/benchmarks.md); its
- * replies go out before the next pass starts. The delay timer is a timerfd
- * (microsecond resolution; uv timers have milliseconds).
+ * latents (well under a millisecond) with nothing queued behind it runs on
+ * the loop thread instead: the hop to a pool thread and back costs two
+ * wake-ups, which at the few rows per call of sparse routing was about a
+ * fifth of a worker's CPU (docs/benchmarks.md); its replies go out before
+ * the next pass starts. The delay timer is a timerfd (microsecond
+ * resolution; uv timers have milliseconds).
  *
  * Replies leave a raw REP socket, which silently drops a reply when the
  * requester's pipe is still busy writing an earlier one (nnuv.h): the socket
@@ -347,7 +348,9 @@ static void dispatch(expert_worker *w)
     w->computing = 1;
     w->met.computing = 1;
     w->met.queue_latents = w->q.latents;
-    if (n <= w->cfg.inline_rows && !w->replying) {
+    /* inline only a lone small pass: with work queued behind it the loop
+     * stays free to receive while a pool thread computes */
+    if (n <= w->cfg.inline_rows && !w->replying && w->q.count == 0) {
         w->inline_pass = 1;
         work_cb(&w->work);
         after_work_cb(&w->work, 0);
