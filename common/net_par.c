@@ -1,12 +1,12 @@
 /* net_par.c -- net_forward split by rows over threads (see net_par.h). */
 #include "common/net_par.h"
 
-#include <pthread.h>
 #include <stdlib.h>
 
 #include "common/err.h"
+#include "common/forkjoin.h"
 
-#define NET_PAR_MAX_THREADS 16
+#define NET_PAR_MAX_THREADS FORKJOIN_MAX
 
 typedef struct part {
     const net_config *c;
@@ -73,25 +73,15 @@ int net_par_forward(net_par *p, const net_weights *w, int n, const float *x, con
 
     const size_t D = (size_t)p->c.in_dim, O = (size_t)p->c.out_dim;
     part pt[NET_PAR_MAX_THREADS];
-    pthread_t tid[NET_PAR_MAX_THREADS];
-    int started[NET_PAR_MAX_THREADS] = { 0 };
     for (int i = 0, r0 = 0; i < parts; i++) {
         int rows = (n - r0) / (parts - i);
         pt[i] = (part){ &p->c, w, p->s[i], rows, x + (size_t)r0 * D, t ? t + r0 : NULL,
                         labels ? labels + r0 : NULL, out + (size_t)r0 * O, 0 };
         r0 += rows;
     }
-    for (int i = 1; i < parts; i++)
-        started[i] = pthread_create(&tid[i], NULL, run_part, &pt[i]) == 0;
-    run_part(&pt[0]);
-    int rc = pt[0].rc;
-    for (int i = 1; i < parts; i++) {
-        if (started[i])
-            pthread_join(tid[i], NULL);
-        else
-            run_part(&pt[i]); /* no thread to be had: do that part here */
-        if (pt[i].rc && !rc)
-            rc = pt[i].rc;
-    }
+    forkjoin_run(parts, run_part, pt, sizeof pt[0]);
+    int rc = 0;
+    for (int i = 0; i < parts && !rc; i++)
+        rc = pt[i].rc;
     return rc;
 }

@@ -1,13 +1,13 @@
 /* local.c -- in-process expert sets (see local.h). */
 #include "router/local.h"
 
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "common/err.h"
+#include "common/forkjoin.h"
 
 #define LOCAL_CHUNK 256
 #define LOCAL_TICK_CAP 256
@@ -195,24 +195,14 @@ int ensemble_eval_tick(ensemble *e, tick *tk)
         ln[best].experts[ln[best].n++] = k;
         ln[best].rows += rows[k];
     }
-    pthread_t tid[ENSEMBLE_MAX_THREADS];
-    int started[ENSEMBLE_MAX_THREADS] = { 0 };
     for (int l = 0; l < lanes; l++) {
         ln[l].e = e;
         ln[l].tk = tk;
-        if (l > 0)
-            started[l] = pthread_create(&tid[l], NULL, run_lane, &ln[l]) == 0;
     }
-    run_lane(&ln[0]);
-    int rc = ln[0].rc;
-    for (int l = 1; l < lanes; l++) {
-        if (started[l])
-            pthread_join(tid[l], NULL);
-        else
-            run_lane(&ln[l]); /* no thread to be had: run that lane here */
-        if (ln[l].rc && !rc)
-            rc = ln[l].rc;
-    }
+    forkjoin_run(lanes, run_lane, ln, sizeof ln[0]);
+    int rc = 0;
+    for (int l = 0; l < lanes && !rc; l++)
+        rc = ln[l].rc;
     return rc;
 }
 

@@ -24,7 +24,7 @@ typedef struct ensemble {
     int threads;           /* ensemble_set_threads() (1 until set) */
 } ensemble;
 
-#define ENSEMBLE_MAX_THREADS 16
+#define ENSEMBLE_MAX_THREADS 16 /* FORKJOIN_MAX */
 
 /* Loads dir/router.safetensors and dir/expert-0..K-1.safetensors (K from
  * the router's out_dim). Checks that every expert has the same dim and
