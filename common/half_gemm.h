@@ -5,7 +5,7 @@
  * at 1-20 rows a layer spends most of its time streaming them. The shipped
  * weights files are fp16, so a copy in half precision holds exactly the same
  * values in half the bytes; half_gemm converts them back on the fly
- * (vcvtph2ps) and multiplies in fp32, 1.3-1.7x faster than OpenBLAS at these
+ * (vcvtph2ps) and multiplies in fp32, 1.25-1.9x faster than OpenBLAS at these
  * sizes on this machine (docs/benchmarks.md). Every output is one fp32 FMA
  * chain over k in order, so a row's result does not depend on the other rows
  * of the batch. */

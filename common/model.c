@@ -14,7 +14,6 @@
 #include <string.h>
 
 #include "common/err.h"
-#include "common/half_gemm.h"
 
 static const char *kind_names[] = { [MODEL_DENOISER] = "denoiser", [MODEL_ROUTER] = "router",
                                     [MODEL_CLASSIFIER] = "classifier" };
@@ -288,16 +287,14 @@ static int read_tensors(model *m, const char *path, char *err, size_t errlen)
     net_bind(&m->cfg, m->params, &m->w);
     net_transpose(&m->cfg, &m->w, m->params + net_param_count(&m->cfg));
     /* fp16 files: the same values in half the bytes for small batches */
-    if (half_gemm_supported()) {
-        m->halves = malloc(net_half_count(&m->cfg) * sizeof *m->halves + 1);
-        if (!m->halves) {
-            fail(path, err, errlen, "out of memory for the half copies");
-            return -1;
-        }
-        if (net_half(&m->cfg, &m->w, m->halves) == 0) {
-            free(m->halves);
-            m->halves = NULL;
-        }
+    m->halves = malloc(net_half_count(&m->cfg) * sizeof *m->halves + 1);
+    if (!m->halves) {
+        fail(path, err, errlen, "out of memory for the half copies");
+        return -1;
+    }
+    if (net_half(&m->cfg, &m->w, m->halves) == 0) { /* none usable: not fp16, or no AVX-512 */
+        free(m->halves);
+        m->halves = NULL;
     }
 
     /* The Gaussian baseline divides by these variances. */

@@ -46,7 +46,6 @@ struct net_scratch {
     float *gz;      /* [max][R] d U^T, then scaled per row */
     float *ggain;   /* [R] f(lam_r) - f(sig2) at one t (rows of a batch often share t) */
     int small_gemm; /* blas_has_small_gemm(), read once */
-    int half_gemm;  /* half_gemm_supported(), read once */
 };
 
 /* ---- small helpers ---------------------------------------------------------- */
@@ -284,11 +283,12 @@ static void gemm_nt(int m, int n, int k, const float *a, const float *b, float b
 
 /* C[m][n] = A[m][k] W^T + beta C for a weight matrix W [n][k], multiplying by
  * its half copy wh [k][n] at a few rows, else by its transposed copy wt [k][n]
- * when there is one (see net_weights). */
+ * when there is one (see net_weights; w may be NULL when wt is given). Half
+ * copies exist only where half_gemm runs (net_half). */
 static void layer(const net_scratch *s, int m, int n, int k, const float *a, const float *w,
                   const float *wt, const uint16_t *wh, float beta, float *c)
 {
-    if (wh && s->half_gemm && m <= HALF_GEMM_MAX_ROWS) {
+    if (wh && m <= HALF_GEMM_MAX_ROWS) {
         half_gemm(m, n, k, a, wh, beta, c);
         return;
     }
@@ -394,7 +394,6 @@ net_scratch *net_scratch_new(const net_config *c, int max_batch, int training)
     s->gz = alloc_array(m * R, sizeof(float), &fail);
     s->ggain = alloc_array(R, sizeof(float), &fail);
     s->small_gemm = blas_has_small_gemm();
-    s->half_gemm = half_gemm_supported();
     if (fail) {
         net_scratch_free(s);
         return NULL;
@@ -455,10 +454,8 @@ static void gauss_add(const net_config *c, const net_weights *w, net_scratch *s,
         for (int j = 0; j < D; j++)
             oi[j] += w->b_out[j] - w->g_mu[j] + fsf * di[j];
     }
-    if (w->g_u_h && s->half_gemm && n <= HALF_GEMM_MAX_ROWS) /* out += z U */
-        half_gemm(n, D, R, z, w->g_u_h, 1.0f, out);
-    else
-        gemm_nn(n, D, R, z, w->g_u, 1.0f, out);
+    /* out += z U: U [R][D] is already in the [k][n] form layer() multiplies by */
+    layer(s, n, D, R, z, NULL, w->g_u, w->g_u_h, 1.0f, out);
 }
 
 VECTOR_CLONES

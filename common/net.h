@@ -122,8 +122,9 @@ void net_transpose(const net_config *c, net_weights *w, float *buf);
 size_t net_half_count(const net_config *c);
 /* After net_transpose(): writes half copies into buf (net_half_count values)
  * and points w's *_h fields at those that hold exactly the fp32 values (the
- * others stay NULL, and net_forward uses fp32 for them). Returns how many of
- * the six matrices got a copy. Inference only, like net_transpose. */
+ * others are NULL, and net_forward uses fp32 for them). Returns how many of
+ * the six matrices got a copy: 0 on a CPU without half_gemm. Inference only,
+ * like net_transpose. */
 int net_half(const net_config *c, net_weights *w, uint16_t *buf);
 
 /* Deterministic initialisation of the trainable tensors in buf: scaled normal

@@ -185,6 +185,9 @@ int net_half(const net_config *c, net_weights *w, uint16_t *buf)
     const size_t D = (size_t)c->in_dim, H = (size_t)c->hidden, O = (size_t)c->out_dim;
     const size_t B = (size_t)c->n_blocks, R = (size_t)c->gauss_rank;
     int made = 0;
+    w->w_in_h = w->w1_h = w->w2_h = w->w_out_h = w->g_u_th = w->g_u_h = NULL;
+    if (!half_gemm_supported())
+        return 0;
     w->w_in_h = half_of(w->w_in_t, D * H, H, &buf, &made);
     w->w1_h = half_of(w->w1_t, B * H * H, H, &buf, &made);
     w->w2_h = half_of(w->w2_t, B * H * H, H, &buf, &made);

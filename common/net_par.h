@@ -2,8 +2,8 @@
  *
  * The router network runs once per tick over every latent in flight, and on a
  * router whose experts wait for it that pass is serial time: with two cores,
- * two halves of 16 rows (each in half_gemm's range) finish in about 0.4x the
- * time of one 32-row pass (docs/benchmarks.md). The caller runs the first
+ * two halves of 16 rows (each in half_gemm's range) took a 32-row tick's
+ * router network from 552 to 324-366 us (docs/benchmarks.md). The caller runs the first
  * part itself; the others run on threads started for the call and joined
  * before it returns (tens of microseconds, against hundreds for the pass). */
 #ifndef DDM_NET_PAR_H

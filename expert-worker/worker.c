@@ -81,8 +81,7 @@ struct expert_worker {
      * out[cur], scratch and the batch's jobs while computing is set */
     uv_work_t work;
     int computing;
-    int inline_pass;     /* the pass being finished ran on the loop thread */
-    int replying;        /* after_work_cb is sending a pass's replies: no inline pass now */
+    int replying;        /* finish_pass is sending a pass's replies: no inline pass now */
     batcher_item *batch;       /* jobs in the pass, in row order */
     int batch_n;
     int fwd_rc;
@@ -265,15 +264,12 @@ static void work_cb(uv_work_t *req)
     w->compute_ns = uv_hrtime() - t0;
 }
 
-/* Loop thread, after a pass: starts the next pass (into the other output
- * buffer), then sends this pass's replies. */
-static void after_work_cb(uv_work_t *req, int status)
+/* Loop thread, after a pass: a pool pass starts the next pass (into the
+ * other output buffer) before sending its replies; an inline pass sends its
+ * replies first, then looks for more work. */
+static void finish_pass(expert_worker *w, int rc, int was_inline)
 {
-    expert_worker *w = req->data;
     int D = w->lim.dim;
-    int rc = status < 0 ? status : w->fwd_rc;
-    int was_inline = w->inline_pass;
-    w->inline_pass = 0;
     uint32_t compute_us = (uint32_t)(w->compute_ns / 1000);
     batcher_item *it = w->batch;
     int n = w->batch_n;
@@ -328,6 +324,12 @@ static void after_work_cb(uv_work_t *req, int status)
         schedule(w);
 }
 
+static void after_work_cb(uv_work_t *req, int status)
+{
+    expert_worker *w = req->data;
+    finish_pass(w, status < 0 ? status : w->fwd_rc, 0);
+}
+
 /* Starts a forward pass over the jobs the batcher hands out; the pool
  * thread gathers their rows. */
 static void dispatch(expert_worker *w)
@@ -351,9 +353,8 @@ static void dispatch(expert_worker *w)
     /* inline only a lone small pass: with work queued behind it the loop
      * stays free to receive while a pool thread computes */
     if (n <= w->cfg.inline_rows && !w->replying && w->q.count == 0) {
-        w->inline_pass = 1;
         work_cb(&w->work);
-        after_work_cb(&w->work, 0);
+        finish_pass(w, w->fwd_rc, 1);
         return;
     }
     int rc = uv_queue_work(w->loop, &w->work, work_cb, after_work_cb);

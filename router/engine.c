@@ -247,12 +247,7 @@ static void after_plan(uv_work_t *w, int status)
     /* Largest calls first: workers that share cores start the longest jobs
      * first, so the tick does not end on one big call running alone. */
     int order[STRAT_MAX_EXPERTS];
-    for (int k = 0; k < e->K; k++) {
-        int rows = tick_rows(s->tk, k, NULL, NULL, NULL), at = k;
-        for (; at > 0 && tick_rows(s->tk, order[at - 1], NULL, NULL, NULL) < rows; at--)
-            order[at] = order[at - 1];
-        order[at] = k;
-    }
+    tick_experts_by_rows(s->tk, order);
     for (int i = 0; i < e->K; i++) {
         const int k = order[i];
         const float *x, *t;

@@ -166,34 +166,19 @@ int ensemble_eval_tick(ensemble *e, tick *tk)
     int lanes = e->threads > 1 ? e->threads : 1;
     if (lanes > e->K)
         lanes = e->K;
-    if (lanes == 1) {
-        for (int k = 0; k < e->K; k++) {
-            int rc = eval_expert(e, tk, k);
-            if (rc)
-                return rc;
-        }
-        return 0;
-    }
-    /* experts by rows, largest first, each to the lane with the fewest rows */
+    /* experts by rows, largest first, each to the lane with the fewest rows
+     * (one lane: all of them, on this thread) */
     lane ln[ENSEMBLE_MAX_THREADS];
     memset(ln, 0, sizeof ln);
-    int order[STRAT_MAX_EXPERTS], rows[STRAT_MAX_EXPERTS];
-    for (int k = 0; k < e->K; k++) {
-        rows[k] = tick_rows(tk, k, NULL, NULL, NULL);
-        int at = k;
-        while (at > 0 && rows[order[at - 1]] < rows[k]) {
-            order[at] = order[at - 1];
-            at--;
-        }
-        order[at] = k;
-    }
+    int order[STRAT_MAX_EXPERTS];
+    tick_experts_by_rows(tk, order);
     for (int i = 0; i < e->K; i++) {
         int k = order[i], best = 0;
         for (int l = 1; l < lanes; l++)
             if (ln[l].rows < ln[best].rows)
                 best = l;
         ln[best].experts[ln[best].n++] = k;
-        ln[best].rows += rows[k];
+        ln[best].rows += tick_rows(tk, k, NULL, NULL, NULL);
     }
     for (int l = 0; l < lanes; l++) {
         ln[l].e = e;

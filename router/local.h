@@ -8,6 +8,7 @@
 
 #include <stddef.h>
 
+#include "common/forkjoin.h"
 #include "common/model.h"
 #include "router/sampler.h"
 
@@ -24,7 +25,7 @@ typedef struct ensemble {
     int threads;           /* ensemble_set_threads() (1 until set) */
 } ensemble;
 
-#define ENSEMBLE_MAX_THREADS 16 /* FORKJOIN_MAX */
+#define ENSEMBLE_MAX_THREADS FORKJOIN_MAX
 
 /* Loads dir/router.safetensors and dir/expert-0..K-1.safetensors (K from
  * the router's out_dim). Checks that every expert has the same dim and

@@ -326,6 +326,16 @@ int tick_rows(const tick *tk, int k, const float **x, const float **t, const int
     return tk->rows[k];
 }
 
+void tick_experts_by_rows(const tick *tk, int *order)
+{
+    for (int k = 0; k < tk->K; k++) { /* insertion sort: K is small */
+        int at = k;
+        for (; at > 0 && tk->rows[order[at - 1]] < tk->rows[k]; at--)
+            order[at] = order[at - 1];
+        order[at] = k;
+    }
+}
+
 float *tick_out(tick *tk, int k) { return tk->out[k]; }
 
 /* Records routing of the evaluation about to complete (trace, switches, rows). */

@@ -106,7 +106,8 @@ tick *tick_new(int K, int dim, int max_trajs, const model *router, char *err, si
 void tick_free(tick *tk);
 int tick_capacity(const tick *tk);
 /* Splits the router network's rows over `threads` threads (1..16; a tick
- * starts with 1). Returns 0, or DDM_EINVAL / out of memory leaving it as it was. */
+ * starts with 1). Returns 0, or DDM_EINVAL (bad count or out of memory)
+ * leaving it as it was. */
 int tick_set_router_threads(tick *tk, int threads);
 
 /* Phase 1: routing and grouping for trajs[0..n) (none done, n <= capacity).
@@ -115,6 +116,9 @@ int tick_plan(tick *tk, traj **trajs, int n);
 /* Rows planned for expert k: returns the count and points x ([rows][D]),
  * t ([rows]) and labels ([rows], -1 null) at the tick's buffers. */
 int tick_rows(const tick *tk, int k, const float **x, const float **t, const int **labels);
+/* The K experts of a planned tick, most rows first (ties in index order),
+ * into order[K]: the order to start calls in when they share cores. */
+void tick_experts_by_rows(const tick *tk, int *order);
 /* Where the caller writes expert k's velocities, [rows][D]. */
 float *tick_out(tick *tk, int k);
 /* Phase 3: combines and steps every planned trajectory. */

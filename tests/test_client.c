@@ -146,6 +146,15 @@ static void test_percentile(void **state)
     assert_true(cli_percentile(four, 4, 0.5) == 20);  /* ceil(2) = 2nd */
     assert_true(cli_percentile(four, 4, 0.51) == 30); /* ceil(2.04) = 3rd */
     assert_true(cli_percentile(four, 4, 0.99) == 40);
+    /* sort, and the median of an unsorted array it leaves as it was */
+    double mixed[] = { 30, 10, 40, 20, 50 };
+    assert_true(cli_median(mixed, 5) == 30);
+    assert_true(mixed[0] == 30 && mixed[4] == 50);
+    assert_true(cli_median(mixed, 4) == 20); /* 10 20 30 40: nearest rank, the 2nd */
+    assert_true(isnan(cli_median(NULL, 0)));
+    cli_sort_doubles(mixed, 5);
+    for (int i = 0; i < 5; i++)
+        assert_true(mixed[i] == 10.0 * (i + 1));
 }
 
 static void test_error_message(void **state)

@@ -228,6 +228,19 @@ static void test_plan_routes_by_router_network(void **state)
     }
     for (int k = 0; k < 3; k++)
         assert_int_equal(tick_rows(e->tk, k, NULL, NULL, NULL), count[k]);
+    /* the call order: every expert once, most rows first, ties by index */
+    int order[3], seen[3] = { 0 };
+    tick_experts_by_rows(e->tk, order);
+    for (int i = 0; i < 3; i++) {
+        assert_in_range(order[i], 0, 2);
+        seen[order[i]]++;
+        if (i > 0) {
+            assert_true(count[order[i - 1]] >= count[order[i]]);
+            if (count[order[i - 1]] == count[order[i]])
+                assert_true(order[i - 1] < order[i]);
+        }
+    }
+    assert_true(seen[0] == 1 && seen[1] == 1 && seen[2] == 1);
     assert_int_equal(ensemble_eval_tick(e, e->tk), 0);
     tick_finish(e->tk);
     for (int i = 0; i < N; i++)

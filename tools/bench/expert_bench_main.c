@@ -32,6 +32,7 @@
 #include "common/st.h"
 #include "ddm/v1/worker.pb-c.h"
 #include "tests/support/proc.h"
+#include "tools/client/cli.h"
 
 static const net_config ARCH = { .in_dim = 784, .hidden = 384, .n_blocks = 2, .out_dim = 784,
                                  .n_classes = 10, .time_dim = 64, .gauss_rank = 64 };
@@ -229,12 +230,6 @@ typedef struct fwd_result {
                                   each round measuring both back to back */
 } fwd_result;
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 static fwd_result forward_rate(const model *m, int batch, double secs)
 {
     fwd_case f = fwd_case_new(m, batch);
@@ -256,17 +251,15 @@ static fwd_result forward_rate(const model *m, int batch, double secs)
         double peak = gemm_window(&g, 0.1, &ignored);
         ratio[rep] = fwd_window(&f, 0.1, &ignored) * flops * 1e-9 / peak;
     }
-    qsort(ratio, REPS, sizeof *ratio, cmp_double);
     gemm_case_free(&g);
     fwd_case_free(&f);
-    fwd_result res = { best, best * flops * 1e-9, (double)total / cpu,
-                       (ratio[REPS / 2 - 1] + ratio[REPS / 2]) / 2 };
+    fwd_result res = { best, best * flops * 1e-9, (double)total / cpu, cli_median(ratio, REPS) };
     return res;
 }
 
 /* Median over REPS rounds of (forward with the fp16 copies) / (forward in
- * fp32 only), both 0.1 s back to back in each round; the with-copies rate of
- * the median round in *latents_s. */
+ * fp32 only), both 0.1 s back to back in each round; the median with-copies
+ * rate in *latents_s. */
 static double half_speedup(const model *m, int batch, double *latents_s)
 {
     net_weights plain = m->w;
@@ -281,10 +274,8 @@ static double half_speedup(const model *m, int batch, double *latents_s)
         ratio[rep] = rate[rep] / fwd_window(&f, 0.1, &ignored);
     }
     fwd_case_free(&f);
-    qsort(ratio, REPS, sizeof *ratio, cmp_double);
-    qsort(rate, REPS, sizeof *rate, cmp_double);
-    *latents_s = rate[REPS / 2];
-    return (ratio[REPS / 2 - 1] + ratio[REPS / 2]) / 2;
+    *latents_s = cli_median(rate, REPS);
+    return cli_median(ratio, REPS);
 }
 
 /* ---- workers and clients ------------------------------------------------------------- */
@@ -542,8 +533,7 @@ static double served_paired(const char *url, pid_t worker, const model *m, int n
         ratio[r] = sr.latents_s / in;
     }
     fwd_case_free(&f);
-    qsort(ratio, (size_t)rounds, sizeof *ratio, cmp_double);
-    return rounds % 2 ? ratio[rounds / 2] : (ratio[rounds / 2 - 1] + ratio[rounds / 2]) / 2;
+    return cli_median(ratio, (size_t)rounds);
 }
 
 /* Round trips of one latent, one at a time: p50 and p99 in microseconds. */
@@ -567,9 +557,9 @@ static void latency(const char *url, int n, double *p50, double *p99, double *me
         lat[i] = (now_s() - t0) * 1e6;
         sum += lat[i];
     }
-    qsort(lat, (size_t)n, sizeof *lat, cmp_double);
-    *p50 = lat[n / 2];
-    *p99 = lat[(int)(n * 0.99)];
+    cli_sort_doubles(lat, (size_t)n);
+    *p50 = cli_percentile(lat, (size_t)n, 0.50);
+    *p99 = cli_percentile(lat, (size_t)n, 0.99);
     *mean = sum / n;
     free(lat);
     free(req);

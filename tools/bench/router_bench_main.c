@@ -25,6 +25,7 @@
 #include "server/httpc.h"
 #include "tests/support/proc.h"
 #include "tests/support/toyset.h"
+#include "tools/client/cli.h"
 
 static double now_s(void)
 {
@@ -66,12 +67,6 @@ static void *client_thread(void *arg)
     return NULL;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 /* Value of the sample line "name value" in Prometheus text (not # comments). */
 static double metric(const char *text, const char *name)
 {
@@ -101,14 +96,6 @@ static int fetch_metrics(const char *hostport, double *ticks, double *overhead, 
 }
 
 #define ROUNDS 3
-
-static double median(const double *v, int n)
-{
-    double tmp[16];
-    memcpy(tmp, v, (size_t)n * sizeof *v);
-    qsort(tmp, (size_t)n, sizeof *tmp, cmp_double);
-    return n % 2 ? tmp[n / 2] : 0.5 * (tmp[n / 2 - 1] + tmp[n / 2]);
-}
 
 /* Images/s of in-process sampling: n trajectories advancing together (the
  * batching the daemon forms for n single-image clients), repeated for
@@ -176,10 +163,10 @@ static served_result served(const char *hostport, const char *strategy, int nc, 
     for (int i = 0; i < nc; i++)
         for (int q = 0; q < cs[i].nlat; q++)
             lat[j++] = cs[i].lat[q];
-    qsort(lat, (size_t)nl, sizeof *lat, cmp_double);
+    cli_sort_doubles(lat, (size_t)nl);
     res.ips = (double)ok * per_request / el;
-    res.p50_ms = nl ? 1e3 * lat[nl / 2] : NAN;
-    res.p99_ms = nl ? 1e3 * lat[(int)(nl * 0.99)] : NAN;
+    res.p50_ms = nl ? 1e3 * cli_percentile(lat, (size_t)nl, 0.50) : NAN;
+    res.p99_ms = nl ? 1e3 * cli_percentile(lat, (size_t)nl, 0.99) : NAN;
     double ticks = tk1 - tk0;
     res.overhead_us = ticks > 0 ? 1e6 * (ov1 - ov0) / ticks : NAN;
     res.router_net_us = ticks > 0 ? 1e6 * (rn1 - rn0) / ticks : NAN;
@@ -300,9 +287,9 @@ int main(int argc, char **argv)
                 failed += last.failed;
             }
             printf("| %s | %d | %.1f | %.1f | %.1f | %.2f | %.1f | %.1f | %d | %.0f | %.0f |\n",
-                   strategies[si], nc, median(in1, ROUNDS), median(in2, ROUNDS),
-                   median(sv, ROUNDS), median(ratio, ROUNDS), last.p50_ms, last.p99_ms, failed,
-                   last.overhead_us, last.router_net_us);
+                   strategies[si], nc, cli_median(in1, ROUNDS), cli_median(in2, ROUNDS),
+                   cli_median(sv, ROUNDS), cli_median(ratio, ROUNDS), last.p50_ms,
+                   last.p99_ms, failed, last.overhead_us, last.router_net_us);
             fflush(stdout);
         }
     }
@@ -318,10 +305,10 @@ int main(int argc, char **argv)
         ratio_in[r] = t / f;
     }
     printf("\ntop-2 / full throughput at 32 clients (K = %d), back-to-back pairs: served %.2fx "
-           "(rounds:", K, median(ratio_sv, ROUNDS));
+           "(rounds:", K, cli_median(ratio_sv, ROUNDS));
     for (int r = 0; r < ROUNDS; r++)
         printf(" %.2f", ratio_sv[r]);
-    printf("), in-process with 2 threads %.2fx (rounds:", median(ratio_in, ROUNDS));
+    printf("), in-process with 2 threads %.2fx (rounds:", cli_median(ratio_in, ROUNDS));
     for (int r = 0; r < ROUNDS; r++)
         printf(" %.2f", ratio_in[r]);
     printf(")\n");

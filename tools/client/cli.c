@@ -158,6 +158,30 @@ int cli_parse_double(const char *s, double *out)
     return 0;
 }
 
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+void cli_sort_doubles(double *v, size_t n)
+{
+    if (n > 1)
+        qsort(v, n, sizeof *v, cmp_double);
+}
+
+double cli_median(const double *v, size_t n)
+{
+    double *tmp = n ? malloc(n * sizeof *tmp) : NULL;
+    if (!tmp)
+        return NAN;
+    memcpy(tmp, v, n * sizeof *tmp);
+    cli_sort_doubles(tmp, n);
+    double m = cli_percentile(tmp, n, 0.5);
+    free(tmp);
+    return m;
+}
+
 double cli_percentile(const double *sorted, size_t n, double q)
 {
     if (n == 0)

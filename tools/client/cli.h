@@ -33,6 +33,11 @@ int cli_parse_double(const char *s, double *out);
 /* Nearest-rank percentile q in [0, 1] of sorted[0..n) (ascending): the
  * smallest value with at least q * n values at or below it. 0 when n is 0. */
 double cli_percentile(const double *sorted, size_t n, double q);
+/* Sorts v[0..n) ascending. */
+void cli_sort_doubles(double *v, size_t n);
+/* Nearest-rank median of v[0..n) (v is left as it is); NAN when n is 0 or
+ * out of memory. */
+double cli_median(const double *v, size_t n);
 
 /* The one-line message to show for a non-2xx response: the "message" of a
  * ddm error body {"error": {"code", "message"}}, else the body's first line

@@ -143,12 +143,6 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 static int cmp_failure(const void *a, const void *b)
 {
     const loadgen_failure *x = a, *y = b;
@@ -183,7 +177,7 @@ static int merge(worker *ws, int n, loadgen_result *res, char *err, size_t errle
                           w->fails[f].first_message);
     }
     res->requests = res->ok + res->failed;
-    qsort(all, total, sizeof *all, cmp_double);
+    cli_sort_doubles(all, total);
     qsort(res->failures, (size_t)res->n_failures, sizeof *res->failures, cmp_failure);
     if (total) {
         res->mean_ms = sum / (double)total;
