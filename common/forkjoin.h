@@ -1,9 +1,11 @@
 /* forkjoin.h -- run n independent jobs at once, one on the calling thread.
  *
  * For work split per call (a forward pass by rows, a tick's experts by
- * lanes): threads are started for jobs 1..n-1, the caller runs job 0, and all
- * are joined before forkjoin_run returns. A job whose thread cannot be started
- * runs on the caller instead, so the work is always done. */
+ * lanes): jobs 1..n-1 go to helper threads, the caller runs job 0, and all
+ * are done before forkjoin_run returns. Helpers are started on first use and
+ * kept (at most FORKJOIN_MAX - 1 per process, shared by concurrent callers);
+ * a job that finds no helper free runs on the caller instead, so the work is
+ * always done. Thread-safe. */
 #ifndef DDM_FORKJOIN_H
 #define DDM_FORKJOIN_H
 

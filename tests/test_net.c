@@ -3,6 +3,7 @@
  * of every trainable tensor, accumulation, null labels, error returns, and a
  * throughput print. */
 #include <math.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -11,11 +12,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 #include <cmocka.h>
 #include <cblas.h>
 
 #include "common/blas.h"
 #include "common/err.h"
+#include "common/forkjoin.h"
 #include "common/half_gemm.h"
 #include "common/net.h"
 #include "common/net_par.h"
@@ -397,6 +400,61 @@ static void test_par_forward(void **state)
         net_par_free(p);
     }
     net_par_free(NULL);
+}
+
+/* forkjoin: every job runs exactly once, on distinct threads where helpers
+ * are free, also when callers on several threads use it at once (the helpers
+ * are shared) and when n is over FORKJOIN_MAX (clamped). */
+typedef struct fj_job {
+    int runs;
+    pthread_t on;
+} fj_job;
+
+static void *fj_count(void *arg)
+{
+    fj_job *j = arg;
+    j->runs++;
+    j->on = pthread_self();
+    usleep(200); /* long enough that the jobs overlap */
+    return NULL;
+}
+
+static void *fj_caller(void *arg)
+{
+    int *bad = arg;
+    for (int round = 0; round < 50; round++) {
+        fj_job jobs[FORKJOIN_MAX] = { 0 };
+        int n = 1 + round % FORKJOIN_MAX;
+        forkjoin_run(n, fj_count, jobs, sizeof jobs[0]);
+        for (int i = 0; i < FORKJOIN_MAX; i++)
+            *bad += jobs[i].runs != (i < n);
+    }
+    return NULL;
+}
+
+static void test_forkjoin(void **state)
+{
+    (void)state;
+    fj_job jobs[FORKJOIN_MAX + 2] = { 0 };
+    forkjoin_run(4, fj_count, jobs, sizeof jobs[0]);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(jobs[i].runs, 1);
+    assert_true(pthread_equal(jobs[0].on, pthread_self())); /* job 0 on the caller */
+    assert_false(pthread_equal(jobs[1].on, pthread_self()));
+    assert_false(pthread_equal(jobs[1].on, jobs[2].on));
+    memset(jobs, 0, sizeof jobs);
+    forkjoin_run(FORKJOIN_MAX + 2, fj_count, jobs, sizeof jobs[0]);
+    for (int i = 0; i < FORKJOIN_MAX + 2; i++)
+        assert_int_equal(jobs[i].runs, i < FORKJOIN_MAX);
+    /* three callers at once: 3 x up to 15 helper jobs for 15 helpers */
+    pthread_t th[3];
+    int bad[3] = { 0 };
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(pthread_create(&th[i], NULL, fj_caller, &bad[i]), 0);
+    for (int i = 0; i < 3; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(bad[i], 0);
+    }
 }
 
 /* Rows of h with a variance far below NET_LN_EPS: eps keeps LN finite and
@@ -918,6 +976,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_half_copy_exact),
         cmocka_unit_test_setup_teardown(test_forward_half, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_par_forward, fx_setup, fx_teardown),
+        cmocka_unit_test(test_forkjoin),
         cmocka_unit_test_setup_teardown(test_layer_norm_tiny_variance, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_extreme_activations, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_null_labels, fx_setup, fx_teardown),

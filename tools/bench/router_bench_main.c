@@ -179,12 +179,15 @@ int main(int argc, char **argv)
 {
     blas_fix_core(argv); /* the workers do the same: compare like with like */
     const char *models = NULL, *bindir = "bin", *delay = "0", *ticks = "1", *rthreads = "2";
-    int steps = 50, duration = 15, per_request = 1;
+    int steps = 50, duration = 15, per_request = 1, only_clients = 0, pairs = 1;
+    const char *only_strategy = NULL;
     static const struct option lo[] = {
         { "models", required_argument, 0, 'm' }, { "bin", required_argument, 0, 'b' },
         { "steps", required_argument, 0, 's' },  { "duration", required_argument, 0, 'd' },
         { "max-delay-us", required_argument, 0, 'D' }, { "ticks", required_argument, 0, 'T' },
         { "images", required_argument, 0, 'n' }, { "threads", required_argument, 0, 'R' },
+        { "strategy", required_argument, 0, 'S' }, { "clients", required_argument, 0, 'c' },
+        { "no-pairs", no_argument, 0, 'P' },
         { "help", no_argument, 0, 'h' },         { 0, 0, 0, 0 },
     };
     int c;
@@ -198,12 +201,17 @@ int main(int argc, char **argv)
         case 'T': ticks = optarg; break;
         case 'n': per_request = atoi(optarg); break;
         case 'R': rthreads = optarg; break;
+        case 'S': only_strategy = optarg; break;
+        case 'c': only_clients = atoi(optarg); break;
+        case 'P': pairs = 0; break;
         case 'h':
             printf("usage: router_bench [--models DIR] [--bin DIR] [--steps 50] [--duration 15]\n"
                    "                    [--max-delay-us N (workers', default 0 as in ddm-cluster)]\n"
                    "                    [--ticks N (the router's --ticks; default 1 as in digits.conf)]\n"
                    "                    [--images N (images per request, default 1)]\n"
                    "                    [--threads N (the router's --threads; default 2 as in digits.conf)]\n"
+                   "                    [--strategy top-2|full] [--clients 1|32] [--no-pairs]\n"
+                   "                    (only those rows of the table; no top-2/full pairs)\n"
                    "Without --models, uses models/digits.\n");
             return 0;
         default: return 2;
@@ -273,8 +281,12 @@ int main(int argc, char **argv)
     printf("| strategy | clients | in-process img/s (1 thread) | in-process img/s (2 threads) | served img/s | served / in-process (2 threads) | p50 ms | p99 ms | failed | router overhead us/tick | router net us/tick |\n");
     printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (int si = 0; si < 2; si++) {
+        if (only_strategy && strcmp(only_strategy, strategies[si]))
+            continue;
         for (int ci = 0; ci < 2; ci++) {
             int nc = clients[ci];
+            if (only_clients && only_clients != nc)
+                continue;
             double in1[ROUNDS], in2[ROUNDS], sv[ROUNDS], ratio[ROUNDS];
             served_result last = { 0 };
             int failed = 0;
@@ -296,7 +308,7 @@ int main(int argc, char **argv)
     /* The strategies' ratio from back-to-back measurements: the host's speed
      * drifts by tens of percent over the minutes the table takes. */
     double ratio_sv[ROUNDS], ratio_in[ROUNDS];
-    for (int r = 0; r < ROUNDS; r++) {
+    for (int r = 0; r < ROUNDS && pairs; r++) {
         double t = served(hostport, "top-2", 32, per_request, steps, slice).ips;
         double f = served(hostport, "full", 32, per_request, steps, slice).ips;
         ratio_sv[r] = t / f;
@@ -304,6 +316,7 @@ int main(int argc, char **argv)
         f = inproc_ips(e, "full", 32 * per_request, steps, 2, slice);
         ratio_in[r] = t / f;
     }
+    if (pairs) {
     printf("\ntop-2 / full throughput at 32 clients (K = %d), back-to-back pairs: served %.2fx "
            "(rounds:", K, cli_median(ratio_sv, ROUNDS));
     for (int r = 0; r < ROUNDS; r++)
@@ -312,6 +325,7 @@ int main(int argc, char **argv)
     for (int r = 0; r < ROUNDS; r++)
         printf(" %.2f", ratio_in[r]);
     printf(")\n");
+    }
     proc_stop(router, SIGTERM, 10000);
     for (int k = 0; k < K; k++)
         proc_stop(workers[k], SIGTERM, 5000);
