@@ -364,7 +364,6 @@ static void account(traj *tr, const slot *sl)
     }
 }
 
-/* ODE step after the evaluation whose velocity is in tr->v. */
 /* Elementwise loops over a latent, in blocks of a fixed VL floats: gcc -O2
  * vectorises a loop only when its trip count is known (see common/net.c), and
  * these run for every row of every tick. Same arithmetic per element as the
@@ -418,6 +417,7 @@ static void add_mean_step(int n, float h, const float *restrict a, const float *
         x[d] += h * (a[d] + b[d]);
 }
 
+/* ODE step after the evaluation whose velocity is in tr->v. */
 static void advance(traj *tr)
 {
     int D = tr->dim;
