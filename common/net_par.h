@@ -4,8 +4,7 @@
  * router whose experts wait for it that pass is serial time: with two cores,
  * two halves of 16 rows (each in half_gemm's range) took a 32-row tick's
  * router network from 552 to 324-366 us (docs/benchmarks.md). The caller runs the first
- * part itself; the others run on threads started for the call and joined
- * before it returns (tens of microseconds, against hundreds for the pass). */
+ * part itself, forkjoin's kept helper threads the others. */
 #ifndef DDM_NET_PAR_H
 #define DDM_NET_PAR_H
 
@@ -23,8 +22,8 @@ void net_par_free(net_par *p);
 
 /* net_forward over n rows, the rows split evenly over at most `threads`
  * parts of at least NET_PAR_MIN_ROWS. Same results as net_forward row by
- * row; returns its error (the first part's that failed). A part whose
- * thread cannot be started runs on the caller's thread. */
+ * row; returns its error (the first part's that failed). A part that finds
+ * no helper thread free runs on the caller's thread. */
 int net_par_forward(net_par *p, const net_weights *w, int n, const float *x, const float *t,
                     const int *labels, float *out);
 

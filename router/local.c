@@ -15,6 +15,7 @@
 static int finish_open(ensemble *e, char *err, size_t errlen)
 {
     e->chunk = LOCAL_CHUNK;
+    e->threads = 1;
     e->scratch = calloc((size_t)e->K, sizeof *e->scratch);
     if (!e->scratch)
         goto oom;
@@ -163,7 +164,7 @@ static void *run_lane(void *arg)
 
 int ensemble_eval_tick(ensemble *e, tick *tk)
 {
-    int lanes = e->threads > 1 ? e->threads : 1;
+    int lanes = e->threads;
     if (lanes > e->K)
         lanes = e->K;
     /* experts by rows, largest first, each to the lane with the fewest rows

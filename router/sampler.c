@@ -381,18 +381,6 @@ static void axpy(int n, float a, const float *restrict x, float *restrict y)
         y[d] += a * x[d];
 }
 
-/* y = x + a * v */
-static void xpay(int n, const float *restrict x, float a, const float *restrict v,
-                 float *restrict y)
-{
-    int d = 0;
-    for (; d + VL <= n; d += VL)
-        for (int k = 0; k < VL; k++)
-            y[d + k] = x[d + k] + a * v[d + k];
-    for (; d < n; d++)
-        y[d] = x[d] + a * v[d];
-}
-
 /* y += w * (vn + g (vc - vn)): one expert's guided velocity */
 static void add_guided(int n, float w, float g, const float *restrict vn,
                        const float *restrict vc, float *restrict y)
@@ -424,7 +412,8 @@ static void advance(traj *tr)
     float dt = grid_time(tr, tr->step + 1) - grid_time(tr, tr->step); /* negative */
     if (tr->p->sampler == SAMPLER_HEUN && tr->stage == 0) {
         memcpy(tr->v1, tr->v, (size_t)D * sizeof(float));
-        xpay(D, tr->x, dt, tr->v1, tr->xe);
+        memcpy(tr->xe, tr->x, (size_t)D * sizeof(float));
+        axpy(D, dt, tr->v1, tr->xe); /* xe = x + dt v1 */
         tr->stage = 1;
     } else {
         if (tr->p->sampler == SAMPLER_HEUN)
