@@ -205,10 +205,10 @@ static int group_setup(void **state)
     net_config cls = { .in_dim = TDIM, .hidden = 10, .n_blocks = 1, .out_dim = TCLS,
                        .n_classes = 0, .time_dim = 0, .gauss_rank = 0 };
     snprintf(p, sizeof p, "%s/monolith.safetensors", tdir);
-    if (toyset_write_model(p, MODEL_DENOISER, &mono, 77, -1, TK))
+    if (toyset_write_model(p, MODEL_DENOISER, &mono, 77, -1, TK, ST_F32))
         return -1;
     snprintf(p, sizeof p, "%s/classifier.safetensors", tdir);
-    if (toyset_write_model(p, MODEL_CLASSIFIER, &cls, 78, -1, 0))
+    if (toyset_write_model(p, MODEL_CLASSIFIER, &cls, 78, -1, 0, ST_F32))
         return -1;
     snprintf(p, sizeof p, "%s/heldout.safetensors", tdir);
     if (write_images_file(p, 120, 5))

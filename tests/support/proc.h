@@ -32,6 +32,13 @@ int proc_free_port(void);
  * NULL when the process is gone or the line is cut. */
 const char *proc_stat(pid_t pid, char *buf, size_t len);
 
+/* CPU seconds (user + system, all threads) a live process has used, from
+ * /proc/<pid>/stat; NAN if it cannot be read. */
+double proc_cpu_seconds(pid_t pid);
+
+/* CPU seconds this process has used, all its threads (getrusage). */
+double proc_self_cpu_seconds(void);
+
 /* Prints the last lines of a log file to stderr (for failing tests). */
 void proc_dump_log(const char *log);
 

@@ -10,7 +10,7 @@
 #include "common/st.h"
 
 int toyset_write_model(const char *path, int kind, const net_config *c, uint64_t seed,
-                       int expert_id, int K)
+                       int expert_id, int K, int dtype)
 {
     size_t n = net_param_count(c);
     float *p = malloc(n * sizeof *p);
@@ -37,7 +37,7 @@ int toyset_write_model(const char *path, int kind, const net_config *c, uint64_t
     }
     st_writer *wr = st_writer_new();
     char err[512];
-    int rc = wr ? model_write(wr, (model_kind)kind, c, p, ST_F32, "toy", expert_id, K) : -1;
+    int rc = wr ? model_write(wr, (model_kind)kind, c, p, (st_dtype)dtype, "toy", expert_id, K) : -1;
     if (!rc && st_writer_save(wr, path, err, sizeof err)) {
         fprintf(stderr, "toyset: %s\n", err);
         rc = -1;
@@ -47,20 +47,35 @@ int toyset_write_model(const char *path, int kind, const net_config *c, uint64_t
     return rc ? -1 : 0;
 }
 
+static int write_set(const char *dir, int K, const net_config *ec, const net_config *rc,
+                     uint64_t seed, int dtype)
+{
+    char path[512];
+    for (int k = 0; k < K; k++) {
+        snprintf(path, sizeof path, "%s/expert-%d.safetensors", dir, k);
+        if (toyset_write_model(path, MODEL_DENOISER, ec, seed + 10 + (uint64_t)k, k, K, dtype))
+            return -1;
+    }
+    snprintf(path, sizeof path, "%s/router.safetensors", dir);
+    return toyset_write_model(path, MODEL_ROUTER, rc, seed + 5, -1, K, dtype);
+}
+
 int toyset_write(const char *dir, int K, int dim, int n_classes, uint64_t seed)
 {
     net_config ec = { .in_dim = dim, .hidden = 12, .n_blocks = 1, .out_dim = dim,
                       .n_classes = n_classes, .time_dim = 8, .gauss_rank = 2 };
     net_config rc = { .in_dim = dim, .hidden = 10, .n_blocks = 1, .out_dim = K,
                       .n_classes = n_classes, .time_dim = 8, .gauss_rank = 0 };
-    char path[512];
-    for (int k = 0; k < K; k++) {
-        snprintf(path, sizeof path, "%s/expert-%d.safetensors", dir, k);
-        if (toyset_write_model(path, MODEL_DENOISER, &ec, seed + 10 + (uint64_t)k, k, K))
-            return -1;
-    }
-    snprintf(path, sizeof path, "%s/router.safetensors", dir);
-    return toyset_write_model(path, MODEL_ROUTER, &rc, seed + 5, -1, K);
+    return write_set(dir, K, &ec, &rc, seed, ST_F32);
+}
+
+int toyset_write_digits_like(const char *dir, int K, int hidden, uint64_t seed)
+{
+    net_config ec = { .in_dim = 784, .hidden = hidden, .n_blocks = 2, .out_dim = 784,
+                      .n_classes = 10, .time_dim = 64, .gauss_rank = 64 };
+    net_config rc = { .in_dim = 784, .hidden = 256, .n_blocks = 2, .out_dim = K,
+                      .n_classes = 10, .time_dim = 64, .gauss_rank = 0 };
+    return write_set(dir, K, &ec, &rc, seed, ST_F16);
 }
 
 int toyset_tempdir(char *buf, size_t len, const char *tag)

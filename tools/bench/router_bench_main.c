@@ -5,7 +5,10 @@
  * daemon forms for c closed-loop clients asking one image each), and served
  * (c client threads against a real ddm-router with real ddm-expert workers
  * on ipc:// sockets), plus latency percentiles and the router's overhead per
- * tick from its /metrics. Prints a markdown table. Uses models/digits (or
+ * tick from its /metrics, and the CPU time per image of both (this process
+ * in-process; the router and workers served): on a machine whose cores the
+ * router and workers share, served / in-process throughput cannot exceed
+ * the inverse ratio of those CPU times. Prints a markdown table. Uses models/digits (or
  * --models DIR): throughput needs the shipped architecture, not training. */
 #include <cblas.h>
 #include <getopt.h>
@@ -26,6 +29,15 @@
 #include "tests/support/proc.h"
 #include "tests/support/toyset.h"
 #include "tools/client/cli.h"
+
+/* CPU seconds used so far by the router and the workers together. */
+static double cluster_cpu_s(const pid_t *pids, int n)
+{
+    double s = 0;
+    for (int i = 0; i < n; i++)
+        s += proc_cpu_seconds(pids[i]);
+    return s;
+}
 
 static double now_s(void)
 {
@@ -77,18 +89,31 @@ static double metric(const char *text, const char *name)
     return NAN;
 }
 
-static int fetch_metrics(const char *hostport, double *ticks, double *overhead, double *rnet)
+typedef struct metrics_snap {
+    double ticks, overhead_s, router_net_s;
+    double rows[64], calls; /* rows sent to each expert; calls to all */
+} metrics_snap;
+
+static int fetch_metrics(const char *hostport, int K, metrics_snap *m)
 {
     httpc *c;
     char err[128];
+    memset(m, 0, sizeof *m);
     if (httpc_open(hostport, 5000, &c, err, sizeof err))
         return -1;
     httpc_response r;
     int rc = httpc_request(c, "GET", "/metrics", NULL, 0, NULL, 0, &r);
     if (!rc && r.status == 200) {
-        *ticks = metric(r.body, "ddm_ticks_total");
-        *overhead = metric(r.body, "ddm_tick_overhead_seconds_total");
-        *rnet = metric(r.body, "ddm_router_net_seconds_total");
+        m->ticks = metric(r.body, "ddm_ticks_total");
+        m->overhead_s = metric(r.body, "ddm_tick_overhead_seconds_total");
+        m->router_net_s = metric(r.body, "ddm_router_net_seconds_total");
+        for (int k = 0; k < K; k++) {
+            char name[64];
+            snprintf(name, sizeof name, "ddm_expert_rows_total{expert=\"%d\"}", k);
+            m->rows[k] = metric(r.body, name);
+            snprintf(name, sizeof name, "ddm_expert_calls_total{expert=\"%d\"}", k);
+            m->calls += metric(r.body, name);
+        }
     }
     httpc_response_free(&r);
     httpc_close(c);
@@ -99,9 +124,10 @@ static int fetch_metrics(const char *hostport, double *ticks, double *overhead, 
 
 /* Images/s of in-process sampling: n trajectories advancing together (the
  * batching the daemon forms for n single-image clients), repeated for
- * `seconds`. threads 2: experts shared out over two threads, router rows split. */
+ * `seconds`. threads 2: experts shared out over two threads, router rows split.
+ * cpu_ms (if not NULL): this process's CPU milliseconds per image. */
 static double inproc_ips(ensemble *e, const char *strategy, int n, int steps, int threads,
-                         double seconds)
+                         double seconds, double *cpu_ms)
 {
     char err[256];
     sample_params p;
@@ -111,7 +137,7 @@ static double inproc_ips(ensemble *e, const char *strategy, int n, int steps, in
     p.steps = steps;
     float *out = malloc((size_t)n * (size_t)e->dim * sizeof *out);
     ensemble_set_threads(e, threads);
-    double t0 = now_s();
+    double c0 = proc_self_cpu_seconds(), t0 = now_s();
     int reps = 0;
     do {
         p.seed = (uint64_t)reps;
@@ -119,6 +145,8 @@ static double inproc_ips(ensemble *e, const char *strategy, int n, int steps, in
         reps++;
     } while (now_s() - t0 < seconds);
     double ips = (double)n * reps / (now_s() - t0);
+    if (cpu_ms)
+        *cpu_ms = 1e3 * (proc_self_cpu_seconds() - c0) / ((double)n * reps);
     ensemble_set_threads(e, 1);
     free(out);
     return ips;
@@ -126,16 +154,22 @@ static double inproc_ips(ensemble *e, const char *strategy, int n, int steps, in
 
 typedef struct served_result {
     double ips, p50_ms, p99_ms, overhead_us, router_net_us;
+    double cpu_ms; /* router and workers' CPU milliseconds per image */
+    double calls_per_tick, busiest_share; /* expert calls per tick; the busiest expert's
+                                             share of the rows sent */
     int failed;
 } served_result;
 
-/* nc closed-loop clients against the daemon for `seconds`. */
-static served_result served(const char *hostport, const char *strategy, int nc, int per_request,
-                            int steps, double seconds)
+/* nc closed-loop clients against the daemon for `seconds`; pids: the router
+ * and the K workers. */
+static served_result served(const char *hostport, const pid_t *pids, int K,
+                            const char *strategy, int nc, int per_request, int steps,
+                            double seconds)
 {
     served_result res = { 0 };
-    double tk0 = 0, ov0 = 0, rn0 = 0, tk1 = 0, ov1 = 0, rn1 = 0;
-    fetch_metrics(hostport, &tk0, &ov0, &rn0);
+    double cpu0 = cluster_cpu_s(pids, K + 1);
+    metrics_snap m0, m1;
+    fetch_metrics(hostport, K, &m0);
     char body[128];
     snprintf(body, sizeof body, "{\"n\": %d, \"steps\": %d, \"strategy\": \"%s\"}", per_request,
              steps, strategy);
@@ -151,7 +185,8 @@ static served_result served(const char *hostport, const char *strategy, int nc, 
     for (int i = 0; i < nc; i++)
         pthread_join(th[i], NULL);
     double el = now_s() - s0;
-    fetch_metrics(hostport, &tk1, &ov1, &rn1);
+    double cpu1 = cluster_cpu_s(pids, K + 1);
+    fetch_metrics(hostport, K, &m1);
     int ok = 0, nl = 0;
     for (int i = 0; i < nc; i++) {
         ok += cs[i].ok;
@@ -165,11 +200,19 @@ static served_result served(const char *hostport, const char *strategy, int nc, 
             lat[j++] = cs[i].lat[q];
     cli_sort_doubles(lat, (size_t)nl);
     res.ips = (double)ok * per_request / el;
+    res.cpu_ms = ok ? 1e3 * (cpu1 - cpu0) / ((double)ok * per_request) : NAN;
     res.p50_ms = nl ? 1e3 * cli_percentile(lat, (size_t)nl, 0.50) : NAN;
     res.p99_ms = nl ? 1e3 * cli_percentile(lat, (size_t)nl, 0.99) : NAN;
-    double ticks = tk1 - tk0;
-    res.overhead_us = ticks > 0 ? 1e6 * (ov1 - ov0) / ticks : NAN;
-    res.router_net_us = ticks > 0 ? 1e6 * (rn1 - rn0) / ticks : NAN;
+    double ticks = m1.ticks - m0.ticks, rows = 0, busiest = 0;
+    res.overhead_us = ticks > 0 ? 1e6 * (m1.overhead_s - m0.overhead_s) / ticks : NAN;
+    res.router_net_us = ticks > 0 ? 1e6 * (m1.router_net_s - m0.router_net_s) / ticks : NAN;
+    res.calls_per_tick = ticks > 0 ? (m1.calls - m0.calls) / ticks : NAN;
+    for (int k = 0; k < K; k++) {
+        double d = m1.rows[k] - m0.rows[k];
+        rows += d;
+        busiest = d > busiest ? d : busiest;
+    }
+    res.busiest_share = rows > 0 ? busiest / rows : NAN;
     free(lat);
     free(cs);
     return res;
@@ -179,7 +222,7 @@ int main(int argc, char **argv)
 {
     blas_fix_core(argv); /* the workers do the same: compare like with like */
     const char *models = NULL, *bindir = "bin", *delay = "0", *ticks = "1", *rthreads = "2";
-    int steps = 50, duration = 15, per_request = 1, only_clients = 0, pairs = 1;
+    int steps = 50, duration = 15, per_request = 1, only_clients = 0, pairs = 1, hidden = 0;
     const char *only_strategy = NULL;
     static const struct option lo[] = {
         { "models", required_argument, 0, 'm' }, { "bin", required_argument, 0, 'b' },
@@ -187,7 +230,7 @@ int main(int argc, char **argv)
         { "max-delay-us", required_argument, 0, 'D' }, { "ticks", required_argument, 0, 'T' },
         { "images", required_argument, 0, 'n' }, { "threads", required_argument, 0, 'R' },
         { "strategy", required_argument, 0, 'S' }, { "clients", required_argument, 0, 'c' },
-        { "no-pairs", no_argument, 0, 'P' },
+        { "no-pairs", no_argument, 0, 'P' },      { "hidden", required_argument, 0, 'H' },
         { "help", no_argument, 0, 'h' },         { 0, 0, 0, 0 },
     };
     int c;
@@ -204,6 +247,7 @@ int main(int argc, char **argv)
         case 'S': only_strategy = optarg; break;
         case 'c': only_clients = atoi(optarg); break;
         case 'P': pairs = 0; break;
+        case 'H': hidden = atoi(optarg); break;
         case 'h':
             printf("usage: router_bench [--models DIR] [--bin DIR] [--steps 50] [--duration 15]\n"
                    "                    [--max-delay-us N (workers', default 0 as in ddm-cluster)]\n"
@@ -212,13 +256,18 @@ int main(int argc, char **argv)
                    "                    [--threads N (the router's --threads; default 2 as in digits.conf)]\n"
                    "                    [--strategy top-2|full] [--clients 1|32] [--no-pairs]\n"
                    "                    (only those rows of the table; no top-2/full pairs)\n"
-                   "Without --models, uses models/digits.\n");
+                   "                    [--hidden N]\n"
+                   "Without --models, uses models/digits. --hidden N benchmarks a random set\n"
+                   "shaped like models/digits (fp16, 8 experts) with experts N wide instead of\n"
+                   "384: how serving's cost compares with an expert's compute.\n");
             return 0;
         default: return 2;
         }
     }
-    if (steps < 1 || duration < 1 || per_request < 1 || per_request > 64) {
-        fprintf(stderr, "router_bench: --steps and --duration must be >= 1, --images 1..64\n");
+    if (steps < 1 || duration < 1 || per_request < 1 || per_request > 64 || hidden < 0 ||
+        hidden % 16 || hidden > 8192) {
+        fprintf(stderr, "router_bench: --steps and --duration must be >= 1, --images 1..64, "
+                        "--hidden a multiple of 16 up to 8192\n");
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
@@ -227,6 +276,17 @@ int main(int argc, char **argv)
     char tmp[128];
     if (toyset_tempdir(tmp, sizeof tmp, "bench-router"))
         return 1;
+    char toy[160];
+    if (hidden) {
+        snprintf(toy, sizeof toy, "%s/models", tmp);
+        if (mkdir(toy, 0755) || toyset_write_digits_like(toy, 8, hidden, 1)) {
+            fprintf(stderr, "router_bench: cannot write a model set under %s\n", tmp);
+            toyset_rmdir(tmp);
+            return 1;
+        }
+        models = toy;
+        printf("random experts shaped like models/digits, %d wide (fp16)\n", hidden);
+    }
     struct stat sb;
     if (!models && stat("models/digits/router.safetensors", &sb) == 0)
         models = "models/digits";
@@ -266,6 +326,9 @@ int main(int argc, char **argv)
     char *rv[] = { (char *)proc_bin("ddm-router", bin, sizeof bin), "--cluster", conf, "--listen",
                    listen, "--ticks", (char *)ticks, "--threads", (char *)rthreads, NULL };
     pid_t router = proc_start(rv, rlog);
+    pid_t cluster[65]; /* whose CPU time a served image costs */
+    cluster[0] = router;
+    memcpy(cluster + 1, workers, (size_t)K * sizeof *workers);
     if (proc_wait_http(port, "/readyz", 200, 20000)) {
         fprintf(stderr, "router_bench: router not ready\n");
         proc_dump_log(rlog);
@@ -278,8 +341,8 @@ int main(int argc, char **argv)
            "--max-delay-us %s; medians of %d rounds (in each round: in-process 1 thread, "
            "2 threads, served, %.1f s each)\n\n", per_request, steps, ticks, rthreads, delay,
            ROUNDS, slice);
-    printf("| strategy | clients | in-process img/s (1 thread) | in-process img/s (2 threads) | served img/s | served / in-process (2 threads) | p50 ms | p99 ms | failed | router overhead us/tick | router net us/tick |\n");
-    printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
+    printf("| strategy | clients | in-process img/s (1 thread) | in-process img/s (2 threads) | served img/s | served / in-process (2 threads) | p50 ms | p99 ms | failed | router overhead us/tick | router net us/tick | CPU ms/img in-process (2 threads) | CPU ms/img served (router + workers) | in-process / served CPU | expert calls/tick | busiest expert's rows |\n");
+    printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (int si = 0; si < 2; si++) {
         if (only_strategy && strcmp(only_strategy, strategies[si]))
             continue;
@@ -288,20 +351,29 @@ int main(int argc, char **argv)
             if (only_clients && only_clients != nc)
                 continue;
             double in1[ROUNDS], in2[ROUNDS], sv[ROUNDS], ratio[ROUNDS];
+            double cpu_in[ROUNDS], cpu_sv[ROUNDS], cpu_ratio[ROUNDS];
             served_result last = { 0 };
             int failed = 0;
             for (int r = 0; r < ROUNDS; r++) {
-                in1[r] = inproc_ips(e, strategies[si], nc * per_request, steps, 1, slice);
-                in2[r] = inproc_ips(e, strategies[si], nc * per_request, steps, 2, slice);
-                last = served(hostport, strategies[si], nc, per_request, steps, slice);
+                in1[r] = inproc_ips(e, strategies[si], nc * per_request, steps, 1, slice, NULL);
+                in2[r] = inproc_ips(e, strategies[si], nc * per_request, steps, 2, slice,
+                                    &cpu_in[r]);
+                last = served(hostport, cluster, K, strategies[si], nc, per_request, steps,
+                              slice);
                 sv[r] = last.ips;
                 ratio[r] = sv[r] / in2[r];
+                cpu_sv[r] = last.cpu_ms;
+                cpu_ratio[r] = cpu_in[r] / cpu_sv[r];
                 failed += last.failed;
             }
-            printf("| %s | %d | %.1f | %.1f | %.1f | %.2f | %.1f | %.1f | %d | %.0f | %.0f |\n",
+            printf("| %s | %d | %.1f | %.1f | %.1f | %.2f | %.1f | %.1f | %d | %.0f | %.0f | %.2f | "
+                   "%.2f | %.2f | %.1f | %.0f%% |\n",
                    strategies[si], nc, cli_median(in1, ROUNDS), cli_median(in2, ROUNDS),
                    cli_median(sv, ROUNDS), cli_median(ratio, ROUNDS), last.p50_ms,
-                   last.p99_ms, failed, last.overhead_us, last.router_net_us);
+                   last.p99_ms, failed, last.overhead_us, last.router_net_us,
+                   cli_median(cpu_in, ROUNDS), cli_median(cpu_sv, ROUNDS),
+                   cli_median(cpu_ratio, ROUNDS), last.calls_per_tick,
+                   100 * last.busiest_share);
             fflush(stdout);
         }
     }
@@ -309,11 +381,11 @@ int main(int argc, char **argv)
      * drifts by tens of percent over the minutes the table takes. */
     double ratio_sv[ROUNDS], ratio_in[ROUNDS];
     for (int r = 0; r < ROUNDS && pairs; r++) {
-        double t = served(hostport, "top-2", 32, per_request, steps, slice).ips;
-        double f = served(hostport, "full", 32, per_request, steps, slice).ips;
+        double t = served(hostport, cluster, K, "top-2", 32, per_request, steps, slice).ips;
+        double f = served(hostport, cluster, K, "full", 32, per_request, steps, slice).ips;
         ratio_sv[r] = t / f;
-        t = inproc_ips(e, "top-2", 32 * per_request, steps, 2, slice);
-        f = inproc_ips(e, "full", 32 * per_request, steps, 2, slice);
+        t = inproc_ips(e, "top-2", 32 * per_request, steps, 2, slice, NULL);
+        f = inproc_ips(e, "full", 32 * per_request, steps, 2, slice, NULL);
         ratio_in[r] = t / f;
     }
     if (pairs) {
