@@ -91,7 +91,7 @@ static double metric(const char *text, const char *name)
 
 typedef struct metrics_snap {
     double ticks, overhead_s, router_net_s;
-    double rows[64], calls; /* rows sent to each expert; calls to all */
+    double rows[STRAT_MAX_EXPERTS], calls; /* rows sent to each expert; calls to all */
 } metrics_snap;
 
 static int fetch_metrics(const char *hostport, int K, metrics_snap *m)
