@@ -21,9 +21,12 @@ net_par *net_par_new(const net_config *c, int max_batch, int threads);
 void net_par_free(net_par *p);
 
 /* net_forward over n rows, the rows split evenly over at most `threads`
- * parts of at least NET_PAR_MIN_ROWS. Same results as net_forward row by
- * row; returns its error (the first part's that failed). A part that finds
- * no helper thread free runs on the caller's thread. */
+ * parts of at least NET_PAR_MIN_ROWS, each a net_forward of its own. Its rows
+ * equal the whole batch's where both take the same GEMM path; a part of at
+ * most HALF_GEMM_MAX_ROWS rows of a batch above that differs by rounding
+ * (half_gemm instead of OpenBLAS). Returns net_forward's error (the first
+ * part's that failed). A part that finds no helper thread free runs on the
+ * caller's thread. */
 int net_par_forward(net_par *p, const net_weights *w, int n, const float *x, const float *t,
                     const int *labels, float *out);
 

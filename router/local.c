@@ -170,7 +170,7 @@ int ensemble_eval_tick(ensemble *e, tick *tk)
     /* experts by rows, largest first, each to the lane with the fewest rows
      * (one lane: all of them, on this thread) */
     lane ln[ENSEMBLE_MAX_THREADS];
-    memset(ln, 0, sizeof ln);
+    memset(ln, 0, (size_t)lanes * sizeof ln[0]);
     int order[STRAT_MAX_EXPERTS];
     tick_experts_by_rows(tk, order);
     for (int i = 0; i < e->K; i++) {

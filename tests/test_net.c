@@ -11,7 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
 #include <cblas.h>
@@ -24,6 +23,7 @@
 #include "common/net_par.h"
 #include "common/st.h"
 #include "common/rng.h"
+#include "tests/support/proc.h"
 
 /* ---- fixture: every allocation is tracked and freed in teardown ------------ */
 
@@ -908,13 +908,6 @@ static void test_errors(void **state)
 
 /* ---- throughput (printed, not asserted) ------------------------------------------------ */
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static void test_throughput(void **state)
 {
     fx *f = *state;
@@ -937,13 +930,13 @@ static void test_throughput(void **state)
     for (int k = 0; k < 2; k++) {
         assert_int_equal(net_forward(&c, &n.w, s, ns[k], x, t, lab, out), 0); /* warm up */
         int iters = 0;
-        double t0 = now_s(), el, best = 1e9;
+        double t0 = proc_now_s(), el, best = 1e9;
         do {
-            double t1 = now_s();
+            double t1 = proc_now_s();
             assert_int_equal(net_forward(&c, &n.w, s, ns[k], x, t, lab, out), 0);
-            best = fmin(best, now_s() - t1);
+            best = fmin(best, proc_now_s() - t1);
             iters++;
-            el = now_s() - t0;
+            el = proc_now_s() - t0;
         } while (el < 0.5 && iters < 2000);
         double per = el / iters, fl = net_forward_flops(&c, ns[k]);
         print_message("# forward batch %2d: mean %.3f ms %.2f GFLOP/s, best %.3f ms %.2f GFLOP/s "
@@ -952,12 +945,12 @@ static void test_throughput(void **state)
                       openblas_get_corename(), openblas_get_num_threads());
     }
     int iters = 0;
-    double t0 = now_s(), el;
+    double t0 = proc_now_s(), el;
     do {
         assert_int_equal(net_forward(&c, &n.w, st, b, x, t, lab, out), 0);
         assert_int_equal(net_backward(&c, &n.w, &gw, st, b, r), 0);
         iters++;
-        el = now_s() - t0;
+        el = proc_now_s() - t0;
     } while (el < 0.5 && iters < 1000);
     print_message("# forward+backward batch 64: %.3f ms\n", el / iters * 1e3);
 }

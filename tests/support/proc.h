@@ -36,6 +36,9 @@ const char *proc_stat(pid_t pid, char *buf, size_t len);
  * /proc/<pid>/stat; NAN if it cannot be read. */
 double proc_cpu_seconds(pid_t pid);
 
+/* Seconds on the monotonic clock (for intervals). */
+double proc_now_s(void);
+
 /* CPU seconds this process has used, all its threads (getrusage). */
 double proc_self_cpu_seconds(void);
 

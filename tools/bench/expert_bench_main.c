@@ -37,13 +37,6 @@
 static const net_config ARCH = { .in_dim = 784, .hidden = 384, .n_blocks = 2, .out_dim = 784,
                                  .n_classes = 10, .time_dim = 64, .gauss_rank = 64 };
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 /* CPU seconds used by the calling thread. */
 static double thread_cpu_s(void)
 {
@@ -139,12 +132,12 @@ static void gemm_case_free(gemm_case *g)
 static double gemm_window(const gemm_case *g, double secs, long *iters)
 {
     long it = 0;
-    double t0 = now_s(), t;
+    double t0 = proc_now_s(), t;
     do {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g->m, g->n, g->k, 1.0f, g->a, g->k,
                     g->b, g->n, 0.0f, g->c, g->n);
         it++;
-        t = now_s() - t0;
+        t = proc_now_s() - t0;
     } while (t < secs || it < 2);
     *iters += it;
     return 2.0 * g->m * g->n * g->k * (double)it / t * 1e-9;
@@ -212,12 +205,12 @@ static void fwd_case_free(fwd_case *f)
 static double fwd_window(fwd_case *f, double secs, long *latents)
 {
     long it = 0;
-    double t0 = now_s(), el;
+    double t0 = proc_now_s(), el;
     do {
         if (net_forward(&f->m->cfg, f->w, f->s, f->batch, f->x, f->t, f->lab, f->out))
             die("net_forward failed");
         it++;
-        el = now_s() - t0;
+        el = proc_now_s() - t0;
     } while (el < secs || it < 2);
     *latents += it * f->batch;
     return (double)it * f->batch / el;
@@ -438,7 +431,7 @@ static void *client_main(void *arg)
             c->failed = 1;
             break;
         }
-        double t = now_s();
+        double t = proc_now_s();
         if (bs > 0) {
             __atomic_add_fetch(&g_latents, c->latents, __ATOMIC_RELAXED);
             __atomic_add_fetch(&g_batch_sum, bs, __ATOMIC_RELAXED);
@@ -469,7 +462,7 @@ static served_result served_rate(const char *url, pid_t worker, int nclients, in
     size_t len;
     uint8_t *req = make_request(per_req, &len);
     client *cs = calloc((size_t)nclients, sizeof *cs);
-    double start = now_s() + 0.1;
+    double start = proc_now_s() + 0.1;
     double t0 = start + 0.5, t1 = t0 + secs;
     for (int i = 0; i < nclients; i++) {
         cs[i] = (client){ .url = url, .req = req, .len = len, .latents = per_req, .depth = depth,
@@ -481,13 +474,13 @@ static served_result served_rate(const char *url, pid_t worker, int nclients, in
     double ts[MAXS];
     long lat_at[MAXS], bs_at[MAXS], rep_at[MAXS];
     int ns = 0;
-    while (now_s() < t0)
+    while (proc_now_s() < t0)
         usleep(1000);
     double wcpu0 = proc_cpu_s(worker);
     for (double next = t0; next <= t1 + 1e-9 && ns < MAXS; next += 0.25) {
-        while (now_s() < next)
+        while (proc_now_s() < next)
             usleep(500);
-        ts[ns] = now_s();
+        ts[ns] = proc_now_s();
         lat_at[ns] = __atomic_load_n(&g_latents, __ATOMIC_RELAXED);
         bs_at[ns] = __atomic_load_n(&g_batch_sum, __ATOMIC_RELAXED);
         rep_at[ns] = __atomic_load_n(&g_replies, __ATOMIC_RELAXED);
@@ -550,11 +543,11 @@ static void latency(const char *url, int n, double *p50, double *p99, double *me
     }
     double sum = 0;
     for (int i = 0; i < n; i++) {
-        double t0 = now_s();
+        double t0 = proc_now_s();
         send_id(s, (uint32_t)(1000 + i), req, len);
         if (recv_one(s) <= 0)
             die("latency request failed");
-        lat[i] = (now_s() - t0) * 1e6;
+        lat[i] = (proc_now_s() - t0) * 1e6;
         sum += lat[i];
     }
     cli_sort_doubles(lat, (size_t)n);

@@ -11,7 +11,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <nanomsg/nn.h>
@@ -22,13 +21,6 @@
 
 #define MAX_EXPERTS 64
 #define WARMUP_TICKS 100
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 static int set_timeouts(int s)
 {
@@ -99,7 +91,7 @@ static int measure(const char *tmp, const char *transport, int k, size_t bytes, 
     double t0 = 0, c0 = 0;
     for (int t = 0; t < WARMUP_TICKS + ticks && rc == 0 && buf; t++) {
         if (t == WARMUP_TICKS) {
-            t0 = now_s();
+            t0 = proc_now_s();
             c0 = proc_self_cpu_seconds();
         }
         for (int i = 0; i < k && rc == 0; i++)
@@ -114,7 +106,7 @@ static int measure(const char *tmp, const char *transport, int k, size_t bytes, 
         }
     }
     if (rc == 0) {
-        out->wall_us = 1e6 * (now_s() - t0) / ticks;
+        out->wall_us = 1e6 * (proc_now_s() - t0) / ticks;
         out->requester_us = 1e6 * (proc_self_cpu_seconds() - c0) / ticks;
     } else {
         fprintf(stderr, "nanomsg bench: %s\n", buf ? nn_strerror(nn_errno()) : "out of memory");

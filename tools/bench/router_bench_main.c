@@ -19,7 +19,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "common/blas.h"
@@ -39,13 +38,6 @@ static double cluster_cpu_s(const pid_t *pids, int n)
     return s;
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 typedef struct client_stats {
     const char *hostport, *body;
     double until;
@@ -62,14 +54,14 @@ static void *client_thread(void *arg)
     if (httpc_open(cs->hostport, 60000, &c, err, sizeof err))
         return NULL;
     httpc_header h[] = { { "Content-Type", "application/json" } };
-    while (now_s() < cs->until) {
-        double t0 = now_s();
+    while (proc_now_s() < cs->until) {
+        double t0 = proc_now_s();
         httpc_response r;
         int rc = httpc_request(c, "POST", "/v1/samples", h, 1, cs->body, strlen(cs->body), &r);
         if (rc == 0 && r.status == 200) {
             cs->ok++;
             if (cs->nlat < 20000)
-                cs->lat[cs->nlat++] = now_s() - t0;
+                cs->lat[cs->nlat++] = proc_now_s() - t0;
         } else {
             cs->failed++;
         }
@@ -137,14 +129,14 @@ static double inproc_ips(ensemble *e, const char *strategy, int n, int steps, in
     p.steps = steps;
     float *out = malloc((size_t)n * (size_t)e->dim * sizeof *out);
     ensemble_set_threads(e, threads);
-    double c0 = proc_self_cpu_seconds(), t0 = now_s();
+    double c0 = proc_self_cpu_seconds(), t0 = proc_now_s();
     int reps = 0;
     do {
         p.seed = (uint64_t)reps;
         ensemble_sample(e, &p, out, NULL, NULL);
         reps++;
-    } while (now_s() - t0 < seconds);
-    double ips = (double)n * reps / (now_s() - t0);
+    } while (proc_now_s() - t0 < seconds);
+    double ips = (double)n * reps / (proc_now_s() - t0);
     if (cpu_ms)
         *cpu_ms = 1e3 * (proc_self_cpu_seconds() - c0) / ((double)n * reps);
     ensemble_set_threads(e, 1);
@@ -175,7 +167,7 @@ static served_result served(const char *hostport, const pid_t *pids, int K,
              steps, strategy);
     client_stats *cs = calloc((size_t)nc, sizeof *cs);
     pthread_t th[64];
-    double s0 = now_s();
+    double s0 = proc_now_s();
     for (int i = 0; i < nc; i++) {
         cs[i].hostport = hostport;
         cs[i].body = body;
@@ -184,7 +176,7 @@ static served_result served(const char *hostport, const pid_t *pids, int K,
     }
     for (int i = 0; i < nc; i++)
         pthread_join(th[i], NULL);
-    double el = now_s() - s0;
+    double el = proc_now_s() - s0;
     double cpu1 = cluster_cpu_s(pids, K + 1);
     fetch_metrics(hostport, K, &m1);
     int ok = 0, nl = 0;
