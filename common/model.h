@@ -6,6 +6,10 @@
  *   ddm.kind   = "denoiser" | "router" | "classifier"
  *   in_dim, hidden, n_blocks, out_dim, n_classes, time_dim, gauss_rank   (decimal)
  *   dataset, expert_id (-1 for the monolith / non-experts), num_experts
+ * and the image shape (wave 2; files without these keys mean 28 x 28 x 1):
+ *   height, width, channels                 (decimal; height*width*channels = in_dim
+ *                                            of a denoiser; channels 1 or 3, HWC order)
+ *   class_names                             (JSON array of n_classes strings, label order)
  * and free-form training keys (config, seed, steps, loss, ...). Optional
  * extra tensors (e.g. "centroid" [D]) may ride along and are ignored by the
  * loader. */

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "common/err.h"
 
@@ -38,6 +39,45 @@ static int valid_url(const char *u)
     if (!strncmp(u, "ipc://", 6))
         return u[6] != '\0';
     return 0;
+}
+
+/* Parses one "key=value" attribute of an expert line into replica r of e.
+ * Returns 0 or DDM_EFORMAT with "what is wrong" in why. */
+static int parse_attr(cluster_expert *e, int r, const char *a, char *why, size_t whylen)
+{
+    const char *eq = strchr(a, '=');
+    if (!eq || eq == a) {
+        snprintf(why, whylen, "\"%s\" is not an attribute: use key=value (sha256=..., impl=...)", a);
+        return DDM_EFORMAT;
+    }
+    size_t klen = (size_t)(eq - a);
+    const char *v = eq + 1;
+    if (klen == 6 && !strncmp(a, "sha256", 6)) {
+        size_t n = strlen(v);
+        int hex = n == 64;
+        for (size_t i = 0; hex && i < n; i++)
+            hex = (v[i] >= '0' && v[i] <= '9') || (v[i] >= 'a' && v[i] <= 'f') ||
+                  (v[i] >= 'A' && v[i] <= 'F');
+        if (!hex) {
+            snprintf(why, whylen, "sha256 must be 64 hex digits (the weights file's sha256sum)");
+            return DDM_EFORMAT;
+        }
+        for (size_t i = 0; i <= n; i++)
+            e->sha256[r][i] = (char)(v[i] >= 'A' && v[i] <= 'F' ? v[i] - 'A' + 'a' : v[i]);
+        return 0;
+    }
+    if (klen == 4 && !strncmp(a, "impl", 4)) {
+        if (strcmp(v, "c") && strcmp(v, "torch")) {
+            snprintf(why, whylen, "impl \"%s\" is unknown: use impl=c (ddm-expert) or impl=torch",
+                     v);
+            return DDM_EFORMAT;
+        }
+        snprintf(e->impl[r], sizeof e->impl[r], "%s", v);
+        return 0;
+    }
+    snprintf(why, whylen, "unknown attribute \"%.*s\": use sha256=<hex> or impl=c|torch",
+             (int)klen, a);
+    return DDM_EFORMAT;
 }
 
 /* Splits line into at most max whitespace-separated words; returns the count,
@@ -79,13 +119,14 @@ int cluster_parse(const char *text, const char *path, cluster *c, char *err, siz
         char *hash = strchr(line, '#');
         if (hash)
             *hash = '\0';
-        char *w[4];
-        int n = split(line, w, 3);
+        char *w[8];
+        int n = split(line, w, 7);
         if (n == 0)
             continue;
         if (!strcmp(w[0], "expert")) {
-            if (n != 3) {
-                snprintf(err, errlen, "%s:%d: expected \"expert <id> <url>\"", path, lineno);
+            if (n < 3 || n > 7) {
+                snprintf(err, errlen, "%s:%d: expected \"expert <id> <url> [key=value ...]\"",
+                         path, lineno);
                 rc = DDM_EFORMAT;
                 break;
             }
@@ -120,7 +161,16 @@ int cluster_parse(const char *text, const char *path, cluster *c, char *err, siz
                 rc = DDM_EFORMAT;
                 break;
             }
-            if (!(e->urls[e->n_replicas] = strdup(w[2]))) {
+            int r = e->n_replicas;
+            e->sha256[r][0] = '\0';
+            snprintf(e->impl[r], sizeof e->impl[r], "c");
+            char why[160];
+            for (int a = 3; a < n && !rc; a++)
+                if ((rc = parse_attr(e, r, w[a], why, sizeof why)))
+                    snprintf(err, errlen, "%s:%d: %s", path, lineno, why);
+            if (rc)
+                break;
+            if (!(e->urls[r] = strdup(w[2]))) {
                 rc = DDM_ENOMEM;
                 break;
             }
@@ -194,8 +244,16 @@ int cluster_load(const char *path, cluster *out, char *err, size_t errlen)
 {
     FILE *f = fopen(path, "r");
     if (!f) {
-        snprintf(err, errlen, "cluster file %s: %s", path, strerror(errno));
-        return -errno;
+        int e = errno;
+        snprintf(err, errlen, "cluster file %s: %s", path, strerror(e));
+        return -e;
+    }
+    struct stat sb;
+    if (fstat(fileno(f), &sb) == 0 && !S_ISREG(sb.st_mode)) {
+        fclose(f);
+        snprintf(err, errlen, "cluster file %s: not a regular file (%s)", path,
+                 S_ISDIR(sb.st_mode) ? "a directory" : "a device, FIFO or socket");
+        return DDM_EINVAL;
     }
     char *buf = malloc(1 << 20);
     size_t n = buf ? fread(buf, 1, (1 << 20) - 1, f) : 0;

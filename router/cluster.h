@@ -4,7 +4,12 @@
  *   models  <dir>               router.safetensors and expert-N.safetensors live here
  *   router  <path>              router network weights (default <models>/router.safetensors)
  *   listen  <host:port>         HTTP address of ddm-router (default 127.0.0.1:8080)
- *   expert  <id> <url>          one replica of expert <id> (nanomsg URL: tcp://host:port, ipc://path)
+ *   expert  <id> <url> [k=v ...] one replica of expert <id> (nanomsg URL: tcp://host:port,
+ *                               ipc://path), with optional attributes:
+ *                                 sha256=<64 hex>  the weights hash the replica must declare
+ *                                                  in its handshake (the router refuses others)
+ *                                 impl=c|torch     which worker ddm-cluster starts (ddm-expert,
+ *                                                  or expert-worker/python); the router ignores it
  *   set     <key> <value>       a router setting (see cluster_setting keys in --help)
  * The same file drives ddm-router, deploy/local's launcher, the systemd units
  * and the Kubernetes ConfigMap. Relative paths are relative to the working directory. */
@@ -20,6 +25,8 @@
 typedef struct cluster_expert {
     int n_replicas;
     char *urls[CLUSTER_MAX_REPLICAS];
+    char sha256[CLUSTER_MAX_REPLICAS][65]; /* pinned weights hash (lower-case hex) or "" */
+    char impl[CLUSTER_MAX_REPLICAS][8];    /* "c" (default) or "torch" */
 } cluster_expert;
 
 typedef struct cluster {
