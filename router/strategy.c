@@ -163,18 +163,18 @@ int strategy_select(const strategy *s, const float *logits, int K, double u, int
         w[0] = 1.0f;
         return 1;
     case STRAT_FULL:
-        strategy_softmax(logits, K, 1.0f, p);
+        strategy_softmax(logits, K, s->temperature, p);
         for (int i = 0; i < K; i++)
             keep[i] = 1;
         return emit(p, keep, K, idx, w);
     case STRAT_TOPK:
-        strategy_softmax(logits, K, 1.0f, p);
+        strategy_softmax(logits, K, s->temperature, p);
         rank(p, K, order);
         for (int i = 0; i < s->k && i < K; i++)
             keep[order[i]] = 1;
         return emit(p, keep, K, idx, w);
     case STRAT_THRESHOLD: {
-        strategy_softmax(logits, K, 1.0f, p);
+        strategy_softmax(logits, K, s->temperature, p);
         int any = 0;
         for (int i = 0; i < K; i++)
             if (p[i] >= s->threshold)
@@ -186,7 +186,7 @@ int strategy_select(const strategy *s, const float *logits, int K, double u, int
         return emit(p, keep, K, idx, w);
     }
     case STRAT_NUCLEUS: {
-        strategy_softmax(logits, K, 1.0f, p);
+        strategy_softmax(logits, K, s->temperature, p);
         rank(p, K, order);
         double cum = 0;
         for (int i = 0; i < K; i++) {

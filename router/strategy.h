@@ -1,7 +1,10 @@
 /* strategy.h -- routing strategies: which experts to call and with what weights.
  *
  * Given the router network's K logits for one latent, a strategy picks a set
- * of experts and weights that sum to 1 (see the table in DESIGN.md):
+ * of experts and weights that sum to 1 (see the table in DESIGN.md). The
+ * probabilities are softmax(logits / temperature) for every strategy that
+ * reads the router (temperature 1 by default; below 1 sharpens, above 1
+ * flattens: full at a high temperature is the uniform committee):
  *   full         softmax over all K
  *   top-k        the k largest probabilities, renormalised        ("top-2")
  *   threshold    every expert with p >= tau, renormalised (argmax if none)
@@ -32,7 +35,7 @@ typedef struct strategy {
     strat_kind kind;
     int k;              /* top-k: k; expert:N: N */
     float threshold;    /* threshold: tau (default 0.05); nucleus: top_p (default 0.9) */
-    float temperature;  /* sample: temperature (default 1) */
+    float temperature;  /* softmax temperature of the router's probabilities (default 1) */
 } strategy;
 
 /* Parses "top-2", "full", "threshold", "sample", "nucleus", "uniform",

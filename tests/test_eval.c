@@ -27,8 +27,10 @@
 #include "tools/eval/cmds.h"
 #include "tools/eval/fid.h"
 #include "tools/eval/gen.h"
+#include "tools/eval/metrics.h"
 #include "tools/eval/plot.h"
 #include "tools/eval/probe.h"
+#include "tools/train/conv.h"
 
 #define TK 2        /* experts of the toy set */
 #define TDIM 16     /* 4x4 latents */
@@ -151,6 +153,176 @@ static void test_fid_errors(void **state)
     fid_stats_free(&b);
 }
 
+/* ---- repeated FIDs, KID, precision / recall, coverage ------------------------------------- */
+
+/* The rows of x [n][d] repeated counts[i] times. */
+static float *replicate(const float *x, long n, int d, const int *counts, long *m)
+{
+    long tot = 0;
+    for (long i = 0; i < n; i++)
+        tot += counts[i];
+    float *y = malloc((size_t)tot * d * sizeof *y);
+    long at = 0;
+    for (long i = 0; i < n; i++)
+        for (int c = 0; c < counts[i]; c++, at++)
+            memcpy(y + (size_t)at * d, x + (size_t)i * d, (size_t)d * sizeof *y);
+    *m = tot;
+    return y;
+}
+
+/* fid_set's fast path (no square root per call) equals fid_distance, with
+ * and without bootstrap counts. */
+static void test_fid_set_matches_fid_distance(void **state)
+{
+    (void)state;
+    enum { N = 300, M = 400, D = 6 };
+    double mu1[D] = { 0, 1, 0, 2, 0, 0 }, v1[D] = { 1, 2, 0.5, 1, 3, 1 };
+    double mu2[D] = { 0.5, 1, 0, 1, 0, 0.2 }, v2[D] = { 1, 1, 1, 2, 1, 0.5 };
+    float *x = gaussian_samples(N, D, mu1, v1, 11), *y = gaussian_samples(M, D, mu2, v2, 12);
+    fid_stats sx, sy;
+    assert_int_equal(fid_stats_compute(x, N, D, &sx), 0);
+    assert_int_equal(fid_stats_compute(y, M, D, &sy), 0);
+    fid_ref ref;
+    assert_int_equal(fid_ref_init(&sy, &ref), 0);
+    fid_set *fs = NULL;
+    assert_int_equal(fid_set_new(&ref, x, N, &fs), 0);
+    double a, b;
+    char err[256];
+    assert_int_equal(fid_distance(&sx, &sy, &a, err, sizeof err), 0);
+    assert_int_equal(fid_set_distance(fs, NULL, &b), 0);
+    print_message("# FID %.9f (fid_distance) vs %.9f (fid_set)\n", a, b);
+    assert_true(fabs(a - b) <= 1e-8 * (1 + a));
+    int counts[N];
+    for (int rep = 0; rep < 3; rep++) {
+        metric_boot_counts(7, rep, N, counts);
+        long m;
+        float *z = replicate(x, N, D, counts, &m);
+        fid_stats sz;
+        assert_int_equal(fid_stats_compute(z, m, D, &sz), 0);
+        assert_int_equal(fid_distance(&sz, &sy, &a, err, sizeof err), 0);
+        assert_int_equal(fid_set_distance(fs, counts, &b), 0);
+        assert_true(fabs(a - b) <= 1e-8 * (1 + a));
+        fid_stats_free(&sz);
+        free(z);
+    }
+    fid_set_free(fs);
+    fid_ref_free(&ref);
+    fid_stats_free(&sx);
+    fid_stats_free(&sy);
+    free(x);
+    free(y);
+}
+
+/* KID by its definition: mean k over distinct pairs of x, of r, and across. */
+static double kid_brute(const float *x, long n, const float *r, long m, int d, double s)
+{
+    double xx = 0, rr = 0, xr = 0;
+#define K3(a, b)                                                                      \
+    ({                                                                                \
+        double dot_ = 0;                                                              \
+        for (int j_ = 0; j_ < d; j_++)                                                \
+            dot_ += (double)(a)[j_] * (b)[j_];                                        \
+        double v_ = dot_ / s + 1;                                                     \
+        v_ *v_ *v_;                                                                   \
+    })
+    for (long i = 0; i < n; i++)
+        for (long j = 0; j < n; j++)
+            if (i != j)
+                xx += K3(x + i * d, x + j * d);
+    for (long i = 0; i < m; i++)
+        for (long j = 0; j < m; j++)
+            if (i != j)
+                rr += K3(r + i * d, r + j * d);
+    for (long i = 0; i < n; i++)
+        for (long j = 0; j < m; j++)
+            xr += K3(x + i * d, r + j * d);
+#undef K3
+    return xx / (n * (n - 1.0)) + rr / (m * (m - 1.0)) - 2 * xr / ((double)n * m);
+}
+
+static void test_kid(void **state)
+{
+    (void)state;
+    enum { N = 60, M = 80, D = 5 };
+    double mu[D] = { 0 }, v[D] = { 1, 1, 1, 1, 1 }, mu2[D] = { 1.5, 0, 0, 0, 0 };
+    float *x = gaussian_samples(N, D, mu, v, 21), *r = gaussian_samples(M, D, mu, v, 22);
+    float *far = gaussian_samples(N, D, mu2, v, 23);
+    double s = kid_scale(r, M, D), rr = kid_ref_term(r, M, D, s);
+    kid_set k;
+    assert_int_equal(kid_set_init(x, N, r, M, D, s, rr, &k), 0);
+    double same = kid_set_value(&k, NULL);
+    assert_true(fabs(same - kid_brute(x, N, r, M, D, s)) < 1e-9);
+    int counts[N];
+    metric_boot_counts(3, 0, N, counts);
+    long m;
+    float *z = replicate(x, N, D, counts, &m);
+    assert_true(fabs(kid_set_value(&k, counts) - kid_brute(z, m, r, M, D, s)) < 1e-9);
+    free(z);
+    kid_set_free(&k);
+    assert_int_equal(kid_set_init(far, N, r, M, D, s, rr, &k), 0);
+    double shifted = kid_set_value(&k, NULL);
+    kid_set_free(&k);
+    print_message("# KID same distribution %.4f, mean shifted by 1.5 %.4f\n", same, shifted);
+    assert_true(shifted > 0.2 && fabs(same) < 0.2 * shifted);
+    free(x);
+    free(r);
+    free(far);
+}
+
+static void test_precision_recall(void **state)
+{
+    (void)state;
+    /* the reference: 4 tight clusters on a line; samples from 2 of them, then from nowhere */
+    enum { M = 80, D = 2 };
+    float r[M * D], g[M * D], far[M * D];
+    for (int i = 0; i < M; i++) {
+        float c = (float)(10 * (i % 4));
+        r[i * D] = c + (float)(0.3 * rng_normal(1, 1, (uint64_t)i));
+        r[i * D + 1] = (float)(0.3 * rng_normal(1, 2, (uint64_t)i));
+        g[i * D] = (float)(10 * (i % 2)) + (float)(0.2 * rng_normal(1, 3, (uint64_t)i));
+        g[i * D + 1] = (float)(0.2 * rng_normal(1, 4, (uint64_t)i));
+        far[i * D] = 5 + (float)(0.2 * rng_normal(1, 5, (uint64_t)i));
+        far[i * D + 1] = 40;
+    }
+    double rr[M], rg[M], rf[M];
+    unsigned char in[M];
+    assert_int_equal(pr_radii(r, M, D, METRIC_PR_K, rr), 0);
+    assert_int_equal(pr_radii(g, M, D, METRIC_PR_K, rg), 0);
+    assert_int_equal(pr_radii(far, M, D, METRIC_PR_K, rf), 0);
+    assert_int_equal(pr_inside(g, M, r, rr, M, D, in), 0);
+    double precision = pr_share(in, M, NULL);
+    assert_int_equal(pr_inside(r, M, g, rg, M, D, in), 0);
+    double recall = pr_share(in, M, NULL);
+    print_message("# half the modes: precision %.3f recall %.3f\n", precision, recall);
+    assert_true(precision > 0.9);
+    assert_true(recall > 0.35 && recall < 0.55);
+    assert_int_equal(pr_inside(far, M, r, rr, M, D, in), 0);
+    assert_true(pr_share(in, M, NULL) == 0.0);
+    assert_int_equal(pr_radii(r, 3, D, 3, rr), DDM_EINVAL);
+}
+
+static void test_coverage_and_resamples(void **state)
+{
+    (void)state;
+    double freq[4] = { 0.25, 0.25, 0.25, 0.25 }, same[4] = { 5, 5, 5, 5 };
+    double skew[4] = { 10, 0, 10, 0 }, none[4] = { 0 };
+    assert_true(fabs(metric_tv(same, freq, 4)) < 1e-12);
+    assert_true(fabs(metric_tv(skew, freq, 4) - 0.5) < 1e-12);
+    assert_true(isnan(metric_tv(none, freq, 4)));
+    int a[50], b[50], c[50];
+    metric_boot_counts(9, 1, 50, a);
+    metric_boot_counts(9, 1, 50, b);
+    metric_boot_counts(9, 2, 50, c);
+    int sa = 0, diff = 0;
+    for (int i = 0; i < 50; i++) {
+        sa += a[i];
+        assert_int_equal(a[i], b[i]);
+        diff += a[i] != c[i];
+    }
+    assert_int_equal(sa, 50);
+    assert_true(diff > 0);
+}
+
 /* ---- in-process helpers on a toy set ----------------------------------------------------- */
 
 static char tdir[128];
@@ -210,6 +382,18 @@ static int group_setup(void **state)
     snprintf(p, sizeof p, "%s/classifier.safetensors", tdir);
     if (toyset_write_model(p, MODEL_CLASSIFIER, &cls, 78, -1, 0, ST_F32))
         return -1;
+    /* a conv judge for the 4x4 images: ddm-eval's second judge, found beside the classifier */
+    conv_config cc = { .height = 4, .width = 4, .channels = 1, .n_conv = 1, .ch = { 3 },
+                       .kernel = 3, .feat = 6, .classes = TCLS };
+    float cp[512];
+    assert_true(conv_param_count(&cc) <= 512);
+    conv_init(&cc, cp, 79);
+    char err[256];
+    st_writer *w = st_writer_new();
+    snprintf(p, sizeof p, "%s/judge-conv.safetensors", tdir);
+    if (!w || conv_write(w, &cc, cp, ST_F32) || st_writer_save(w, p, err, sizeof err))
+        return -1;
+    st_writer_free(w);
     snprintf(p, sizeof p, "%s/heldout.safetensors", tdir);
     if (write_images_file(p, 120, 5))
         return -1;
@@ -459,6 +643,18 @@ static void test_plots(void **state)
     assert_int_equal(plot_heat(p, "heat", maps, mn, 1, 2, 3, "E", "1", "0", err, sizeof err), 0);
     assert_int_equal(pngio_read_grey(p, &pix, &w, &h, err, sizeof err), 0);
     free(pix);
+    /* lines on a log x axis, a point above the clip, references */
+    double tx[3] = { 0.1, 1, 10 }, ya[3] = { 5, 3, 90 }, yb[3] = { 4, 4, 6 }, ea[3] = { 1, NAN, 1 };
+    plot_series ser[2] = { { "full", tx, ya, ea, 3 }, { "top-2", tx, yb, NULL, 3 } };
+    plot_ref refs[2] = { { "mono", 4.5 }, { "top-1", 4.6 } };
+    snprintf(p, sizeof p, "%s/lines.png", tdir);
+    assert_int_equal(plot_lines(p, "t", "T", "FID", 1, ser, 2, refs, 2, 12, err, sizeof err), 0);
+    assert_int_equal(pngio_read_grey(p, &pix, &w, &h, err, sizeof err), 0);
+    dark = 0;
+    for (long i = 0; i < (long)w * h; i++)
+        dark += pix[i] < 128;
+    assert_true(w > 500 && h > 300 && dark > 500);
+    free(pix);
     snprintf(p, sizeof p, "/nonexistent-dir/x.png");
     assert_true(plot_bars(p, "FID", labels, v, sd, 3, err, sizeof err) != 0);
 }
@@ -565,14 +761,19 @@ static void test_binary_table_end_to_end(void **state)
                            "sample", "nucleus", "expert:0", "expert:1" };
     for (int m = 0; m < 2; m++) {
         for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
-            char key[64];
-            snprintf(key, sizeof key, "\n%s,%s,", m ? "conditional" : "unconditional", rows[i]);
-            const char *p = strstr(csv, key);
-            if (!p)
-                fail_msg("table.csv has no row %s", key + 1);
-            double fid = NAN;
-            sscanf(p + strlen(key), "%lf", &fid);
-            assert_true(isfinite(fid) && fid >= 0);
+            for (int k = 0; k < 2; k++) {
+                char key[64];
+                snprintf(key, sizeof key, "\n%s,%s,%s,", m ? "conditional" : "unconditional",
+                         rows[i], k ? "conv" : "mlp");
+                const char *p = strstr(csv, key);
+                if (!p)
+                    fail_msg("table.csv has no row %s", key + 1);
+                double fid = NAN, ci = NAN;
+                sscanf(p + strlen(key), "%lf,%lf", &fid, &ci);
+                assert_true(isfinite(fid) && fid >= 0);
+                /* bootstrap intervals for strategies, none for experts alone */
+                assert_true(strncmp(rows[i], "expert:", 7) ? isfinite(ci) && ci > 0 : isnan(ci));
+            }
         }
     }
     assert_non_null(strstr(csv, "\nunconditional,training-data,"));
@@ -583,8 +784,12 @@ static void test_binary_table_end_to_end(void **state)
     assert_non_null(md);
     assert_non_null(strstr(md, "| top-2 | "));
     assert_non_null(strstr(md, "## Class-conditional"));
+    assert_non_null(strstr(md, "| FID mlp | FID conv |"));
+    assert_non_null(strstr(md, "Is the ordering the same under both judges?"));
+    assert_non_null(strstr(md, "### Class coverage"));
     free(md);
-    const char *files[] = { "fid-unconditional.png", "fid-conditional.png", "disagreement.png",
+    const char *files[] = { "fid-unconditional.png", "fid-conditional.png",
+                            "fid-conv-unconditional.png", "disagreement.png",
                             "routing.png", "samples-top-2.png", "samples-cond-expert-1.png" };
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
         struct stat sb;
@@ -592,6 +797,31 @@ static void test_binary_table_end_to_end(void **state)
         if (stat(path, &sb) != 0 || sb.st_size < 100)
             fail_msg("missing %s", path);
     }
+    /* the temperature sweep: full@T and top-2@T beside the references */
+    rc = run_eval(log, (const char *[]){ "sweep", "--models", tdir, "--heldout", ho, "--train",
+                                         tr, "--out", out, "-n", "24", "--seeds", "1", "--boot",
+                                         "4", "--steps", "3", "--temperatures", "0.5,2", NULL });
+    if (rc != 0)
+        proc_dump_log(log);
+    assert_int_equal(rc, 0);
+    snprintf(path, sizeof path, "%s/sweep.csv", out);
+    csv = slurp(path);
+    assert_non_null(csv);
+    assert_non_null(strstr(csv, "\nunconditional,full,0.5,mlp,"));
+    assert_non_null(strstr(csv, "\nunconditional,top-2,2,conv,"));
+    assert_non_null(strstr(csv, "\nunconditional,monolith,nan,mlp,"));
+    assert_null(strstr(csv, "\nconditional,")); /* unconditional unless --modes */
+    free(csv);
+    snprintf(path, sizeof path, "%s/sweep.md", out);
+    md = slurp(path);
+    assert_non_null(md);
+    assert_non_null(strstr(md, "How sharp must the router be"));
+    free(md);
+    struct stat sb;
+    snprintf(path, sizeof path, "%s/sweep-fid-conv.png", out);
+    assert_int_equal(stat(path, &sb), 0);
+    assert_int_equal(run_eval(log, (const char *[]){ "sweep", "--models", tdir,
+                                                     "--temperatures", "2,1", NULL }), 2);
     /* distance and specialists read the partition file */
     char part[256];
     snprintf(part, sizeof part, "%s/partition.safetensors", tdir);
@@ -702,6 +932,10 @@ int main(void)
         cmocka_unit_test(test_fid_analytic_2x2),
         cmocka_unit_test(test_fid_sampled_gaussians),
         cmocka_unit_test(test_fid_errors),
+        cmocka_unit_test(test_fid_set_matches_fid_distance),
+        cmocka_unit_test(test_kid),
+        cmocka_unit_test(test_precision_recall),
+        cmocka_unit_test(test_coverage_and_resamples),
         cmocka_unit_test(test_mean_angle),
         cmocka_unit_test(test_quantize_and_seeds),
         cmocka_unit_test(test_strategies_select_documented_experts),

@@ -119,6 +119,39 @@ static void test_sample_follows_probabilities(void **state)
     assert_int_equal(idx[0], 1);
 }
 
+/* The router's temperature: full at T is softmax(logits / T) = p^(1/T)
+ * renormalised -- the uniform committee as T grows, top-1 as it shrinks; top-k
+ * keeps its set and renormalises the tempered weights. */
+static void test_temperature_of_full_and_topk(void **state)
+{
+    (void)state;
+    int idx[K];
+    float w[K];
+    strategy s = parse_ok("full", NAN, 0.5f);
+    double z = 0;
+    for (int i = 0; i < K; i++)
+        z += (double)P[i] * P[i];
+    assert_int_equal(strategy_select(&s, L, K, 0.5, idx, w), K);
+    for (int i = 0; i < K; i++)
+        assert_float_equal(w[i], P[i] * P[i] / z, 1e-5);
+    s = parse_ok("full", NAN, 100.0f);
+    strategy_select(&s, L, K, 0.5, idx, w);
+    for (int i = 0; i < K; i++)
+        assert_float_equal(w[i], 1.0f / K, 0.01);
+    s = parse_ok("full", NAN, 0.01f);
+    strategy_select(&s, L, K, 0.5, idx, w);
+    assert_true(w[1] > 0.999f);
+    s = parse_ok("top-2", NAN, 2.0f);
+    assert_int_equal(strategy_select(&s, L, K, 0.5, idx, w), 2);
+    assert_int_equal(idx[0], 1);
+    assert_int_equal(idx[1], 3);
+    double a = sqrt(0.4), b = sqrt(0.25);
+    assert_float_equal(w[0], a / (a + b), 1e-5);
+    /* threshold and nucleus read the tempered probabilities too */
+    s = parse_ok("threshold", 0.2f, 0.5f); /* p^2 / z: only 0.4 and 0.25 stay above 0.2 */
+    assert_int_equal(strategy_select(&s, L, K, 0.5, idx, w), 2);
+}
+
 static void test_ties_go_to_lower_index(void **state)
 {
     (void)state;
@@ -167,6 +200,7 @@ int main(void)
         cmocka_unit_test(test_full_uniform_expert),
         cmocka_unit_test(test_threshold_nucleus),
         cmocka_unit_test(test_sample_follows_probabilities),
+        cmocka_unit_test(test_temperature_of_full_and_topk),
         cmocka_unit_test(test_ties_go_to_lower_index),
         cmocka_unit_test(test_parse_errors),
     };

@@ -29,6 +29,7 @@
 #include "tools/train/adam.h"
 #include "tools/train/cfg.h"
 #include "tools/train/cmds.h"
+#include "tools/train/conv.h"
 #include "tools/train/gauss.h"
 #include "tools/train/shard.h"
 #include "tools/train/tasks.h"
@@ -558,6 +559,25 @@ static void test_cfg_argv_round_trips(void **state)
     assert_non_null(strstr(err, "--lr"));
     char *bad3[] = { "router", "extra", NULL };
     assert_int_equal(cfg_parse(&back, STEP_ROUTER, 2, bad3, err, sizeof err), DDM_EINVAL);
+    /* the conv judge's flags */
+    snprintf(c.judge_channels, sizeof c.judge_channels, "8,16,32");
+    c.jdg.steps = 77;
+    argc = cfg_argv(&c, "judge", -1, argv, store, sizeof store);
+    assert_true(argc > 10);
+    cfg_default(&back);
+    assert_int_equal(cfg_parse(&back, STEP_JUDGE, argc, argv, err, sizeof err), 0);
+    assert_int_equal(back.jdg.steps, 77);
+    conv_config cc;
+    assert_int_equal(cfg_judge(&back, 28, 28, 1, 10, &cc, err, sizeof err), 0);
+    assert_int_equal(cc.n_conv, 3);
+    assert_int_equal(cc.ch[2], 32);
+    snprintf(back.judge_channels, sizeof back.judge_channels, "8,16,32,64");
+    assert_int_equal(cfg_judge(&back, 28, 28, 1, 10, &cc, err, sizeof err), DDM_EINVAL);
+    assert_non_null(strstr(err, "--judge-channels"));
+    snprintf(back.judge_channels, sizeof back.judge_channels, "8,16,32");
+    assert_int_equal(cfg_judge(&back, 4, 4, 1, 10, &cc, err, sizeof err), DDM_EINVAL);
+    char *bad4[] = { "judge", "--steps", "5", NULL };
+    assert_int_equal(cfg_parse(&back, STEP_JUDGE, 3, bad4, err, sizeof err), DDM_EINVAL);
 }
 
 /* The real binary: usage errors exit 2, an expert trains as its own process. */
@@ -616,7 +636,7 @@ static void test_shipped_digits_manifest(void **state)
     if (!fp)
         fail_msg("%s is missing: the digits weights are shipped with the repository "
                  "(make models DATASET=digits)", path);
-    int files = 0, experts = 0, router = 0, mono = 0, cls = 0;
+    int files = 0, experts = 0, router = 0, mono = 0, cls = 0, judge = 0;
     long bytes = 0;
     while (fgets(line, sizeof line, fp)) {
         if (line[0] == '#' || line[0] == '\n')
@@ -625,12 +645,25 @@ static void test_shipped_digits_manifest(void **state)
         assert_int_equal(sscanf(line, "%255s %79s %7999[^\n]", name, sha, cmd), 3);
         assert_non_null(strstr(cmd, "ddm-train "));
         snprintf(path, sizeof path, "%s/%s", dir, name);
+        struct stat sb;
+        if (strcmp(name, "judge-conv.safetensors") == 0) {
+            conv_model *j = conv_open(path, err, sizeof err);
+            if (!j)
+                fail_msg("%s", err);
+            assert_string_equal(st_sha256(j->file), sha);
+            assert_string_equal(st_meta(j->file, "dataset"), "digits");
+            assert_int_equal(stat(path, &sb), 0);
+            bytes += (long)sb.st_size;
+            files++;
+            judge++;
+            conv_close(j);
+            continue;
+        }
         model *m = model_open(path, err, sizeof err);
         if (!m)
             fail_msg("%s", err);
         assert_string_equal(st_sha256(m->file), sha);
         assert_string_equal(m->dataset, "digits");
-        struct stat sb;
         assert_int_equal(stat(path, &sb), 0);
         bytes += (long)sb.st_size;
         files++;
@@ -643,7 +676,8 @@ static void test_shipped_digits_manifest(void **state)
     fclose(fp);
     assert_int_equal(experts, 8);
     assert_int_equal(router + mono + cls, 3);
-    assert_int_equal(files, 11);
+    assert_true(judge <= 1);
+    assert_int_equal(files, 11 + judge);
     assert_true(bytes <= 40l * 1000 * 1000);
     ensemble *e = ensemble_open(dir, err, sizeof err);
     if (!e)

@@ -17,15 +17,17 @@ static int fail(const char *err)
 int cmd_fid(const eval_opts *o)
 {
     char err[2048] = "";
-    judge *j = eval_open_judge(o, err, sizeof err);
-    if (!j)
+    eval_judges js;
+    if (eval_open_judges(o, &js, err, sizeof err))
         return fail(err);
+    judge *j = js.j[0];
     eval_ref ref;
     gen_source *g = NULL;
     float *x = NULL;
     int *asked = NULL, rc = 1;
-    if (eval_ref_load(o, j, &ref, err, sizeof err)) {
-        judge_close(j);
+    eval_quality q = { 0 }, fq = { 0 };
+    if (eval_ref_load(o, &js, &ref, err, sizeof err)) {
+        eval_close_judges(&js);
         return fail(err);
     }
     if (!(g = eval_open_source(o, err, sizeof err)))
@@ -65,14 +67,11 @@ int cmd_fid(const eval_opts *o)
     if (!o->conditional)
         for (long i = 0; i < o->n; i++)
             asked[i] = o->label;
-    eval_quality q;
-    if (eval_quality_of(j, &ref, x, o->n, (o->conditional || o->label >= 0) ? asked : NULL, NULL,
-                        &q, err, sizeof err))
+    if (eval_quality_of(&js, &ref, x, o->n, (o->conditional || o->label >= 0) ? asked : NULL,
+                        o->boot, o->seed, NULL, &q, err, sizeof err))
         goto out;
-    double floor_fid = NAN;
-    long floor_n = 0;
     char ferr[512] = "";
-    eval_floor(&ref, j, o->n, o->seed, &floor_fid, &floor_n, ferr, sizeof ferr);
+    int have_floor = eval_floor(&ref, &js, o->n, o->seed, &fq, ferr, sizeof ferr) == 0;
 
     const char *what = o->conditional ? "class-balanced labels" : o->label >= 0 ? "label" : "unconditional";
     printf("fid %s: %s, %ld images, %d Euler steps, run seed %llu, %s", sp.name,
@@ -82,23 +81,46 @@ int cmd_fid(const eval_opts *o)
     if (o->conditional || o->label >= 0)
         printf(", guidance %g", o->guidance);
     printf("\n");
-    printf("  FID             %10.2f   (classifier features vs %ld held-out images)\n", q.fid,
-           ref.held_n);
-    if (isfinite(floor_fid))
-        printf("  floor           %10.2f   (%ld training images vs the held-out set: the best a "
-               "generator can expect at this n)\n", floor_fid, floor_n);
-    else
-        printf("  floor                  n/a   (%s)\n", ferr);
-    printf("  confident       %9.1f%%   (classifier max softmax > %.1f)\n", 100 * q.confident,
-           JUDGE_CONFIDENT);
-    if (isfinite(q.label_acc))
-        printf("  label accuracy  %9.1f%%   (classified as the asked class)\n", 100 * q.label_acc);
-    printf("  class histogram ");
-    for (int c = 0; c < j->C && c < EVAL_MAX_CLASSES; c++) {
-        char nb[64];
-        printf(" %s:%d", eval_class_name(&ref, c, nb, sizeof nb), q.hist[c]);
+    for (int k = 0; k < q.judges; k++) {
+        const eval_jq *v = &q.j[k];
+        double half[EVAL_STATS];
+        for (int s = 0; s < EVAL_STATS; s++) {
+            double *r = q.boot > 1 ? malloc((size_t)q.boot * sizeof *r) : NULL, mean, sd = NAN;
+            for (int b = 0; r && b < q.boot; b++)
+                r[b] = q.boot_val[((size_t)k * q.boot + b) * EVAL_STATS + s];
+            if (r)
+                metric_mean_sd(r, q.boot, &mean, &sd);
+            half[s] = 1.96 * sd;
+            free(r);
+        }
+        printf("  judge %s (%d features; ± 95%% bootstrap half-width, %d resamples)\n",
+               js.j[k]->name, js.j[k]->H, q.boot);
+        printf("    FID           %10.2f ± %.2f   (vs %ld held-out images)\n", v->fid, half[0],
+               ref.held_n);
+        printf("    KID x 1000    %10.3f ± %.3f\n", 1000 * v->kid, 1000 * half[1]);
+        printf("    precision     %10.3f ± %.3f\n", v->precision, half[2]);
+        printf("    recall        %10.3f ± %.3f\n", v->recall, half[3]);
+        if (have_floor)
+            printf("    floor         FID %.2f, KID x 1000 %.3f, precision %.3f, recall %.3f "
+                   "(%ld training images)\n", fq.j[k].fid, 1000 * fq.j[k].kid,
+                   fq.j[k].precision, fq.j[k].recall, fq.n);
+        printf("    confident     %9.1f%%   (max softmax > %.1f)\n", 100 * v->confident,
+               JUDGE_CONFIDENT);
+        if (isfinite(v->label_acc))
+            printf("    label accuracy %8.1f%%   (classified as the asked class)\n",
+                   100 * v->label_acc);
+        printf("    classes        ");
+        double hist[EVAL_MAX_CLASSES];
+        for (int c = 0; c < j->C && c < EVAL_MAX_CLASSES; c++) {
+            char nb[64];
+            hist[c] = v->hist[c];
+            printf(" %s:%d", eval_class_name(&ref, c, nb, sizeof nb), v->hist[c]);
+        }
+        printf("\n    class TV       %10.3f   (total variation from the data's class "
+               "frequencies)\n", metric_tv(hist, ref.class_freq, j->C));
     }
-    printf("\n");
+    if (!have_floor)
+        printf("  floor: n/a (%s)\n", ferr);
     printf("  expert calls    %10.1f   per image (%d steps)\n", gs.rows / (double)o->n, o->steps);
     printf("  images/s        %10.1f   (%s)\n", gs.seconds > 0 ? o->n / gs.seconds : NAN,
            o->url[0] ? "through the router, one request at a time" : "in-process");
@@ -108,10 +130,12 @@ int cmd_fid(const eval_opts *o)
 out:
     if (rc)
         fail(err);
+    eval_quality_free(&q);
+    eval_quality_free(&fq);
     free(x);
     free(asked);
     gen_close(g);
     eval_ref_free(&ref);
-    judge_close(j);
+    eval_close_judges(&js);
     return rc;
 }

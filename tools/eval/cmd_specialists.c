@@ -194,7 +194,8 @@ int cmd_specialists(const eval_opts *o)
             "expert; %d Euler steps, run seed %llu.\n\n", o->command, ncell, o->guidance, nunc,
             o->steps, (unsigned long long)o->seed);
     char wl[1024];
-    eval_weights_line(g, j, wl, sizeof wl);
+    eval_judges one = { { j, NULL }, 1 };
+    eval_weights_line(g, &one, wl, sizeof wl);
     if (wl[0])
         fprintf(md, "Weights (sha256): %s.\n\n", wl);
     fprintf(md, "## Asked class recognised by the classifier (%%)\n\n| expert | cluster make-up |");

@@ -13,6 +13,8 @@ int cmd_table(const eval_opts *o);
 int cmd_distance(const eval_opts *o);
 /* Forced experts asked for each class; switching experts mid-trajectory. */
 int cmd_specialists(const eval_opts *o);
+/* full and top-2 over router temperatures, with references: sweep.md / .csv / plots. */
+int cmd_sweep(const eval_opts *o);
 
 /* Default table rows for a set of K experts: "monolith", "full", "uniform",
  * "top-1", "top-2", "top-3", "threshold", "sample", "nucleus", "expert:0",

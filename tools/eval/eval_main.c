@@ -6,6 +6,7 @@
  *   ddm-eval table         every strategy side by side -> docs/results/<data>/table.md
  *   ddm-eval distance      are the selected experts the nearest clusters?
  *   ddm-eval specialists   each expert asked for each class; switching mid-trajectory
+ *   ddm-eval sweep         full and top-2 at router temperatures from sharp to flat
  * Exit 0 on success, 1 on a runtime error, 2 on a usage error. */
 #include <getopt.h>
 #include <math.h>
@@ -41,12 +42,18 @@ static void usage(FILE *f)
 "  specialists  each expert forced alone and asked for each class, its unconditional\n"
 "               classes, the clusters' class make-up, switching experts\n"
 "               mid-trajectory; OUT/specialists.md\n"
+"  sweep        full and top-2 with the router's softmax at --temperatures (sharp to\n"
+"               flat; full at a high temperature is the uniform committee) beside\n"
+"               top-1, top-2, monolith and uniform: FID, precision, recall per judge,\n"
+"               unconditional unless --modes; OUT/sweep.md, sweep.csv, sweep-*.png\n"
 "\n"
 "flags (defaults in []):\n"
 "  --data NAME          dataset: digits or fashion [digits]\n"
 "  --data-dir DIR       where `make data` put the datasets [data]\n"
 "  --models DIR         router.safetensors, expert-N.safetensors, monolith [models/DATA]\n"
-"  --classifier PATH    the judge [MODELS/classifier.safetensors]\n"
+"  --classifier PATH    the first judge, an MLP classifier [MODELS/classifier.safetensors]\n"
+"  --conv-judge PATH    the second judge, a conv net (ddm-train judge), or none\n"
+"                       [judge-conv.safetensors beside the classifier, when present]\n"
 "  --monolith PATH      the monolith [MODELS/monolith.safetensors if present]\n"
 "  --partition PATH     cluster file with centroids and class table\n"
 "                       [DATA-DIR/DATA/kK/partition.safetensors]\n"
@@ -67,13 +74,19 @@ static void usage(FILE *f)
 "  --seed N             first run seed [1]\n"
 "  --steps N            Euler steps [50]\n"
 "  --guidance G         classifier-free guidance of labelled samples [2]\n"
-"  --rows LIST          table: comma-separated rows [all]\n"
-"  --modes M            table: unconditional, conditional or both [both]\n"
+"  --rows LIST          table: comma-separated rows, each a strategy (or monolith),\n"
+"                       optionally @T for the router's softmax temperature [all]\n"
+"  --modes M            table, sweep: unconditional, conditional or both\n"
+"                       [table: both; sweep: unconditional]\n"
 "  --strategies LIST    distance: comma-separated strategies [top-2,full]\n"
 "  --probe N            table: trajectories per probe pass, 0 = none [64]\n"
 "  --every N            table: probe every N steps [5]\n"
 "  --eps X              table: Lipschitz step, RMS per pixel [0.01]\n"
 "  -j, --jobs N         table: worker threads (rows sampled side by side) [2]\n"
+"  --boot N             table, sweep: bootstrap replicates per FID draw for the\n"
+"                       confidence intervals, 0 = none [50]\n"
+"  --temperatures LIST  sweep: router softmax temperatures\n"
+"                       [0.1,0.2,0.35,0.5,0.7,1,1.4,2,3,5,100]\n"
 "  --timeout MS         --url: per-request timeout in milliseconds [600000]\n"
 "  --no-plots           skip PNG plots and grids\n"
 "  -q, --quiet          no progress lines on stderr\n"
@@ -84,13 +97,16 @@ static void usage(FILE *f)
 "Examples:\n"
 "  ddm-eval fid --strategy top-2 -n 5000\n"
 "  ddm-eval table                       (the digits table, ~4 min on 2 cores)\n"
-"  ddm-eval fid --url http://127.0.0.1:8080 --strategy full -n 500\n");
+"  ddm-eval fid --url http://127.0.0.1:8080 --strategy full -n 500\n"
+"  ddm-eval table --rows full@0.5,top-2   (a row at router temperature 0.5)\n"
+"  ddm-eval sweep --seeds 2\n");
 }
 
 enum {
     O_DATA = 256, O_DATA_DIR, O_MODELS, O_CLASSIFIER, O_MONOLITH, O_PARTITION, O_HELDOUT,
     O_TRAIN, O_LABEL, O_CONDITIONAL, O_NCOND, O_SEEDS, O_SEED, O_STEPS, O_GUIDANCE, O_ROWS,
-    O_MODES, O_STRATEGIES, O_PROBE, O_EVERY, O_EPS, O_TIMEOUT, O_NO_PLOTS,
+    O_MODES, O_STRATEGIES, O_PROBE, O_EVERY, O_EPS, O_TIMEOUT, O_NO_PLOTS, O_CONV_JUDGE,
+    O_BOOT, O_TEMPS,
 };
 
 static int bad_value(const char *flag, const char *val, const char *allowed)
@@ -131,17 +147,19 @@ static int get_float(const char *flag, const char *val, double lo, double hi, fl
     return 0;
 }
 
-/* 0 if every comma-separated name in list is a strategy (or "monolith") for
- * some set size; else prints strategy_parse's message and returns 2. */
+/* 0 if every comma-separated name in list is a strategy (or "monolith"),
+ * with an optional "@temperature", for some set size; else prints
+ * strategy_parse's message and returns 2. */
 static int check_names(const char *flag, const char *list)
 {
     char buf[512];
     snprintf(buf, sizeof buf, "%s", list);
     for (char *save = NULL, *s = strtok_r(buf, ",", &save); s; s = strtok_r(NULL, ",", &save)) {
         strategy st;
+        gen_spec sp;
         char err[256];
-        if (strcmp(s, "monolith") &&
-            strategy_parse(s, STRAT_MAX_EXPERTS, NAN, NAN, &st, err, sizeof err)) {
+        gen_spec_init(&sp, s);
+        if (gen_spec_strategy(&sp, STRAT_MAX_EXPERTS, &st, err, sizeof err)) {
             fprintf(stderr, "ddm-eval: %s: %s\n", flag, err);
             return 2;
         }
@@ -157,6 +175,9 @@ static int parse(int argc, char **argv, eval_opts *o)
         { "data-dir", required_argument, 0, O_DATA_DIR },
         { "models", required_argument, 0, O_MODELS },
         { "classifier", required_argument, 0, O_CLASSIFIER },
+        { "conv-judge", required_argument, 0, O_CONV_JUDGE },
+        { "boot", required_argument, 0, O_BOOT },
+        { "temperatures", required_argument, 0, O_TEMPS },
         { "monolith", required_argument, 0, O_MONOLITH },
         { "partition", required_argument, 0, O_PARTITION },
         { "heldout", required_argument, 0, O_HELDOUT },
@@ -201,6 +222,12 @@ static int parse(int argc, char **argv, eval_opts *o)
         case O_DATA_DIR: rc = set_str(o->data_dir, sizeof o->data_dir, "--data-dir", a); break;
         case O_MODELS: rc = set_str(o->models, sizeof o->models, "--models", a); break;
         case O_CLASSIFIER: rc = set_str(o->classifier, sizeof o->classifier, "--classifier", a); break;
+        case O_CONV_JUDGE: rc = set_str(o->conv_judge, sizeof o->conv_judge, "--conv-judge", a); break;
+        case O_BOOT:
+            rc = get_long("--boot", a, 0, 1000, &v);
+            o->boot = (int)v;
+            break;
+        case O_TEMPS: rc = set_str(o->temps, sizeof o->temps, "--temperatures", a); break;
         case O_MONOLITH: rc = set_str(o->monolith, sizeof o->monolith, "--monolith", a); break;
         case O_PARTITION: rc = set_str(o->partition, sizeof o->partition, "--partition", a); break;
         case O_HELDOUT: rc = set_str(o->heldout, sizeof o->heldout, "--heldout", a); break;
@@ -248,6 +275,7 @@ static int parse(int argc, char **argv, eval_opts *o)
                 o->modes = 3;
             else
                 return bad_value("--modes", a, "allowed unconditional, conditional or both");
+            o->modes_given = 1;
             break;
         case O_PROBE:
             rc = get_long("--probe", a, 0, 256, &v);
@@ -318,10 +346,11 @@ int main(int argc, char **argv)
                                     : !strcmp(cmd, "table")       ? cmd_table
                                     : !strcmp(cmd, "distance")    ? cmd_distance
                                     : !strcmp(cmd, "specialists") ? cmd_specialists
+                                    : !strcmp(cmd, "sweep")       ? cmd_sweep
                                                                   : NULL;
     if (!run) {
-        fprintf(stderr, "ddm-eval: unknown command \"%s\": use fid, table, distance or "
-                "specialists (see ddm-eval --help)\n", cmd);
+        fprintf(stderr, "ddm-eval: unknown command \"%s\": use fid, table, distance, "
+                "specialists or sweep (see ddm-eval --help)\n", cmd);
         return 2;
     }
     eval_opts o;
@@ -329,6 +358,8 @@ int main(int argc, char **argv)
     int rc = parse(argc, argv, &o);
     if (rc)
         return rc == 1 ? 0 : 2;
+    if (run == cmd_sweep && !o.modes_given)
+        o.modes = 1;
     eval_opts_finish(&o);
     size_t at = 0;
     for (int i = 0; i < argc && at < sizeof o.command - 1; i++) {

@@ -31,6 +31,13 @@ void gen_spec_init(gen_spec *sp, const char *name)
     snprintf(sp->strategy, sizeof sp->strategy, "%s", sp->monolith ? "expert:0" : name);
     sp->threshold = NAN;
     sp->temperature = NAN;
+    char *at = strchr(sp->strategy, '@');
+    if (at) { /* "full@0.5": the router's softmax at temperature 0.5 */
+        char *end;
+        double t = strtod(at + 1, &end);
+        sp->temperature = (at[1] && !*end) ? (float)t : -1.0f; /* -1: refused by the parse */
+        *at = '\0';
+    }
     sp->steps = 50;
     sp->guidance = 1.0f;
 }

@@ -32,7 +32,9 @@ typedef struct gen_spec {
     float guidance;           /* classifier-free guidance of labelled draws */
 } gen_spec;
 
-/* Fills a spec for strategy name (or "monolith"), steps 50, guidance 1. */
+/* Fills a spec for strategy name (or "monolith"), steps 50, guidance 1. A
+ * suffix "@T" sets the router's softmax temperature ("full@0.5"); a bad one
+ * is refused by gen_spec_strategy. */
 void gen_spec_init(gen_spec *sp, const char *name);
 
 /* What a draw cost and how it routed. */

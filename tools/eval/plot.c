@@ -355,6 +355,137 @@ int plot_scatter(const char *path, const char *title, const char *xlabel, const 
     return rc;
 }
 
+/* ---- line charts -------------------------------------------------------------------- */
+
+static void dashed(canvas *c, int x0, int x1, int y, uint8_t v)
+{
+    for (int x = x0; x < x1; x += 10)
+        canvas_line(c, x, y, x + 5 < x1 ? x + 5 : x1, y, v);
+}
+
+int plot_lines(const char *path, const char *title, const char *xlabel, const char *ylabel,
+               int logx, const plot_series *s, int ns, const plot_ref *refs, int nr, double ymax,
+               char *err, size_t errlen)
+{
+    const int S = 2, L = 90, T = 70, PW = 560, PH = 380, R = 230;
+    double x0 = INFINITY, x1 = -INFINITY, y0 = INFINITY, y1 = -INFINITY;
+#define FX(v) (logx ? log10(v) : (v))
+    for (int k = 0; k < ns; k++)
+        for (int i = 0; i < s[k].n; i++) {
+            double xv = s[k].x[i], yv = s[k].y[i];
+            double e = s[k].err && isfinite(s[k].err[i]) ? s[k].err[i] : 0;
+            if (!isfinite(xv) || !isfinite(yv) || (logx && xv <= 0))
+                continue;
+            x0 = FX(xv) < x0 ? FX(xv) : x0;
+            x1 = FX(xv) > x1 ? FX(xv) : x1;
+            y0 = yv - e < y0 ? yv - e : y0;
+            y1 = yv + e > y1 ? yv + e : y1;
+        }
+    for (int k = 0; k < nr; k++)
+        if (isfinite(refs[k].y)) {
+            y0 = refs[k].y < y0 ? refs[k].y : y0;
+            y1 = refs[k].y > y1 ? refs[k].y : y1;
+        }
+    if (ymax > 0 && y1 > ymax)
+        y1 = ymax;
+    if (!(x1 > x0)) {
+        x0 = logx ? -1 : 0;
+        x1 = logx ? 1 : 1;
+    }
+    if (!(y1 > y0)) {
+        y0 = isfinite(y0) ? y0 - 0.5 : 0;
+        y1 = isfinite(y1) ? y1 + 0.5 : 1;
+    }
+    double pad = (y1 - y0) * 0.05;
+    y0 -= pad;
+    y1 += pad;
+    canvas *c = canvas_new(L + PW + R, T + PH + 70, PAPER);
+    if (!c)
+        return oom(err, errlen, path);
+    canvas_text(c, 8, 10, title, S, INK);
+    canvas_text(c, 8, T - 30, ylabel, S, INK);
+    canvas_line(c, L, T, L, T + PH, INK);
+    canvas_line(c, L, T + PH, L + PW, T + PH, INK);
+#define PXX(v) (L + (int)lrint((FX(v) - x0) / (x1 - x0) * PW))
+#define PYY(v) (T + PH - (int)lrint(((v) - y0) / (y1 - y0) * PH))
+    char num[32];
+    for (int k = 0; k <= 4; k++) {
+        double yv = y0 + (y1 - y0) * k / 4;
+        int py = PYY(yv);
+        canvas_line(c, L - 4, py, L, py, INK);
+        fmt_num(num, sizeof num, yv);
+        canvas_text(c, L - 8 - canvas_text_width(num, S), py - 7, num, S, INK);
+    }
+    int last_px = -1000;
+    for (int i = 0; ns > 0 && i < s[0].n; i++) {
+        if (!isfinite(s[0].x[i]) || (logx && s[0].x[i] <= 0))
+            continue;
+        int px = PXX(s[0].x[i]);
+        canvas_line(c, px, T + PH, px, T + PH + 4, INK);
+        fmt_num(num, sizeof num, s[0].x[i]);
+        int w = canvas_text_width(num, S);
+        if (px - w / 2 > last_px + 4) { /* skip labels that would overlap */
+            canvas_text(c, px - w / 2, T + PH + 8, num, S, INK);
+            last_px = px + w / 2;
+        }
+    }
+    canvas_text(c, L + PW / 2 - canvas_text_width(xlabel, S) / 2, T + PH + 34, xlabel, S, INK);
+    int ly = T + 10, used[16], nused = 0;
+    for (int k = 0; k < nr; k++) {
+        if (!isfinite(refs[k].y) || refs[k].y > y1 || refs[k].y < y0)
+            continue;
+        int py = PYY(refs[k].y), ty = py - 7;
+        for (int again = 1; again;) { /* move a label off the ones already written */
+            again = 0;
+            for (int u = 0; u < nused; u++)
+                if (abs(used[u] - ty) < 16) {
+                    ty = used[u] + 16;
+                    again = 1;
+                }
+        }
+        if (nused < 16)
+            used[nused++] = ty;
+        dashed(c, L, L + PW, py, 110);
+        canvas_text(c, L + PW + 8, ty, refs[k].name, S, 80);
+    }
+    for (int k = 0; k < ns; k++) {
+        int px_prev = 0, py_prev = 0, have = 0;
+        for (int i = 0; i < s[k].n; i++) {
+            double xv = s[k].x[i], yv = s[k].y[i];
+            if (!isfinite(xv) || !isfinite(yv) || (logx && xv <= 0))
+                continue;
+            int px = PXX(xv), clipped = yv > y1;
+            int py = clipped ? T : PYY(yv);
+            if (have)
+                canvas_line(c, px_prev, py_prev, px, py, INK);
+            if (clipped) {
+                canvas_line(c, px - 4, T + 6, px, T, INK);
+                canvas_line(c, px, T, px + 4, T + 6, INK);
+            } else {
+                marker(c, px, py, k);
+            }
+            double e = s[k].err && isfinite(s[k].err[i]) ? s[k].err[i] : 0;
+            if (e > 0 && !clipped) {
+                int a = PYY(yv + e < y1 ? yv + e : y1), b = PYY(yv - e > y0 ? yv - e : y0);
+                canvas_line(c, px, a, px, b, INK);
+                canvas_line(c, px - 3, a, px + 3, a, INK);
+                canvas_line(c, px - 3, b, px + 3, b, INK);
+            }
+            px_prev = px;
+            py_prev = py;
+            have = 1;
+        }
+        marker(c, L + PW + 20, ly + 6 + 20 * k - 10 + (T + PH - 20 * ns) - T, k);
+        canvas_text(c, L + PW + 32, ly + 20 * k - 10 + (T + PH - 20 * ns) - T, s[k].name, S, INK);
+    }
+#undef PXX
+#undef PYY
+#undef FX
+    int rc = canvas_write(c, path, err, errlen);
+    canvas_free(c);
+    return rc;
+}
+
 /* ---- heat maps --------------------------------------------------------------------- */
 
 int plot_heat(const char *path, const char *title, const double *const *v,

@@ -2,8 +2,9 @@
  *
  * A canvas is 8-bit grey pixels with a built-in 5x7 pixel font (digits,
  * capital letters -- lower case prints as capitals -- and common
- * punctuation). Three charts cover ddm-eval's needs: horizontal bars with an
- * error whisker, a scatter plot with groups, and heat maps. */
+ * punctuation). Four charts cover ddm-eval's needs: horizontal bars with an
+ * error whisker, a scatter plot with groups, line charts with reference
+ * lines, and heat maps. */
 #ifndef DDM_EVAL_PLOT_H
 #define DDM_EVAL_PLOT_H
 
@@ -40,6 +41,29 @@ int plot_bars(const char *path, const char *title, const char *const *labels,
 int plot_scatter(const char *path, const char *title, const char *xlabel, const char *ylabel,
                  const double *x, const double *y, const int *group, int n,
                  const char *const *group_names, int ngroups, char *err, size_t errlen);
+
+/* One line of a line chart: n points (x[i], y[i]), whisker +- err[i] when
+ * err is not NULL and finite. */
+typedef struct plot_series {
+    const char *name;
+    const double *x, *y, *err;
+    int n;
+} plot_series;
+
+/* A horizontal reference line at y, labelled name at its right end. */
+typedef struct plot_ref {
+    const char *name;
+    double y;
+} plot_ref;
+
+/* Line chart: series as solid lines with markers (style by index, at most 6),
+ * references as dashed horizontal lines; x on a log scale when logx (x > 0),
+ * ticks at the first series' x values. The y range covers everything up to
+ * ymax when ymax > 0 (points above it are drawn at the top edge as a
+ * triangle). */
+int plot_lines(const char *path, const char *title, const char *xlabel, const char *ylabel,
+               int logx, const plot_series *s, int ns, const plot_ref *refs, int nr, double ymax,
+               char *err, size_t errlen);
 
 /* Heat maps stacked vertically: map m is rows x cols values v[m] [rows][cols]
  * >= 0, each map scaled to its own maximum (white; black = 0, the maximum is

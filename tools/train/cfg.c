@@ -25,22 +25,22 @@ typedef struct opt_def {
 #define F(field) offsetof(train_cfg, field), sizeof(((train_cfg *)0)->field)
 enum {
     P = STEP_PARTITION, E = STEP_EXPERT, R = STEP_ROUTER, M = STEP_MONOLITH,
-    C = STEP_CLASSIFIER, V = STEP_VERIFY, A = STEP_ALL,
-    EVERY = P | E | R | M | C | V | A,
+    C = STEP_CLASSIFIER, V = STEP_VERIFY, A = STEP_ALL, J = STEP_JUDGE,
+    EVERY = P | E | R | M | C | V | A | J,
 };
 
 static const opt_def OPTS[] = {
     { "data", O_STR, F(dataset), 0, EVERY, "dataset: digits or fashion" },
-    { "data-dir", O_STR, F(data_dir), 0, P | R | M | C | V | A, "where `make data` put the datasets" },
+    { "data-dir", O_STR, F(data_dir), 0, P | R | M | C | V | A | J, "where `make data` put the datasets" },
     { "k", O_INT, F(K), 1, EVERY, "number of clusters / experts" },
     { "shards", O_STR, F(shards), 0, P | E | R | A, "partition and shard files (default DATA-DIR/SET/kK)" },
-    { "out", O_STR, F(out), 0, E | R | M | C | V | A, "weights directory (default models/SET)" },
+    { "out", O_STR, F(out), 0, E | R | M | C | V | A | J, "weights directory (default models/SET)" },
     { "shard", O_INT, F(shard), 0, E, "expert: the cluster to train on (required)" },
     { "shard-file", O_STR, F(shard_file), 0, E, "expert: the shard file (default SHARDS/shard-N.safetensors)" },
     { "seed", O_U64, F(seed), 0, EVERY, "seed of every random draw" },
     { "threads", O_INT, F(threads), 0, EVERY, "OpenBLAS threads (0 = OpenBLAS default)" },
-    { "log-secs", O_FLOAT, F(log_secs), 0, E | R | M | C | A, "seconds between progress lines (0 = none)" },
-    { "dtype", O_DTYPE, F(dtype), 0, E | R | M | C | A, "weights storage: f16 or f32" },
+    { "log-secs", O_FLOAT, F(log_secs), 0, E | R | M | C | A | J, "seconds between progress lines (0 = none)" },
+    { "dtype", O_DTYPE, F(dtype), 0, E | R | M | C | A | J, "weights storage: f16 or f32" },
     { "pca", O_INT, F(pca), 0, P | A, "k-means on this many principal components (0 = raw pixels)" },
     { "restarts", O_INT, F(restarts), 1, P | A, "k-means++ restarts" },
     { "hidden", O_INT, F(den.hidden), 1, E | M | A, "denoiser hidden width" },
@@ -74,6 +74,14 @@ static const opt_def OPTS[] = {
     { "cls-lr", O_FLOAT, F(cls.lr), 1e-9, C | A, "classifier peak learning rate" },
     { "cls-ema", O_FLOAT, F(cls.ema), 0, C | A, "classifier weight EMA decay" },
     { "cls-shift", O_INT, F(cls_shift), 0, C | A, "classifier random shift augmentation, pixels" },
+    { "judge-channels", O_STR, F(judge_channels), 0, J | A, "conv judge: output channels of each conv layer (1-3 layers)" },
+    { "judge-kernel", O_INT, F(judge_kernel), 1, J | A, "conv judge: kernel size (odd)" },
+    { "judge-feat", O_INT, F(judge_feat), 1, J | A, "conv judge: feature (dense) width" },
+    { "judge-steps", O_LONG, F(jdg.steps), 1, J | A, "conv judge training steps" },
+    { "judge-batch", O_INT, F(jdg.batch), 1, J | A, "conv judge batch size" },
+    { "judge-lr", O_FLOAT, F(jdg.lr), 1e-9, J | A, "conv judge peak learning rate" },
+    { "judge-ema", O_FLOAT, F(jdg.ema), 0, J | A, "conv judge weight EMA decay" },
+    { "judge-shift", O_INT, F(judge_shift), 0, J | A, "conv judge random shift augmentation, pixels" },
     { "samples", O_INT, F(samples), 10, V | A, "verify: samples per measurement" },
     { "sample-steps", O_INT, F(sample_steps), 1, V | A, "verify: Euler steps" },
     { "guidance", O_FLOAT, F(guidance), 0, V | A, "verify: guidance of label-asked samples" },
@@ -110,6 +118,12 @@ void cfg_default(train_cfg *c)
     c->cls = (net_train){ .hidden = 512, .blocks = 2, .steps = 3000, .batch = 128, .lr = 1e-3f,
                           .warmup = 200, .ema = 0.997f, .p_null = 0.0f, .tdist = T_UNIFORM };
     c->cls_shift = 2;
+    c->jdg = (net_train){ .steps = 2000, .batch = 128, .lr = 2e-3f, .warmup = 100, .ema = 0.995f,
+                          .tdist = T_UNIFORM };
+    snprintf(c->judge_channels, sizeof c->judge_channels, "16,32");
+    c->judge_feat = 128;
+    c->judge_kernel = 3;
+    c->judge_shift = 2;
     c->samples = 1000;
     c->sample_steps = 50;
     c->guidance = 2.0f;
@@ -125,6 +139,8 @@ static void preset(train_cfg *c, const char *dataset)
         c->rt.steps = 5000;
         c->cls.steps = 10000;
         c->cls_shift = 1;
+        c->jdg.steps = 6000;
+        c->judge_shift = 1;
     }
 }
 
@@ -236,6 +252,7 @@ static const char *step_name(unsigned step)
     case STEP_MONOLITH: return "monolith";
     case STEP_CLASSIFIER: return "classifier";
     case STEP_VERIFY: return "verify";
+    case STEP_JUDGE: return "judge";
     default: return "all";
     }
 }
@@ -340,7 +357,7 @@ int cfg_argv(const train_cfg *c, const char *stepname, int shard, char **argv, c
              size_t storelen)
 {
     static const unsigned bits[] = { STEP_PARTITION, STEP_EXPERT, STEP_ROUTER, STEP_MONOLITH,
-                                     STEP_CLASSIFIER, STEP_VERIFY, STEP_ALL };
+                                     STEP_CLASSIFIER, STEP_VERIFY, STEP_ALL, STEP_JUDGE };
     unsigned step = 0;
     for (size_t i = 0; i < sizeof bits / sizeof bits[0]; i++)
         if (strcmp(stepname, step_name(bits[i])) == 0)
@@ -411,6 +428,26 @@ net_config cfg_classifier(const train_cfg *c, int dim, int n_classes)
 {
     return (net_config){ .in_dim = dim, .hidden = c->cls.hidden, .n_blocks = c->cls.blocks,
                          .out_dim = n_classes, .n_classes = 0, .time_dim = 0, .gauss_rank = 0 };
+}
+
+int cfg_judge(const train_cfg *c, int height, int width, int channels, int n_classes,
+              conv_config *out, char *err, size_t errlen)
+{
+    *out = (conv_config){ .height = height, .width = width, .channels = channels,
+                          .kernel = c->judge_kernel, .feat = c->judge_feat,
+                          .classes = n_classes };
+    if (conv_parse_channels(c->judge_channels, out)) {
+        snprintf(err, errlen, "--judge-channels \"%s\": give 1 to %d comma-separated channel "
+                 "counts in 1..512, like 16,32", c->judge_channels, CONV_MAX_LAYERS);
+        return DDM_EINVAL;
+    }
+    char e2[256];
+    if (conv_config_check(out, e2, sizeof e2)) {
+        snprintf(err, errlen, "judge: %s (see --judge-channels, --judge-kernel, --judge-feat)",
+                 e2);
+        return DDM_EINVAL;
+    }
+    return 0;
 }
 
 train_opts cfg_opts(const train_cfg *c, const net_train *n, uint64_t seed, const char *tag)

@@ -13,6 +13,7 @@
 
 #include "common/net.h"
 #include "common/st.h"
+#include "tools/train/conv.h"
 #include "tools/train/fit.h"
 
 #define CFG_PATH 1024
@@ -58,6 +59,10 @@ typedef struct train_cfg {
     int rt_time_dim;
     net_train cls;
     int cls_shift;
+    /* conv judge (tools/train/conv.h): steps, batch, lr, warmup, ema of jdg */
+    net_train jdg;
+    char judge_channels[32];   /* output channels of each conv layer, "16,32" */
+    int judge_feat, judge_kernel, judge_shift;
     /* verify */
     int samples, sample_steps;
     float guidance;
@@ -70,7 +75,7 @@ typedef struct train_cfg {
 /* Subcommands, as bits of the set of steps a flag applies to. */
 enum {
     STEP_PARTITION = 1, STEP_EXPERT = 2, STEP_ROUTER = 4, STEP_MONOLITH = 8,
-    STEP_CLASSIFIER = 16, STEP_VERIFY = 32, STEP_ALL = 64,
+    STEP_CLASSIFIER = 16, STEP_VERIFY = 32, STEP_ALL = 64, STEP_JUDGE = 128,
 };
 
 /* Fills the defaults (dataset digits, K 8, ...). */
@@ -101,6 +106,11 @@ uint64_t cfg_seed(const train_cfg *c, const char *role, int index);
 net_config cfg_denoiser(const train_cfg *c, int dim, int n_classes);
 net_config cfg_router(const train_cfg *c, int dim, int n_classes);
 net_config cfg_classifier(const train_cfg *c, int dim, int n_classes);
+/* The conv judge's config for height x width x channels images; returns 0 or
+ * DDM_EINVAL with a message (bad --judge-channels, or a config
+ * conv_config_check refuses). */
+int cfg_judge(const train_cfg *c, int height, int width, int channels, int n_classes,
+              conv_config *out, char *err, size_t errlen);
 
 /* Training options of a role (tag is the progress-line prefix). */
 train_opts cfg_opts(const train_cfg *c, const net_train *n, uint64_t seed, const char *tag);

@@ -60,32 +60,61 @@ static double cls_loss(void *vctx, int B, const float *out, float *dout)
     return fit_xent(B, ctx->K, out, ctx->target, dout);
 }
 
-int classifier_train(const net_config *c, float *params, float *avg, const train_data *d,
-                     int side, int shift, const train_opts *o, train_result *res, char *err,
-                     size_t errlen)
+int classifier_train_net(const fit_net *net, float *params, float *avg, const train_data *d,
+                         int side, int shift, const train_opts *o, train_result *res, char *err,
+                         size_t errlen)
 {
-    if (d->n < 1 || !d->y || d->dim != c->in_dim) {
+    if (d->n < 1 || !d->y || d->dim != net->in_dim) {
         snprintf(err, errlen, "%s: no data, no labels or dim %d != %d", o->tag, d->dim,
-                 c->in_dim);
+                 net->in_dim);
         return DDM_EINVAL;
     }
     for (int i = 0; i < d->n; i++) {
-        if (d->y[i] < 0 || d->y[i] >= c->out_dim) {
+        if (d->y[i] < 0 || d->y[i] >= net->out_dim) {
             snprintf(err, errlen, "%s: class %d of sample %d is outside 0..%d", o->tag, d->y[i], i,
-                     c->out_dim - 1);
+                     net->out_dim - 1);
             return DDM_ERANGE;
         }
     }
-    cls_ctx ctx = { d, o, side, shift < 0 ? 0 : shift, c->out_dim,
+    cls_ctx ctx = { d, o, side, shift < 0 ? 0 : shift, net->out_dim,
                     malloc((size_t)o->batch * sizeof(int)) };
     if (!ctx.target) {
         snprintf(err, errlen, "%s: out of memory", o->tag);
         return DDM_ENOMEM;
     }
     fit_task task = { &ctx, cls_batch, cls_loss };
-    int rc = fit_run(c, params, avg, &task, o, res, err, errlen);
+    int rc = fit_run_net(net, params, avg, &task, o, res, err, errlen);
     free(ctx.target);
     return rc;
+}
+
+int classifier_train(const net_config *c, float *params, float *avg, const train_data *d,
+                     int side, int shift, const train_opts *o, train_result *res, char *err,
+                     size_t errlen)
+{
+    fit_net net;
+    if (fit_net_mlp(c, o->batch > 0 ? o->batch : 1, &net)) {
+        snprintf(err, errlen, "%s: out of memory for batch %d", o->tag, o->batch);
+        return DDM_ENOMEM;
+    }
+    int rc = classifier_train_net(&net, params, avg, d, side, shift, o, res, err, errlen);
+    fit_net_free(&net);
+    return rc;
+}
+
+void classifier_verdict(const float *logits, int n, int K, int *pred, float *conf)
+{
+    for (int i = 0; i < n; i++) {
+        const float *l = logits + (size_t)i * K;
+        int a = fit_argmax(l, K);
+        double sum = 0.0;
+        for (int k = 0; k < K; k++)
+            sum += exp((double)(l[k] - l[a]));
+        if (pred)
+            pred[i] = a;
+        if (conf)
+            conf[i] = (float)(1.0 / sum);
+    }
 }
 
 int classifier_predict(const net_config *c, const float *params, int n, const float *x,
@@ -102,17 +131,8 @@ int classifier_predict(const net_config *c, const float *params, int n, const fl
     for (int r0 = 0; r0 < n && !rc; r0 += CH) {
         int m = n - r0 < CH ? n - r0 : CH;
         rc = net_forward(c, &w, s, m, x + (size_t)r0 * c->in_dim, tz, NULL, out);
-        for (int i = 0; i < m && !rc; i++) {
-            const float *l = out + (size_t)i * K;
-            int a = fit_argmax(l, K);
-            double sum = 0.0;
-            for (int k = 0; k < K; k++)
-                sum += exp((double)(l[k] - l[a]));
-            if (pred)
-                pred[r0 + i] = a;
-            if (conf)
-                conf[r0 + i] = (float)(1.0 / sum);
-        }
+        if (!rc)
+            classifier_verdict(out, m, K, pred ? pred + r0 : NULL, conf ? conf + r0 : NULL);
     }
     net_scratch_free(s);
     free(out);

@@ -22,6 +22,26 @@ static int meta_num(st_writer *w, const char *key, double v)
     return st_writer_meta(w, key, buf);
 }
 
+int train_meta(st_writer *w, const train_cfg *c, const char *arch, uint64_t seed,
+               const train_opts *o, const train_result *res, const char *const *kv, int nkv)
+{
+    char conf[512], num[32];
+    snprintf(conf, sizeof conf, "steps=%ld batch=%d lr=%g lr_final=%g warmup=%ld ema=%g "
+             "clip=%g p_null=%g t=%s", o->steps, o->batch, o->lr, o->lr_final, o->warmup,
+             o->ema, o->clip, o->p_null, o->tdist == T_LOGIT_NORMAL ? "logit-normal" : "uniform");
+    int rc = st_writer_meta(w, "architecture", arch);
+    rc = rc ? rc : st_writer_meta(w, "config", conf);
+    snprintf(num, sizeof num, "%llu", (unsigned long long)seed);
+    rc = rc ? rc : st_writer_meta(w, "seed", num);
+    snprintf(num, sizeof num, "%ld", o->steps);
+    rc = rc ? rc : st_writer_meta(w, "steps", num);
+    rc = rc ? rc : meta_num(w, "loss", res->final_loss);
+    rc = rc ? rc : st_writer_meta(w, "command", c->command);
+    for (int i = 0; i < nkv && !rc; i++)
+        rc = st_writer_meta(w, kv[2 * i], kv[2 * i + 1]);
+    return rc;
+}
+
 int train_save(const train_cfg *c, const char *path, model_kind kind, const net_config *nc,
                const float *params, int expert_id, uint64_t seed, const train_opts *o,
                const train_result *res, const float *centroid, const char *const *kv, int nkv,
@@ -32,24 +52,12 @@ int train_save(const train_cfg *c, const char *path, model_kind kind, const net_
         snprintf(err, errlen, "cannot write %s: out of memory", path);
         return DDM_ENOMEM;
     }
-    char arch[160], conf[512], num[32];
+    char arch[160];
     snprintf(arch, sizeof arch, "mlp in=%d hidden=%d blocks=%d out=%d classes=%d time_dim=%d "
              "gauss_rank=%d", nc->in_dim, nc->hidden, nc->n_blocks, nc->out_dim, nc->n_classes,
              nc->time_dim, nc->gauss_rank);
-    snprintf(conf, sizeof conf, "steps=%ld batch=%d lr=%g lr_final=%g warmup=%ld ema=%g "
-             "clip=%g p_null=%g t=%s", o->steps, o->batch, o->lr, o->lr_final, o->warmup,
-             o->ema, o->clip, o->p_null, o->tdist == T_LOGIT_NORMAL ? "logit-normal" : "uniform");
     int rc = model_write(w, kind, nc, params, c->dtype, c->dataset, expert_id, c->K);
-    rc = rc ? rc : st_writer_meta(w, "architecture", arch);
-    rc = rc ? rc : st_writer_meta(w, "config", conf);
-    snprintf(num, sizeof num, "%llu", (unsigned long long)seed);
-    rc = rc ? rc : st_writer_meta(w, "seed", num);
-    snprintf(num, sizeof num, "%ld", o->steps);
-    rc = rc ? rc : st_writer_meta(w, "steps", num);
-    rc = rc ? rc : meta_num(w, "loss", res->final_loss);
-    rc = rc ? rc : st_writer_meta(w, "command", c->command);
-    for (int i = 0; i < nkv && !rc; i++)
-        rc = st_writer_meta(w, kv[2 * i], kv[2 * i + 1]);
+    rc = rc ? rc : train_meta(w, c, arch, seed, o, res, kv, nkv);
     if (!rc && centroid) {
         int64_t shape[1] = { nc->in_dim };
         rc = st_writer_add_f32(w, "centroid", ST_F32, 1, shape, centroid);
@@ -381,6 +389,91 @@ int cmd_classifier(const train_cfg *c)
             printf("classifier: loss %.4f -> %.4f, %.1f s, wrote %s\n", res.first_loss,
                    res.final_loss, res.seconds, opath);
     }
+    free(params);
+    free(avg);
+    data_free(tr);
+    data_free(te);
+    return rc ? fail(err) : 0;
+}
+
+/* Accuracy of the conv judge on d (chunks of 256), or -1 on error. */
+static double judge_accuracy(const conv_config *cc, const float *params, const dataset *d)
+{
+    conv_weights w;
+    conv_bind(cc, (float *)params, &w);
+    conv_scratch *s = conv_scratch_new(cc, 256, 0);
+    int *pred = malloc((size_t)d->n * sizeof *pred);
+    double acc = -1.0;
+    if (s && pred && conv_classify(cc, &w, s, d->n, d->pixels, NULL, pred, NULL) == 0) {
+        long hit = 0;
+        for (int i = 0; i < d->n; i++)
+            hit += pred[i] == d->labels[i];
+        acc = (double)hit / d->n;
+    }
+    conv_scratch_free(s);
+    free(pred);
+    return acc;
+}
+
+int cmd_judge(const train_cfg *c)
+{
+    char err[4096] = "";
+    dataset *tr = load_split(c, DATA_TRAIN), *te = tr ? load_split(c, DATA_TEST) : NULL;
+    if (!tr || !te) {
+        data_free(tr);
+        return 1;
+    }
+    conv_config cc;
+    float *params = NULL, *avg = NULL;
+    fit_net net = { 0 };
+    int rc = cfg_judge(c, tr->height, tr->width, tr->dim / (tr->width * tr->height),
+                       tr->n_classes, &cc, err, sizeof err);
+    uint64_t seed = cfg_seed(c, "judge", 0);
+    train_opts o = cfg_opts(c, &c->jdg, seed, "judge");
+    o.p_null = 0.0f;
+    train_result res = { 0 };
+    if (!rc) {
+        size_t np = conv_param_count(&cc);
+        params = malloc(np * sizeof *params);
+        avg = malloc(np * sizeof *avg);
+        if (!params || !avg || conv_fit_net(&cc, o.batch, &net)) {
+            snprintf(err, sizeof err, "judge: out of memory");
+            rc = DDM_ENOMEM;
+        }
+    }
+    if (!rc) {
+        conv_init(&cc, params, seed);
+        fprintf(stderr, "judge: %d images, conv %s k%d, features %d, %zu parameters, %ld steps "
+                "of %d\n", tr->n, c->judge_channels, cc.kernel, cc.feat, net.n_params, o.steps,
+                o.batch);
+        train_data d = { tr->n, tr->dim, tr->pixels, tr->labels, NULL };
+        rc = classifier_train_net(&net, params, avg, &d, tr->width, c->judge_shift, &o, &res,
+                                  err, sizeof err);
+    }
+    if (!rc) {
+        double acc = judge_accuracy(&cc, avg, te), acc_tr = judge_accuracy(&cc, avg, tr);
+        char abuf[32], arch[160], opath[CFG_PATH + 64];
+        snprintf(abuf, sizeof abuf, "%.4f", acc);
+        snprintf(arch, sizeof arch, "conv in=%dx%dx%d conv=%s kernel=%d pool=2 feat=%d out=%d",
+                 cc.height, cc.width, cc.channels, c->judge_channels, cc.kernel, cc.feat,
+                 cc.classes);
+        snprintf(opath, sizeof opath, "%s/judge-conv.safetensors", c->out);
+        printf("judge: test accuracy %.2f%% (%d images), train %.2f%%\n", 100 * acc, te->n,
+               100 * acc_tr);
+        const char *kv[] = { "test_accuracy", abuf, "role", "judge", "dataset", c->dataset };
+        st_writer *w = st_writer_new();
+        rc = w ? fs_mkdirs(c->out, err, sizeof err) : DDM_ENOMEM;
+        rc = rc ? rc : conv_write(w, &cc, avg, c->dtype);
+        rc = rc ? rc : train_meta(w, c, arch, seed, &o, &res, kv, 3);
+        if (rc && !err[0])
+            snprintf(err, sizeof err, "cannot write %s: %s", opath, ddm_strerror(rc));
+        rc = rc ? rc : st_writer_save(w, opath, err, sizeof err);
+        st_writer_free(w);
+        if (!rc)
+            printf("judge: loss %.4f -> %.4f, %.1f s (%.0f samples/s), wrote %s\n",
+                   res.first_loss, res.final_loss, res.seconds, res.samples_per_s, opath);
+    }
+    fit_net_free(&net);
     free(params);
     free(avg);
     data_free(tr);

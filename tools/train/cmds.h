@@ -12,9 +12,16 @@ int cmd_router(const train_cfg *c);
 int cmd_monolith(const train_cfg *c);
 int cmd_classifier(const train_cfg *c);
 int cmd_verify(const train_cfg *c);
+int cmd_judge(const train_cfg *c);
 int cmd_all(const train_cfg *c, const char *self_exe);
 
 /* Helpers shared by the commands. */
+
+/* Adds the training metadata every weights file carries to w: architecture
+ * (arch), config (the schedule in o), seed, steps, loss, command and nkv
+ * extra pairs kv[2i] = kv[2i + 1]. Returns 0, DDM_EINVAL or DDM_ENOMEM. */
+int train_meta(st_writer *w, const train_cfg *c, const char *arch, uint64_t seed,
+               const train_opts *o, const train_result *res, const char *const *kv, int nkv);
 
 /* Writes a network to path (stored as c->dtype) with model_write's metadata
  * plus architecture, config, seed, steps, loss, command and nkv extra pairs

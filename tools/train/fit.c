@@ -110,31 +110,102 @@ static void fmt_secs(double s, char *buf, size_t len)
         snprintf(buf, len, "%lds", v);
 }
 
+/* ---- the MLP as a fit_net ---------------------------------------------------------- */
+
+typedef struct mlp_ctx {
+    net_config c;
+    net_scratch *s;
+    net_weights w, g;
+} mlp_ctx;
+
+static void mlp_bind(void *vctx, float *params, float *grad)
+{
+    mlp_ctx *m = vctx;
+    net_bind(&m->c, params, &m->w);
+    net_bind(&m->c, grad, &m->g);
+}
+
+static int mlp_forward(void *vctx, int B, const float *x, const float *t, const int *labels,
+                       float *out)
+{
+    mlp_ctx *m = vctx;
+    return net_forward(&m->c, &m->w, m->s, B, x, t, m->c.n_classes > 0 ? labels : NULL, out);
+}
+
+static int mlp_backward(void *vctx, int B, const float *dout)
+{
+    mlp_ctx *m = vctx;
+    return net_backward(&m->c, &m->w, &m->g, m->s, B, dout);
+}
+
+static void mlp_destroy(void *vctx)
+{
+    mlp_ctx *m = vctx;
+    net_scratch_free(m->s);
+    free(m);
+}
+
+int fit_net_mlp(const net_config *c, int max_batch, fit_net *out)
+{
+    memset(out, 0, sizeof *out);
+    mlp_ctx *m = calloc(1, sizeof *m);
+    if (!m)
+        return DDM_ENOMEM;
+    m->c = *c;
+    m->s = net_scratch_new(c, max_batch, 1);
+    if (!m->s) {
+        free(m);
+        return DDM_ENOMEM;
+    }
+    *out = (fit_net){ m, net_param_count(c), net_trainable_count(c), c->in_dim, c->out_dim,
+                      mlp_bind, mlp_forward, mlp_backward, mlp_destroy };
+    return 0;
+}
+
+void fit_net_free(fit_net *net)
+{
+    if (net->destroy)
+        net->destroy(net->ctx);
+    memset(net, 0, sizeof *net);
+}
+
 int fit_run(const net_config *c, float *params, float *avg, const fit_task *task,
             const train_opts *o, train_result *res, char *err, size_t errlen)
 {
+    fit_net net;
+    if (fit_net_mlp(c, o->batch > 0 ? o->batch : 1, &net)) {
+        snprintf(err, errlen, "%s: out of memory for batch %d", o->tag, o->batch);
+        return DDM_ENOMEM;
+    }
+    int rc = fit_run_net(&net, params, avg, task, o, res, err, errlen);
+    fit_net_free(&net);
+    return rc;
+}
+
+/* ---- the loop --------------------------------------------------------------------- */
+
+int fit_run_net(const fit_net *net, float *params, float *avg, const fit_task *task,
+                const train_opts *o, train_result *res, char *err, size_t errlen)
+{
     const int B = o->batch;
-    const size_t np = net_param_count(c), nt = net_trainable_count(c);
-    const size_t D = (size_t)c->in_dim, O = (size_t)c->out_dim;
+    const size_t np = net->n_params, nt = net->n_train;
+    const size_t D = (size_t)net->in_dim, O = (size_t)net->out_dim;
     if (o->steps < 1 || B < 1 || (o->ema > 0.0f && !avg)) {
         snprintf(err, errlen, "%s: need steps >= 1, batch >= 1 and an EMA buffer", o->tag);
         return DDM_EINVAL;
     }
-    net_scratch *s = net_scratch_new(c, B, 1);
     float *gradbuf = calloc(np, sizeof *gradbuf);
     float *x = malloc((size_t)B * D * sizeof *x), *t = malloc((size_t)B * sizeof *t);
     float *out = malloc((size_t)B * O * sizeof *out), *dout = malloc((size_t)B * O * sizeof *dout);
     int *lab = malloc((size_t)B * sizeof *lab);
     adam opt = { 0 };
     int rc = 0;
-    if (!s || !gradbuf || !x || !t || !out || !dout || !lab || adam_init(&opt, nt, o->weight_decay)) {
+    if (!gradbuf || !x || !t || !out || !dout || !lab || adam_init(&opt, nt, o->weight_decay)) {
         snprintf(err, errlen, "%s: out of memory for batch %d", o->tag, B);
         rc = DDM_ENOMEM;
         goto out;
     }
-    net_weights w, g;
-    net_bind(c, params, &w);
-    net_bind(c, gradbuf, &g);
+    net->bind(net->ctx, params, gradbuf);
     if (avg)
         memcpy(avg, params, np * sizeof *avg);
 
@@ -145,7 +216,7 @@ int fit_run(const net_config *c, float *params, float *avg, const fit_task *task
     double t0 = fit_now(), t_log = t0;
     for (long step = 0; step < o->steps; step++) {
         task->batch(task->ctx, step, B, x, t, lab);
-        rc = net_forward(c, &w, s, B, x, t, c->n_classes > 0 ? lab : NULL, out);
+        rc = net->forward(net->ctx, B, x, t, lab, out);
         if (rc) {
             snprintf(err, errlen, "%s: forward failed at step %ld: %s", o->tag, step,
                      ddm_strerror(rc));
@@ -158,7 +229,7 @@ int fit_run(const net_config *c, float *params, float *avg, const fit_task *task
             goto out;
         }
         memset(gradbuf, 0, nt * sizeof *gradbuf);
-        rc = net_backward(c, &w, &g, s, B, dout);
+        rc = net->backward(net->ctx, B, dout);
         if (rc) {
             snprintf(err, errlen, "%s: backward failed: %s", o->tag, ddm_strerror(rc));
             goto out;
@@ -198,7 +269,6 @@ int fit_run(const net_config *c, float *params, float *avg, const fit_task *task
     }
 out:
     adam_free(&opt);
-    net_scratch_free(s);
     free(gradbuf);
     free(x);
     free(t);

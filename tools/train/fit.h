@@ -65,11 +65,40 @@ typedef struct fit_task {
     double (*loss)(void *ctx, int B, const float *out, float *dout);
 } fit_task;
 
-/* Trains params (net_param_count(c) floats, initialised by the caller,
- * fixed tensors included) for o->steps updates. On return params holds the
- * raw trained weights and avg (same size; may be NULL when o->ema == 0) the
- * EMA, fixed tensors copied. Returns 0, or DDM_ENOMEM / a net error with a
+/* A network as the training loop sees it: one flat parameter buffer whose
+ * first n_train floats are trained (the rest is fixed), and forward /
+ * backward over a batch. fit_net_mlp() wraps common/net.h's MLP; the conv
+ * judge (conv_train.c) brings its own. */
+typedef struct fit_net {
+    void *ctx;
+    size_t n_params;      /* floats of the parameter buffer */
+    size_t n_train;       /* its trained prefix */
+    int in_dim, out_dim;  /* floats per row of x and of out */
+    /* Binds the parameter and gradient buffers (n_params floats each) the
+     * calls below use. */
+    void (*bind)(void *ctx, float *params, float *grad);
+    /* out [B][out_dim] from x [B][in_dim], t [B], labels [B] (-1 null). */
+    int (*forward)(void *ctx, int B, const float *x, const float *t, const int *labels,
+                   float *out);
+    /* ADDS dLoss/dparam of the last forward into the bound grad. */
+    int (*backward)(void *ctx, int B, const float *dout);
+    void (*destroy)(void *ctx);
+} fit_net;
+
+/* The MLP of config c as a fit_net for batches of up to max_batch rows.
+ * Returns 0 or DDM_ENOMEM; release with fit_net_free. */
+int fit_net_mlp(const net_config *c, int max_batch, fit_net *out);
+/* Calls net->destroy; safe on a zeroed struct. */
+void fit_net_free(fit_net *net);
+
+/* Trains params (net->n_params floats, initialised by the caller, fixed
+ * tensors included) for o->steps updates. On return params holds the raw
+ * trained weights and avg (same size; may be NULL when o->ema == 0) the EMA,
+ * fixed tensors copied. Returns 0, or DDM_ENOMEM / a net error with a
  * message in err; a NaN or infinite loss stops training with DDM_ERANGE. */
+int fit_run_net(const fit_net *net, float *params, float *avg, const fit_task *task,
+                const train_opts *o, train_result *res, char *err, size_t errlen);
+/* fit_run_net on the MLP of config c. */
 int fit_run(const net_config *c, float *params, float *avg, const fit_task *task,
             const train_opts *o, train_result *res, char *err, size_t errlen);
 

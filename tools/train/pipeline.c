@@ -4,7 +4,7 @@
  * re-executed) with its full command line spelled out by cfg_argv(), so each
  * expert trains in a process of its own that reads only its shard file --
  * exactly what another machine would do. Jobs are scheduled on --jobs cores:
- * experts, router and classifier with one OpenBLAS thread each (two at a time
+ * experts, router, classifier and conv judge with one OpenBLAS thread each (two at a time
  * on two cores), the monolith last with all cores. A step whose output
  * already exists and loads is skipped (restart after an interruption), unless
  * --force or a new partition invalidates it. At the end `verify` measures
@@ -24,6 +24,7 @@
 #include "common/fsutil.h"
 #include "common/model.h"
 #include "tools/train/cmds.h"
+#include "tools/train/conv.h"
 #include "tools/train/shard.h"
 
 #define MAX_JOBS 80
@@ -45,12 +46,17 @@ static int file_exists(const char *p)
     return stat(p, &sb) == 0;
 }
 
-/* A weights file that exists and loads. */
+/* A weights file that exists and loads (an MLP of common/model.h or the conv judge). */
 static int weights_ok(const char *p)
 {
     char err[256];
     if (!file_exists(p))
         return 0;
+    if (conv_is_judge_file(p)) {
+        conv_model *j = conv_open(p, err, sizeof err);
+        conv_close(j);
+        return j != NULL;
+    }
     model *m = model_open(p, err, sizeof err);
     model_close(m);
     return m != NULL;
@@ -165,7 +171,8 @@ static int write_manifest(const train_cfg *c, const job *jobs, int n)
         fprintf(stderr, "ddm-train: cannot write %s: %s\n", tmp, strerror(errno));
         return 1;
     }
-    fprintf(f, "# ddm weights: dataset %s, K = %d experts, router, monolith, classifier.\n",
+    fprintf(f, "# ddm weights: dataset %s, K = %d experts, router, monolith, classifier, "
+            "conv judge.\n",
             c->dataset, c->K);
     char store[4096], *argv[CFG_MAX_ARGS];
     int argc = cfg_argv(c, "partition", -1, argv, store, sizeof store);
@@ -176,17 +183,18 @@ static int write_manifest(const train_cfg *c, const job *jobs, int n)
     fprintf(f, "# One line per file: <file> <sha256> <the command that wrote it>\n");
     int rc = 0;
     for (int i = 0; i < n && !rc; i++) {
-        model *m = model_open(jobs[i].output, err, sizeof err);
+        st_file *m = weights_ok(jobs[i].output) ? st_open(jobs[i].output, err, sizeof err)
+                                                : NULL;
         if (!m) {
-            fprintf(stderr, "ddm-train: %s\n", err);
+            fprintf(stderr, "ddm-train: %s does not load; re-run its step\n", jobs[i].output);
             rc = 1;
             break;
         }
-        const char *cmd = model_meta(m, "command");
+        const char *cmd = st_meta(m, "command");
         const char *base = strrchr(jobs[i].output, '/');
-        fprintf(f, "%s %s %s\n", base ? base + 1 : jobs[i].output, st_sha256(m->file),
+        fprintf(f, "%s %s %s\n", base ? base + 1 : jobs[i].output, st_sha256(m),
                 cmd ? cmd : "(unknown)");
-        model_close(m);
+        st_close(m);
     }
     if (fclose(f) != 0 && !rc) {
         fprintf(stderr, "ddm-train: cannot write %s: %s\n", tmp, strerror(errno));
@@ -211,8 +219,8 @@ int cmd_all(const train_cfg *c, const char *self)
         fprintf(stderr, "ddm-train: %s\n", err);
         return 1;
     }
-    if (c->K + 3 > MAX_JOBS) {
-        fprintf(stderr, "ddm-train: all: at most %d experts\n", MAX_JOBS - 3);
+    if (c->K + 4 > MAX_JOBS) {
+        fprintf(stderr, "ddm-train: all: at most %d experts\n", MAX_JOBS - 4);
         return 1;
     }
     /* 1. partition, unless a matching one exists */
@@ -245,18 +253,21 @@ int cmd_all(const train_cfg *c, const char *self)
         j->shard = k;
         j->threads = 1;
     }
-    const char *singles[] = { "router", "classifier", "monolith" };
-    for (int i = 0; i < 3; i++) {
+    const char *singles[] = { "router", "classifier", "judge", "monolith" };
+    const char *files[] = { "router", "classifier", "judge-conv", "monolith" };
+    for (int i = 0; i < 4; i++) {
         job *j = &jobs[n++];
         memset(j, 0, sizeof *j);
         snprintf(j->name, sizeof j->name, "%s", singles[i]);
         snprintf(j->step, sizeof j->step, "%s", singles[i]);
-        snprintf(j->output, sizeof j->output, "%s/%s.safetensors", c->out, singles[i]);
+        snprintf(j->output, sizeof j->output, "%s/%s.safetensors", c->out, files[i]);
         j->shard = -1;
         j->threads = strcmp(singles[i], "monolith") == 0 ? c->jobs : 1;
     }
     for (int i = 0; i < n; i++) {
-        int redo = fresh && strcmp(jobs[i].step, "classifier") != 0;
+        /* the judges do not depend on the partition */
+        int redo = fresh && strcmp(jobs[i].step, "classifier") != 0 &&
+                   strcmp(jobs[i].step, "judge") != 0;
         if (!c->force && !redo && weights_ok(jobs[i].output)) {
             jobs[i].state = 4;
             printf("all: %s exists; kept (--force redoes it)\n", jobs[i].output);

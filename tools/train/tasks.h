@@ -18,6 +18,7 @@
 #include <stddef.h>
 
 #include "common/net.h"
+#include "tools/train/conv.h"
 #include "tools/train/fit.h"
 
 /* A view of training data; not owned. */
@@ -61,6 +62,12 @@ int classifier_train(const net_config *c, float *params, float *avg, const train
                      int side, int shift, const train_opts *o, train_result *res, char *err,
                      size_t errlen);
 
+/* The same task for any network (e.g. the conv judge): net->in_dim pixels
+ * in, net->out_dim class logits out. */
+int classifier_train_net(const fit_net *net, float *params, float *avg, const train_data *d,
+                         int side, int shift, const train_opts *o, train_result *res, char *err,
+                         size_t errlen);
+
 /* Classifies x [n][dim]: writes the argmax class into pred[n] (may be NULL)
  * and the max softmax probability into conf[n] (may be NULL). Returns 0 or
  * an error (DDM_ENOMEM, or net_forward's). */
@@ -69,5 +76,19 @@ int classifier_predict(const net_config *c, const float *params, int n, const fl
 
 /* Fraction of d classified as d->y, or -1 on error. */
 double classifier_eval(const net_config *c, const float *params, const train_data *d);
+
+/* A classifier's verdict on logits [n][K]: argmax into pred[n] and max
+ * softmax probability into conf[n] (each may be NULL). */
+void classifier_verdict(const float *logits, int n, int K, int *pred, float *conf);
+
+/* The conv judge (conv.h) as a fit_net for batches of up to max_batch rows
+ * (t and labels ignored). Returns 0 or DDM_ENOMEM; release with fit_net_free. */
+int conv_fit_net(const conv_config *c, int max_batch, fit_net *out);
+
+/* Runs the conv judge over x [n][H*W*C] in chunks of s's max batch: feat
+ * [n][feat], pred [n] and conf [n] (each may be NULL). Returns 0 or a
+ * conv_forward error. */
+int conv_classify(const conv_config *c, const conv_weights *w, conv_scratch *s, long n,
+                  const float *x, float *feat, int *pred, float *conf);
 
 #endif

@@ -36,12 +36,16 @@ static const struct {
     { "classifier", STEP_CLASSIFIER,
       "clean-image classifier (random shifts), prints test accuracy; its features\n"
       "              serve FID; writes OUT/classifier.safetensors" },
+    { "judge", STEP_JUDGE,
+      "the conv judge: a small CNN classifier (im2col + sgemm) trained like the\n"
+      "              classifier; ddm-eval's second set of FID features; writes\n"
+      "              OUT/judge-conv.safetensors" },
     { "verify", STEP_VERIFY,
       "samples OUT with the in-process sampler (top-2, 50 Euler steps) and reports\n"
       "              the classifier-confident rate and the label accuracy with guidance;\n"
       "              --grids PREFIX writes PREFIX-top2.png and PREFIX-labels.png" },
     { "all", STEP_ALL,
-      "partition, then experts, router, classifier as separate processes --jobs\n"
+      "partition, then experts, router, classifier, judge as separate processes --jobs\n"
       "              at a time (one thread each), the monolith, verify, and OUT/MANIFEST\n"
       "              (file, sha256, command). Restartable: finished steps are kept\n"
       "              unless --force" },
@@ -63,7 +67,8 @@ static void usage(FILE *f)
     fprintf(f, "  --shard N              expert: the cluster to train on (required)\n"
                "  --shard-file PATH      expert: the shard file (default SHARDS/shard-N.safetensors)\n"
                "\n--data fashion changes the defaults of --steps to 6000, --router-steps to 5000\n"
-               "--cls-steps to 10000 and --cls-shift to 1 (ddm-train all --data fashion --help).\n"
+               "--cls-steps to 10000, --cls-shift to 1, --judge-steps to 6000 and --judge-shift to 1\n"
+               "(ddm-train all --data fashion --help).\n"
                "\nexample: ddm-train all --data digits --k 8 --out models/digits\n"
                "exit status: 0 success, 1 runtime error, 2 usage error\n");
 }
@@ -91,7 +96,7 @@ int main(int argc, char **argv)
             step = STEPS[i].step;
     if (!step) {
         fprintf(stderr, "ddm-train: unknown step '%s'; one of partition, expert, router, "
-                "monolith, classifier, verify, all (ddm-train --help)\n", argv[1]);
+                "monolith, classifier, judge, verify, all (ddm-train --help)\n", argv[1]);
         return 2;
     }
     train_cfg c;
@@ -122,6 +127,7 @@ int main(int argc, char **argv)
     case STEP_MONOLITH: return cmd_monolith(&c);
     case STEP_CLASSIFIER: return cmd_classifier(&c);
     case STEP_VERIFY: return cmd_verify(&c);
+    case STEP_JUDGE: return cmd_judge(&c);
     default: {
         char self[4096];
         ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);

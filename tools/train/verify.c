@@ -7,7 +7,9 @@
  *                   maximum exceeds 0.9;
  *   label accuracy: samples asked for a label (guidance --guidance, equal
  *                   numbers per class) that the classifier calls that label.
- * The monolith, when present, is measured the same way for comparison. */
+ * The monolith, when present, is measured the same way for comparison.
+ * When OUT/judge-conv.safetensors exists, the conv judge gives its own
+ * confident rate of the same unconditional samples. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -54,14 +56,16 @@ static int draw(ensemble *e, const strategy *st, int label, float guidance, int 
 
 typedef struct quality {
     double confident;     /* unconditional: share with max prob > CONFIDENT */
+    double confident_conv; /* the same by the conv judge (NAN without one) */
     int hist[64];         /* unconditional: predicted class counts */
     double label_acc;     /* label-asked: share classified as asked */
     double secs;
 } quality;
 
 /* Measures one set; keeps the first samples for grids when u64 / lab80 not NULL. */
-static int measure(ensemble *e, const strategy *st, const model *cls, const train_cfg *c,
-                   quality *q, float *u64, float *lab80, char *err, size_t errlen)
+static int measure(ensemble *e, const strategy *st, const model *cls, const conv_model *jc,
+                   const train_cfg *c, quality *q, float *u64, float *lab80, char *err,
+                   size_t errlen)
 {
     const int n = c->samples, D = e->dim, C = cls->cfg.out_dim;
     const int per = n / (C > 0 ? C : 1) > 0 ? n / C : 1;
@@ -85,6 +89,15 @@ static int measure(ensemble *e, const strategy *st, const model *cls, const trai
                 q->hist[pred[i]]++;
         }
         q->confident = (double)hit / n;
+        q->confident_conv = NAN;
+        conv_scratch *js = jc ? conv_scratch_new(&jc->cfg, 256, 0) : NULL;
+        if (js && conv_classify(&jc->cfg, &jc->w, js, n, x, NULL, NULL, conf) == 0) {
+            hit = 0;
+            for (int i = 0; i < n; i++)
+                hit += conf[i] > CONFIDENT;
+            q->confident_conv = (double)hit / n;
+        }
+        conv_scratch_free(js);
         if (u64)
             memcpy(u64, x, (size_t)(n < 64 ? n : 64) * D * sizeof *x);
     }
@@ -116,6 +129,8 @@ static void report(const char *name, const quality *q, int C, const train_cfg *c
 {
     printf("verify %-9s confident(>%.1f) %5.1f%%   label accuracy (g=%g) %5.1f%%   %.1f s\n",
            name, CONFIDENT, 100 * q->confident, c->guidance, 100 * q->label_acc, q->secs);
+    if (isfinite(q->confident_conv))
+        printf("  confident by the conv judge: %5.1f%%\n", 100 * q->confident_conv);
     printf("  unconditional class histogram:");
     for (int k = 0; k < C && k < 64; k++)
         printf(" %d", q->hist[k]);
@@ -133,6 +148,11 @@ int cmd_verify(const train_cfg *c)
     }
     ensemble *e = ensemble_open(c->out, err, sizeof err);
     int rc = e ? 0 : 1;
+    char jpath[CFG_PATH + 64], jerr[512];
+    snprintf(jpath, sizeof jpath, "%s/judge-conv.safetensors", c->out);
+    conv_model *jc = rc ? NULL : conv_open(jpath, jerr, sizeof jerr);
+    if (!rc && !jc)
+        printf("verify: no conv judge (%s)\n", jerr);
     float *u64 = NULL, *lab80 = NULL;
     quality q;
     if (!rc) {
@@ -143,7 +163,7 @@ int cmd_verify(const train_cfg *c)
              strategy_parse(c->strategy, e->K, NAN, NAN, &st, err, sizeof err);
         printf("verify: %s, %d samples per measurement, %d Euler steps, classifier %s\n", c->out,
                c->samples, c->sample_steps, path);
-        rc = rc ? rc : measure(e, &st, cls, c, &q, u64, lab80, err, sizeof err);
+        rc = rc ? rc : measure(e, &st, cls, jc, c, &q, u64, lab80, err, sizeof err);
         if (!rc)
             report(c->strategy, &q, cls->cfg.out_dim, c);
     }
@@ -165,7 +185,7 @@ int cmd_verify(const train_cfg *c)
         if (m) {
             strategy st;
             rc = strategy_parse("expert:0", 1, NAN, NAN, &st, err, sizeof err);
-            rc = rc ? rc : measure(m, &st, cls, c, &q, NULL, NULL, err, sizeof err);
+            rc = rc ? rc : measure(m, &st, cls, jc, c, &q, NULL, NULL, err, sizeof err);
             if (!rc)
                 report("monolith", &q, cls->cfg.out_dim, c);
             ensemble_close(m);
@@ -179,6 +199,7 @@ int cmd_verify(const train_cfg *c)
     free(u64);
     free(lab80);
     ensemble_close(e);
+    conv_close(jc);
     model_close(cls);
     return rc ? 1 : 0;
 }
