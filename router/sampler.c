@@ -69,6 +69,14 @@ int sampler_parse(const char *s, sampler_kind *out)
     return 0;
 }
 
+void sample_route_noise(const sample_params *p, int image, int K, float *noise)
+{
+    for (int k = 0; k < K; k++) {
+        double u = rng_uniform(p->seed, SAMPLE_STREAM_GUMBEL + (uint64_t)image, (uint64_t)k);
+        noise[k] = (float)-log(-log(u));
+    }
+}
+
 int sample_evals(const sample_params *p)
 {
     return p->sampler == SAMPLER_HEUN ? 2 * p->steps : p->steps;
@@ -88,6 +96,7 @@ traj *traj_new(const sample_params *p, int image, int dim)
     tr->v1 = mem + 2 * dim;
     tr->v = mem + 3 * dim;
     rng_normal_fill(p->seed, (uint64_t)image, 0, tr->x, (size_t)dim);
+    sample_route_noise(p, image, STRAT_MAX_EXPERTS, tr->route_noise);
     memcpy(tr->xe, tr->x, (size_t)dim * sizeof *mem);
     memset(tr->v1, 0, 2 * (size_t)dim * sizeof *mem);
     if (p->trace) {
@@ -301,8 +310,8 @@ int tick_plan(tick *tk, traj **trajs, int n)
             lg = tk->logits + (size_t)(ir++) * K;
         double u = rng_uniform(p->seed, SAMPLE_STREAM_ROUTING + (uint64_t)tr->image,
                                (uint64_t)tr->evals);
-        tr->n_sel = strategy_select(&p->strat, lg, K, u, tr->sel, tr->w);
         float t = traj_time(tr);
+        tr->n_sel = strategy_select(&p->strat, lg, K, u, tr->route_noise, tr->sel, tr->w);
         int cond = p->label >= 0;
         int cfg = cond && p->guidance != 1.0f;
         slot *sl = tk->slots + (size_t)i * K;

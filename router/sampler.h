@@ -31,6 +31,8 @@
 #define SAMPLE_MAX_STEPS 1000
 /* rng stream of the "sample" strategy's draws for image i: this + i */
 #define SAMPLE_STREAM_ROUTING (1ull << 32)
+/* rng stream of image i's routing noise (top-k's drawn set): this + i */
+#define SAMPLE_STREAM_GUMBEL (2ull << 32)
 
 typedef enum sampler_kind { SAMPLER_EULER = 0, SAMPLER_HEUN } sampler_kind;
 
@@ -53,6 +55,12 @@ int sample_params_check(const sample_params *p, int n_classes, char *err, size_t
 const char *sampler_name(sampler_kind k);
 /* "euler" / "heun" -> kind; returns 0 or DDM_EINVAL. */
 int sampler_parse(const char *s, sampler_kind *out);
+/* The routing noise of image `image` of request p: K standard Gumbel draws
+ * -log(-log(u_k)), u_k from rng stream SAMPLE_STREAM_GUMBEL + image of
+ * p->seed (u_k in (0, 1), so every value is finite), the same at every
+ * evaluation of the trajectory: top-k's draw (router/strategy.h). Served and
+ * in-process trajectories of the same request draw the same. */
+void sample_route_noise(const sample_params *p, int image, int K, float *noise);
 /* Evaluations per image: steps (euler) or 2 * steps (heun). */
 int sample_evals(const sample_params *p);
 
@@ -83,6 +91,7 @@ typedef struct traj {
     int sel[STRAT_MAX_EXPERTS];
     float w[STRAT_MAX_EXPERTS];
     uint64_t sel_mask_prev;   /* selected set of the previous evaluation */
+    float route_noise[STRAT_MAX_EXPERTS]; /* sample_route_noise of this image: top-k's draw */
     int switches;             /* evaluations whose set differed from the one before */
     uint64_t rows;            /* expert rows evaluated for this image */
     uint32_t rows_by_expert[STRAT_MAX_EXPERTS];

@@ -34,12 +34,15 @@ int strategy_parse(const char *name, int K, float threshold, float temperature,
         out->kind = STRAT_SAMPLE;
     } else if (!strncmp(name, "top-", 4) && name[4] >= '1' && name[4] <= '9') {
         long k = strtol(name + 4, &end, 10);
-        if (*end || k < 1 || k > K) {
-            snprintf(err, errlen, "strategy \"%s\": top-k needs k in 1..%d", name, K);
+        int greedy = !strcmp(end, ":greedy");
+        if ((*end && !greedy) || k < 1 || k > K) {
+            snprintf(err, errlen, "strategy \"%s\": top-k needs k in 1..%d (top-k:greedy for the "
+                     "k most probable without the trajectory's draw)", name, K);
             return DDM_EINVAL;
         }
         out->kind = STRAT_TOPK;
         out->k = (int)k;
+        out->greedy = greedy;
     } else if (!strncmp(name, "expert:", 7) && name[7] >= '0' && name[7] <= '9') {
         long k = strtol(name + 7, &end, 10);
         if (*end || k < 0 || k >= K) {
@@ -50,8 +53,8 @@ int strategy_parse(const char *name, int K, float threshold, float temperature,
         out->k = (int)k;
     } else {
         snprintf(err, errlen,
-                 "strategy \"%.64s\" is unknown: use full, top-1..top-%d, threshold, sample, "
-                 "nucleus, uniform or expert:0..%d", name, K, K - 1);
+                 "strategy \"%.64s\" is unknown: use full, top-1..top-%d (or top-k:greedy), "
+                 "threshold, sample, nucleus, uniform or expert:0..%d", name, K, K - 1);
         return DDM_EINVAL;
     }
     if (!isnan(threshold)) {
@@ -80,7 +83,7 @@ int strategy_parse(const char *name, int K, float threshold, float temperature,
 void strategy_name(const strategy *s, char *buf, size_t len)
 {
     switch (s->kind) {
-    case STRAT_TOPK:      snprintf(buf, len, "top-%d", s->k); break;
+    case STRAT_TOPK:      snprintf(buf, len, "top-%d%s", s->k, s->greedy ? ":greedy" : ""); break;
     case STRAT_FULL:      snprintf(buf, len, "full"); break;
     case STRAT_THRESHOLD: snprintf(buf, len, "threshold"); break;
     case STRAT_SAMPLE:    snprintf(buf, len, "sample"); break;
@@ -146,7 +149,8 @@ static int emit(const float *p, const int *keep, int K, int *idx, float *w)
     return m;
 }
 
-int strategy_select(const strategy *s, const float *logits, int K, double u, int *idx, float *w)
+int strategy_select(const strategy *s, const float *logits, int K, double u, const float *noise,
+                    int *idx, float *w)
 {
     float p[STRAT_MAX_EXPERTS];
     int keep[STRAT_MAX_EXPERTS] = { 0 };
@@ -169,7 +173,18 @@ int strategy_select(const strategy *s, const float *logits, int K, double u, int
         return emit(p, keep, K, idx, w);
     case STRAT_TOPK:
         strategy_softmax(logits, K, s->temperature, p);
-        rank(p, K, order);
+        if (noise && !s->greedy) {
+            /* z = log p + noise: the k largest are a draw without replacement from p
+             * (Gumbel noise), weighted by exp(z) = p e^noise */
+            float z[STRAT_MAX_EXPERTS] = { 0 };
+            for (int i = 0; i < K; i++)
+                z[i] = logits[i] / s->temperature + noise[i];
+            rank(z, K, order);
+            for (int i = 0; i < K; i++)
+                p[i] = expf(z[i] - z[order[0]]);
+        } else {
+            rank(p, K, order);
+        }
         for (int i = 0; i < s->k && i < K; i++)
             keep[order[i]] = 1;
         return emit(p, keep, K, idx, w);

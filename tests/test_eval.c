@@ -435,8 +435,8 @@ static void test_strategies_select_documented_experts(void **state)
     int nr = table_default_rows(TK, names, 16);
     /* the documented rows, in order (top-3 dropped for K = 2) */
     const char *want[] = { "monolith", "full", "uniform", "top-1", "top-2", "threshold",
-                           "sample", "nucleus", "expert:0", "expert:1" };
-    assert_int_equal(nr, 10);
+                           "sample", "nucleus", "top-2:greedy", "expert:0", "expert:1" };
+    assert_int_equal(nr, 11);
     for (int i = 0; i < nr; i++)
         assert_string_equal(names[i], want[i]);
     /* router logits at t = 1 for the initial noise of images 0..n-1 */
@@ -465,7 +465,12 @@ static void test_strategies_select_documented_experts(void **state)
             int idx[TK];
             float wt[TK];
             double u = rng_uniform(seed, SAMPLE_STREAM_ROUTING + (uint64_t)j, 0);
-            int m = strategy_select(&st, logits + j * TK, TK, u, idx, wt);
+            sample_params sp_j;
+            sample_params_default(&sp_j, TK);
+            sp_j.seed = seed;
+            float g[TK];
+            sample_route_noise(&sp_j, j, TK, g); /* top-k's draw for image j */
+            int m = strategy_select(&st, logits + j * TK, TK, u, g, idx, wt);
             calls += m;
             for (int k = 0; k < m; k++)
                 w[idx[k]] += wt[k] / n;
@@ -480,12 +485,18 @@ static void test_strategies_select_documented_experts(void **state)
         else if (!strcmp(names[i], "top-1") || !strcmp(names[i], "sample") ||
                  !strncmp(names[i], "expert:", 7))
             assert_float_equal(pr.rows, 3.0, 1e-9);
-        else if (!strcmp(names[i], "top-2"))
+        else if (!strncmp(names[i], "top-2", 5))
             assert_float_equal(pr.rows, 6.0, 1e-9);
-        if (!strcmp(names[i], "top-1")) { /* the argmax, by hand */
+        if (!strcmp(names[i], "top-1")) { /* the argmax of log p + the image's draw, by hand */
             double w0 = 0;
-            for (int j = 0; j < n; j++)
-                w0 += logits[j * TK] >= logits[j * TK + 1] ? 1.0 / n : 0;
+            for (int j = 0; j < n; j++) {
+                sample_params sp_j;
+                sample_params_default(&sp_j, TK);
+                sp_j.seed = seed;
+                float g[TK];
+                sample_route_noise(&sp_j, j, TK, g);
+                w0 += logits[j * TK] + g[0] >= logits[j * TK + 1] + g[1] ? 1.0 / n : 0;
+            }
             assert_float_equal(pr.weight[0], w0, 1e-6);
         }
         if (!strncmp(names[i], "expert:", 7))

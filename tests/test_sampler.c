@@ -201,7 +201,41 @@ static void test_plan_routes_by_router_network(void **state)
     if (!e)
         fail_msg("%s", err);
     assert_int_equal(e->K, 3);
-    sample_params p = params("top-1", 3, 10, SAMPLER_EULER);
+    /* top-1 draws its expert: the argmax of the logits plus the trajectory's
+     * Gumbel noise (the same noise at every evaluation) */
+    {
+        sample_params pd = params("top-1", 3, 10, SAMPLER_EULER);
+        enum { ND = 40 };
+        traj *td[ND];
+        for (int i = 0; i < ND; i++)
+            td[i] = traj_new(&pd, i, 16);
+        assert_int_equal(tick_plan(e->tk, td, ND), 0);
+        float lg[ND * 3], xd[ND * 16], tdd[ND], g[3];
+        for (int i = 0; i < ND; i++) {
+            memcpy(xd + i * 16, td[i]->xe, 16 * sizeof(float));
+            tdd[i] = 1.0f;
+        }
+        net_scratch *sd = net_scratch_new(&e->router->cfg, ND, 0);
+        assert_int_equal(net_forward(&e->router->cfg, &e->router->w, sd, ND, xd, tdd, NULL, lg),
+                         0);
+        net_scratch_free(sd);
+        int differ = 0;
+        for (int i = 0; i < ND; i++) {
+            sample_route_noise(&pd, i, 3, g);
+            int best = 0, greedy = 0;
+            for (int k = 1; k < 3; k++) {
+                if (lg[i * 3 + k] + g[k] > lg[i * 3 + best] + g[best])
+                    best = k;
+                if (lg[i * 3 + k] > lg[i * 3 + greedy])
+                    greedy = k;
+            }
+            assert_int_equal(td[i]->sel[0], best);
+            differ += best != greedy;
+            traj_free(td[i]);
+        }
+        assert_true(differ > 0); /* the draw is not the argmax everywhere */
+    }
+    sample_params p = params("top-1:greedy", 3, 10, SAMPLER_EULER);
     enum { N = 40 };
     traj *tr[N];
     for (int i = 0; i < N; i++)

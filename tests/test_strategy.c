@@ -8,6 +8,7 @@
 #include <cmocka.h>
 
 #include "common/err.h"
+#include "common/rng.h"
 #include "router/strategy.h"
 
 #define K 8
@@ -38,7 +39,7 @@ static void expect_sel(const char *name, float thr, const int *idx, const float 
     strategy s = parse_ok(name, thr, NAN);
     int got[K];
     float gw[K];
-    int n = strategy_select(&s, L, K, 0.5, got, gw);
+    int n = strategy_select(&s, L, K, 0.5, NULL, got, gw);
     assert_int_equal(n, m);
     float sum = 0;
     for (int i = 0; i < n; i++) {
@@ -71,7 +72,7 @@ static void test_full_uniform_expert(void **state)
     strategy s = parse_ok("expert:2", NAN, NAN);
     int idx[K];
     float w[K];
-    assert_int_equal(strategy_select(&s, NULL, K, 0.5, idx, w), 1);
+    assert_int_equal(strategy_select(&s, NULL, K, 0.5, NULL, idx, w), 1);
     assert_int_equal(idx[0], 2);
     assert_false(strategy_uses_router(&s));
     s = parse_ok("uniform", NAN, NAN);
@@ -105,7 +106,7 @@ static void test_sample_follows_probabilities(void **state)
         int idx[K];
         float w[K];
         double u = (i + 0.5) / N; /* a stratified sweep of (0, 1) */
-        assert_int_equal(strategy_select(&s, L, K, u, idx, w), 1);
+        assert_int_equal(strategy_select(&s, L, K, u, NULL, idx, w), 1);
         assert_float_equal(w[0], 1.0f, 0);
         count[idx[0]]++;
     }
@@ -115,7 +116,7 @@ static void test_sample_follows_probabilities(void **state)
     s = parse_ok("sample", NAN, 0.05f);
     int idx[K];
     float w[K];
-    strategy_select(&s, L, K, 0.9, idx, w);
+    strategy_select(&s, L, K, 0.9, NULL, idx, w);
     assert_int_equal(idx[0], 1);
 }
 
@@ -131,25 +132,76 @@ static void test_temperature_of_full_and_topk(void **state)
     double z = 0;
     for (int i = 0; i < K; i++)
         z += (double)P[i] * P[i];
-    assert_int_equal(strategy_select(&s, L, K, 0.5, idx, w), K);
+    assert_int_equal(strategy_select(&s, L, K, 0.5, NULL, idx, w), K);
     for (int i = 0; i < K; i++)
         assert_float_equal(w[i], P[i] * P[i] / z, 1e-5);
     s = parse_ok("full", NAN, 100.0f);
-    strategy_select(&s, L, K, 0.5, idx, w);
+    strategy_select(&s, L, K, 0.5, NULL, idx, w);
     for (int i = 0; i < K; i++)
         assert_float_equal(w[i], 1.0f / K, 0.01);
     s = parse_ok("full", NAN, 0.01f);
-    strategy_select(&s, L, K, 0.5, idx, w);
+    strategy_select(&s, L, K, 0.5, NULL, idx, w);
     assert_true(w[1] > 0.999f);
     s = parse_ok("top-2", NAN, 2.0f);
-    assert_int_equal(strategy_select(&s, L, K, 0.5, idx, w), 2);
+    assert_int_equal(strategy_select(&s, L, K, 0.5, NULL, idx, w), 2);
     assert_int_equal(idx[0], 1);
     assert_int_equal(idx[1], 3);
     double a = sqrt(0.4), b = sqrt(0.25);
     assert_float_equal(w[0], a / (a + b), 1e-5);
     /* threshold and nucleus read the tempered probabilities too */
     s = parse_ok("threshold", 0.2f, 0.5f); /* p^2 / z: only 0.4 and 0.25 stay above 0.2 */
-    assert_int_equal(strategy_select(&s, L, K, 0.5, idx, w), 2);
+    assert_int_equal(strategy_select(&s, L, K, 0.5, NULL, idx, w), 2);
+}
+
+/* top-k with Gumbel noise: the set is a draw without replacement from the
+ * probabilities (top-1: a draw from p), the weights stay p renormalised. */
+static void test_topk_with_gumbel_noise_draws_sets(void **state)
+{
+    (void)state;
+    strategy s1 = parse_ok("top-1", NAN, NAN), s2 = parse_ok("top-2", NAN, NAN);
+    int count[K] = { 0 }, in2[K] = { 0 };
+    enum { N = 40000 };
+    for (int i = 0; i < N; i++) {
+        float g[K];
+        for (int k = 0; k < K; k++) {
+            double u = (rng_uniform(5, (uint64_t)k, (uint64_t)i));
+            g[k] = (float)-log(-log(u));
+        }
+        int idx[K];
+        float w[K];
+        assert_int_equal(strategy_select(&s1, L, K, 0.5, g, idx, w), 1);
+        count[idx[0]]++;
+        assert_int_equal(strategy_select(&s2, L, K, 0.5, g, idx, w), 2);
+        in2[idx[0]]++;
+        in2[idx[1]]++;
+        /* weights p e^g renormalised over the pair */
+        double a = P[idx[0]] * exp(g[idx[0]]), b = P[idx[1]] * exp(g[idx[1]]);
+        assert_float_equal(w[0], a / (a + b), 1e-4);
+    }
+    for (int k = 0; k < K; k++)
+        assert_float_equal((double)count[k] / N, P[k], 0.01);
+    /* the second expert of a pair is drawn from what is left: the most probable expert
+     * is in more pairs than its probability alone, the least in fewer than twice it */
+    assert_true((double)in2[1] / N > 0.4 + 0.1);
+    assert_true((double)in2[5] / N < 2 * 0.005 + 0.005);
+    /* without noise, or top-k:greedy: the two most probable, always */
+    int idx[K];
+    float w[K], g[K];
+    assert_int_equal(strategy_select(&s2, L, K, 0.5, NULL, idx, w), 2);
+    assert_int_equal(idx[0], 1);
+    assert_int_equal(idx[1], 3);
+    strategy gr = parse_ok("top-2:greedy", NAN, NAN);
+    for (int k = 0; k < K; k++)
+        g[k] = k == 7 ? 50.0f : 0.0f; /* noise that would pick expert 7 */
+    assert_int_equal(strategy_select(&gr, L, K, 0.5, g, idx, w), 2);
+    assert_int_equal(idx[0], 1);
+    assert_int_equal(idx[1], 3);
+    assert_float_equal(w[0], 0.4f / 0.65f, 1e-5);
+    assert_int_equal(strategy_select(&s2, L, K, 0.5, g, idx, w), 2);
+    assert_true(idx[0] == 7 || idx[1] == 7);
+    char name[32];
+    strategy_name(&gr, name, sizeof name);
+    assert_string_equal(name, "top-2:greedy");
 }
 
 static void test_ties_go_to_lower_index(void **state)
@@ -159,7 +211,7 @@ static void test_ties_go_to_lower_index(void **state)
     strategy s = parse_ok("top-2", NAN, NAN);
     int idx[K];
     float w[K];
-    assert_int_equal(strategy_select(&s, flat, K, 0.5, idx, w), 2);
+    assert_int_equal(strategy_select(&s, flat, K, 0.5, NULL, idx, w), 2);
     assert_int_equal(idx[0], 0);
     assert_int_equal(idx[1], 1);
 }
@@ -174,7 +226,8 @@ static void test_parse_errors(void **state)
         { "best", NAN, NAN, "unknown" },         { "", NAN, NAN, "unknown" },
         { "threshold", 0.0f, NAN, "(0, 1]" },    { "threshold", 1.5f, NAN, "(0, 1]" },
         { "nucleus", -1.0f, NAN, "(0, 1]" },     { "sample", NAN, 0.0f, "0.01..100" },
-        { "sample", NAN, 1e9f, "0.01..100" },
+        { "sample", NAN, 1e9f, "0.01..100" },    { "top-2:greed", NAN, NAN, "top-k:greedy" },
+        { "top-9:greedy", NAN, NAN, "1..8" },
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         strategy s;
@@ -201,6 +254,7 @@ int main(void)
         cmocka_unit_test(test_threshold_nucleus),
         cmocka_unit_test(test_sample_follows_probabilities),
         cmocka_unit_test(test_temperature_of_full_and_topk),
+        cmocka_unit_test(test_topk_with_gumbel_noise_draws_sets),
         cmocka_unit_test(test_ties_go_to_lower_index),
         cmocka_unit_test(test_parse_errors),
     };

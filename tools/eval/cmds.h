@@ -15,6 +15,8 @@ int cmd_distance(const eval_opts *o);
 int cmd_specialists(const eval_opts *o);
 /* full and top-2 over router temperatures, with references: sweep.md / .csv / plots. */
 int cmd_sweep(const eval_opts *o);
+/* Class histograms vs the data, router calibration, first choices: coverage.md / .csv. */
+int cmd_coverage(const eval_opts *o);
 
 /* Default table rows for a set of K experts: "monolith", "full", "uniform",
  * "top-1", "top-2", "top-3", "threshold", "sample", "nucleus", "expert:0",

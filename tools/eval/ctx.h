@@ -36,7 +36,8 @@ typedef struct eval_opts {
     char out[EVAL_PATH];          /* --out (default docs/results/<data>) */
     char strategy[GEN_NAME];      /* fid: --strategy */
     char rows[512];               /* table: --rows (comma list, "" = all) */
-    char strategies[256];         /* distance: --strategies */
+    char strategies[256];         /* distance, coverage: --strategies */
+    int strategies_given;
     char temps[256];              /* sweep: --temperatures */
     int label;                    /* fid: --label (-1 none) */
     int conditional;              /* fid: --conditional (class-balanced labels) */

@@ -7,6 +7,7 @@
  *   ddm-eval distance      are the selected experts the nearest clusters?
  *   ddm-eval specialists   each expert asked for each class; switching mid-trajectory
  *   ddm-eval sweep         full and top-2 at router temperatures from sharp to flat
+ *   ddm-eval coverage      class histograms, the router's calibration, the first choice
  * Exit 0 on success, 1 on a runtime error, 2 on a usage error. */
 #include <getopt.h>
 #include <math.h>
@@ -33,7 +34,8 @@ static void usage(FILE *f)
 "  fid          FID of one strategy (-n images), beside the floor (as many training\n"
 "               images vs the held-out set), class histogram and confident rate\n"
 "  table        monolith, full, uniform, top-1..3, threshold 0.05, sample (T = 1),\n"
-"               nucleus 0.9 and each expert alone, unconditional and class-conditional:\n"
+"               nucleus 0.9, top-2:greedy and each expert alone, unconditional and\n"
+"               class-conditional:\n"
 "               FID over --seeds seeds, expert calls/image, images/s, switches,\n"
 "               velocity change, Lipschitz estimate, expert disagreement;\n"
 "               writes OUT/table.md, table.csv and PNG plots\n"
@@ -46,6 +48,10 @@ static void usage(FILE *f)
 "               flat; full at a high temperature is the uniform committee) beside\n"
 "               top-1, top-2, monolith and uniform: FID, precision, recall per judge,\n"
 "               unconditional unless --modes; OUT/sweep.md, sweep.csv, sweep-*.png\n"
+"  coverage     per --strategies (default top-1,top-2,full,sample): the class histogram\n"
+"               of unconditional samples against the data's frequencies (TV distance),\n"
+"               the router's calibration against the cluster sizes, the expert chosen\n"
+"               at t = 1 and when trajectories commit; OUT/coverage.md, coverage.csv\n"
 "\n"
 "flags (defaults in []):\n"
 "  --data NAME          dataset: digits or fashion [digits]\n"
@@ -78,7 +84,8 @@ static void usage(FILE *f)
 "                       optionally @T for the router's softmax temperature [all]\n"
 "  --modes M            table, sweep: unconditional, conditional or both\n"
 "                       [table: both; sweep: unconditional]\n"
-"  --strategies LIST    distance: comma-separated strategies [top-2,full]\n"
+"  --strategies LIST    distance: comma-separated strategies [top-2,full];\n"
+"                       coverage [top-1,top-2,full,sample]\n"
 "  --probe N            table: trajectories per probe pass, 0 = none [64]\n"
 "  --every N            table: probe every N steps [5]\n"
 "  --eps X              table: Lipschitz step, RMS per pixel [0.01]\n"
@@ -238,6 +245,7 @@ static int parse(int argc, char **argv, eval_opts *o)
         case O_ROWS: rc = set_str(o->rows, sizeof o->rows, "--rows", a); break;
         case O_STRATEGIES:
             rc = set_str(o->strategies, sizeof o->strategies, "--strategies", a);
+            o->strategies_given = 1;
             break;
         case O_LABEL:
             rc = get_long("--label", a, 0, 1000000, &v);
@@ -347,10 +355,11 @@ int main(int argc, char **argv)
                                     : !strcmp(cmd, "distance")    ? cmd_distance
                                     : !strcmp(cmd, "specialists") ? cmd_specialists
                                     : !strcmp(cmd, "sweep")       ? cmd_sweep
+                                    : !strcmp(cmd, "coverage")    ? cmd_coverage
                                                                   : NULL;
     if (!run) {
         fprintf(stderr, "ddm-eval: unknown command \"%s\": use fid, table, distance, "
-                "specialists or sweep (see ddm-eval --help)\n", cmd);
+                "specialists, sweep or coverage (see ddm-eval --help)\n", cmd);
         return 2;
     }
     eval_opts o;
@@ -360,6 +369,8 @@ int main(int argc, char **argv)
         return rc == 1 ? 0 : 2;
     if (run == cmd_sweep && !o.modes_given)
         o.modes = 1;
+    if (run == cmd_coverage && !o.strategies_given)
+        snprintf(o.strategies, sizeof o.strategies, "top-1,top-2,full,sample");
     eval_opts_finish(&o);
     size_t at = 0;
     for (int i = 0; i < argc && at < sizeof o.command - 1; i++) {
