@@ -93,13 +93,22 @@ int cmd_fid(const eval_opts *o)
             half[s] = 1.96 * sd;
             free(r);
         }
-        printf("  judge %s (%d features; ± 95%% bootstrap half-width, %d resamples)\n",
-               js.j[k]->name, js.j[k]->H, q.boot);
-        printf("    FID           %10.2f ± %.2f   (vs %ld held-out images)\n", v->fid, half[0],
+        if (q.boot > 1)
+            printf("  judge %s (%d features; ± 95%% bootstrap half-width, %d resamples)\n",
+                   js.j[k]->name, js.j[k]->H, q.boot);
+        else
+            printf("  judge %s (%d features)\n", js.j[k]->name, js.j[k]->H);
+        char pm[EVAL_STATS][32];
+        for (int s = 0; s < EVAL_STATS; s++)
+            pm[s][0] = '\0';
+        for (int s = 0; s < EVAL_STATS && q.boot > 1; s++)
+            snprintf(pm[s], sizeof pm[s], s == 0 ? " ± %.2f" : " ± %.3f",
+                     s == 1 ? 1000 * half[s] : half[s]);
+        printf("    FID           %10.2f%s   (vs %ld held-out images)\n", v->fid, pm[0],
                ref.held_n);
-        printf("    KID x 1000    %10.3f ± %.3f\n", 1000 * v->kid, 1000 * half[1]);
-        printf("    precision     %10.3f ± %.3f\n", v->precision, half[2]);
-        printf("    recall        %10.3f ± %.3f\n", v->recall, half[3]);
+        printf("    KID x 1000    %10.3f%s\n", 1000 * v->kid, pm[1]);
+        printf("    precision     %10.3f%s\n", v->precision, pm[2]);
+        printf("    recall        %10.3f%s\n", v->recall, pm[3]);
         if (have_floor)
             printf("    floor         FID %.2f, KID x 1000 %.3f, precision %.3f, recall %.3f "
                    "(%ld training images)\n", fq.j[k].fid, 1000 * fq.j[k].kid,

@@ -160,6 +160,12 @@ static void write_quality(FILE *md, tbl *t, int m)
         }
         fprintf(md, "\n");
     }
+    fprintf(md, "| *held-out images (real, %ld)* |", t->ref.held_n);
+    for (int i = 0; i < EVAL_STATS * J; i++)
+        fprintf(md, " |");
+    for (int k = 0; k < J; k++)
+        fprintf(md, " %.1f%% |", 100 * t->ref.j[k].confident);
+    fprintf(md, "\n");
     for (int r = 0; r < t->nrows; r++) {
         fprintf(md, "| %s |", t->rows[r]);
         for (int s = 0; s < EVAL_STATS; s++)

@@ -170,11 +170,18 @@ static int jref_init(const eval_ref *r, judge *j, eval_jref *jr, char *err, size
     jr->H = j->H;
     jr->m = r->ref_m;
     float *feat = malloc((size_t)r->held_n * (size_t)j->H * sizeof *feat);
+    float *conf = malloc((size_t)r->held_n * sizeof *conf);
     jr->feat = malloc((size_t)r->ref_m * (size_t)j->H * sizeof *jr->feat);
     jr->radius = malloc((size_t)r->ref_m * sizeof *jr->radius);
     fid_stats st = { 0 };
-    int rc = (!feat || !jr->feat || !jr->radius) ? DDM_ENOMEM : 0;
-    rc = rc ? rc : judge_run(j, r->held, r->held_n, feat, NULL, NULL);
+    int rc = (!feat || !conf || !jr->feat || !jr->radius) ? DDM_ENOMEM : 0;
+    rc = rc ? rc : judge_run(j, r->held, r->held_n, feat, NULL, conf);
+    if (!rc) {
+        long sure = 0;
+        for (long i = 0; i < r->held_n; i++)
+            sure += conf[i] > JUDGE_CONFIDENT;
+        jr->confident = (double)sure / r->held_n;
+    }
     rc = rc ? rc : fid_stats_compute(feat, r->held_n, j->H, &st);
     rc = rc ? rc : fid_ref_init(&st, &jr->fid);
     if (!rc) {
@@ -189,6 +196,7 @@ static int jref_init(const eval_ref *r, judge *j, eval_jref *jr, char *err, size
         snprintf(err, errlen, "held-out features of the %s judge: %s", j->name, ddm_strerror(rc));
     fid_stats_free(&st);
     free(feat);
+    free(conf);
     return rc;
 }
 

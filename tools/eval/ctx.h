@@ -84,6 +84,7 @@ typedef struct eval_jref {
     double kid_scale;       /* KID's kernel scale (kid_scale of the subset) */
     double kid_rr;          /* KID's reference term */
     double *radius;         /* [m] k-NN radii of the subset (precision) */
+    double confident;       /* share of all held-out images the judge is confident about */
 } eval_jref;
 
 /* The reference images and their features under every judge. */

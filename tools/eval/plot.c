@@ -399,7 +399,7 @@ int plot_lines(const char *path, const char *title, const char *xlabel, const ch
     double pad = (y1 - y0) * 0.05;
     y0 -= pad;
     y1 += pad;
-    canvas *c = canvas_new(L + PW + R, T + PH + 70, PAPER);
+    canvas *c = canvas_new(L + PW + R, T + PH + 78, PAPER);
     if (!c)
         return oom(err, errlen, path);
     canvas_text(c, 8, 10, title, S, INK);
@@ -430,7 +430,7 @@ int plot_lines(const char *path, const char *title, const char *xlabel, const ch
         }
     }
     canvas_text(c, L + PW / 2 - canvas_text_width(xlabel, S) / 2, T + PH + 34, xlabel, S, INK);
-    int ly = T + 10, used[16], nused = 0;
+    int used[16], nused = 0;
     for (int k = 0; k < nr; k++) {
         if (!isfinite(refs[k].y) || refs[k].y > y1 || refs[k].y < y0)
             continue;
@@ -475,8 +475,12 @@ int plot_lines(const char *path, const char *title, const char *xlabel, const ch
             py_prev = py;
             have = 1;
         }
-        marker(c, L + PW + 20, ly + 6 + 20 * k - 10 + (T + PH - 20 * ns) - T, k);
-        canvas_text(c, L + PW + 32, ly + 20 * k - 10 + (T + PH - 20 * ns) - T, s[k].name, S, INK);
+    }
+    /* the legend in a row under the x axis label */
+    for (int k = 0, lx = L; k < ns; k++) {
+        int yy = T + PH + 54;
+        marker(c, lx + 4, yy + 6, k);
+        lx += 16 + canvas_text(c, lx + 14, yy, s[k].name, S, INK) + 20;
     }
 #undef PXX
 #undef PYY

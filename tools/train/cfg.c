@@ -55,6 +55,7 @@ static const opt_def OPTS[] = {
     { "ema", O_FLOAT, F(den.ema), 0, E | M | A, "denoiser weight EMA decay (0 = none)" },
     { "p-null", O_FLOAT, F(den.p_null), 0, E | M | A, "denoiser null-label probability" },
     { "t-dist", O_TDIST, F(den.tdist), 0, E | M | A, "denoiser t: uniform or logit-normal" },
+    { "t-mean", O_FLOAT, F(den.t_mean), -10, E | M | A, "denoiser logit-normal t: mean of the normal (< 0: more training near t = 0)" },
     { "min-class", O_INT, F(min_class), 0, E | A, "expert: classes with fewer images in the shard answer as null (0 = off)" },
     { "mono-steps", O_LONG, F(mono_steps), 0, M | A, "monolith steps (0 = --steps)" },
     { "mono-batch", O_INT, F(mono_batch), 0, M | A, "monolith batch (0 = K x --batch: equal compute)" },
@@ -106,7 +107,7 @@ void cfg_default(train_cfg *c)
     c->dtype = ST_F16;
     c->pca = 0;
     c->restarts = 8;
-    c->den = (net_train){ .hidden = 384, .blocks = 2, .steps = 3000, .batch = 128, .lr = 2e-3f,
+    c->den = (net_train){ .hidden = 384, .blocks = 2, .steps = 4500, .batch = 128, .lr = 2e-3f,
                           .warmup = 200, .ema = 0.997f, .p_null = 0.1f, .tdist = T_LOGIT_NORMAL };
     c->time_dim = 64;
     c->rank = 64;
@@ -461,6 +462,7 @@ train_opts cfg_opts(const train_cfg *c, const net_train *n, uint64_t seed, const
     o.ema = n->ema;
     o.p_null = n->p_null;
     o.tdist = n->tdist;
+    o.t_mean = n->t_mean;
     o.seed = seed;
     o.log_secs = c->log_secs;
     o.tag = tag;

@@ -29,6 +29,7 @@ typedef struct net_train {
     float ema;
     float p_null;
     t_dist tdist;
+    float t_mean;   /* logit-normal mean */
 } net_train;
 
 typedef struct train_cfg {

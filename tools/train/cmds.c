@@ -26,9 +26,12 @@ int train_meta(st_writer *w, const train_cfg *c, const char *arch, uint64_t seed
                const train_opts *o, const train_result *res, const char *const *kv, int nkv)
 {
     char conf[512], num[32];
-    snprintf(conf, sizeof conf, "steps=%ld batch=%d lr=%g lr_final=%g warmup=%ld ema=%g "
-             "clip=%g p_null=%g t=%s", o->steps, o->batch, o->lr, o->lr_final, o->warmup,
-             o->ema, o->clip, o->p_null, o->tdist == T_LOGIT_NORMAL ? "logit-normal" : "uniform");
+    int at = snprintf(conf, sizeof conf, "steps=%ld batch=%d lr=%g lr_final=%g warmup=%ld ema=%g "
+                      "clip=%g p_null=%g t=%s", o->steps, o->batch, o->lr, o->lr_final, o->warmup,
+                      o->ema, o->clip, o->p_null,
+                      o->tdist == T_LOGIT_NORMAL ? "logit-normal" : "uniform");
+    if (o->tdist == T_LOGIT_NORMAL && o->t_mean != 0.0f && at > 0 && (size_t)at < sizeof conf)
+        snprintf(conf + at, sizeof conf - (size_t)at, " t_mean=%g", o->t_mean);
     int rc = st_writer_meta(w, "architecture", arch);
     rc = rc ? rc : st_writer_meta(w, "config", conf);
     snprintf(num, sizeof num, "%llu", (unsigned long long)seed);

@@ -62,10 +62,10 @@ double fit_now(void)
     return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-float fit_draw_t(t_dist dist, double u, float z)
+float fit_draw_t(t_dist dist, double u, float z, float mean)
 {
     if (dist == T_LOGIT_NORMAL) {
-        float t = 1.0f / (1.0f + expf(-z));
+        float t = 1.0f / (1.0f + expf(-(z + mean)));
         return t < 1e-5f ? 1e-5f : (t > 1.0f - 1e-5f ? 1.0f - 1e-5f : t);
     }
     return (float)u;

@@ -38,6 +38,7 @@ typedef struct train_opts {
     float clip;         /* gradient norm clip; 0 = none */
     uint64_t seed;
     t_dist tdist;       /* how t is drawn (denoiser, router) */
+    float t_mean;       /* logit-normal: mean of the normal (0: centred on t = 0.5) */
     float p_null;       /* probability a row's label is replaced by null */
     double log_secs;    /* seconds between progress lines; <= 0 = none */
     const char *tag;    /* prefix of progress lines */
@@ -102,8 +103,9 @@ int fit_run_net(const fit_net *net, float *params, float *avg, const fit_task *t
 int fit_run(const net_config *c, float *params, float *avg, const fit_task *task,
             const train_opts *o, train_result *res, char *err, size_t errlen);
 
-/* t drawn per dist from the uniform u in (0, 1) and the normal z; in (0, 1). */
-float fit_draw_t(t_dist dist, double u, float z);
+/* t drawn per dist from the uniform u in (0, 1) and the normal z (logit-normal:
+ * sigmoid(mean + z)); in (0, 1). */
+float fit_draw_t(t_dist dist, double u, float z, float mean);
 
 /* Row-wise softmax cross-entropy of logits [B][K] against classes y [B]:
  * returns the mean loss and writes dout = (softmax - onehot) / B. */

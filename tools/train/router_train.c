@@ -36,7 +36,7 @@ static void router_batch(void *vctx, long step, int B, float *x, float *t, int *
         if (j >= d->n)
             j = d->n - 1;
         float ti = fit_draw_t(ctx->o->tdist, rng_uniform(seed, FIT_STREAM_TIME, r),
-                              rng_normal(seed, FIT_STREAM_TIME, r));
+                              rng_normal(seed, FIT_STREAM_TIME, r), ctx->o->t_mean);
         t[i] = ti;
         int drop = rng_uniform(seed, FIT_STREAM_DROP, r) < ctx->o->p_null;
         labels[i] = (d->y && !drop) ? d->y[j] : -1;
