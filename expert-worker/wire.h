@@ -16,6 +16,10 @@
 
 #include "ddm/v1/worker.pb-c.h"
 
+/* InfoReply.protocol_version: the version of docs/protocol.md this worker
+ * speaks ("MAJOR.MINOR"; a router refuses an unknown major). */
+#define WIRE_PROTOCOL_VERSION "1.0"
+
 typedef struct wire_big wire_big;
 
 typedef struct wire_arena {

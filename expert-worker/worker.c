@@ -218,6 +218,7 @@ static void reply_info(expert_worker *w, const nnuv_hdr *hdr, const Ddm__V1__Inf
     Ddm__V1__InfoReply i = DDM__V1__INFO_REPLY__INIT;
     i.has_id = req->has_id;
     i.id = req->id;
+    i.protocol_version = (char *)WIRE_PROTOCOL_VERSION;
     i.has_expert_id = 1;
     i.expert_id = w->m->expert_id;
     i.has_dim = 1;

@@ -4,6 +4,7 @@
  *   ddm-client experts  GET /v1/experts as a table
  *   ddm-client bench    closed-loop load on POST /v1/samples, latency percentiles
  *   ddm-client ready    GET /readyz, optionally waiting until it says 200
+ *   ddm-client conform  check a worker against worker protocol v1 (tools/client/conform.h)
  * Exit 0 on success, 1 on a runtime failure (an HTTP error included), 2 on a
  * usage error. */
 #include <cjson/cJSON.h>
@@ -18,6 +19,7 @@
 #include "common/version.h"
 #include "server/httpc.h"
 #include "tools/client/cli.h"
+#include "tools/client/conform.h"
 #include "tools/client/loadgen.h"
 #include "tools/client/samples.h"
 
@@ -37,11 +39,12 @@ static void usage_main(FILE *f)
 "  experts    list the experts, their replicas and statistics (GET /v1/experts)\n"
 "  bench      closed-loop load test of POST /v1/samples: images/s, latency percentiles\n"
 "  ready      check GET /readyz (optionally wait for it); exit 0 when ready\n"
+"  conform    check a worker (ddm-expert or your own) against worker protocol v1\n"
 "\n"
 "  -h, --help       this text (COMMAND --help: that command's options)\n"
 "  -V, --version    print the version\n"
 "\n"
-"Every command takes --url URL (default $DDM_URL, else " DEFAULT_URL ").\n"
+"sample, experts, bench and ready take --url URL (default $DDM_URL, else " DEFAULT_URL ").\n"
 "Exit status: 0 success, 1 runtime failure (HTTP errors included), 2 usage error.\n"
 "Example: ddm-client sample -n 16 --strategy top-2 --seed 7 -o grid.png\n");
 }
@@ -137,6 +140,37 @@ static void usage_ready(FILE *f)
 "  -h, --help         this text\n");
 }
 
+static void usage_conform(FILE *f)
+{
+    fprintf(f,
+"usage: ddm-client conform URL [options]\n"
+"\n"
+"Checks the worker at URL (tcp://host:port or ipc:///path, what you would give it\n"
+"as --listen) against worker protocol v1 (docs/protocol.md), talking to it the\n"
+"way ddm-router does (a raw nanomsg REQ socket). Checks: the handshake's fields;\n"
+"an error reply, never a crash or a hang, to garbage, empty and truncated\n"
+"messages, x/dim/batch that disagree, a batch over max_batch, NaN and Inf in x,\n"
+"t outside [0, 1] or NaN, bad ts and labels (after each, a good request must\n"
+"still be answered); answers of batch x dim x 4 bytes, all finite, id echoed;\n"
+"packed repeated fields; unknown fields; batch invariance (a row alone and in a\n"
+"batch of 64 agree within 1e-4: |a - b| <= 1e-4 (1 + |b|)); determinism (same\n"
+"bytes twice); %d clients at once; with --weights, agreement with the file's\n"
+"reference forward within 1e-4. Each check prints PASS, FAIL or SKIP with what\n"
+"was sent and what came back.\n"
+"\n"
+"      --weights FILE          the expert weights the worker serves (a ddm safetensors\n"
+"                              denoiser): compare its answers with their reference forward\n"
+"      --timeout-ms N          deadline of each reply, 1..600000 (default %d, the\n"
+"                              router's --expert-timeout-ms)\n"
+"      --cluster-key-file FILE authenticate with the cluster key (not yet supported)\n"
+"  -h, --help                  this text\n"
+"\n"
+"Exit status: 0 every check passed, 1 a check failed, 2 usage error (bad flags,\n"
+"bad URL, unreadable --weights).\n"
+"Example: ddm-client conform tcp://127.0.0.1:7103 --weights models/digits/expert-3.safetensors\n",
+            CONFORM_CLIENTS, CONFORM_TIMEOUT_MS);
+}
+
 /* After getopt's own one-line complaint: where to look. */
 static int usage_hint(const char *cmd)
 {
@@ -148,7 +182,8 @@ static int usage_hint(const char *cmd)
 
 enum {
     O_SEED = 1000, O_LABEL, O_GUIDANCE, O_SAMPLER, O_THRESHOLD, O_TEMPERATURE, O_TRACE,
-    O_PROTO, O_COLS, O_OUTDIR, O_SERVERGRID, O_JSON, O_REQUESTS, O_PNG
+    O_PROTO, O_COLS, O_OUTDIR, O_SERVERGRID, O_JSON, O_REQUESTS, O_PNG, O_WEIGHTS,
+    O_TIMEOUT_MS, O_CLUSTER_KEY
 };
 
 typedef struct common_opts {
@@ -762,6 +797,53 @@ static int cmd_ready(int argc, char **argv)
     return 1;
 }
 
+/* ---- conform ------------------------------------------------------------------------ */
+
+static int cmd_conform(int argc, char **argv)
+{
+    static const struct option lo[] = {
+        { "weights", required_argument, 0, O_WEIGHTS },
+        { "timeout-ms", required_argument, 0, O_TIMEOUT_MS },
+        { "cluster-key-file", required_argument, 0, O_CLUSTER_KEY },
+        { "help", no_argument, 0, 'h' },
+        { 0, 0, 0, 0 },
+    };
+    conform_opts o = { .timeout_ms = CONFORM_TIMEOUT_MS, .out = stdout };
+    long ms;
+    int c;
+    while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
+        switch (c) {
+        case O_WEIGHTS: o.weights = optarg; break;
+        case O_TIMEOUT_MS:
+            if (opt_long("--timeout-ms", optarg, 1, 600000, &ms))
+                return 2;
+            o.timeout_ms = (int)ms;
+            break;
+        case O_CLUSTER_KEY:
+            fprintf(stderr, "ddm-client: conform: --cluster-key-file is not yet supported: "
+                            "run conform against a worker started without a cluster key\n");
+            return 2;
+        case 'h': usage_conform(stdout); return 0;
+        default: return usage_hint("conform");
+        }
+    }
+    if (optind >= argc) {
+        fprintf(stderr, "ddm-client: conform: give the worker's URL, e.g. "
+                        "ddm-client conform tcp://127.0.0.1:7103\n");
+        return 2;
+    }
+    o.url = argv[optind++];
+    if (extra_args(argc, argv))
+        return 2;
+    conform_result res;
+    char err[768];
+    if (conform_run(&o, &res, err, sizeof err)) {
+        fprintf(stderr, "ddm-client: conform: %s\n", err);
+        return 2;
+    }
+    return res.failed ? 1 : 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -789,7 +871,9 @@ int main(int argc, char **argv)
         return cmd_bench(argc, argv);
     if (!strcmp(cmd, "ready"))
         return cmd_ready(argc, argv);
-    fprintf(stderr, "ddm-client: unknown command \"%s\": use sample, experts, bench or ready "
-                    "(see --help)\n", cmd);
+    if (!strcmp(cmd, "conform"))
+        return cmd_conform(argc, argv);
+    fprintf(stderr, "ddm-client: unknown command \"%s\": use sample, experts, bench, ready or "
+                    "conform (see --help)\n", cmd);
     return 2;
 }
