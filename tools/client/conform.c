@@ -229,7 +229,10 @@ static void refusal(suite *s, check *k, const void *buf, size_t len, int wrapper
         chk_fail(k, "a message that is not a usable WorkerRequest gets WorkerReply.error");
     else if (wrapper)
         err_ok(k, r.wr->error);
-    else if (kind != DDM__V1__WORKER_REPLY__KIND_DENOISE || !r.wr->denoise->error)
+    else if (kind == DDM__V1__WORKER_REPLY__KIND_DENOISE && !r.wr->denoise->error)
+        chk_fail(k, "the worker computed an answer: it must refuse this request with "
+                 "DenoiseReply.error and no v");
+    else if (kind != DDM__V1__WORKER_REPLY__KIND_DENOISE)
         chk_fail(k, "an invalid DenoiseRequest gets a DenoiseReply with error set");
     else if (r.wr->denoise->has_v)
         chk_fail(k, "an error reply carries no v");
