@@ -96,9 +96,11 @@ static uint8_t *wrap_denoise(const Ddm__V1__DenoiseRequest *r, const uint8_t *in
     b[o++] = 0x0a; /* field 1 (denoise), length-delimited */
     put_varint(b, &o, il);
     o += ddm__v1__denoise_request__pack(r, b + o);
-    memcpy(b + o, in_extra, in_n);
+    if (in_n)
+        memcpy(b + o, in_extra, in_n);
     o += in_n;
-    memcpy(b + o, out_extra, out_n);
+    if (out_n)
+        memcpy(b + o, out_extra, out_n);
     *len = o + out_n;
     return b;
 }
