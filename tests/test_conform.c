@@ -43,7 +43,7 @@
 #include "expert-worker/wire.h"
 #include "tests/support/proc.h"
 #include "tests/support/toyset.h"
-#include "tools/client/wclient.h"
+#include "tools/client/wreq.h"
 
 #define FAKE_MAX_BATCH 64
 #define RUN_MS 60000      /* a conform run must end within this (it takes a second or two) */
@@ -218,8 +218,8 @@ static void ipc_url(char *buf, size_t len, const char *name)
 static void wait_handshake(const char *url)
 {
     char err[256];
-    wclient *c;
-    assert_int_equal(wclient_open(url, &c, err, sizeof err), 0);
+    wreq *c;
+    assert_int_equal(wreq_open(url, &c, err, sizeof err), 0);
     Ddm__V1__InfoRequest ir = DDM__V1__INFO_REQUEST__INIT;
     Ddm__V1__WorkerRequest wr = DDM__V1__WORKER_REQUEST__INIT;
     wr.kind_case = DDM__V1__WORKER_REQUEST__KIND_INFO;
@@ -229,13 +229,13 @@ static void wait_handshake(const char *url)
     for (int i = 0; i < 100; i++) {
         void *body;
         size_t blen;
-        if (wclient_call(c, buf, len, 200, &body, &blen) == 0) {
+        if (wreq_call(c, buf, len, 200, &body, &blen) == 0) {
             nn_freemsg(body);
-            wclient_close(c);
+            wreq_close(c);
             return;
         }
     }
-    wclient_close(c);
+    wreq_close(c);
     fail_msg("nothing answered a handshake at %s within 20 s", url);
 }
 

@@ -1,7 +1,7 @@
 /* conform.c -- the checks of ddm-client conform (see conform.h; each check
  * tests one rule of docs/protocol.md).
  *
- * Requests are built with protobuf-c, sent on a wclient (a raw REQ socket, as
+ * Requests are built with protobuf-c, sent on a wreq (a raw REQ socket, as
  * the router uses) and waited for with the --timeout-ms deadline. A request
  * that breaks a rule is a mutated copy of a good two-latent request; after
  * each one a good request must still be answered, else the worker is taken
@@ -450,7 +450,7 @@ int conform_run(const conform_opts *o, conform_result *res, char *err, size_t er
     memset(res, 0, sizeof *res);
     if (o->weights && load_weights(&s, err, errlen))
         return DDM_EINVAL;
-    int rc = wclient_open(o->url, &s.c, err, errlen);
+    int rc = wreq_open(o->url, &s.c, err, errlen);
     if (rc) {
         model_close(s.ref);
         return rc;
@@ -482,7 +482,7 @@ int conform_run(const conform_opts *o, conform_result *res, char *err, size_t er
                 "protocol v1\n", s.res.passed, s.res.skipped, o->url);
     fflush(o->out);
     *res = s.res;
-    wclient_close(s.c);
+    wreq_close(s.c);
     model_close(s.ref);
     return 0;
 }

@@ -301,13 +301,13 @@ typedef struct conc_client {
 } conc_client;
 
 /* Sends request j of cl; *id = its request id. */
-static int conc_send(conc_client *cl, wclient *c, int j, uint32_t *id)
+static int conc_send(conc_client *cl, wreq *c, int j, uint32_t *id)
 {
     size_t len;
     uint8_t *buf = dreq_pack(&cl->d[j], &len);
     if (!buf)
         return chk_fail(&cl->k, "out of memory");
-    int rc = wclient_send(c, buf, len, cl->s->o->timeout_ms, id);
+    int rc = wreq_send(c, buf, len, cl->s->o->timeout_ms, id);
     free(buf);
     if (rc)
         return chk_fail(&cl->k, "client %d: could not send: %s", cl->idx, ddm_strerror(rc));
@@ -328,11 +328,11 @@ static void *conc_run(void *arg)
 {
     conc_client *cl = arg;
     const suite *s = cl->s;
-    wclient *c;
+    wreq *c;
     char err[256];
     uint32_t ids[CONC_PER_CLIENT];
     int done[CONC_PER_CLIENT] = { 0 }, tries[CONC_PER_CLIENT] = { 0 };
-    if (wclient_open(s->o->url, &c, err, sizeof err)) {
+    if (wreq_open(s->o->url, &c, err, sizeof err)) {
         chk_fail(&cl->k, "client %d: %s", cl->idx, err);
         return NULL;
     }
@@ -344,7 +344,7 @@ static void *conc_run(void *arg)
         size_t len = 0;
         uint32_t id;
         reply r;
-        int rc = wclient_recv(c, s->o->timeout_ms, &id, &body, &len);
+        int rc = wreq_recv(c, s->o->timeout_ms, &id, &body, &len);
         reply_take(&r, rc, body, len);
         if (rc == DDM_ETIMEDOUT) {
             chk_fail(&cl->k, "client %d: %d of %d replies missing after %d ms", cl->idx,
@@ -380,7 +380,7 @@ static void *conc_run(void *arg)
             break;
     }
 out:
-    wclient_close(c);
+    wreq_close(c);
     return NULL;
 }
 

@@ -11,7 +11,7 @@
 #include "common/model.h"
 #include "ddm/v1/worker.pb-c.h"
 #include "tools/client/conform.h"
-#include "tools/client/wclient.h"
+#include "tools/client/wreq.h"
 
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "latents travel as little-endian fp32; this host would need byte swapping"
@@ -26,7 +26,7 @@
 /* One run of the suite. */
 typedef struct suite {
     const conform_opts *o;
-    wclient *c;                  /* the main socket */
+    wreq *c;                  /* the main socket */
     model *ref;                  /* --weights, or NULL */
     /* from the handshake */
     int info_ok;                 /* dim, max_batch and num_classes are usable */
@@ -100,12 +100,12 @@ typedef struct reply {
     Ddm__V1__WorkerReply *wr;    /* NULL when rc != 0 or the bytes do not decode */
 } reply;
 
-/* Fills r from a wclient receive (rc, and on success the nanomsg body of
+/* Fills r from a wreq receive (rc, and on success the nanomsg body of
  * len bytes, which it decodes and releases). */
 void reply_take(reply *r, int rc, void *body, size_t len);
 void reply_free(reply *r);
 /* One round trip of buf on c within s's deadline. */
-void call_bytes(const suite *s, wclient *c, const void *buf, size_t len, reply *r);
+void call_bytes(const suite *s, wreq *c, const void *buf, size_t len, reply *r);
 /* One line saying what came back ("no reply within N ms", "DenoiseReply id=3 v=...", ...). */
 void reply_describe(const suite *s, const reply *r, char *buf, size_t len);
 /* "code -1004 (value out of range), "message"" */

@@ -212,11 +212,11 @@ void reply_take(reply *r, int rc, void *body, size_t len)
 }
 
 /* One round trip on c within the deadline. */
-void call_bytes(const suite *s, wclient *c, const void *buf, size_t len, reply *r)
+void call_bytes(const suite *s, wreq *c, const void *buf, size_t len, reply *r)
 {
     void *body = NULL;
     size_t blen = 0;
-    int rc = wclient_call(c, buf, len, s->o->timeout_ms, &body, &blen);
+    int rc = wreq_call(c, buf, len, s->o->timeout_ms, &body, &blen);
     reply_take(r, rc, body, blen);
 }
 

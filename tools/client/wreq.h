@@ -1,45 +1,45 @@
-/* wclient.h -- a blocking client of worker protocol v1 (docs/protocol.md).
+/* wreq.h -- a blocking client of worker protocol v1 (docs/protocol.md).
  *
  * One raw (AF_SP_RAW) nanomsg REQ socket connected to one worker URL, as the
  * router connects: every request carries a fresh 31-bit request id in its SP
  * header, several may be in flight, and a reply is matched to its request by
  * that id. Every wait has a deadline, so a worker that never answers costs
- * the caller that long and no more. For ddm-client conform; a wclient is used
+ * the caller that long and no more. For ddm-client conform; a wreq is used
  * by one thread at a time (open one per thread). */
-#ifndef DDM_CLIENT_WCLIENT_H
-#define DDM_CLIENT_WCLIENT_H
+#ifndef DDM_CLIENT_WREQ_H
+#define DDM_CLIENT_WREQ_H
 
 #include <stddef.h>
 #include <stdint.h>
 
-typedef struct wclient wclient;
+typedef struct wreq wreq;
 
 /* Opens a raw REQ socket to url (tcp://host:port or ipc:///path) with no
  * receive size limit. nanomsg connects in the background: a worker that is
- * not up yet is reached once it binds. Returns 0 and *out (wclient_close),
+ * not up yet is reached once it binds. Returns 0 and *out (wreq_close),
  * or DDM_EINVAL / DDM_ENOMEM / -errno with a message in err naming the URL. */
-int wclient_open(const char *url, wclient **out, char *err, size_t errlen);
+int wreq_open(const char *url, wreq **out, char *err, size_t errlen);
 
 /* Closes the socket (unsent and unread messages are dropped); NULL is a no-op. */
-void wclient_close(wclient *c);
+void wreq_close(wreq *c);
 
 /* Sends buf[0..len) as one message under a new request id (*id). Returns 0,
  * DDM_ETIMEDOUT when it could not be handed to a connection within
  * timeout_ms (no worker there), or -errno. */
-int wclient_send(wclient *c, const void *buf, size_t len, int timeout_ms, uint32_t *id);
+int wreq_send(wreq *c, const void *buf, size_t len, int timeout_ms, uint32_t *id);
 
 /* Waits up to timeout_ms for the next reply to any request of c. Returns 0
  * with *id, and *body (a nanomsg buffer the caller releases with
  * nn_freemsg) of *len bytes; DDM_ETIMEDOUT; DDM_EPROTO when the SP header is
  * not one request id (then nothing is returned); or -errno. */
-int wclient_recv(wclient *c, int timeout_ms, uint32_t *id, void **body, size_t *len);
+int wreq_recv(wreq *c, int timeout_ms, uint32_t *id, void **body, size_t *len);
 
-/* Like wclient_recv but only for the reply to request id: replies to other
+/* Like wreq_recv but only for the reply to request id: replies to other
  * (earlier, timed-out) requests are dropped. timeout_ms bounds the whole wait. */
-int wclient_recv_id(wclient *c, uint32_t id, int timeout_ms, void **body, size_t *len);
+int wreq_recv_id(wreq *c, uint32_t id, int timeout_ms, void **body, size_t *len);
 
-/* wclient_send then wclient_recv_id, each within timeout_ms. */
-int wclient_call(wclient *c, const void *buf, size_t len, int timeout_ms, void **body,
+/* wreq_send then wreq_recv_id, each within timeout_ms. */
+int wreq_call(wreq *c, const void *buf, size_t len, int timeout_ms, void **body,
                  size_t *blen);
 
 #endif

@@ -1,6 +1,6 @@
-/* wclient.c -- blocking raw REQ client of a worker (see wclient.h). Deadlines
+/* wreq.c -- blocking raw REQ client of a worker (see wreq.h). Deadlines
  * are the socket's NN_SNDTIMEO / NN_RCVTIMEO, set before each wait. */
-#include "tools/client/wclient.h"
+#include "tools/client/wreq.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -15,7 +15,7 @@
 #include "common/err.h"
 #include "common/nnuv.h"
 
-struct wclient {
+struct wreq {
     int sock;
     uint32_t next_id;
 };
@@ -27,10 +27,10 @@ static double now_ms(void)
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
-int wclient_open(const char *url, wclient **out, char *err, size_t errlen)
+int wreq_open(const char *url, wreq **out, char *err, size_t errlen)
 {
     *out = NULL;
-    wclient *c = calloc(1, sizeof *c);
+    wreq *c = calloc(1, sizeof *c);
     if (!c)
         return ddm_errf(err, errlen, DDM_ENOMEM, "out of memory");
     /* ids start somewhere else in every client: a stale reply on a reused
@@ -58,7 +58,7 @@ int wclient_open(const char *url, wclient **out, char *err, size_t errlen)
     return 0;
 }
 
-void wclient_close(wclient *c)
+void wreq_close(wreq *c)
 {
     if (!c)
         return;
@@ -75,7 +75,7 @@ static void set_timeout(int sock, int opt, int ms)
 
 static int timed_out(int rc) { return rc == -ETIMEDOUT || rc == -EAGAIN; }
 
-int wclient_send(wclient *c, const void *buf, size_t len, int timeout_ms, uint32_t *id)
+int wreq_send(wreq *c, const void *buf, size_t len, int timeout_ms, uint32_t *id)
 {
     void *body = nn_allocmsg(len, 0);
     if (!body)
@@ -94,7 +94,7 @@ int wclient_send(wclient *c, const void *buf, size_t len, int timeout_ms, uint32
     return 0;
 }
 
-int wclient_recv(wclient *c, int timeout_ms, uint32_t *id, void **body, size_t *len)
+int wreq_recv(wreq *c, int timeout_ms, uint32_t *id, void **body, size_t *len)
 {
     nnuv_hdr h;
     set_timeout(c->sock, NN_RCVTIMEO, timeout_ms);
@@ -110,7 +110,7 @@ int wclient_recv(wclient *c, int timeout_ms, uint32_t *id, void **body, size_t *
     return 0;
 }
 
-int wclient_recv_id(wclient *c, uint32_t id, int timeout_ms, void **body, size_t *len)
+int wreq_recv_id(wreq *c, uint32_t id, int timeout_ms, void **body, size_t *len)
 {
     double end = now_ms() + timeout_ms;
     for (;;) {
@@ -118,7 +118,7 @@ int wclient_recv_id(wclient *c, uint32_t id, int timeout_ms, void **body, size_t
         if (left < 1)
             return DDM_ETIMEDOUT;
         uint32_t got;
-        int rc = wclient_recv(c, (int)left, &got, body, len);
+        int rc = wreq_recv(c, (int)left, &got, body, len);
         if (rc == DDM_EPROTO)
             continue;
         if (rc < 0 || got == id)
@@ -128,10 +128,10 @@ int wclient_recv_id(wclient *c, uint32_t id, int timeout_ms, void **body, size_t
     }
 }
 
-int wclient_call(wclient *c, const void *buf, size_t len, int timeout_ms, void **body,
+int wreq_call(wreq *c, const void *buf, size_t len, int timeout_ms, void **body,
                  size_t *blen)
 {
     uint32_t id;
-    int rc = wclient_send(c, buf, len, timeout_ms, &id);
-    return rc < 0 ? rc : wclient_recv_id(c, id, timeout_ms, body, blen);
+    int rc = wreq_send(c, buf, len, timeout_ms, &id);
+    return rc < 0 ? rc : wreq_recv_id(c, id, timeout_ms, body, blen);
 }
