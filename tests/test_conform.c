@@ -51,6 +51,7 @@
 static char g_dir[128];
 static char g_weights[256];   /* a small fp16 expert, dim 784 */
 static char g_tiny[256];      /* a dim-4 expert for the example bytes */
+static char g_uncond[256];    /* an unconditional expert (no classes), dim 784 */
 static pid_t g_kids[8];
 static int g_nkids;
 static char g_self[512];      /* this binary, for the fake workers */
@@ -239,15 +240,20 @@ static void wait_handshake(const char *url)
     fail_msg("nothing answered a handshake at %s within 20 s", url);
 }
 
-static void start_expert(const char *url, const char *max_batch)
+static void start_expert_weights(const char *url, const char *weights, const char *max_batch)
 {
     char bin[256], log[300];
     proc_bin("ddm-expert", bin, sizeof bin);
     snprintf(log, sizeof log, "%s/expert.log", g_dir);
-    char *argv[] = { bin, "--weights", g_weights, "--listen", (char *)url, "--max-batch",
+    char *argv[] = { bin, "--weights", (char *)weights, "--listen", (char *)url, "--max-batch",
                      (char *)max_batch, "--log-level", "error", NULL };
     add_kid(proc_start(argv, log));
     wait_handshake(url);
+}
+
+static void start_expert(const char *url, const char *max_batch)
+{
+    start_expert_weights(url, g_weights, max_batch);
 }
 
 static void start_fake(int mode, const char *url)
@@ -367,6 +373,20 @@ static void test_expert_passes_tcp_small_batch(void **state)
     expect_in(g_out, "SKIP reference: no --weights FILE given");
     expect_in(g_out, "batch=6"); /* max_batch + 1 was sent */
     expect_in(g_out, "in the batch of 5");
+}
+
+/* The edges: an unconditional expert (labels may only be -1, a label 0 is
+ * refused) with a max batch of 1 (batch invariance has nothing to mix). */
+static void test_expert_passes_unconditional_batch_1(void **state)
+{
+    (void)state;
+    char url[300];
+    ipc_url(url, sizeof url, "uncond");
+    start_expert_weights(url, g_uncond, "1");
+    int rc = run_client(g_out, sizeof g_out, "conform", url, "--weights", g_uncond, NULL);
+    expect_all_pass(rc, g_out, N_CHECKS, 0);
+    expect_in(g_out, "num_classes=0");
+    expect_in(g_out, "labels=[-1, 0] (num_classes is 0)");
 }
 
 /* A worker written from the spec alone, on a cooked REP socket, passes. */
@@ -690,8 +710,12 @@ static int group_setup(void **state)
     g_self[n] = 0;
     snprintf(g_weights, sizeof g_weights, "%s/expert-2.safetensors", g_dir);
     snprintf(g_tiny, sizeof g_tiny, "%s/tiny.safetensors", g_dir);
+    snprintf(g_uncond, sizeof g_uncond, "%s/expert-0.safetensors", g_dir);
+    net_config uc = g_cfg;
+    uc.n_classes = 0;
     if (toyset_write_model(g_weights, MODEL_DENOISER, &g_cfg, 21, 2, 4, ST_F16) ||
-        toyset_write_model(g_tiny, MODEL_DENOISER, &g_tiny_cfg, 22, 0, 1, ST_F32))
+        toyset_write_model(g_tiny, MODEL_DENOISER, &g_tiny_cfg, 22, 0, 1, ST_F32) ||
+        toyset_write_model(g_uncond, MODEL_DENOISER, &uc, 23, 0, 4, ST_F32))
         return -1;
     return 0;
 }
@@ -723,6 +747,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_teardown(test_sp_tcp_framing, test_teardown),
         cmocka_unit_test_teardown(test_expert_passes_with_weights, test_teardown),
         cmocka_unit_test_teardown(test_expert_passes_tcp_small_batch, test_teardown),
+        cmocka_unit_test_teardown(test_expert_passes_unconditional_batch_1, test_teardown),
         cmocka_unit_test_teardown(test_cooked_worker_passes, test_teardown),
         cmocka_unit_test_teardown(test_nan_worker_fails, test_teardown),
         cmocka_unit_test_teardown(test_short_worker_fails, test_teardown),
