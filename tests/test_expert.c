@@ -677,6 +677,7 @@ static void test_bad_inputs(void **state)
         { "labels has", DDM_EMISMATCH }, /* 11: labels count mismatch */
         { "not finite", DDM_ERANGE },    /* 12: NaN in x */
         { "dim missing", DDM_EINVAL },   /* 13: no dim */
+        { "batch missing", DDM_EINVAL }, /* 14: no batch */
     };
     for (int c = 0; c < (int)(sizeof cases / sizeof cases[0]); c++) {
         set_bad(&r, c == 2 ? &big : &d, lab);
@@ -700,6 +701,7 @@ static void test_bad_inputs(void **state)
         case 11: r.n_labels = 2; break;
         case 12: d.x[7] = NAN; break;
         case 13: r.has_dim = 0; break;
+        case 14: r.has_batch = 0; break;
         }
         id = g_next_id++;
         send_denoise_proto(s, id, &r);
