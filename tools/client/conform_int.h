@@ -19,7 +19,7 @@
 
 #define CONFORM_SEED 0x64646d31u           /* "ddm1": inputs are the same in every run */
 #define CONFORM_MAX_BYTES ((size_t)256 << 20) /* largest request built (batch-over-max) */
-#define CONFORM_ROUTER_ROWS 256            /* the router sends at most this many latents a message */
+#define CONFORM_ROUTER_ROWS 256            /* most latents the router sends in one message */
 #define CONFORM_BATCH_ROWS 64              /* the batch of batch-invariance and reference */
 #define CONFORM_TEXT 700                   /* bytes of one report line */
 
@@ -45,6 +45,7 @@ typedef struct check {
     const char *name;
     char sent[CONFORM_TEXT], got[CONFORM_TEXT], why[CONFORM_TEXT];
     int failed;
+    int skipped;                 /* not applicable to this worker (why says so) */
 } check;
 
 /* Set the sent / got line (replacing it). */
