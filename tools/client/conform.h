@@ -35,7 +35,8 @@ typedef struct conform_result {
  * and (on failure) "why:" lines, then one summary line naming the failed
  * checks. A check that needs the handshake is skipped without one; after the
  * worker stops answering, the checks that follow are skipped (and the suite
- * fails). Returns 0 when the suite ran (*res counts the outcomes), or before
+ * fails); the --weights checks are skipped without a file, and a bad-input
+ * check whose request would be over 256 MiB is skipped too. Returns 0 when the suite ran (*res counts the outcomes), or before
  * any check: DDM_EINVAL (bad URL, --weights not a denoiser), an st/model
  * error for an unreadable weights file, DDM_ENOMEM; with a message in err. */
 int conform_run(const conform_opts *o, conform_result *res, char *err, size_t errlen);
