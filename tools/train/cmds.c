@@ -23,7 +23,7 @@ static int meta_num(st_writer *w, const char *key, double v)
 }
 
 int train_save(const train_cfg *c, const char *path, model_kind kind, const net_config *nc,
-               const float *params, int expert_id, uint64_t seed, const train_opts *o,
+               const model_shape *shape, const float *params, int expert_id, uint64_t seed, const train_opts *o,
                const train_result *res, const float *centroid, const char *const *kv, int nkv,
                char *err, size_t errlen)
 {
@@ -39,7 +39,8 @@ int train_save(const train_cfg *c, const char *path, model_kind kind, const net_
     snprintf(conf, sizeof conf, "steps=%ld batch=%d lr=%g lr_final=%g warmup=%ld ema=%g "
              "clip=%g p_null=%g t=%s", o->steps, o->batch, o->lr, o->lr_final, o->warmup,
              o->ema, o->clip, o->p_null, o->tdist == T_LOGIT_NORMAL ? "logit-normal" : "uniform");
-    int rc = model_write(w, kind, nc, params, c->dtype, c->dataset, expert_id, c->K);
+    int rc = model_write(w, kind, nc, params, c->dtype, cfg_set_name(c), expert_id, c->K);
+    rc = rc ? rc : model_shape_write(w, shape);
     rc = rc ? rc : st_writer_meta(w, "architecture", arch);
     rc = rc ? rc : st_writer_meta(w, "config", conf);
     snprintf(num, sizeof num, "%llu", (unsigned long long)seed);
@@ -67,7 +68,9 @@ static dataset *load_split(const train_cfg *c, data_split split)
 {
     dataset *ds = NULL;
     char err[4096];
-    if (data_load(c->dataset, c->data_dir, split, &ds, err, sizeof err)) {
+    data_spec spec = cfg_data_spec(c);
+    spec.folder.quiet = split == DATA_TEST; /* the train split's load warns once */
+    if (data_load_spec(&spec, split, &ds, err, sizeof err)) {
         fprintf(stderr, "ddm-train: %s\n", err);
         return NULL;
     }
@@ -95,8 +98,10 @@ int cmd_partition(const train_cfg *c)
     double t0 = fit_now();
     int rc = kmeans_fit(ds->pixels, ds->n, ds->dim, &ko, &km, err, sizeof err);
     if (!rc) {
+        printf("partition %s: %d images of %dx%dx%d, %d classes\n", cfg_set_name(c), ds->n, ds->height,
+               ds->width, ds->channels, ds->n_classes);
         printf("partition %s: k-means K=%d on %s (%d restarts, seed %llu): inertia %.1f, "
-               "%d iterations%s, %.1f s\n", c->dataset, c->K, c->pca ? "PCA features" : "pixels",
+               "%d iterations%s, %.1f s\n", cfg_set_name(c), c->K, c->pca ? "PCA features" : "pixels",
                c->restarts, (unsigned long long)ko.seed, km->inertia, km->iters,
                km->converged ? " (converged)" : "", fit_now() - t0);
         kmeans_print_table(stdout, km->assign, ds->n, c->K, ds->labels, ds->n_classes,
@@ -105,11 +110,21 @@ int cmd_partition(const train_cfg *c)
         rc = fs_mkdirs(c->shards, err, sizeof err);
     }
     if (!rc)
-        rc = shard_write_all(c->shards, c->dataset, ds->n, ds->dim, ds->pixels, ds->labels,
-                             ds->n_classes, km->assign, c->K, km->centroids, err, sizeof err);
+        rc = shard_write_all(c->shards, cfg_set_name(c), &ds->shape, ds->n, ds->dim, ds->pixels,
+                             ds->labels, ds->n_classes, km->assign, c->K, km->centroids, err,
+                             sizeof err);
     if (!rc)
         printf("partition: wrote %s/partition.safetensors and shard-0..%d.safetensors\n",
                c->shards, c->K - 1);
+    if (!rc && ds->folder) {
+        char mpath[CFG_PATH + 32];
+        data_spec spec = cfg_data_spec(c);
+        snprintf(mpath, sizeof mpath, "%s/manifest.tsv", c->shards);
+        rc = imgdir_write_manifest(ds->folder, c->dataset, &spec.folder, mpath, err, sizeof err);
+        if (!rc)
+            printf("partition: wrote %s (%d images with their sha256, class and split)\n", mpath,
+                   ds->folder->n);
+    }
     kmeans_result_free(km);
     data_free(ds);
     return rc ? fail(err) : 0;
@@ -155,9 +170,9 @@ int cmd_expert(const train_cfg *c)
         return fail(err);
     int rc = 0;
     if ((c->shard >= 0 && s->id != c->shard) || s->K != c->K ||
-        strcmp(s->dataset, c->dataset) != 0) {
+        strcmp(s->dataset, cfg_set_name(c)) != 0) {
         snprintf(err, sizeof err, "%s holds cluster %d of %d of %s, but expert %d of %d of %s "
-                 "was asked for", path, s->id, s->K, s->dataset, c->shard, c->K, c->dataset);
+                 "was asked for", path, s->id, s->K, s->dataset, c->shard, c->K, cfg_set_name(c));
         shard_free(s);
         return fail(err);
     }
@@ -198,7 +213,7 @@ int cmd_expert(const train_cfg *c)
         const char *kv[] = { "cluster", cbuf, "shard_n", nbuf, "shard_sha256", s->sha256,
                              "role", "expert", "classes", kept };
         rc = fs_mkdirs(c->out, err, sizeof err);
-        rc = rc ? rc : train_save(c, opath, MODEL_DENOISER, &nc, avg, s->id, seed, &o, &res,
+        rc = rc ? rc : train_save(c, opath, MODEL_DENOISER, &nc, &s->shape, avg, s->id, seed, &o, &res,
                                   s->centroid, kv, 5, err, sizeof err);
         if (!rc)
             printf("expert %d: %d images, loss %.4f -> %.4f, %.1f s (%.0f samples/s), wrote %s\n",
@@ -276,7 +291,7 @@ int cmd_router(const train_cfg *c)
     snprintf(opath, sizeof opath, "%s/router.safetensors", c->out);
     const char *kv[] = { "heldout_accuracy_uncond_label", acc, "role", "router" };
     if (fs_mkdirs(c->out, err, sizeof err) ||
-        train_save(c, opath, MODEL_ROUTER, &nc, avg, -1, seed, &o, &res, NULL, kv, 2, err,
+        train_save(c, opath, MODEL_ROUTER, &nc, &tr->shape, avg, -1, seed, &o, &res, NULL, kv, 2, err,
                    sizeof err)) {
         rc = 1;
         goto out;
@@ -326,7 +341,8 @@ int cmd_monolith(const train_cfg *c)
         snprintf(opath, sizeof opath, "%s/monolith.safetensors", c->out);
         const char *kv[] = { "role", "monolith" };
         rc = fs_mkdirs(c->out, err, sizeof err);
-        rc = rc ? rc : train_save(c, opath, MODEL_DENOISER, &nc, avg, -1, seed, &o, &res, NULL,
+        rc = rc ? rc : train_save(c, opath, MODEL_DENOISER, &nc, &tr->shape, avg, -1, seed, &o,
+                                  &res, NULL,
                                   kv, 1, err, sizeof err);
         if (!rc)
             printf("monolith: %d images, loss %.4f -> %.4f, %.1f s (%.0f samples/s), wrote %s\n",
@@ -362,8 +378,8 @@ int cmd_classifier(const train_cfg *c)
         net_init(&nc, params, seed);
         fprintf(stderr, "classifier: %d images, %zu parameters, %ld steps of %d\n", tr->n,
                 net_trainable_count(&nc), o.steps, o.batch);
-        rc = classifier_train(&nc, params, avg, &d, tr->width, c->cls_shift, &o, &res, err,
-                              sizeof err);
+        rc = classifier_train(&nc, params, avg, &d, tr->width, tr->channels, c->cls_shift, &o,
+                              &res, err, sizeof err);
     }
     if (!rc) {
         train_data h = { te->n, te->dim, te->pixels, te->labels, NULL };
@@ -375,7 +391,8 @@ int cmd_classifier(const train_cfg *c)
                100 * acc_tr);
         const char *kv[] = { "test_accuracy", abuf, "role", "classifier" };
         rc = fs_mkdirs(c->out, err, sizeof err);
-        rc = rc ? rc : train_save(c, opath, MODEL_CLASSIFIER, &nc, avg, -1, seed, &o, &res, NULL,
+        rc = rc ? rc : train_save(c, opath, MODEL_CLASSIFIER, &nc, &tr->shape, avg, -1, seed, &o,
+                                  &res, NULL,
                                   kv, 2, err, sizeof err);
         if (!rc)
             printf("classifier: loss %.4f -> %.4f, %.1f s, wrote %s\n", res.first_loss,
