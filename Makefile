@@ -114,15 +114,33 @@ all:
 deps:
 	@sh mk/deps.sh
 
-data: ; @sh mk/data.sh
+# the emoji rasteriser (FreeType) that `make data` runs on Noto Color Emoji
+EMOJI_RASTER := $(BUILD)/tools/emoji-raster
+$(EMOJI_RASTER): $(BUILD)/obj/tools/data/emoji_raster.o $(ALL_LIBS)
+	@mkdir -p $(dir $@)
+	$(LINK) $(shell pkg-config --libs freetype2)
+$(BUILD)/obj/tools/data/emoji_raster.o: CPPFLAGS += $(shell pkg-config --cflags freetype2)
+
+data:
+	@sh mk/deps.sh
+	@$(MAKE) --no-print-directory $(EMOJI_RASTER)
+	@EMOJI_RASTER=$(EMOJI_RASTER) sh mk/data.sh
 
 # `make models DATASET=digits|fashion`: the whole training pipeline (k-means
 # shards, experts two at a time, router, classifier, monolith, verify) into
 # models/$(DATASET)/ with its MANIFEST, and sample grids docs/samples-$(DATASET)-*.png.
 # Restartable: finished steps are kept (FORCE=1 redoes everything). See docs/training.md.
+# DATASET=emoji is the RGB demonstration set (data/png/emoji, made by `make
+# data`): 32x32 RGB on white, K = 8, settings sized to fit well within 45
+# minutes on 2 cores (docs/results.md, "Emoji": the measured time).
 DATASET ?= digits
+TRAIN_DATA_digits  := digits
+TRAIN_DATA_fashion := fashion
+TRAIN_DATA_emoji   := data/png/emoji --size 32 --channels 3 --background ffffff \
+    --hidden 256 --rank 32 --steps 600 --router-steps 600 --cls-steps 600 \
+    --mono-steps 300 --mono-batch 256 --samples 200
 models: all data
-	$(BIN)/ddm-train all --data $(DATASET) --out models/$(DATASET) \
+	$(BIN)/ddm-train all --data $(or $(TRAIN_DATA_$(DATASET)),$(DATASET)) --out models/$(DATASET) \
 	    --grids docs/samples-$(DATASET) $(if $(filter 1,$(FORCE)),--force)
 
 build: $(BINS)

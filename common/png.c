@@ -104,7 +104,8 @@ static int encode_run(encoder *enc, const uint8_t *pix, int width, int height, i
     }
     png_set_write_fn(enc->png, enc, enc_write, enc_flush);
     png_set_IHDR(enc->png, enc->info, (png_uint_32)width, (png_uint_32)height, 8,
-                 channels == 3 ? PNG_COLOR_TYPE_RGB : PNG_COLOR_TYPE_GRAY, PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT,
+                 channels == 4 ? PNG_COLOR_TYPE_RGB_ALPHA
+                 : channels == 3 ? PNG_COLOR_TYPE_RGB : PNG_COLOR_TYPE_GRAY, PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT,
                  PNG_FILTER_TYPE_DEFAULT);
     png_write_info(enc->png, enc->info);
     for (int y = 0; y < height; y++)
@@ -124,8 +125,8 @@ int pngio_encode(const uint8_t *pix, int width, int height, int channels, uint8_
                 PNGIO_MAX_SIDE);
         return DDM_EINVAL;
     }
-    if (channels != 1 && channels != 3) {
-        ddm_errf(err, errlen, 0, "PNG encode: %d channels (1 grey or 3 RGB)", channels);
+    if (channels != 1 && channels != 3 && channels != 4) {
+        ddm_errf(err, errlen, 0, "PNG encode: %d channels (1 grey, 3 RGB or 4 RGBA)", channels);
         return DDM_EINVAL;
     }
     encoder enc = { .e = { err, errlen, 0 } };

@@ -75,7 +75,7 @@ int pngio_read_grey(const char *path, uint8_t **pix, int *width, int *height,
 
 /* ---- encoding -------------------------------------------------------------- */
 
-/* Encodes pix [height][width][channels] (channels 1 = grey, 3 = RGB) as an
+/* Encodes pix [height][width][channels] (channels 1 grey, 3 RGB, 4 RGBA) as an
  * 8-bit PNG into a malloc'd buffer. On success returns 0 and the caller owns
  * *out (*outlen bytes; free with free()); on failure returns a ddm_err
  * (DDM_EINVAL for a bad size or channel count), *out = NULL, message in err. */

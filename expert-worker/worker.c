@@ -232,6 +232,13 @@ static void reply_info(expert_worker *w, const nnuv_hdr *hdr, const Ddm__V1__Inf
     i.max_batch = (uint32_t)w->cfg.max_batch;
     i.has_num_classes = 1;
     i.num_classes = (uint32_t)w->m->cfg.n_classes;
+    const model_shape *sh = &w->m->shape; /* image shape and class names (rgb, #15) */
+    i.has_height = i.has_width = i.has_channels = 1;
+    i.height = (uint32_t)sh->height;
+    i.width = (uint32_t)sh->width;
+    i.channels = (uint32_t)sh->channels;
+    i.n_class_names = (size_t)sh->n_class_names;
+    i.class_names = sh->class_names;
     Ddm__V1__WorkerReply r = DDM__V1__WORKER_REPLY__INIT;
     r.kind_case = DDM__V1__WORKER_REPLY__KIND_INFO;
     r.info = &i;

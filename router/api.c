@@ -44,6 +44,7 @@ typedef struct raw_req {
     uint64_t seed;
     double thr, temp, guid;
     const char *strategy, *sampler;
+    const char *label_name;   /* the class by name (JSON label string, protobuf label_name) */
     int trace;
 } raw_req;
 
@@ -136,9 +137,15 @@ static int decode_json(const uint8_t *body, size_t len, raw_req *r, const char *
             r->has_guid = 1;
             st = json_num_field(it, k, &r->guid, code, err, errlen);
         } else if (!strcmp(k, "label")) {
-            if (!cJSON_IsNull(it)) {
+            if (cJSON_IsString(it)) {
+                r->label_name = it->valuestring;
+            } else if (!cJSON_IsNull(it)) {
                 r->has_label = 1;
-                st = json_int_field(it, "label", 0, 1e9, &r->label, code, err, errlen);
+                if (!cJSON_IsNumber(it) || it->valuedouble != floor(it->valuedouble))
+                    st = bad(code, "bad_field", err, errlen, "field \"label\" must be a class "
+                             "number or a class name (string)");
+                else
+                    r->label = it->valuedouble;
             }
         } else if (!strcmp(k, "trace")) {
             if (!cJSON_IsBool(it))
@@ -152,10 +159,14 @@ static int decode_json(const uint8_t *body, size_t len, raw_req *r, const char *
     }
     if (!st) {
         /* the strings point into root: copy what we keep */
-        static __thread char strat[64], samp[16];
+        static __thread char strat[64], samp[16], lname[MODEL_MAX_CLASS_NAME + 1];
         if (r->strategy) {
             snprintf(strat, sizeof strat, "%s", r->strategy);
             r->strategy = strat;
+        }
+        if (r->label_name) {
+            snprintf(lname, sizeof lname, "%s", r->label_name);
+            r->label_name = lname;
         }
         if (r->sampler) {
             snprintf(samp, sizeof samp, "%s", r->sampler);
@@ -174,7 +185,7 @@ static int decode_proto(const uint8_t *body, size_t len, raw_req *r, const char 
     if (!m)
         return bad(code, "bad_protobuf", err, errlen,
                    "body is not a valid ddm.v1.SampleRequest protobuf message");
-    static __thread char strat[64], samp[16];
+    static __thread char strat[64], samp[16], lname[MODEL_MAX_CLASS_NAME + 1];
     r->has_n = m->has_n, r->n = m->n;
     r->has_steps = m->has_steps, r->steps = m->steps;
     r->has_seed = m->has_seed, r->seed = m->seed;
@@ -191,17 +202,53 @@ static int decode_proto(const uint8_t *body, size_t len, raw_req *r, const char 
         snprintf(samp, sizeof samp, "%s", m->sampler);
         r->sampler = samp;
     }
+    if (m->label_name) {
+        snprintf(lname, sizeof lname, "%s", m->label_name);
+        r->label_name = lname;
+    }
     int st = 0;
-    if ((r->has_thr && !isfinite(r->thr)) || (r->has_temp && !isfinite(r->temp)) ||
-        (r->has_guid && !isfinite(r->guid)))
+    if (m->has_label && m->label_name)
+        st = bad(code, "bad_field", err, errlen,
+                 "give the class as label (a number) or label_name, not both");
+    if (!st && ((r->has_thr && !isfinite(r->thr)) || (r->has_temp && !isfinite(r->temp)) ||
+                (r->has_guid && !isfinite(r->guid))))
         st = bad(code, "bad_field", err, errlen,
                  "fields threshold, temperature and guidance must be finite numbers");
     ddm__v1__sample_request__free_unpacked(m, NULL);
     return st;
 }
 
+/* r->label_name -> r->label: the index of that class name in shape. */
+static int resolve_label_name(raw_req *r, const model_shape *shape, int n_classes,
+                              const char **code, char *err, size_t errlen)
+{
+    int k = shape ? model_class_index(shape, r->label_name) : -1;
+    if (k >= 0) {
+        r->has_label = 1;
+        r->label = k;
+        return 0;
+    }
+    if (n_classes == 0)
+        return bad(code, "bad_field", err, errlen, "field \"label\": this model is "
+                   "unconditional, omit it");
+    if (!shape || shape->n_class_names == 0)
+        return bad(code, "bad_field", err, errlen, "field \"label\" = \"%.64s\": this model "
+                   "names no classes: give a number 0..%d", r->label_name, n_classes - 1);
+    size_t at = (size_t)snprintf(err, errlen, "field \"label\" = \"%.64s\" is not a class of "
+                                 "this model: use a number 0..%d or one of", r->label_name,
+                                 n_classes - 1);
+    for (int i = 0; i < shape->n_class_names && at < errlen; i++)
+        at += (size_t)snprintf(err + at, errlen - at, "%s \"%s\"", i ? "," : "",
+                               shape->class_names[i]);
+    if (at >= errlen && errlen > 4)
+        memcpy(err + errlen - 4, "...", 4);
+    *code = "bad_field";
+    return 400;
+}
+
 int api_decode_sample(const char *content_type, const uint8_t *body, size_t len, int K,
-                      int n_classes, uint64_t *seed_state, sample_params *p,
+                      int n_classes, const model_shape *shape, uint64_t *seed_state,
+                      sample_params *p,
                       const char **err_code, char *err, size_t errlen)
 {
     raw_req r;
@@ -219,6 +266,8 @@ int api_decode_sample(const char *content_type, const uint8_t *body, size_t len,
                  "application/x-protobuf", content_type);
         return 415;
     }
+    if (!st && r.label_name)
+        st = resolve_label_name(&r, shape, n_classes, err_code, err, errlen);
     if (st)
         return st;
 
@@ -334,10 +383,16 @@ static void sb_printf(sbuf *b, const char *fmt, ...)
     b->len += (size_t)n;
 }
 
+static int channels_of(const api_result *r)
+{
+    return r->channels == 3 ? 3 : 1;
+}
+
 static int image_png(const api_result *r, int i, uint8_t **png, size_t *len, char *err,
                      size_t errlen)
 {
-    return pngio_encode_grid(r->trajs[i]->x, 1, r->width, r->height, 1, png, len, err, errlen);
+    return pngio_encode_grid_ch(r->trajs[i]->x, 1, r->width, r->height, channels_of(r), 1, png,
+                                len, err, errlen);
 }
 
 static void totals(const api_result *r, uint64_t *calls, uint64_t *by)
@@ -360,9 +415,10 @@ static int encode_json(const api_result *r, uint8_t **body, size_t *len, char *e
     uint64_t calls, by[STRAT_MAX_EXPERTS];
     totals(r, &calls, by);
     sb_printf(&b, "{\"seed\":%llu,\"n\":%d,\"steps\":%d,\"strategy\":\"%s\",\"sampler\":\"%s\","
-                  "\"width\":%d,\"height\":%d,\"expert_calls\":%llu,\"calls_by_expert\":[",
+                  "\"width\":%d,\"height\":%d,\"channels\":%d,\"expert_calls\":%llu,"
+                  "\"calls_by_expert\":[",
               (unsigned long long)p->seed, p->n, p->steps, sname, sampler_name(p->sampler),
-              r->width, r->height, (unsigned long long)calls);
+              r->width, r->height, channels_of(r), (unsigned long long)calls);
     for (int k = 0; k < r->K; k++)
         sb_printf(&b, "%s%llu", k ? "," : "", (unsigned long long)by[k]);
     sb_printf(&b, "],\"timings\":{\"queue_ms\":%.3f,\"total_ms\":%.3f,\"router_ms\":%.3f,"
@@ -459,6 +515,7 @@ static int encode_proto(const api_result *r, uint8_t **body, size_t *len, char *
     m.sampler = (char *)sampler_name(p->sampler);
     m.has_width = 1, m.width = (uint32_t)r->width;
     m.has_height = 1, m.height = (uint32_t)r->height;
+    m.has_channels = 1, m.channels = (uint32_t)channels_of(r);
     for (size_t s = 0; s < ntrace; s++) {
         int i = (int)(s / (size_t)evals), e = (int)(s % (size_t)evals);
         const trace_entry *te = &r->trajs[i]->trace[e];
@@ -500,7 +557,7 @@ int api_encode_sample(api_format fmt, const api_result *r, uint8_t **body, size_
 {
     if (fmt == API_PNG) {
         const sample_params *p = r->p;
-        size_t dim = (size_t)r->width * (size_t)r->height;
+        size_t dim = (size_t)r->width * (size_t)r->height * (size_t)channels_of(r);
         float *all = malloc((size_t)p->n * dim * sizeof *all);
         if (!all) {
             snprintf(err, errlen, "out of memory encoding the response");
@@ -511,7 +568,8 @@ int api_encode_sample(api_format fmt, const api_result *r, uint8_t **body, size_
         int cols = 1;
         while (cols * cols < p->n)
             cols++;
-        int rc = pngio_encode_grid(all, p->n, r->width, r->height, cols, body, len, err, errlen);
+        int rc = pngio_encode_grid_ch(all, p->n, r->width, r->height, channels_of(r), cols, body,
+                                      len, err, errlen);
         free(all);
         *content_type = "image/png";
         return rc;

@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/model.h"
 #include "router/sampler.h"
 
 /* Upper bound on n x evaluations per request (keeps one request from
@@ -20,13 +21,15 @@
 
 typedef enum api_format { API_JSON = 0, API_PROTO, API_PNG } api_format;
 
-/* Decodes a sample request. K and n_classes describe the served model.
- * On success returns 0 and fills *p (seed drawn from *seed_state when
- * absent). On failure returns the HTTP status to answer (400 or 415), and
+/* Decodes a sample request. K, n_classes and shape (its class names; may be
+ * NULL) describe the served model. The class is `label` as a number, or as
+ * a class name (JSON: label as a string; protobuf: label_name). On success
+ * returns 0 and fills *p (seed drawn from *seed_state when absent). On failure returns the HTTP status to answer (400 or 415), and
  * err_code / err hold the error's code ("bad_field", "bad_json", ...) and
  * message. */
 int api_decode_sample(const char *content_type, const uint8_t *body, size_t len, int K,
-                      int n_classes, uint64_t *seed_state, sample_params *p,
+                      int n_classes, const model_shape *shape, uint64_t *seed_state,
+                      sample_params *p,
                       const char **err_code, char *err, size_t errlen);
 
 /* Response format from the Accept header (may be NULL) and the request's
@@ -37,7 +40,8 @@ int api_response_format(const char *accept, const char *content_type, api_format
 typedef struct api_result {
     const sample_params *p;
     int K;
-    int width, height;        /* image side; width * height = dim */
+    int width, height;        /* image size; width * height * channels = dim */
+    int channels;             /* 1 grey, 3 RGB (HWC); 0 is taken as 1 */
     traj **trajs;             /* [p->n] finished trajectories (x = image) */
     double queue_ms, total_ms, router_ms, expert_ms;
 } api_result;

@@ -326,6 +326,34 @@ static void detach(replica *rp, int state, const char *why)
     snprintf(rp->detail, sizeof rp->detail, "%s", why);
 }
 
+/* The image shape and class names of a handshake against the router's
+ * (docs/protocol.md): a worker that does not send height/width/channels
+ * serves 28x28x1; class names are checked when the worker sends them. On a
+ * mismatch writes why and returns 1. */
+static int shape_refused(const pool_config *cfg, const Ddm__V1__InfoReply *ir, char *why,
+                         size_t len)
+{
+    if (cfg->channels <= 0)
+        return 0;
+    int has = ir->has_height && ir->has_width && ir->has_channels;
+    unsigned h = has ? ir->height : 28, w = has ? ir->width : 28, c = has ? ir->channels : 1;
+    if ((int)h != cfg->height || (int)w != cfg->width || (int)c != cfg->channels) {
+        snprintf(why, len, "serves %ux%ux%u images%s, the router's model makes %dx%dx%d: its "
+                 "weights are from another set", h, w, c, has ? "" : " (no shape sent: 28x28x1)",
+                 cfg->height, cfg->width, cfg->channels);
+        return 1;
+    }
+    if (ir->n_class_names == 0)
+        return 0;
+    int same = (int)ir->n_class_names == cfg->n_class_names;
+    for (size_t i = 0; same && i < ir->n_class_names; i++)
+        same = ir->class_names[i] && !strcmp(ir->class_names[i], cfg->class_names[i]);
+    if (!same)
+        snprintf(why, len, "names its %zu classes differently from the router's model (%d names): "
+                 "its weights are from another set", ir->n_class_names, cfg->n_class_names);
+    return !same;
+}
+
 static void on_probe(nnuv *s, void *body, size_t len, const nnuv_hdr *hdr, void *ud)
 {
     (void)s;
@@ -352,6 +380,8 @@ static void on_probe(nnuv *s, void *body, size_t len, const nnuv_hdr *hdr, void 
     else if ((int)ir->num_classes != p->cfg.n_classes)
         snprintf(why, sizeof why, "has %u classes, the router's model has %d", ir->num_classes,
                  p->cfg.n_classes);
+    else
+        shape_refused(&p->cfg, ir, why, sizeof why);
     if (why[0]) {
         detach(rp, REP_REFUSED, why);
     } else {

@@ -4,7 +4,7 @@
  * every replica of that expert that passed the handshake, and nanomsg spreads
  * requests over them. Per replica, a probe (a cooked REQ socket to that URL
  * alone) sends an InfoRequest every probe interval: a replica that answers
- * with the right expert id, dim and set size is attached to the expert's
+ * with the right expert id, dim, set size, image shape and class names is attached to the expert's
  * socket; one that answers wrongly is refused (and logged); one that stops
  * answering is detached until it answers again -- no restart needed.
  *
@@ -27,6 +27,9 @@ typedef struct pool_config {
     int dim;                 /* latent size every worker must serve */
     int n_experts;           /* K */
     int n_classes;           /* label classes (0: unconditional) */
+    int height, width, channels;  /* image shape every worker must serve (0 = not checked) */
+    int n_class_names;            /* 0 = the router's model names no classes */
+    const char *const *class_names; /* [n_class_names], must outlive the pool */
     uint32_t call_timeout_ms;   /* per message attempt (default 2000) */
     int attempts;               /* sends per message before failing (default 3) */
     uint32_t probe_interval_ms; /* default 500 */

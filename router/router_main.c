@@ -235,10 +235,9 @@ int main(int argc, char **argv)
         cluster_free(&cl);
         return 1;
     }
-    int dim = a.router->cfg.in_dim, side = 1;
-    while (side * side < dim)
-        side++;
-    int width = side * side == dim ? side : dim, height = side * side == dim ? side : 1;
+    int dim = a.router->cfg.in_dim;
+    const model_shape *shape = &a.router->shape; /* image shape and class names of the set */
+    int width = shape->width, height = shape->height;
     int n_classes = a.router->cfg.n_classes;
 
     a.loop = uv_default_loop();
@@ -247,6 +246,11 @@ int main(int argc, char **argv)
     pc.dim = dim;
     pc.n_experts = cl.n_experts;
     pc.n_classes = n_classes;
+    pc.height = shape->height;
+    pc.width = shape->width;
+    pc.channels = shape->channels;
+    pc.n_class_names = shape->n_class_names;
+    pc.class_names = (const char *const *)shape->class_names;
     pc.call_timeout_ms = (uint32_t)o.expert_timeout_ms;
     pc.attempts = (int)o.attempts;
     int rc = pool_new(a.loop, &cl, &pc, &a.pl, err, sizeof err);
@@ -272,7 +276,8 @@ int main(int argc, char **argv)
     hc.max_connections = (uint32_t)o.max_connections;
     hc.max_body_bytes = 1 << 20;
     if (http_server_new(a.loop, &hc, &a.srv) ||
-        service_new(a.loop, a.srv, a.eng, a.pl, K, dim, n_classes, &a.svc)) {
+        service_new(a.loop, a.srv, a.eng, a.pl, K, dim, n_classes, &a.svc) ||
+        service_set_model(a.svc, shape, a.router->dataset)) {
         fprintf(stderr, "ddm-router: out of memory\n");
         return 1;
     }
@@ -287,8 +292,10 @@ int main(int argc, char **argv)
     uv_signal_start(&a.sigint, on_signal, SIGINT);
     uv_timer_init(a.loop, &a.drain_timer);
     a.drain_timer.data = &a;
-    log_info("listening on %s (port %d), %d experts, dim %d, %d classes, router %s", listen,
-             http_server_port(a.srv), K, dim, n_classes, rpath);
+    char shp[32];
+    log_info("listening on %s (port %d), %d experts, %s images of %s, %d classes, router %s",
+             listen, http_server_port(a.srv), K, model_shape_str(shape, shp, sizeof shp),
+             a.router->dataset[0] ? a.router->dataset : "?", n_classes, rpath);
     uv_run(a.loop, UV_RUN_DEFAULT);
     service_free(a.svc);
     model_close(a.router);

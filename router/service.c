@@ -21,6 +21,8 @@ struct service {
     engine *eng;
     pool *pl;
     int K, dim, n_classes;
+    const model_shape *shape;  /* NULL until service_set_model */
+    const char *dataset;
     int draining;
     int pending;
     uint64_t seed_state;
@@ -121,6 +123,7 @@ static void on_job_done(engine_job *job, void *ud, int status, const char *code,
         return;
     }
     r->result = *res;
+    r->result.channels = r->s->shape ? r->s->shape->channels : 1;
     r->work.data = r;
     if (uv_queue_work(r->s->loop, &r->work, encode_work, after_encode)) {
         encode_work(&r->work);
@@ -142,8 +145,8 @@ static void handle_samples(http_req *req, void *ud)
     sample_params p;
     const char *code = "bad_request";
     char err[384];
-    int st = api_decode_sample(ctype, body, len, s->K, s->n_classes, &s->seed_state, &p, &code,
-                               err, sizeof err);
+    int st = api_decode_sample(ctype, body, len, s->K, s->n_classes, s->shape, &s->seed_state,
+                               &p, &code, err, sizeof err);
     if (st) {
         http_respond_error(req, st, code, err);
         return;
@@ -234,8 +237,19 @@ static void handle_experts(http_req *req, void *ud)
 {
     service *s = ud;
     out o = { 0 };
-    put(&o, "{\"num_experts\":%d,\"dim\":%d,\"num_classes\":%d,\"ready\":%s,\"experts\":[", s->K,
-        s->dim, s->n_classes, pool_ready(s->pl) ? "true" : "false");
+    put(&o, "{\"num_experts\":%d,\"dim\":%d,\"num_classes\":%d,", s->K, s->dim, s->n_classes);
+    if (s->shape) {
+        put(&o, "\"height\":%d,\"width\":%d,\"channels\":%d,\"dataset\":", s->shape->height,
+            s->shape->width, s->shape->channels);
+        put_json_str(&o, s->dataset);
+        put(&o, ",\"class_names\":[");
+        for (int i = 0; i < s->shape->n_class_names; i++) {
+            put(&o, "%s", i ? "," : "");
+            put_json_str(&o, s->shape->class_names[i]);
+        }
+        put(&o, "],");
+    }
+    put(&o, "\"ready\":%s,\"experts\":[", pool_ready(s->pl) ? "true" : "false");
     for (int k = 0; k < s->K; k++) {
         pool_expert_stats st;
         pool_get_stats(s->pl, k, &st);
@@ -388,6 +402,13 @@ int service_new(uv_loop_t *loop, http_server *srv, engine *eng, pool *pl, int K,
         return rc;
     }
     *out = s;
+    return 0;
+}
+
+int service_set_model(service *s, const model_shape *shape, const char *dataset)
+{
+    s->shape = shape;
+    s->dataset = dataset;
     return 0;
 }
 

@@ -8,6 +8,7 @@
 
 #include <uv.h>
 
+#include "common/model.h"
 #include "router/engine.h"
 #include "router/pool.h"
 #include "server/http.h"
@@ -18,6 +19,10 @@ typedef struct service service;
  * engine and pool (in that order) and then frees the service. */
 int service_new(uv_loop_t *loop, http_server *srv, engine *eng, pool *pl, int K, int dim,
                 int n_classes, service **out);
+/* The served model's image shape, class names and dataset name (/v1/experts,
+ * labels by name, PNG colour type). Not copied: shape and dataset must
+ * outlive the service. Returns 0. Without it: square grey images, no names. */
+int service_set_model(service *s, const model_shape *shape, const char *dataset);
 /* Draining: new sample requests get 503 and /readyz says not ready. */
 void service_set_draining(service *s, int draining);
 /* Requests admitted and not answered yet. */

@@ -317,6 +317,19 @@ static void test_round_trip_and_interlace(void **state)
     }
     assert_int_equal(pngio_encode(pix, 7, 5, 2, &(uint8_t *){ NULL }, &(size_t){ 0 }, err,
                                   sizeof err), DDM_EINVAL);
+    /* RGBA out, composited back in on a background */
+    uint8_t rgba[8] = { 200, 100, 0, 255, 200, 100, 0, 0 };
+    uint8_t *png;
+    size_t len;
+    assert_int_equal(pngio_encode(rgba, 2, 1, 4, &png, &len, err, sizeof err), 0);
+    pngio_image im;
+    pngio_opts bo = { .channels = 3, .background = { 1, 2, 3 } };
+    assert_int_equal(pngio_decode(png, len, &bo, &im, err, sizeof err), 0);
+    const uint8_t want_rgba[6] = { 200, 100, 0, 1, 2, 3 };
+    assert_memory_equal(im.pix, want_rgba, 6);
+    assert_int_equal(im.had_alpha, 1);
+    pngio_image_free(&im);
+    free(png);
 
     /* Adam7 interlace: built with 8-bit grey, filter 0 per pass */
     const int W = 9, H = 9;

@@ -64,7 +64,7 @@ static void usage_sample(FILE *f)
 "  -S, --strategy NAME     top-K, full, threshold, sample, nucleus, uniform, expert:N\n"
 "                          (server default top-2)\n"
 "      --seed N            noise seed, 0..2^64-1 (server draws one when absent; echoed)\n"
-"      --label N           class to draw (absent: unconditional)\n"
+"      --label N|NAME      class to draw, by number or by name (absent: unconditional)\n"
 "      --guidance G        classifier-free guidance scale (server default 1)\n"
 "      --sampler NAME      euler or heun (server default euler)\n"
 "      --threshold X       tau of threshold (top_p of nucleus)\n"
@@ -114,7 +114,7 @@ static void usage_bench(FILE *f)
 "  -s, --steps N          steps per image (server default 50)\n"
 "  -S, --strategy NAME    routing strategy (server default top-2)\n"
 "      --seed N           fixed seed for every request (default: the server draws)\n"
-"      --label N          class to draw\n"
+"      --label N|NAME     class to draw, by number or by name\n"
 "      --guidance G       classifier-free guidance scale\n"
 "      --sampler NAME     euler or heun\n"
 "      --proto            send protobuf instead of JSON\n"
@@ -309,7 +309,11 @@ static int parse_req_opt(int c, const char *arg, samples_req *r)
             return bad_value("--seed", arg, "an integer 0..18446744073709551615");
         r->has_seed = 1;
         return 0;
-    case O_LABEL:
+    case O_LABEL: /* a class number, or a class name the server resolves */
+        if (arg[0] && strspn(arg, "0123456789") != strlen(arg)) {
+            r->label_name = arg;
+            return 0;
+        }
         if (opt_long("--label", arg, 0, 1000000, &v))
             return 2;
         r->has_label = 1, r->label = v;
@@ -344,9 +348,9 @@ static void print_trace(const samples_resp *r)
 
 static void print_stats(FILE *f, const samples_resp *r, double rtt_ms)
 {
-    fprintf(f, "seed %llu, strategy %s, sampler %s, %d steps, %d images %dx%d\n",
+    fprintf(f, "seed %llu, strategy %s, sampler %s, %d steps, %d images %dx%d%s\n",
             (unsigned long long)r->seed, r->strategy, r->sampler, r->steps, r->n_images,
-            r->width, r->height);
+            r->width, r->height, r->channels == 3 ? " RGB" : "");
     fprintf(f, "expert calls %llu; by expert:", (unsigned long long)r->expert_calls);
     for (int k = 0; k < r->K; k++)
         fprintf(f, " %d:%llu", k, (unsigned long long)r->calls_by_expert[k]);
@@ -506,6 +510,18 @@ static int print_experts(const char *body, size_t len)
            (int)jnum(root, "dim"), (int)jnum(root, "num_classes"),
            cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "ready")) ? "ready"
                                                                         : "NOT ready");
+    if (cJSON_GetObjectItemCaseSensitive(root, "channels")) { /* image shape (routers since #15) */
+        int ch = (int)jnum(root, "channels");
+        printf("images %dx%d %s, dataset %s, classes:", (int)jnum(root, "width"),
+               (int)jnum(root, "height"), ch == 3 ? "RGB" : "grey", jstr(root, "dataset"));
+        const cJSON *nm, *names = cJSON_GetObjectItemCaseSensitive(root, "class_names");
+        int any = 0;
+        cJSON_ArrayForEach(nm, names) {
+            printf("%s %s", any ? "," : "", cJSON_IsString(nm) ? nm->valuestring : "?");
+            any = 1;
+        }
+        printf("%s\n", any ? "" : " (unnamed)");
+    }
     printf("%-3s %-5s %10s %12s %9s %8s %8s %8s  %s\n", "id", "live", "calls", "rows",
            "lat ms", "batch", "retries", "failures", "replicas (state)");
     const cJSON *e;

@@ -513,7 +513,7 @@ static int write_plots(table *t, char *err, size_t errlen)
         }
         snprintf(path, sizeof path, "%s/fid-%s.png", o->out, m ? "conditional" : "unconditional");
         char title[128];
-        snprintf(title, sizeof title, "%s FID, %s (lower is better)", o->data, MODE_NAME[m]);
+        snprintf(title, sizeof title, "%s FID, %s (lower is better)", o->set, MODE_NAME[m]);
         rc = plot_bars(path, title, labels, v, sd, n, err, errlen);
     }
     /* disagreement vs confidence, routed rows of the unconditional probes */

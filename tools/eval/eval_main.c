@@ -12,11 +12,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/blas.h"
 #include "common/version.h"
 #include "tools/client/cli.h"
 #include "tools/eval/cmds.h"
+#include "tools/train/data.h"
 
 static void usage(FILE *f)
 {
@@ -194,8 +196,8 @@ static int parse(int argc, char **argv, eval_opts *o)
         const char *a = optarg;
         switch (c) {
         case O_DATA:
-            if (strcmp(a, "digits") && strcmp(a, "fashion"))
-                return bad_value("--data", a, "allowed digits or fashion");
+            if (data_is_folder(a) && access(a, R_OK | X_OK) != 0)
+                return bad_value("--data", a, "allowed digits, fashion or a readable folder of PNGs");
             rc = set_str(o->data, sizeof o->data, "--data", a);
             break;
         case O_DATA_DIR: rc = set_str(o->data_dir, sizeof o->data_dir, "--data-dir", a); break;

@@ -49,6 +49,8 @@ int train_save(const train_cfg *c, const char *path, model_kind kind, const net_
     rc = rc ? rc : st_writer_meta(w, "steps", num);
     rc = rc ? rc : meta_num(w, "loss", res->final_loss);
     rc = rc ? rc : st_writer_meta(w, "command", c->command);
+    if (!rc && data_is_folder(c->dataset)) /* how ddm-eval reads the folder again */
+        rc = st_writer_meta(w, "data_background", c->background);
     for (int i = 0; i < nkv && !rc; i++)
         rc = st_writer_meta(w, kv[2 * i], kv[2 * i + 1]);
     if (!rc && centroid) {
