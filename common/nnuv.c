@@ -153,8 +153,8 @@ static void on_readable(uv_poll_t *p, int status, int events)
         nnuv_hdr h;
         if (parse_hdr(&ctrl, &h) != 0) {
             s->st.dropped++;
-            log_warn("nnuv: socket %d: dropped a message whose SP header is over %d bytes "
-                     "(too many device hops)", s->sock, NNUV_MAX_HDR);
+            log_warn_limited("nnuv: socket %d: dropped a message whose SP header is over %d "
+                             "bytes (too many device hops)", s->sock, NNUV_MAX_HDR);
             nn_freemsg(body);
             continue;
         }
@@ -220,7 +220,8 @@ static void flush(nnuv *s)
         if (rc == -EAGAIN)
             return;
         if (rc < 0) {
-            log_warn("nnuv: socket %d: queued message dropped: %s", s->sock, nn_strerror(-rc));
+            log_warn_limited("nnuv: socket %d: queued message dropped: %s", s->sock,
+                             nn_strerror(-rc));
             nn_freemsg(o->body);
             s->st.dropped++;
         }
