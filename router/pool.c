@@ -404,6 +404,25 @@ static void replica_bad(replica *rp, const char *why)
     replica_out(rp, REP_QUARANTINED, DDM_EUNAVAIL, d);
 }
 
+/* ---- replies ------------------------------------------------------------------------------ */
+
+/* Opens a reply to the request whose MAC was req_mac: with a cluster key,
+ * checks and strips its MAC trailer (*mac_rc = 0, or DDM_EPROTO for none,
+ * DDM_EMISMATCH for a wrong one: then NULL), then decodes it. Returns the
+ * reply (free with ddm__v1__worker_reply__free_unpacked) or NULL. */
+static Ddm__V1__WorkerReply *open_reply(pool *p, const uint8_t *req_mac, const uint8_t *body,
+                                        size_t len, int *mac_rc)
+{
+    *mac_rc = 0;
+    if (p->has_key) {
+        *mac_rc = hmac_trailer_check_rep(&p->key, req_mac, body, len);
+        if (*mac_rc)
+            return NULL;
+        len -= HMAC_TRAILER_SIZE;
+    }
+    return ddm__v1__worker_reply__unpack(NULL, len, body);
+}
+
 /* ---- handshakes ------------------------------------------------------------------------ */
 
 static void send_handshake(replica *rp, uint64_t now)
@@ -468,19 +487,16 @@ static void on_handshake(replica *rp, uint32_t id, const uint8_t *body, size_t l
         rp->next_probe_ns = 0; /* the pipe changed meanwhile: ask again */
         return;
     }
-    if (p->has_key) {
-        int rc = hmac_trailer_check_rep(&p->key, rp->hs_mac, body, len);
-        if (rc) {
-            refuse(rp, rc == DDM_EPROTO
-                           ? "its handshake reply carries no MAC: start the worker with the "
-                             "router's --cluster-key-file"
-                           : "its handshake reply has a wrong MAC: it does not hold the "
-                             "router's cluster key");
-            return;
-        }
-        len -= HMAC_TRAILER_SIZE;
+    int mac_rc;
+    Ddm__V1__WorkerReply *wr = open_reply(p, rp->hs_mac, body, len, &mac_rc);
+    if (mac_rc) {
+        refuse(rp, mac_rc == DDM_EPROTO
+                       ? "its handshake reply carries no MAC: start the worker with the "
+                         "router's --cluster-key-file"
+                       : "its handshake reply has a wrong MAC: it does not hold the router's "
+                         "cluster key");
+        return;
     }
-    Ddm__V1__WorkerReply *wr = ddm__v1__worker_reply__unpack(NULL, len, body);
     const Ddm__V1__InfoReply *ir =
         wr && wr->kind_case == DDM__V1__WORKER_REPLY__KIND_INFO ? wr->info : NULL;
     char why[400];
@@ -778,15 +794,12 @@ static void on_data(replica *rp, uint32_t id, const uint8_t *body, size_t len)
     expert *e = &p->ex[rp->k];
     call *c = &p->calls[m->call];
     size_t D = (size_t)p->cfg.dim;
-    if (p->has_key) {
-        int rc = hmac_trailer_check_rep(&p->key, m->mac, body, len);
-        if (rc) {
-            replica_bad(rp, rc == DDM_EPROTO ? "reply without a MAC" : "reply with a wrong MAC");
-            return;
-        }
-        len -= HMAC_TRAILER_SIZE;
+    int mac_rc;
+    Ddm__V1__WorkerReply *wr = open_reply(p, m->mac, body, len, &mac_rc);
+    if (mac_rc) {
+        replica_bad(rp, mac_rc == DDM_EPROTO ? "reply without a MAC" : "reply with a wrong MAC");
+        return;
     }
-    Ddm__V1__WorkerReply *wr = ddm__v1__worker_reply__unpack(NULL, len, body);
     const Ddm__V1__DenoiseReply *dr =
         wr && wr->kind_case == DDM__V1__WORKER_REPLY__KIND_DENOISE ? wr->denoise : NULL;
     char why[300];
