@@ -182,8 +182,8 @@ static void on_readable(uv_poll_t *p, int status, int events)
         int n = nnuv_recvmsg(s->sock, NN_DONTWAIT, &body, &h);
         if (n == DDM_ERANGE) {
             s->st.dropped++;
-            log_warn("nnuv: socket %d: dropped a message whose SP header is over %d bytes "
-                     "(too many device hops)", s->sock, NNUV_MAX_HDR);
+            log_warn_limited("nnuv: socket %d: dropped a message whose SP header is over %d "
+                             "bytes (too many device hops)", s->sock, NNUV_MAX_HDR);
             continue;
         }
         if (n < 0) {
@@ -242,7 +242,8 @@ static void flush(nnuv *s)
         if (rc == -EAGAIN)
             return;
         if (rc < 0) {
-            log_warn("nnuv: socket %d: queued message dropped: %s", s->sock, nn_strerror(-rc));
+            log_warn_limited("nnuv: socket %d: queued message dropped: %s", s->sock,
+                             nn_strerror(-rc));
             nn_freemsg(o->body);
             s->st.dropped++;
         }

@@ -41,6 +41,9 @@ static void usage(FILE *f)
 "      --max-connections N       HTTP connections before 503 (default 1024)\n"
 "      --threads N               threads for the router network: a tick's rows are split\n"
 "                                over them (default 1; 2 when the router has a core to spare)\n"
+"      --cluster-key-file FILE   HMAC key shared with the workers (their --cluster-key-file):\n"
+"                                every message is authenticated, a worker without the key\n"
+"                                is refused (default: the file's \"set cluster-key-file\", else none)\n"
 "      --log-level LEVEL         debug, info, warn, error (default info)\n"
 "  -h, --help                    this text\n"
 "  -V, --version                 print the version\n"
@@ -51,7 +54,7 @@ static void usage(FILE *f)
 }
 
 typedef struct opts {
-    const char *cluster, *listen, *router_weights;
+    const char *cluster, *listen, *router_weights, *cluster_key_file;
     long max_images, tick_capacity, ticks, expert_timeout_ms, attempts, request_timeout_ms;
     long max_connections, threads;
 } opts;
@@ -155,6 +158,7 @@ int main(int argc, char **argv)
         { "max-connections", required_argument, 0, 1006 },
         { "threads", required_argument, 0, 1007 },
         { "log-level", required_argument, 0, 'L' },
+        { "cluster-key-file", required_argument, 0, 'k' },
         { "help", no_argument, 0, 'h' },
         { "version", no_argument, 0, 'V' },
         { 0, 0, 0, 0 },
@@ -172,6 +176,7 @@ int main(int argc, char **argv)
         case 'c': o.cluster = optarg; break;
         case 'l': o.listen = optarg; break;
         case 'w': o.router_weights = optarg; break;
+        case 'k': o.cluster_key_file = optarg; break;
         case 'L': {
             int lv = log_parse_level(optarg);
             if (lv < 0) {
@@ -212,6 +217,7 @@ int main(int argc, char **argv)
         int known = 0;
         for (int k = 0; k < N_NUMS; k++)
             known |= !strcmp(cl.set_keys[i], nums[k].name);
+        known |= !strcmp(cl.set_keys[i], "cluster-key-file");
         if (!known)
             log_warn("%s: unknown setting \"%s\" ignored", o.cluster, cl.set_keys[i]);
     }
@@ -253,6 +259,8 @@ int main(int argc, char **argv)
     pc.class_names = (const char *const *)shape->class_names;
     pc.call_timeout_ms = (uint32_t)o.expert_timeout_ms;
     pc.attempts = (int)o.attempts;
+    pc.cluster_key_file = o.cluster_key_file ? o.cluster_key_file
+                                             : cluster_setting(&cl, "cluster-key-file");
     int rc = pool_new(a.loop, &cl, &pc, &a.pl, err, sizeof err);
     int K = cl.n_experts;
     if (rc) {
