@@ -69,6 +69,8 @@ static pool *make_pool(uv_loop_t *loop, cluster *cl, fake_worker **fakes, int n,
     pool_config pc;
     pool_config_default(&pc);
     pc.dim = DIM;
+    pc.height = pc.width = 4; /* DIM = 4 x 4 x 1, the fake workers claim that shape */
+    pc.channels = 1;
     pc.n_experts = 1;
     pc.n_classes = 3;
     pc.call_timeout_ms = timeout_ms;
