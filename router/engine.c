@@ -1,4 +1,22 @@
-/* engine.c -- step-level continuous batching over remote experts (see engine.h). */
+/* engine.c -- step-level continuous batching over remote experts (see engine.h).
+ *
+ * Lifetimes (the rule every path below keeps):
+ *   - A job is freed only when both hold: its owner no longer holds it (it was
+ *     released after done, or cancelled) and none of its trajectories is in the
+ *     FIFO or in a tick (active == 0). job_maybe_free checks both.
+ *   - Tick threads (plan_work, finish_work) touch only the trajectories in their
+ *     slot's batch, and every one of those is counted in its job's active until
+ *     after_finish (loop thread) takes it back, so a job and its trajectories
+ *     outlive every tick that reads them, whatever the owner does meanwhile.
+ *   - The result handed to done points into the job: it stays valid until the
+ *     owner's engine_job_release, also while the engine closes. engine_close
+ *     never frees a job the owner holds; it finishes once every job is gone.
+ *   - engine_close calls nothing before it returns: outstanding jobs get their
+ *     done (503 "shutting_down") from a later loop iteration, then cb runs once
+ *     the last tick returned and the last job was released or cancelled. From
+ *     engine_close on the engine never calls the pool again (pool_call), so the
+ *     pool may be closed right after it: calls still out complete with their
+ *     error and the ticks waiting on them finish. */
 #include "router/engine.h"
 
 #include <stdio.h>
@@ -36,6 +54,7 @@ typedef struct tick_slot {
     int failed_experts[STRAT_MAX_EXPERTS];
     char fail_msg[STRAT_MAX_EXPERTS][160];
     int fail_status[STRAT_MAX_EXPERTS];
+    const char *fail_code[STRAT_MAX_EXPERTS];
     int plan_rc;
     uint64_t start_ns, calls_ns, replies_ns;
     uv_work_t work;
@@ -55,6 +74,7 @@ struct engine {
     uv_timer_t timer;
     engine_stats st;
     int closing;
+    int close_failed;        /* the jobs outstanding at engine_close were failed */
     void (*close_cb)(void *);
     void *close_ud;
 };
@@ -69,6 +89,7 @@ void engine_config_default(engine_config *c)
 }
 
 static void schedule(engine *e);
+static void close_maybe_finish(engine *e);
 
 /* ---- jobs ------------------------------------------------------------------------------ */
 
@@ -160,17 +181,21 @@ int engine_submit(engine *e, const sample_params *p, engine_done_fn done, void *
 
 void engine_job_cancel(engine_job *j)
 {
+    engine *e = j->e;
     if (!j->dead)
-        j->e->st.jobs_cancelled++;
+        e->st.jobs_cancelled++;
     j->dead = 1;
     j->owner_holds = 0;
     job_maybe_free(j);
+    close_maybe_finish(e);
 }
 
 void engine_job_release(engine_job *j)
 {
+    engine *e = j->e;
     j->owner_holds = 0;
     job_maybe_free(j);
+    close_maybe_finish(e);
 }
 
 /* ---- ticks ------------------------------------------------------------------------------- */
@@ -199,9 +224,7 @@ static void complete_tick(tick_slot *s)
         for (int q = 0; q < tr->n_sel && !j->dead; q++) {
             int k = tr->sel[q];
             if (s->failed_experts[k])
-                job_fail(j, s->fail_status[k],
-                         s->fail_status[k] == 504 ? "expert_timeout" : "expert_unavailable",
-                         s->fail_msg[k]);
+                job_fail(j, s->fail_status[k], s->fail_code[k], s->fail_msg[k]);
         }
     }
     int rc = uv_queue_work(s->e->loop, &s->work, finish_work, after_finish);
@@ -217,6 +240,11 @@ static void on_expert_done(void *ud, int k, int status, const char *msg)
     if (status) {
         s->failed_experts[k] = 1;
         s->fail_status[k] = status == DDM_ETIMEDOUT ? 504 : 503;
+        s->fail_code[k] = status == DDM_ETIMEDOUT   ? "expert_timeout"
+                          : status == DDM_ECLOSED ? "shutting_down"
+                                                  : "expert_unavailable";
+        if (status == DDM_ECLOSED)
+            msg = "the router is shutting down: retry elsewhere";
         snprintf(s->fail_msg[k], sizeof s->fail_msg[k], "%s", msg ? msg : ddm_strerror(status));
     }
     if (--s->pending == 0)
@@ -255,6 +283,11 @@ static void after_plan(uv_work_t *w, int status)
         int rows = tick_rows(s->tk, k, &x, &t, &lab);
         if (rows == 0)
             continue;
+        if (e->closing) { /* the pool may be closing too: never call it again */
+            s->pending++;
+            on_expert_done(s, k, DDM_ECLOSED, "the router is shutting down: retry elsewhere");
+            continue;
+        }
         e->st.expert_calls++;
         e->st.tick_rows += (uint64_t)rows;
         s->pending++;
@@ -317,8 +350,8 @@ static void after_finish(uv_work_t *w, int status)
     }
     s->busy = 0;
     e->st.ticks_running--;
-    if (e->closing && e->st.ticks_running == 0) {
-        engine_close(e, e->close_cb, e->close_ud);
+    if (e->closing) {
+        close_maybe_finish(e);
         return;
     }
     schedule(e);
@@ -445,30 +478,46 @@ static void timer_closed(uv_handle_t *h)
         cb(ud);
 }
 
-void engine_close(engine *e, void (*cb)(void *ud), void *ud)
+/* Frees the engine once closing, the outstanding jobs were failed, no tick is
+ * running and every job is gone (released or cancelled by its owner). */
+static void close_maybe_finish(engine *e)
 {
-    int first = !e->closing;
-    e->closing = 1;
-    e->close_cb = cb;
-    e->close_ud = ud;
-    if (first)
-        for (engine_job *j = e->jobs; j; j = j->next)
-            job_fail(j, 503, "shutting_down", "the router is shutting down: retry elsewhere");
-    if (e->st.ticks_running > 0)
-        return; /* after_finish calls back in when the last tick returns */
-    /* drop what is queued, then free whatever jobs remain */
+    if (!e->closing || !e->close_failed || e->st.ticks_running > 0)
+        return;
+    /* drop what is queued: no tick will take it */
     while (e->fifo_len > 0) {
         traj *tr = e->fifo[e->fifo_head];
         e->fifo_head = (e->fifo_head + 1) % e->fifo_cap;
         e->fifo_len--;
         engine_job *j = tr->owner;
         j->active--;
+        job_maybe_free(j);
     }
-    while (e->jobs) {
-        engine_job *j = e->jobs;
-        j->owner_holds = 0; /* the owner's responses have been given (job_fail above) */
-        job_free(j);
+    if (e->jobs || uv_is_closing((uv_handle_t *)&e->timer))
+        return; /* owners still hold results: their release calls back in */
+    uv_close((uv_handle_t *)&e->timer, timer_closed);
+}
+
+/* The first loop iteration after engine_close: fail what is outstanding. */
+static void on_close_timer(uv_timer_t *t)
+{
+    engine *e = t->data;
+    /* close_failed is still 0, so a release inside done frees only that job */
+    for (engine_job *j = e->jobs, *next; j; j = next) {
+        next = j->next;
+        job_fail(j, 503, "shutting_down", "the router is shutting down: retry elsewhere");
     }
-    if (!uv_is_closing((uv_handle_t *)&e->timer))
-        uv_close((uv_handle_t *)&e->timer, timer_closed);
+    e->close_failed = 1;
+    close_maybe_finish(e);
+}
+
+void engine_close(engine *e, void (*cb)(void *ud), void *ud)
+{
+    if (e->closing)
+        return;
+    e->closing = 1;
+    e->close_cb = cb;
+    e->close_ud = ud;
+    uv_timer_stop(&e->timer);
+    uv_timer_start(&e->timer, on_close_timer, 0, 0);
 }

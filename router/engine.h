@@ -61,13 +61,20 @@ int engine_submit(engine *e, const sample_params *p, engine_done_fn done, void *
 /* The client went away before done: stop work on the job; done is not called.
  * The job must not be used afterwards. */
 void engine_job_cancel(engine_job *job);
-/* After done: the caller is finished with the result; frees the job. */
+/* After done: the caller is finished with the result; frees the job (its
+ * trajectories, which the result points to). */
 void engine_job_release(engine_job *job);
 
 void engine_get_stats(const engine *e, engine_stats *out);
 
-/* Stops scheduling; pending jobs fail with 503; frees once running ticks
- * returned, then calls cb(ud). */
+/* Stops scheduling and returns without calling anything. From a later loop
+ * iteration on, every job whose done has not run gets done with 503
+ * "shutting_down". Results already handed to done stay valid until their
+ * engine_job_release. Once the last tick has returned and every job was
+ * released or cancelled, the engine is freed and cb(ud) runs (cb may be NULL).
+ * From this call on the engine never calls the pool again, so the caller may
+ * close the pool right after (its outstanding calls complete with an error).
+ * engine_submit then returns DDM_ECLOSED. A second call does nothing. */
 void engine_close(engine *e, void (*cb)(void *ud), void *ud);
 
 #endif

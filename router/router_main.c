@@ -19,7 +19,8 @@
 #include "router/service.h"
 #include "server/http.h"
 
-#define DRAIN_LIMIT_MS 30000
+/* after the drain, how long connections get to take their last responses */
+#define SHUTDOWN_GRACE_MS 5000
 
 static void usage(FILE *f)
 {
@@ -39,6 +40,8 @@ static void usage(FILE *f)
 "      --attempts N              sends per expert message before failing (default 3)\n"
 "      --request-timeout-ms MS   whole-request deadline, then 504 (default 300000)\n"
 "      --max-connections N       HTTP connections before 503 (default 1024)\n"
+"      --drain-timeout-ms MS     on SIGTERM, how long requests in flight may finish; then\n"
+"                                they get 503 (default 30000)\n"
 "      --threads N               threads for the router network: a tick's rows are split\n"
 "                                over them (default 1; 2 when the router has a core to spare)\n"
 "      --log-level LEVEL         debug, info, warn, error (default info)\n"
@@ -47,13 +50,14 @@ static void usage(FILE *f)
 "\n"
 "Settings may also come from the cluster file as \"set <name> <value>\" with the\n"
 "long option's name (e.g. \"set max-images 512\"); flags win over the file.\n"
-"SIGTERM/SIGINT: stop admitting, finish what is in flight (up to 30 s), exit 0.\n");
+"SIGTERM/SIGINT: stop admitting, finish what is in flight (up to --drain-timeout-ms,\n"
+"then 503 with Connection: close), exit 0. A second signal stops at once (503s).\n");
 }
 
 typedef struct opts {
     const char *cluster, *listen, *router_weights;
     long max_images, tick_capacity, ticks, expert_timeout_ms, attempts, request_timeout_ms;
-    long max_connections, threads;
+    long max_connections, threads, drain_timeout_ms;
 } opts;
 
 static int parse_long(const char *name, const char *v, long lo, long hi, long *out)
@@ -82,16 +86,28 @@ typedef struct app {
     uv_signal_t sigterm, sigint;
     uv_timer_t drain_timer;
     int stopping;
+    int shut;                /* shutdown_now ran */
+    long drain_limit_ms;
     uint64_t drain_start;
 } app;
 
+/* Stops everything, in the order that lets every pending request be answered:
+ * the HTTP server stops taking requests but keeps its connections until they
+ * owe nothing (SHUTDOWN_GRACE_MS at most); the engine fails what is still
+ * running with 503 shutting_down (answered with Connection: close) and never
+ * calls the pool again; the pool fails the calls still out, which lets the
+ * engine's ticks end. The loop ends when all of them have closed. */
 static void shutdown_now(app *a)
 {
+    if (a->shut)
+        return;
+    a->shut = 1;
     uv_timer_stop(&a->drain_timer);
     uv_close((uv_handle_t *)&a->drain_timer, NULL);
     uv_close((uv_handle_t *)&a->sigterm, NULL);
     uv_close((uv_handle_t *)&a->sigint, NULL);
-    http_server_close(a->srv, NULL, NULL);
+    service_set_draining(a->svc, 1);
+    http_server_shutdown(a->srv, SHUTDOWN_GRACE_MS, NULL, NULL);
     engine_close(a->eng, NULL, NULL);
     pool_close(a->pl, NULL, NULL);
 }
@@ -100,9 +116,10 @@ static void on_drain_timer(uv_timer_t *t)
 {
     app *a = t->data;
     uint64_t ms = (uv_hrtime() - a->drain_start) / 1000000;
-    if (service_pending(a->svc) == 0 || ms > DRAIN_LIMIT_MS) {
+    if (service_pending(a->svc) == 0 || ms > (uint64_t)a->drain_limit_ms) {
         if (service_pending(a->svc))
-            log_warn("drain limit reached with %d requests pending", service_pending(a->svc));
+            log_warn("drain limit (%ld ms) reached with %d request(s) pending: they get 503",
+                     a->drain_limit_ms, service_pending(a->svc));
         log_info("stopped");
         shutdown_now(a);
     }
@@ -112,7 +129,7 @@ static void on_signal(uv_signal_t *s, int signum)
 {
     app *a = s->data;
     if (a->stopping) {
-        log_warn("second signal: stopping now");
+        log_warn("second signal: stopping now, pending requests get 503");
         shutdown_now(a);
         return;
     }
@@ -129,7 +146,7 @@ int main(int argc, char **argv)
     blas_fix_core(argv); /* may re-execute this program with faster BLAS kernels */
     opts o = { .max_images = 1024, .tick_capacity = 256, .ticks = 2, .expert_timeout_ms = 2000,
                .attempts = 3, .request_timeout_ms = 300000, .max_connections = 1024,
-               .threads = 1 };
+               .threads = 1, .drain_timeout_ms = 30000 };
     numopt nums[] = {
         { "max-images", 1, 1 << 20, &o.max_images },
         { "tick-capacity", 1, 4096, &o.tick_capacity },
@@ -139,6 +156,7 @@ int main(int argc, char **argv)
         { "request-timeout-ms", 100, 86400000, &o.request_timeout_ms },
         { "max-connections", 1, 1 << 20, &o.max_connections },
         { "threads", 1, 16, &o.threads },
+        { "drain-timeout-ms", 0, 3600000, &o.drain_timeout_ms },
     };
     enum { N_NUMS = sizeof nums / sizeof nums[0] };
     int set_by_flag[N_NUMS] = { 0 };
@@ -154,6 +172,7 @@ int main(int argc, char **argv)
         { "request-timeout-ms", required_argument, 0, 1005 },
         { "max-connections", required_argument, 0, 1006 },
         { "threads", required_argument, 0, 1007 },
+        { "drain-timeout-ms", required_argument, 0, 1008 },
         { "log-level", required_argument, 0, 'L' },
         { "help", no_argument, 0, 'h' },
         { "version", no_argument, 0, 'V' },
@@ -216,11 +235,22 @@ int main(int argc, char **argv)
             log_warn("%s: unknown setting \"%s\" ignored", o.cluster, cl.set_keys[i]);
     }
     openblas_set_num_threads(1); /* parallel by rows instead (--threads) */
+    /* The libuv threadpool runs the ticks' plan and finish phases and the
+     * response encoding: size it so every tick and every encoder has a thread
+     * (libuv reads this once, at the first queued work). */
+    long pool_threads = o.ticks + SERVICE_ENCODERS;
+    const char *uvt = getenv("UV_THREADPOOL_SIZE");
+    if (!uvt || atol(uvt) < pool_threads) {
+        char v[24];
+        snprintf(v, sizeof v, "%ld", pool_threads);
+        setenv("UV_THREADPOOL_SIZE", v, 1);
+    }
     const char *listen = o.listen ? o.listen : cl.listen ? cl.listen : "127.0.0.1:8080";
     const char *rpath = o.router_weights ? o.router_weights : cl.router_path;
 
     app a;
     memset(&a, 0, sizeof a);
+    a.drain_limit_ms = o.drain_timeout_ms;
     a.router = model_open(rpath, err, sizeof err);
     if (!a.router) {
         fprintf(stderr, "ddm-router: %s\n", err);

@@ -15,6 +15,13 @@
 static const double LAT_BUCKETS[] = { 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60 };
 #define N_LAT (sizeof LAT_BUCKETS / sizeof LAT_BUCKETS[0])
 
+/* Responses encoded at once on the threadpool; more wait in the service's own
+ * queue, so encoding never takes the threads the engine's ticks need
+ * (router_main sizes the threadpool to ticks + this). */
+#define MAX_ENCODERS SERVICE_ENCODERS
+
+typedef struct sreq sreq;
+
 struct service {
     uv_loop_t *loop;
     http_server *srv;
@@ -23,6 +30,8 @@ struct service {
     int K, dim, n_classes;
     int draining;
     int pending;
+    int encoding;            /* encodes on the threadpool */
+    sreq *enc_head, *enc_tail; /* finished jobs waiting for an encoder */
     uint64_t seed_state;
     uint64_t lat_count[N_LAT + 1];
     double lat_sum;
@@ -31,7 +40,7 @@ struct service {
 };
 
 /* One POST /v1/samples from admission to response. */
-typedef struct sreq {
+struct sreq {
     service *s;
     http_req *req;           /* NULL once the client went away */
     engine_job *job;
@@ -44,7 +53,8 @@ typedef struct sreq {
     int enc_rc;
     char err[256];
     uv_work_t work;
-} sreq;
+    sreq *enc_next;          /* waiting for an encoder */
+};
 
 static void observe_latency(service *s, http_req *req)
 {
@@ -82,13 +92,43 @@ static void encode_work(uv_work_t *w)
                                   sizeof r->err);
 }
 
+/* While draining, every answer tells the client to take its next request
+ * elsewhere. */
+static void close_if_draining(service *s, http_req *req)
+{
+    if (s->draining)
+        http_resp_header(req, "Connection", "close");
+}
+
+static void after_encode(uv_work_t *w, int status);
+
+static void encode_start(sreq *r)
+{
+    r->s->encoding++;
+    r->work.data = r;
+    if (uv_queue_work(r->s->loop, &r->work, encode_work, after_encode)) {
+        encode_work(&r->work);
+        after_encode(&r->work, 0);
+    }
+}
+
 static void after_encode(uv_work_t *w, int status)
 {
     (void)status;
     sreq *r = w->data;
+    service *s = r->s;
+    s->encoding--;
+    if (s->enc_head) { /* the next finished job takes the encoder */
+        sreq *n = s->enc_head;
+        s->enc_head = n->enc_next;
+        if (!s->enc_head)
+            s->enc_tail = NULL;
+        encode_start(n);
+    }
     if (r->req) {
         http_req_on_abort(r->req, NULL, NULL);
         observe_latency(r->s, r->req);
+        close_if_draining(r->s, r->req);
         if (r->enc_rc) {
             free(r->body);
             http_respond_error(r->req, 500, "internal", r->err);
@@ -115,17 +155,23 @@ static void on_job_done(engine_job *job, void *ud, int status, const char *code,
             observe_latency(r->s, r->req);
             if (status == 503)
                 http_resp_retry_after(r->req, 1);
+            close_if_draining(r->s, r->req);
             http_respond_error(r->req, status, code, msg);
         }
         sreq_end(r);
         return;
     }
     r->result = *res;
-    r->work.data = r;
-    if (uv_queue_work(r->s->loop, &r->work, encode_work, after_encode)) {
-        encode_work(&r->work);
-        after_encode(&r->work, 0);
+    service *s = r->s;
+    if (s->encoding < MAX_ENCODERS) {
+        encode_start(r);
+        return;
     }
+    if (s->enc_tail)
+        s->enc_tail->enc_next = r;
+    else
+        s->enc_head = r;
+    s->enc_tail = r;
 }
 
 static void handle_samples(http_req *req, void *ud)
@@ -133,6 +179,7 @@ static void handle_samples(http_req *req, void *ud)
     service *s = ud;
     if (s->draining) {
         http_resp_retry_after(req, 1);
+        close_if_draining(s, req);
         http_respond_error(req, 503, "shutting_down", "the router is shutting down: retry elsewhere");
         return;
     }

@@ -14,11 +14,17 @@
 
 typedef struct service service;
 
+/* Responses encoded at once on the libuv threadpool (more wait their turn):
+ * the threadpool needs ticks + this many threads so that ticks never wait
+ * behind encoding. */
+#define SERVICE_ENCODERS 2
+
 /* Registers the routes on srv. Nothing is owned: the caller closes srv,
  * engine and pool (in that order) and then frees the service. */
 int service_new(uv_loop_t *loop, http_server *srv, engine *eng, pool *pl, int K, int dim,
                 int n_classes, service **out);
-/* Draining: new sample requests get 503 and /readyz says not ready. */
+/* Draining: new sample requests get 503, /readyz says not ready, and every
+ * response carries Connection: close. */
 void service_set_draining(service *s, int draining);
 /* Requests admitted and not answered yet. */
 int service_pending(const service *s);

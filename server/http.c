@@ -124,6 +124,10 @@ static void on_written(uv_write_t *w, int status)
 static void conn_after_write(http_conn *conn)
 {
     conn->t_activity = conn->t_write = uv_now(conn->srv->loop);
+    if (conn->srv->draining && !conn->nwriting && !conn->q_head) {
+        conn_begin_linger(conn); /* shutting down: it owes nothing more */
+        return;
+    }
     if (conn->close_after_write && !conn->nwriting) {
         if (conn->q_head)
             conn_close_hard(conn); /* requests behind a closing response can't be answered */
@@ -738,8 +742,20 @@ int http_server_port(const http_server *s)
     return ntohs(((struct sockaddr_in *)&ss)->sin_port);
 }
 
+static void on_grace_closed(uv_handle_t *h)
+{
+    http_server *s = h->data;
+    s->nhandles--;
+    server_maybe_free(s);
+}
+
 static void server_maybe_free(http_server *s)
 {
+    if (s->closing && s->grace_open && s->nhandles == 1) { /* only the grace timer left */
+        s->grace_open = 0;
+        uv_close((uv_handle_t *)&s->grace, on_grace_closed);
+        return;
+    }
     if (!s->closing || s->nhandles > 0)
         return;
     void (*cb)(void *) = s->close_cb;
@@ -761,18 +777,78 @@ static void on_listener_closed(uv_handle_t *h)
     server_maybe_free(s);
 }
 
+static void close_all(http_server *s)
+{
+    /* connections are unlinked only in their close callbacks, so walking is safe
+     * even though abort callbacks run inside conn_close_hard */
+    for (http_conn *c = s->conns; c; c = c->next)
+        conn_close_hard(c);
+    if (s->grace_open && s->nhandles == 1) /* nothing else left: end now */
+        server_maybe_free(s);
+}
+
 void http_server_close(http_server *s, void (*close_cb)(void *ud), void *ud)
 {
-    if (!s || s->closing)
+    if (!s)
+        return;
+    if (s->draining && s->grace_open) { /* ends the grace of http_server_shutdown */
+        if (close_cb) {
+            s->close_cb = close_cb;
+            s->close_ud = ud;
+        }
+        uv_timer_stop(&s->grace);
+        close_all(s);
+        return;
+    }
+    if (s->closing)
         return;
     s->closing = 1;
     s->close_cb = close_cb;
     s->close_ud = ud;
     uv_close((uv_handle_t *)&s->listener, on_listener_closed);
-    /* connections are unlinked only in their close callbacks, so walking is safe
-     * even though abort callbacks run inside conn_close_hard */
+    close_all(s);
+}
+
+static void on_grace(uv_timer_t *t)
+{
+    close_all(t->data);
+}
+
+/* A connection when the server starts draining: stop taking requests, and
+ * close it now if it owes nothing (else conn_after_write does, later). */
+static void conn_drain(http_conn *conn)
+{
+    if (conn->closing || conn->lingering)
+        return;
+    conn->stop_parse = 1;
+    if (conn->cur) { /* a request not fully received: it will not be served */
+        req_free(conn->cur);
+        conn->cur = NULL;
+    }
+    conn->saved_len = 0;
+    if (!conn->q_head && !conn->nwriting)
+        conn_begin_linger(conn);
+    else
+        conn_arm(conn);
+}
+
+void http_server_shutdown(http_server *s, uint32_t grace_ms, void (*close_cb)(void *ud),
+                          void *ud)
+{
+    if (!s || s->closing)
+        return;
+    s->closing = 1;
+    s->draining = 1;
+    s->close_cb = close_cb;
+    s->close_ud = ud;
+    uv_timer_init(s->loop, &s->grace);
+    s->grace.data = s;
+    s->grace_open = 1;
+    s->nhandles++;
+    uv_timer_start(&s->grace, on_grace, grace_ms ? grace_ms : 1, 0);
+    uv_close((uv_handle_t *)&s->listener, on_listener_closed);
     for (http_conn *c = s->conns; c; c = c->next)
-        conn_close_hard(c);
+        conn_drain(c);
 }
 
 void http_server_stats(const http_server *s, http_stats *out)

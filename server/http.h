@@ -114,6 +114,17 @@ int http_server_port(const http_server *s);
  * server pointer must not be used after this call. Safe to call from a handler. */
 void http_server_close(http_server *s, void (*close_cb)(void *ud), void *ud);
 
+/* Graceful close. Stops listening and reading new requests at once; requests
+ * still in handlers stay valid and their owners answer them as usual; every
+ * connection is closed (lingering, so the client reads its last response)
+ * once it owes nothing. After grace_ms whatever is left is closed as by
+ * http_server_close (pending requests aborted). Then the server is freed and
+ * close_cb(ud) runs (may be NULL). Returns at once and calls nothing before it
+ * returns; the server pointer must not be used afterwards except by answering
+ * the requests already handed out. A later http_server_close ends the grace. */
+void http_server_shutdown(http_server *s, uint32_t grace_ms, void (*close_cb)(void *ud),
+                          void *ud);
+
 /* Copies the counters into *out. */
 void http_server_stats(const http_server *s, http_stats *out);
 

@@ -109,6 +109,9 @@ struct http_server {
     uv_tcp_t listener;
     int listening;
     int closing;
+    int draining;              /* http_server_shutdown: no new requests, close when done */
+    int grace_open;            /* grace timer initialised and not closed yet */
+    uv_timer_t grace;          /* http_server_shutdown's deadline */
     int nhandles;              /* listener + connections not yet freed */
     uint32_t nrejecting;       /* open connections that are rejected */
     void (*close_cb)(void *ud);

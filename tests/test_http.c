@@ -1103,6 +1103,65 @@ static void test_close_with_live_connections(void **state)
     httpc_close(d);
 }
 
+/* http_server_shutdown: the loop-thread side (the server is gone for fx_stop). */
+static void shutdown_long(fx *f)
+{
+    http_server_shutdown(f->srv, 5000, on_server_closed, f);
+    f->srv = NULL;
+}
+
+static void shutdown_short(fx *f)
+{
+    http_server_shutdown(f->srv, 200, on_server_closed, f);
+    f->srv = NULL;
+}
+
+/* Graceful shutdown: an idle keep-alive connection is closed at once, a request
+ * in its handler still gets its response (then its connection closes), no new
+ * connection is taken, and the server is freed once nothing is owed. */
+static void test_shutdown_answers_pending(void **state)
+{
+    fx *f = *state;
+    httpc *idle = client(f), *busy = client(f);
+    httpc_response r;
+    assert_int_equal(httpc_request(idle, "GET", "/hello", NULL, 0, NULL, 0, &r), 0);
+    httpc_response_free(&r);
+    const char *slow = "GET /slow?ms=400 HTTP/1.1\r\nHost: t\r\n\r\n";
+    assert_int_equal(httpc_send_raw(busy, slow, strlen(slow)), 0);
+    assert_int_equal(wait_atomic(&f->slow_started, 1, 10000), 1);
+    fx_call(f, shutdown_long);
+    assert_int_equal(atomic_load(&f->server_closed), 0); /* not before it returned */
+    assert_int_equal(httpc_wait_closed(idle, 3000), 1);
+    assert_int_equal(atomic_load(&f->server_closed), 0); /* the slow one is owed */
+    assert_int_equal(httpc_read_response(busy, 0, &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "slow 400");
+    httpc_response_free(&r);
+    assert_int_equal(httpc_wait_closed(busy, 3000), 1);
+    assert_int_equal(wait_atomic(&f->server_closed, 1, 5000), 1);
+    assert_int_equal(atomic_load(&f->aborted), 0);
+    httpc *late = client(f); /* the listener is closed */
+    assert_true(httpc_request(late, "GET", "/hello", NULL, 0, NULL, 0, &r) < 0);
+    httpc_close(late);
+    httpc_close(idle);
+    httpc_close(busy);
+}
+
+/* After the grace, what is still owed is aborted and the server closes. */
+static void test_shutdown_grace_ends(void **state)
+{
+    fx *f = *state;
+    httpc *busy = client(f);
+    const char *slow = "GET /slow?ms=4000 HTTP/1.1\r\nHost: t\r\n\r\n";
+    assert_int_equal(httpc_send_raw(busy, slow, strlen(slow)), 0);
+    assert_int_equal(wait_atomic(&f->slow_started, 1, 10000), 1);
+    fx_call(f, shutdown_short);
+    assert_int_equal(wait_atomic(&f->server_closed, 1, 3000), 1);
+    assert_int_equal(atomic_load(&f->aborted), 1);
+    assert_int_equal(httpc_wait_closed(busy, 3000), 1);
+    httpc_close(busy);
+}
+
 static void set_flag(void *ud) { *(int *)ud = 1; }
 
 /* A hand-written HTTP peer for the client: answers the first request with a
@@ -1254,6 +1313,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_expect_continue, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fuzz_hostile_mix, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_with_live_connections, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_shutdown_answers_pending, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_shutdown_grace_ends, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

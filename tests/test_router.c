@@ -2,6 +2,7 @@
  * processes on loopback, a small random expert set on disk, requests over
  * real HTTP connections. */
 #include <cjson/cJSON.h>
+#include <dirent.h>
 #include <math.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -607,6 +608,179 @@ static void test_bad_flags_and_files(void **state)
     assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 }
 
+/* A second router on the same workers, with extra flags (NULL-terminated). */
+static pid_t start_router_args(int port, const char *log, ...)
+{
+    char bin[256], listen[64];
+    snprintf(listen, sizeof listen, "127.0.0.1:%d", port);
+    char *argv[32] = { (char *)proc_bin("ddm-router", bin, sizeof bin), "--cluster", conf,
+                       "--listen", listen };
+    int n = 5;
+    va_list ap;
+    va_start(ap, log);
+    for (const char *a; n < 31 && (a = va_arg(ap, const char *)); )
+        argv[n++] = (char *)a;
+    va_end(ap);
+    argv[n] = NULL;
+    pid_t pid = proc_start(argv, log);
+    if (proc_wait_http(port, "/readyz", 200, 15000)) {
+        proc_dump_log(log);
+        fail_msg("second router never became ready");
+    }
+    return pid;
+}
+
+static httpc *client_at(int port)
+{
+    char hp[64], err[128];
+    snprintf(hp, sizeof hp, "127.0.0.1:%d", port);
+    httpc *c;
+    assert_int_equal(httpc_open(hp, 20000, &c, err, sizeof err), 0);
+    return c;
+}
+
+/* After the drain limit a request still in flight gets 503 with a JSON error
+ * and Connection: close (it once got an empty reply: the connection closed). */
+static void test_drain_limit_answers_503(void **state)
+{
+    (void)state;
+    char log[256];
+    snprintf(log, sizeof log, "%s/router-drain.log", dir);
+    int port = proc_free_port();
+    pid_t pid = start_router_args(port, log, "--drain-timeout-ms", "300", "--expert-timeout-ms",
+                                  "60000", (char *)NULL);
+    kill(workers[2], SIGSTOP); /* expert 1's only replica: its request cannot finish */
+    httpc *c = client_at(port);
+    const char *req = "POST /v1/samples HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      "Content-Length: 39\r\n\r\n{\"n\":1,\"steps\":5,\"strategy\":\"expert:1\"}";
+    assert_int_equal(httpc_send_raw(c, req, strlen(req)), 0);
+    usleep(200000);
+    kill(pid, SIGTERM);
+    httpc_response r;
+    int rc = httpc_read_response(c, 0, &r);
+    kill(workers[2], SIGCONT);
+    if (rc)
+        fail_msg("no response after the drain limit (%d)", rc);
+    assert_int_equal(r.status, 503);
+    const char *conn = httpc_response_header(&r, "Connection");
+    assert_non_null(conn);
+    assert_string_equal(conn, "close");
+    cJSON *root = cJSON_Parse(r.body);
+    cJSON *e = root ? cJSON_GetObjectItem(root, "error") : NULL;
+    if (!e || strcmp(cJSON_GetObjectItem(e, "code")->valuestring, "shutting_down"))
+        fail_msg("not a shutting_down error: %s", r.body);
+    cJSON_Delete(root);
+    httpc_response_free(&r);
+    httpc_close(c);
+    int st = proc_wait(pid, 10000);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    assert_int_equal(proc_wait_http(router_port, "/readyz", 200, 10000), 0);
+}
+
+static int count_threads(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+    DIR *d = opendir(path);
+    assert_non_null(d);
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d)); )
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+/* The threadpool has a thread per tick in flight plus the encoders (libuv's
+ * default of 4 was shared by up to 8 ticks and every response's encoding):
+ * --ticks 8 has 6 threads more than the default --ticks 2. */
+static void test_threadpool_sized_to_ticks(void **state)
+{
+    (void)state;
+    char log[256];
+    snprintf(log, sizeof log, "%s/router-ticks.log", dir);
+    int port = proc_free_port();
+    pid_t pid = start_router_args(port, log, "--ticks", "8", (char *)NULL);
+    cJSON_Delete(sample_ok("{\"n\": 1, \"steps\": 2}")); /* both pools started */
+    httpc *c = client_at(port);
+    httpc_response r;
+    assert_int_equal(post_json(c, "{\"n\": 1, \"steps\": 2}", &r), 200);
+    httpc_response_free(&r);
+    httpc_close(c);
+    int more = count_threads(pid) - count_threads(router_pid);
+    if (more < 6)
+        fail_msg("--ticks 8 runs %d threads more than --ticks 2, expected 6", more);
+    int st = proc_stop(pid, SIGTERM, 10000);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
+typedef struct stop_load {
+    int port;
+    volatile int stop;
+    int ok, unavailable, other, no_answer;
+    char other_body[256];
+} stop_load;
+
+static void *stop_load_thread(void *arg)
+{
+    stop_load *l = arg;
+    while (!l->stop) {
+        char hp[64], err[128];
+        snprintf(hp, sizeof hp, "127.0.0.1:%d", l->port);
+        httpc *c;
+        if (httpc_open(hp, 20000, &c, err, sizeof err))
+            break;
+        httpc_response r;
+        int st = post_json(c, "{\"n\": 256, \"steps\": 1, \"strategy\": \"top-1\"}", &r);
+        if (st == 200)
+            __sync_fetch_and_add(&l->ok, 1);
+        else if (st == 503 && strstr(r.body, "shutting_down"))
+            __sync_fetch_and_add(&l->unavailable, 1);
+        else if (st < 0)
+            __sync_fetch_and_add(&l->no_answer, 1);
+        else {
+            __sync_fetch_and_add(&l->other, 1);
+            snprintf(l->other_body, sizeof l->other_body, "%d %s", st, r.body ? r.body : "");
+        }
+        if (st >= 0)
+            httpc_response_free(&r);
+        httpc_close(c);
+        if (st < 0)
+            break; /* the router is gone */
+    }
+    return NULL;
+}
+
+/* Two signals while responses are being encoded: the router stops at once,
+ * cleanly (it once freed the trajectories an encoder was reading: a
+ * heap-use-after-free under ASan, make SANITIZE=1 test), exit 0. */
+static void test_stop_now_while_encoding(void **state)
+{
+    (void)state;
+    char log[256];
+    snprintf(log, sizeof log, "%s/router-stop.log", dir);
+    int port = proc_free_port();
+    pid_t pid = start_router_args(port, log, "--max-images", "4096", (char *)NULL);
+    stop_load l = { .port = port };
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++)
+        pthread_create(&th[i], NULL, stop_load_thread, &l);
+    while (l.ok < 8)
+        usleep(20000);
+    kill(pid, SIGTERM);
+    usleep(1000);
+    kill(pid, SIGTERM);
+    int st = proc_wait(pid, 15000);
+    l.stop = 1;
+    for (int i = 0; i < 4; i++)
+        pthread_join(th[i], NULL);
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+        proc_dump_log(log);
+        fail_msg("router did not exit 0 (status 0x%x)", st);
+    }
+    if (l.other)
+        fail_msg("%d answers neither 200 nor 503 shutting_down, e.g. %s", l.other, l.other_body);
+}
+
 static void test_sigterm_drains(void **state)
 {
     (void)state;
@@ -640,6 +814,9 @@ int main(void)
         cmocka_unit_test(test_only_replica_killed_then_restarted),
         cmocka_unit_test(test_handshake_refuses_wrong_worker),
         cmocka_unit_test(test_bad_flags_and_files),
+        cmocka_unit_test(test_drain_limit_answers_503),
+        cmocka_unit_test(test_threadpool_sized_to_ticks),
+        cmocka_unit_test(test_stop_now_while_encoding),
         cmocka_unit_test(test_sigterm_drains),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
