@@ -254,10 +254,6 @@ int api_decode_sample(const char *content_type, const uint8_t *body, size_t len,
                        &p->strat, serr, sizeof serr))
         return bad(err_code, "bad_field", err, errlen, "field \"strategy\": %s", serr);
     p->trace = r.trace;
-    if ((long)p->n * sample_evals(p) > API_MAX_WORK)
-        return bad(err_code, "too_much_work", err, errlen,
-                   "n x steps (x2 for heun) = %ld is over the limit %d: ask for fewer images or steps",
-                   (long)p->n * sample_evals(p), API_MAX_WORK);
     if (r.has_seed)
         p->seed = r.seed;
     else /* 53 bits, so the echoed seed survives JSON number parsing */

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <uv.h>
 
 #include "common/blas.h"
@@ -33,13 +34,25 @@ static void usage(FILE *f)
 "  -c, --cluster FILE            cluster file: models dir, expert replicas, settings (required)\n"
 "  -l, --listen HOST:PORT        HTTP address (default: the file's \"listen\", else 127.0.0.1:8080)\n"
 "      --router-weights PATH     router network (default: the file's router / <models>/router.safetensors)\n"
-"      --max-images N            images in flight before 503 + Retry-After (default 1024)\n"
+"      --max-images N            images in flight before 503 + Retry-After (default 1024);\n"
+"                                a request for more images gets 400\n"
+"      --max-request-cost N      expert evaluations one request may cost: images x steps\n"
+"                                (x2 heun) x experts per step (k of top-k, K for full,\n"
+"                                uniform, threshold, nucleus, 1 for sample, expert:N)\n"
+"                                x2 with guidance and a label; over it, 400 (default 400000)\n"
 "      --tick-capacity N         trajectories per tick (default 256)\n"
+"      --tick-rows N             expert rows per tick (default 512)\n"
+"      --share-rows N            rows a request adds to a tick while other requests of\n"
+"                                its priority run: keeps small ones fast (default 32)\n"
 "      --ticks N                 ticks in flight at once (default 2)\n"
 "      --expert-timeout-ms MS    deadline of one expert message attempt (default 2000)\n"
 "      --attempts N              sends per expert message before failing (default 3)\n"
 "      --request-timeout-ms MS   whole-request deadline, then 504 (default 300000)\n"
-"      --max-connections N       HTTP connections before 503 (default 1024)\n"
+"      --max-connections N       HTTP connections; at the cap a new one closes the one idle\n"
+"                                longest, else only /healthz and /readyz answer (default 1024)\n"
+"      --max-connections-per-ip N  the same per client address (default 256; behind a\n"
+"                                proxy all clients share its address: raise it)\n"
+"      --max-body-bytes N        request body limit, else 413 (default 65536)\n"
 "      --drain-timeout-ms MS     on SIGTERM, how long requests in flight may finish; then\n"
 "                                they get 503 (default 30000)\n"
 "      --threads N               threads for the router network: a tick's rows are split\n"
@@ -57,7 +70,8 @@ static void usage(FILE *f)
 typedef struct opts {
     const char *cluster, *listen, *router_weights;
     long max_images, tick_capacity, ticks, expert_timeout_ms, attempts, request_timeout_ms;
-    long max_connections, threads, drain_timeout_ms;
+    long max_connections, threads, drain_timeout_ms, max_request_cost, tick_rows, share_rows;
+    long max_connections_per_ip, max_body_bytes;
 } opts;
 
 static int parse_long(const char *name, const char *v, long lo, long hi, long *out)
@@ -112,6 +126,22 @@ static void shutdown_now(app *a)
     pool_close(a->pl, NULL, NULL);
 }
 
+/* Every connection is a file descriptor: raise the soft limit towards what the
+ * connection caps need (up to the hard limit; a warning if that is too low). */
+static void raise_fd_limit(long need)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) || rl.rlim_cur >= (rlim_t)need)
+        return;
+    rlim_t want = rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= (rlim_t)need ? (rlim_t)need
+                                                                             : rl.rlim_max;
+    rl.rlim_cur = want;
+    if (setrlimit(RLIMIT_NOFILE, &rl) || want < (rlim_t)need)
+        log_warn("open files limit is %llu, below the %ld the connection caps need: raise it "
+                 "(ulimit -n, LimitNOFILE=) or lower --max-connections",
+                 (unsigned long long)want, need);
+}
+
 static void on_drain_timer(uv_timer_t *t)
 {
     app *a = t->data;
@@ -146,7 +176,10 @@ int main(int argc, char **argv)
     blas_fix_core(argv); /* may re-execute this program with faster BLAS kernels */
     opts o = { .max_images = 1024, .tick_capacity = 256, .ticks = 2, .expert_timeout_ms = 2000,
                .attempts = 3, .request_timeout_ms = 300000, .max_connections = 1024,
-               .threads = 1, .drain_timeout_ms = 30000 };
+               .threads = 1, .drain_timeout_ms = 30000,
+               .max_request_cost = (long)ENGINE_DEFAULT_MAX_COST,
+               .tick_rows = ENGINE_DEFAULT_TICK_ROWS, .share_rows = ENGINE_DEFAULT_SHARE_ROWS,
+               .max_connections_per_ip = 256, .max_body_bytes = 65536 };
     numopt nums[] = {
         { "max-images", 1, 1 << 20, &o.max_images },
         { "tick-capacity", 1, 4096, &o.tick_capacity },
@@ -157,6 +190,11 @@ int main(int argc, char **argv)
         { "max-connections", 1, 1 << 20, &o.max_connections },
         { "threads", 1, 16, &o.threads },
         { "drain-timeout-ms", 0, 3600000, &o.drain_timeout_ms },
+        { "max-request-cost", 1, 1000000000000L, &o.max_request_cost },
+        { "tick-rows", 1, 1 << 20, &o.tick_rows },
+        { "share-rows", 1, 1 << 20, &o.share_rows },
+        { "max-connections-per-ip", 1, 1 << 20, &o.max_connections_per_ip },
+        { "max-body-bytes", 1024, 1 << 30, &o.max_body_bytes },
     };
     enum { N_NUMS = sizeof nums / sizeof nums[0] };
     int set_by_flag[N_NUMS] = { 0 };
@@ -173,6 +211,11 @@ int main(int argc, char **argv)
         { "max-connections", required_argument, 0, 1006 },
         { "threads", required_argument, 0, 1007 },
         { "drain-timeout-ms", required_argument, 0, 1008 },
+        { "max-request-cost", required_argument, 0, 1009 },
+        { "tick-rows", required_argument, 0, 1010 },
+        { "share-rows", required_argument, 0, 1011 },
+        { "max-connections-per-ip", required_argument, 0, 1012 },
+        { "max-body-bytes", required_argument, 0, 1013 },
         { "log-level", required_argument, 0, 'L' },
         { "help", no_argument, 0, 'h' },
         { "version", no_argument, 0, 'V' },
@@ -293,6 +336,9 @@ int main(int argc, char **argv)
     ec.ticks_in_flight = (int)o.ticks;
     ec.router_threads = (int)o.threads;
     ec.request_timeout_ms = (uint32_t)o.request_timeout_ms;
+    ec.max_request_cost = (uint64_t)o.max_request_cost;
+    ec.tick_rows = (int)o.tick_rows;
+    ec.share_rows = (int)o.share_rows;
     if (engine_new(a.loop, a.pl, a.router, K, dim, width, height, &ec, &a.eng, err, sizeof err)) {
         fprintf(stderr, "ddm-router: %s\n", err);
         return 1;
@@ -300,7 +346,9 @@ int main(int argc, char **argv)
     http_config hc;
     http_config_default(&hc);
     hc.max_connections = (uint32_t)o.max_connections;
-    hc.max_body_bytes = 1 << 20;
+    hc.max_connections_per_ip = (uint32_t)o.max_connections_per_ip;
+    hc.max_body_bytes = (size_t)o.max_body_bytes;
+    raise_fd_limit(o.max_connections + hc.reserve_connections + 256);
     if (http_server_new(a.loop, &hc, &a.srv) ||
         service_new(a.loop, a.srv, a.eng, a.pl, K, dim, n_classes, &a.svc)) {
         fprintf(stderr, "ddm-router: out of memory\n");

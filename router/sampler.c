@@ -74,6 +74,29 @@ int sample_evals(const sample_params *p)
     return p->sampler == SAMPLER_HEUN ? 2 * p->steps : p->steps;
 }
 
+int sample_rows_per_eval(const sample_params *p, int K)
+{
+    int guided = p->label >= 0 && p->guidance != 1.0f;
+    return strategy_experts_bound(&p->strat, K) * (guided ? 2 : 1);
+}
+
+uint64_t sample_cost(const sample_params *p, int K)
+{
+    return (uint64_t)p->n * (uint64_t)sample_evals(p) * (uint64_t)sample_rows_per_eval(p, K);
+}
+
+void sample_cost_explain(const sample_params *p, int K, char *buf, size_t len)
+{
+    char sname[32];
+    strategy_name(&p->strat, sname, sizeof sname);
+    int ex = strategy_experts_bound(&p->strat, K);
+    int bound = p->strat.kind == STRAT_THRESHOLD || p->strat.kind == STRAT_NUCLEUS;
+    snprintf(buf, len, "%d image%s x %d steps%s x %d expert%s (%s%s)%s", p->n, p->n == 1 ? "" : "s",
+             p->steps, p->sampler == SAMPLER_HEUN ? " x 2 (heun)" : "", ex, ex == 1 ? "" : "s",
+             sname, bound ? ", at most" : "",
+             p->label >= 0 && p->guidance != 1.0f ? " x 2 (guidance with a label)" : "");
+}
+
 traj *traj_new(const sample_params *p, int image, int dim)
 {
     traj *tr = calloc(1, sizeof *tr);

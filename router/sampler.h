@@ -43,6 +43,7 @@ typedef struct sample_params {
     float guidance;       /* classifier-free guidance scale; 1 = none */
     sampler_kind sampler;
     int trace;            /* record selected experts and weights per evaluation */
+    int priority;         /* scheduling: higher first (default 0; see engine.h) */
 } sample_params;
 
 /* Defaults: n 1, steps 50, top-2, unconditional, guidance 1, euler. */
@@ -55,6 +56,16 @@ const char *sampler_name(sampler_kind k);
 int sampler_parse(const char *s, sampler_kind *out);
 /* Evaluations per image: steps (euler) or 2 * steps (heun). */
 int sample_evals(const sample_params *p);
+/* Expert rows one evaluation of one image costs at most: the strategy's
+ * experts (strategy_experts_bound), twice with guidance != 1 and a label
+ * (conditional and null rows). */
+int sample_rows_per_eval(const sample_params *p, int K);
+/* A request's cost in expert evaluations (rows), an upper bound:
+ * n x evaluations (steps, x2 for heun) x sample_rows_per_eval. */
+uint64_t sample_cost(const sample_params *p, int K);
+/* "256 images x 500 steps x 2 (heun) x 8 experts (full) x 2 (guidance with a
+ * label)": how sample_cost came about, into buf. */
+void sample_cost_explain(const sample_params *p, int K, char *buf, size_t len);
 
 /* One evaluation's routing, kept when tracing. */
 typedef struct trace_entry {

@@ -202,6 +202,10 @@ static void handle_samples(http_req *req, void *ud)
                            "application/x-protobuf or image/png");
         return;
     }
+    if (engine_check(s->eng, &p, &code, err, sizeof err)) { /* never servable: not a 503 */
+        http_respond_error(req, 400, code, err);
+        return;
+    }
     sreq *r = calloc(1, sizeof *r);
     if (!r) {
         http_respond_error(req, 500, "internal", "out of memory");
@@ -348,6 +352,14 @@ static void handle_metrics(http_req *req, void *ud)
     http_server_stats(s->srv, &hs);
     put(&o, "# TYPE ddm_http_connections_open gauge\nddm_http_connections_open %llu\n",
         (unsigned long long)hs.connections_open);
+    put(&o, "# HELP ddm_http_connections_rejected_total Connections over a cap with no room made: "
+            "health probes only.\n# TYPE ddm_http_connections_rejected_total counter\n"
+            "ddm_http_connections_rejected_total %llu\n",
+        (unsigned long long)hs.connections_rejected);
+    put(&o, "# HELP ddm_http_connections_evicted_total Connections without a request in progress "
+            "closed to make room at a cap.\n# TYPE ddm_http_connections_evicted_total counter\n"
+            "ddm_http_connections_evicted_total %llu\n",
+        (unsigned long long)hs.connections_evicted);
     put(&o, "# HELP ddm_sample_request_seconds Latency of POST /v1/samples.\n"
             "# TYPE ddm_sample_request_seconds histogram\n");
     uint64_t cum = 0;
@@ -427,8 +439,9 @@ int service_new(uv_loop_t *loop, http_server *srv, engine *eng, pool *pl, int K,
                     ((uint64_t)getpid() << 32);
     int rc = http_server_route(srv, "POST", "/v1/samples", handle_samples, s);
     if (!rc) rc = http_server_route(srv, "GET", "/v1/experts", handle_experts, s);
-    if (!rc) rc = http_server_route(srv, "GET", "/healthz", handle_healthz, s);
-    if (!rc) rc = http_server_route(srv, "GET", "/readyz", handle_readyz, s);
+    /* health probes answer even when the connection caps are reached */
+    if (!rc) rc = http_server_route_always(srv, "GET", "/healthz", handle_healthz, s);
+    if (!rc) rc = http_server_route_always(srv, "GET", "/readyz", handle_readyz, s);
     if (!rc) rc = http_server_route(srv, "GET", "/metrics", handle_metrics, s);
     if (rc) {
         free(s);

@@ -90,6 +90,16 @@ void strategy_name(const strategy *s, char *buf, size_t len)
     }
 }
 
+int strategy_experts_bound(const strategy *s, int K)
+{
+    switch (s->kind) {
+    case STRAT_TOPK:    return s->k < K ? s->k : K;
+    case STRAT_SAMPLE:
+    case STRAT_EXPERT:  return 1;
+    default:            return K;
+    }
+}
+
 int strategy_uses_router(const strategy *s)
 {
     return s->kind != STRAT_UNIFORM && s->kind != STRAT_EXPERT;

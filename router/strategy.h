@@ -45,6 +45,11 @@ int strategy_parse(const char *name, int K, float threshold, float temperature,
 /* Canonical name ("top-2", "expert:3", ...) into buf. */
 void strategy_name(const strategy *s, char *buf, size_t len);
 
+/* Experts the strategy calls per evaluation at most: k for top-k, K for full,
+ * uniform, threshold and nucleus (their count varies: K bounds it), 1 for
+ * sample and expert:N. */
+int strategy_experts_bound(const strategy *s, int K);
+
 /* 1 if the strategy reads the router network's output. */
 int strategy_uses_router(const strategy *s);
 

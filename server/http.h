@@ -25,7 +25,8 @@
  *   path with other method (with Allow), 408 header/body timeout, 411 POST/PUT/PATCH
  *   with neither Content-Length nor chunked, 413 body over max_body_bytes,
  *   414 URL over max_header_bytes, 431 headers over max_header_bytes or too many,
- *   501 Transfer-Encoding other than chunked, 503 + Retry-After over max_connections.
+ *   501 Transfer-Encoding other than chunked, 503 + Retry-After for a request other
+ *   than an "always" route on a connection over the caps (max_connections, per address).
  *   All but 404/405 close the connection after the response.
  *
  * A client that half-closes (EOF) while a request is still in a handler is treated
@@ -34,8 +35,10 @@
  * departure is noticed only when the backlog drains or a write fails.
  * HEAD on a path that only has a GET route runs the GET handler and sends no body.
  * Memory per connection is bounded by max_pipelined * (max_body_bytes + response);
- * size max_body_bytes for the API (the default 8 MiB is generous).
- * Over 2 x max_connections open, new connections are closed without a response. */
+ * size max_body_bytes for the API (the default 8 MiB is generous). A body's buffer
+ * grows as its bytes arrive (a declared Content-Length alone reserves at most
+ * 16 KiB). Past max_connections + reserve_connections open, new connections are
+ * closed without a response. */
 #ifndef DDM_SERVER_HTTP_H
 #define DDM_SERVER_HTTP_H
 
@@ -56,7 +59,17 @@ typedef struct http_config {
     uint32_t body_timeout_ms;    /* 30000: end of headers to end of body, else 408 */
     uint32_t idle_timeout_ms;    /* 60000: keep-alive connection with nothing to do is closed;
                                     also the limit for a write making no progress */
-    uint32_t max_connections;    /* 1024: past it a new connection gets 503 + Retry-After */
+    uint32_t max_connections;    /* 1024: at it, a new connection first evicts the connection
+                                    that has gone longest without a complete request in progress
+                                    (silent, half a request, or idle keep-alive); if there is
+                                    none it is a reserve connection (below) */
+    uint32_t max_connections_per_ip; /* 256: the same for the connections of one client address */
+    uint32_t reserve_connections; /* 32: connections over the caps that are still read: they get
+                                    the "always" routes (health probes) and 503 + Retry-After for
+                                    anything else; past these a connection is closed at once */
+    uint32_t near_cap_timeout_ms; /* 1000: from 7/8 of max_connections on, a connection without a
+                                    complete request (header phase, idle keep-alive) is closed
+                                    after this instead of header_timeout / idle_timeout */
     uint32_t max_pipelined;      /* 16: requests queued or being written per connection before
                                     the server stops reading from it (backpressure, not an error) */
     uint32_t retry_after_s;      /* 1: Retry-After value of the over-capacity 503 */
@@ -71,7 +84,9 @@ void http_config_default(http_config *cfg);
 typedef struct http_stats {
     uint64_t connections_open;     /* now, including ones being rejected or closed */
     uint64_t connections_total;    /* accepted since start */
-    uint64_t connections_rejected; /* got the over-capacity 503 (or dropped when far over) */
+    uint64_t connections_rejected; /* over a cap with no room to evict: reserve or dropped */
+    uint64_t connections_evicted;  /* closed to make room for a new one at a cap */
+    uint64_t body_bytes_receiving; /* now: memory held by request bodies still arriving */
     uint64_t requests_total;       /* complete requests handed to a route handler */
     uint64_t requests_aborted;     /* client went away before the handler's response */
     uint64_t responses[6];         /* by status class: [1] 1xx .. [5] 5xx; [0] unused */
@@ -97,6 +112,12 @@ int http_server_new(uv_loop_t *loop, const http_config *cfg, http_server **out);
  * or path not starting with '/'), DDM_ENOMEM. Call before or after listen. */
 int http_server_route(http_server *s, const char *method, const char *path,
                       http_handler_fn handler, void *ud);
+
+/* Like http_server_route, and the route is also served on reserve connections
+ * (over max_connections or the per-address cap): for health probes, which must
+ * answer while the server is full. */
+int http_server_route_always(http_server *s, const char *method, const char *path,
+                             http_handler_fn handler, void *ud);
 
 /* Binds and listens on "host:port": IPv4 literal ("127.0.0.1:8080"), bracketed
  * IPv6 literal ("[::1]:0"), "localhost:port", or ":port" / "*:port" (all IPv4

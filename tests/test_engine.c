@@ -423,6 +423,198 @@ static void test_busy(void **state)
     fx_close(&f);
 }
 
+/* ---- scheduling ------------------------------------------------------------------------ */
+
+static engine_config sched_config(int capacity, int share_rows, uint32_t age_ms)
+{
+    engine_config c;
+    engine_config_default(&c);
+    c.ticks_in_flight = 1; /* one tick at a time: what each tick holds is the schedule */
+    c.tick_capacity = capacity;
+    c.share_rows = share_rows;
+    c.age_ms = age_ms;
+    return c;
+}
+
+static uint64_t rows_sent(fx *f)
+{
+    engine_stats st;
+    engine_get_stats(f->e, &st);
+    return st.tick_rows;
+}
+
+/* Round robin by request: a small request that arrives behind a big one gets
+ * into every tick (it once queued behind all of the big one's trajectories:
+ * about 9 / 4 ticks per step here). Counted in ticks, not time. */
+static void test_round_robin_by_request(void **state)
+{
+    (void)state;
+    engine_config c = sched_config(4, 1000, 60000);
+    fx f;
+    fx_open(&f, &c, -1);
+    outcome big = { .release = 1 }, small = { .release = 1 };
+    sample_params pb = params(8, 60, "top-2"), ps = params(1, 6, "top-2");
+    submit(&f, &pb, &big);
+    int t0 = ticks_run(&f);
+    submit(&f, &ps, &small);
+    assert_int_equal(spin(&f, &small.calls, 1, 10000), 1);
+    assert_int_equal(small.status, 0);
+    assert_int_equal(big.calls, 0);
+    int ticks = ticks_run(&f) - t0;
+    if (ticks > 6 + 1) /* one per step, plus the tick in flight when it arrived */
+        fail_msg("the small request took %d ticks for 6 steps", ticks);
+    assert_int_equal(spin(&f, &big.calls, 1, 20000), 1);
+    fx_close(&f);
+}
+
+/* While a small request runs, a big one of the same priority keeps at most
+ * share_rows rows in flight (at least one trajectory), so the ticks the small
+ * one waits for stay short. */
+static void test_share_rows_while_sharing(void **state)
+{
+    (void)state;
+    engine_config c = sched_config(256, 3, 60000);
+    fx f;
+    fx_open(&f, &c, -1);
+    outcome big = { .release = 1 }, small = { .release = 1 };
+    sample_params pb = params(16, 200, "full"), ps = params(1, 10, "top-1");
+    submit(&f, &pb, &big); /* K = 3 rows per image and step: 48 rows a tick alone */
+    int one = 1;
+    while (ticks_run(&f) < 2)
+        spin(&f, &one, 2, 20);
+    uint64_t r0 = rows_sent(&f);
+    int t0 = ticks_run(&f);
+    submit(&f, &ps, &small);
+    assert_int_equal(spin(&f, &small.calls, 1, 10000), 1);
+    uint64_t rows = rows_sent(&f) - r0;
+    int ticks = ticks_run(&f) - t0;
+    /* the tick in flight when it came (<= 48 rows), then 3 + 1 rows per tick */
+    if (rows > 48 + (uint64_t)ticks * 4)
+        fail_msg("%llu rows in %d ticks while sharing", (unsigned long long)rows, ticks);
+    assert_true(ticks <= 10 + 1);
+    /* alone again, the big one fills its ticks */
+    uint64_t r1 = rows_sent(&f);
+    int t1 = ticks_run(&f);
+    while (ticks_run(&f) < t1 + 3)
+        spin(&f, &one, 2, 20);
+    assert_true(rows_sent(&f) - r1 >= 3 * 40);
+    assert_int_equal(spin(&f, &big.calls, 1, 20000), 1);
+    fx_close(&f);
+}
+
+/* Two big requests do not hold each other back (the share is for smaller
+ * ones): together they fill ticks as one would. */
+static void test_big_requests_not_throttled(void **state)
+{
+    (void)state;
+    engine_config c = sched_config(256, 3, 60000);
+    fx f;
+    fx_open(&f, &c, -1);
+    outcome a = { .release = 1 }, b = { .release = 1 };
+    sample_params p = params(16, 50, "full");
+    submit(&f, &p, &a);
+    submit(&f, &p, &b);
+    int one = 1;
+    while (ticks_run(&f) < 2)
+        spin(&f, &one, 2, 20);
+    uint64_t r0 = rows_sent(&f);
+    int t0 = ticks_run(&f);
+    while (ticks_run(&f) < t0 + 5)
+        spin(&f, &one, 2, 20);
+    assert_true(rows_sent(&f) - r0 >= 5 * 96); /* both whole: 2 x 16 images x 3 experts */
+    assert_int_equal(spin(&f, &a.calls, 1, 20000), 1);
+    assert_int_equal(spin(&f, &b.calls, 1, 20000), 1);
+    fx_close(&f);
+}
+
+/* Higher priority gets tick capacity first: a later request of priority 5
+ * finishes before an earlier one of priority 0 that it shares ticks with. */
+static void test_priority_first(void **state)
+{
+    (void)state;
+    engine_config c = sched_config(4, 1000, 60000);
+    fx f;
+    fx_open(&f, &c, -1);
+    outcome lo = { .release = 1 }, hi = { .release = 1 };
+    sample_params pl = params(4, 20, "top-2"), ph = params(4, 20, "top-2");
+    ph.priority = 5;
+    submit(&f, &pl, &lo);
+    submit(&f, &ph, &hi);
+    assert_int_equal(spin(&f, &hi.calls, 1, 10000), 1);
+    assert_int_equal(lo.calls, 0);
+    assert_int_equal(spin(&f, &lo.calls, 1, 10000), 1);
+    assert_int_equal(lo.status, 0);
+    fx_close(&f);
+}
+
+/* Ageing: a low-priority request is not starved by a long high-priority one:
+ * every age_ms of waiting lifts it by one level. */
+static void test_ageing_prevents_starvation(void **state)
+{
+    (void)state;
+    engine_config c = sched_config(4, 1000, 2);
+    fx f;
+    fx_open(&f, &c, -1);
+    outcome lo = { .release = 1 }, hi = { .release = 1 };
+    sample_params ph = params(4, 1000, "top-2"), pl = params(4, 3, "top-2");
+    ph.sampler = SAMPLER_HEUN; /* 2,000 ticks of all the capacity */
+    ph.priority = 2;
+    submit(&f, &ph, &hi);
+    submit(&f, &pl, &lo);
+    assert_int_equal(spin(&f, &lo.calls, 1, 20000), 1);
+    assert_int_equal(lo.status, 0);
+    assert_int_equal(hi.calls, 0); /* got its turns long before the long one ended */
+    assert_int_equal(spin(&f, &hi.calls, 1, 60000), 1);
+    fx_close(&f);
+}
+
+/* The cost of a request in expert evaluations, and the refusals. */
+static void test_cost_and_check(void **state)
+{
+    (void)state;
+    engine_config c;
+    engine_config_default(&c);
+    c.max_images = 8;
+    c.max_request_cost = 1000;
+    fx f;
+    fx_open(&f, &c, -1);
+    sample_params p = params(2, 10, "full");
+    assert_int_equal(sample_cost(&p, K), 2 * 10 * K);
+    p.label = 1;
+    assert_int_equal(sample_cost(&p, K), 2 * 10 * K); /* guidance 1: one row */
+    p.guidance = 2;
+    assert_int_equal(sample_cost(&p, K), 2 * 10 * K * 2);
+    p.sampler = SAMPLER_HEUN;
+    assert_int_equal(sample_cost(&p, K), 2 * 20 * K * 2);
+    sample_params q = params(2, 10, "top-2");
+    assert_int_equal(sample_cost(&q, K), 2 * 10 * 2);
+    q = params(2, 10, "expert:1");
+    assert_int_equal(sample_cost(&q, K), 2 * 10);
+    q = params(2, 10, "sample");
+    assert_int_equal(sample_cost(&q, K), 2 * 10);
+    q = params(2, 10, "nucleus");
+    assert_int_equal(sample_cost(&q, K), 2 * 10 * K);
+    const char *code;
+    char err[512];
+    assert_int_equal(engine_check(f.e, &p, &code, err, sizeof err), 0); /* 240 */
+    sample_params big = params(4, 50, "full");
+    big.label = 2, big.guidance = 3;
+    assert_int_equal(engine_check(f.e, &big, &code, err, sizeof err), DDM_ERANGE);
+    assert_string_equal(code, "too_much_work");
+    if (!strstr(err, "1200") || !strstr(err, "1000") ||
+        !strstr(err, "4 images x 50 steps x 3 experts (full) x 2 (guidance with a label)"))
+        fail_msg("message: %s", err);
+    sample_params many = params(9, 1, "top-1");
+    assert_int_equal(engine_check(f.e, &many, &code, err, sizeof err), DDM_ERANGE);
+    assert_string_equal(code, "too_many_images");
+    assert_non_null(strstr(err, "8"));
+    engine_job *j;
+    outcome o = { 0 };
+    assert_int_equal(engine_submit(f.e, &many, on_done, &o, &j), DDM_ERANGE);
+    assert_int_equal(engine_check(f.e, &q, &code, err, sizeof err), 0);
+    fx_close(&f);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -435,6 +627,12 @@ int main(void)
         cmocka_unit_test(test_timeout),
         cmocka_unit_test(test_expert_unavailable),
         cmocka_unit_test(test_busy),
+        cmocka_unit_test(test_round_robin_by_request),
+        cmocka_unit_test(test_share_rows_while_sharing),
+        cmocka_unit_test(test_big_requests_not_throttled),
+        cmocka_unit_test(test_priority_first),
+        cmocka_unit_test(test_ageing_prevents_starvation),
+        cmocka_unit_test(test_cost_and_check),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

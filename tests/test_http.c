@@ -243,6 +243,7 @@ static int fx_start(void **state, const http_config *cfg)
     assert_int_equal(http_server_route(f->srv, "GET", "/slow", h_slow, f), 0);
     assert_int_equal(http_server_route(f->srv, "GET", "/big", h_big, f), 0);
     assert_int_equal(http_server_route(f->srv, "GET", "/busy", h_busy, f), 0);
+    assert_int_equal(http_server_route_always(f->srv, "GET", "/health", h_hello, f), 0);
     assert_int_equal(http_server_route(f->srv, "get", "/x", h_hello, f), DDM_EINVAL);
     assert_int_equal(http_server_route(f->srv, "GET", "x", h_hello, f), DDM_EINVAL);
     char err[200];
@@ -280,6 +281,7 @@ static int setup_idle(void **state)
 {
     http_config c = test_config();
     c.header_timeout_ms = 10000; /* idle connections must stay for this test */
+    c.max_connections_per_ip = 1024;
     return fx_start(state, &c);
 }
 
@@ -288,6 +290,14 @@ static int setup_maxconn(void **state)
     http_config c = test_config();
     c.max_connections = 4;
     c.header_timeout_ms = 10000;
+    c.near_cap_timeout_ms = 300;
+    return fx_start(state, &c);
+}
+
+static int setup_per_ip(void **state)
+{
+    http_config c = test_config();
+    c.max_connections_per_ip = 2;
     return fx_start(state, &c);
 }
 
@@ -793,17 +803,26 @@ static void test_slow_headers_timeout(void **state)
     assert_true(st.timeouts >= 3);
 }
 
+/* Opens a connection whose request stays in its handler for ms. */
+static httpc *busy_client(fx *f, int ms)
+{
+    httpc *c = client(f);
+    char req[64];
+    snprintf(req, sizeof req, "GET /slow?ms=%d HTTP/1.1\r\n\r\n", ms);
+    assert_int_equal(httpc_send_raw(c, req, strlen(req)), 0);
+    return c;
+}
+
+/* At the cap with every connection busy, a new one is a reserve connection:
+ * health routes answer, anything else gets 503 + Retry-After and a close. */
 static void test_max_connections(void **state)
 {
     fx *f = *state;
     httpc *held[4];
     httpc_response r;
-    for (int i = 0; i < 4; i++) {
-        held[i] = client(f);
-        assert_int_equal(httpc_request(held[i], "GET", "/hello", NULL, 0, NULL, 0, &r), 0);
-        assert_int_equal(r.status, 200);
-        httpc_response_free(&r);
-    }
+    for (int i = 0; i < 4; i++)
+        held[i] = busy_client(f, 1500);
+    assert_int_equal(wait_atomic(&f->slow_started, 4, 10000), 4);
     httpc *extra = client(f);
     assert_int_equal(httpc_request(extra, "GET", "/hello", NULL, 0, NULL, 0, &r), 0);
     assert_json_error(&r, 503, "overloaded");
@@ -811,27 +830,120 @@ static void test_max_connections(void **state)
     assert_false(r.keep_alive);
     httpc_response_free(&r);
     httpc_close(extra);
-    /* the held ones still work */
-    assert_int_equal(httpc_request(held[2], "GET", "/hello", NULL, 0, NULL, 0, &r), 0);
+    extra = client(f); /* the health probe still answers */
+    assert_int_equal(httpc_request(extra, "GET", "/health", NULL, 0, NULL, 0, &r), 0);
     assert_int_equal(r.status, 200);
     httpc_response_free(&r);
-    /* free a slot: a new client gets served (after the server noticed) */
-    httpc_close(held[0]);
-    int ok = 0;
-    for (int64_t end = ms_now() + 10000; !ok && ms_now() < end;) {
-        extra = client(f);
-        assert_int_equal(httpc_request(extra, "GET", "/hello", NULL, 0, NULL, 0, &r), 0);
-        ok = r.status == 200;
+    httpc_close(extra);
+    /* the held ones finish; idle now, the oldest makes room for a new client */
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(httpc_read_response(held[i], 0, &r), 0);
+        assert_int_equal(r.status, 200);
         httpc_response_free(&r);
-        httpc_close(extra);
-        if (!ok)
-            sleep_ms(20);
     }
-    assert_true(ok);
-    for (int i = 1; i < 4; i++)
+    extra = client(f);
+    assert_int_equal(httpc_request(extra, "GET", "/hello", NULL, 0, NULL, 0, &r), 0);
+    assert_int_equal(r.status, 200);
+    httpc_response_free(&r);
+    httpc_close(extra);
+    for (int i = 0; i < 4; i++)
         httpc_close(held[i]);
     http_stats st = fx_stats(f);
-    assert_true(st.connections_rejected >= 1);
+    assert_true(st.connections_rejected >= 2);
+}
+
+/* Connections that never send a request do not lock others out: at the cap a
+ * new connection evicts the one silent longest, and near the cap silent ones
+ * are closed after near_cap_timeout_ms (here 300) instead of header_timeout_ms
+ * (10 s). */
+static void test_silent_connections_evicted(void **state)
+{
+    fx *f = *state;
+    httpc *silent[4];
+    for (int i = 0; i < 4; i++) {
+        silent[i] = client(f);
+        assert_int_equal(httpc_connect(silent[i]), 0);
+    }
+    httpc *c = client(f);
+    httpc_response r;
+    assert_int_equal(httpc_request(c, "GET", "/hello", NULL, 0, NULL, 0, &r), 0);
+    assert_int_equal(r.status, 200);
+    httpc_response_free(&r);
+    http_stats st = fx_stats(f);
+    assert_true(st.connections_evicted >= 1);
+    /* 3 silent + c: near the cap (7/8 of 4), so silent ones are closed after 300 ms
+     * (not header_timeout_ms, 10 s) until the count is below it: 2 of the 4 are gone
+     * (one evicted, one timed out) well before 10 s */
+    int closed = 0;
+    for (int i = 0; i < 4; i++)
+        closed += httpc_wait_closed(silent[i], i < 2 ? 3000 : 300) == 1;
+    if (closed < 2)
+        fail_msg("%d of 4 silent connections closed", closed);
+    httpc_close(c);
+    for (int i = 0; i < 4; i++)
+        httpc_close(silent[i]);
+}
+
+/* The per-address cap (2 here): a third busy connection from 127.0.0.1 is a
+ * reserve connection, while the global cap is far away. */
+static void test_per_ip_cap(void **state)
+{
+    fx *f = *state;
+    httpc *a = busy_client(f, 1000), *b = busy_client(f, 1000);
+    assert_int_equal(wait_atomic(&f->slow_started, 2, 10000), 2);
+    httpc *c = client(f);
+    httpc_response r;
+    assert_int_equal(httpc_request(c, "GET", "/hello", NULL, 0, NULL, 0, &r), 0);
+    assert_json_error(&r, 503, "overloaded");
+    httpc_response_free(&r);
+    httpc_close(c);
+    c = client(f);
+    assert_int_equal(httpc_request(c, "GET", "/health", NULL, 0, NULL, 0, &r), 0);
+    assert_int_equal(r.status, 200);
+    httpc_response_free(&r);
+    httpc_close(c);
+    httpc_close(a);
+    httpc_close(b);
+}
+
+/* A declared Content-Length reserves no more than a first buffer: the body's
+ * memory grows with the bytes that arrive (it was allocated whole from the
+ * headers: 16 pipelined requests x every connection x the body limit). */
+static void test_body_grows_as_it_arrives(void **state)
+{
+    fx *f = *state;
+    enum { N = 20 };
+    httpc *c[N];
+    const char *head = "POST /echo HTTP/1.1\r\nContent-Length: 1000000\r\n\r\n0123456789";
+    for (int i = 0; i < N; i++) {
+        c[i] = client(f);
+        assert_int_equal(httpc_send_raw(c[i], head, strlen(head)), 0);
+    }
+    http_stats st;
+    int64_t end = ms_now() + 5000;
+    do {
+        st = fx_stats(f);
+    } while (st.bytes_in < N * strlen(head) && ms_now() < end && (sleep_ms(10), 1));
+    assert_true(st.body_bytes_receiving > 0);
+    if (st.body_bytes_receiving > (uint64_t)N * 16384)
+        fail_msg("%llu bytes held for %d bodies of 10 bytes so far",
+                 (unsigned long long)st.body_bytes_receiving, N);
+    /* one body sent whole still arrives whole */
+    static char rest[1000000 - 10];
+    memset(rest, 'x', sizeof rest);
+    assert_int_equal(httpc_send_raw(c[0], rest, sizeof rest), 0);
+    httpc_response r;
+    assert_int_equal(httpc_read_response(c[0], 0, &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_int_equal(r.body_len, 1000000);
+    httpc_response_free(&r);
+    for (int i = 0; i < N; i++)
+        httpc_close(c[i]);
+    end = ms_now() + 5000;
+    do {
+        st = fx_stats(f);
+    } while (st.body_bytes_receiving && ms_now() < end && (sleep_ms(10), 1));
+    assert_int_equal(st.body_bytes_receiving, 0);
 }
 
 static void test_disconnect_with_pending_response(void **state)
@@ -1307,6 +1419,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_malformed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_slow_headers_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_max_connections, setup_maxconn, teardown),
+        cmocka_unit_test_setup_teardown(test_silent_connections_evicted, setup_maxconn, teardown),
+        cmocka_unit_test_setup_teardown(test_per_ip_cap, setup_per_ip, teardown),
+        cmocka_unit_test_setup_teardown(test_body_grows_as_it_arrives, setup, teardown),
         cmocka_unit_test_setup_teardown(test_disconnect_with_pending_response, setup, teardown),
         cmocka_unit_test_setup_teardown(test_many_idle_connections, setup_idle, teardown),
         cmocka_unit_test_setup_teardown(test_idle_and_stalled_reader, setup_short_idle, teardown),

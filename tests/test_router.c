@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <cmocka.h>
@@ -365,6 +366,10 @@ static void test_malformed_requests(void **state)
     snprintf(huge_raw, sizeof huge_raw,
              "POST /v1/samples HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
              "Content-Length: %zu\r\n\r\n", sizeof huge_body - 1);
+    static char mid_raw[300]; /* over the router's 64 KiB body limit (was 1 MiB) */
+    snprintf(mid_raw, sizeof mid_raw,
+             "POST /v1/samples HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+             "Content-Length: 70000\r\n\r\n");
     static char big_header[40000];
     int n = snprintf(big_header, sizeof big_header, "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ");
     memset(big_header + n, 'a', 30000);
@@ -379,7 +384,14 @@ static void test_malformed_requests(void **state)
         { "n fraction", NULL, "{\"n\": 1.5}", 400, "integer" },
         { "steps zero", NULL, "{\"steps\": 0}", 400, "1..1000" },
         { "steps huge", NULL, "{\"steps\": 1e9}", 400, "1..1000" },
-        { "n x steps", NULL, "{\"n\": 256, \"steps\": 1000, \"sampler\": \"heun\"}", 400, "limit" },
+        /* a work bomb: 64 x 2000 evaluations x 3 experts x 2 rows; it once passed a
+         * check that counted n x steps only */
+        { "work bomb", NULL, "{\"n\": 64, \"steps\": 1000, \"strategy\": \"full\", "
+          "\"sampler\": \"heun\", \"label\": 1, \"guidance\": 2}", 400,
+          "costs 768000 expert evaluations (64 images x 1000 steps x 2 (heun) x 3 experts "
+          "(full) x 2 (guidance with a label)), over this router's limit of 400000" },
+        /* more images than --max-images (64 here) can never fit: 400, not 503 */
+        { "n over max-images", NULL, "{\"n\": 65, \"steps\": 1}", 400, "--max-images" },
         { "seed negative", NULL, "{\"seed\": -1}", 400, "seed" },
         { "seed string junk", NULL, "{\"seed\": \"12x\"}", 400, "seed" },
         { "strategy unknown", NULL, "{\"strategy\": \"best\"}", 400, "unknown" },
@@ -406,6 +418,7 @@ static void test_malformed_requests(void **state)
         { "garbage", "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 hello\r\n\r\n", NULL, 400, NULL },
         { "bad version", "GET /healthz HTTP/9.9\r\nHost: x\r\n\r\n", NULL, 400, NULL },
         { "oversized body", huge_raw, NULL, 413, NULL },
+        { "body over 64 KiB", mid_raw, NULL, 413, NULL },
         { "huge header", big_header, NULL, 431, NULL },
         { "bad chunked", "POST /v1/samples HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
           "Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n", NULL, 400, NULL },
@@ -424,6 +437,8 @@ static void test_malformed_requests(void **state)
             rc = httpc_send_raw(c, bc->raw, strlen(bc->raw));
             if (!rc && bc->raw == huge_raw)
                 httpc_send_raw(c, huge_body, sizeof huge_body - 1); /* may fail once refused */
+            if (!rc && bc->raw == mid_raw)
+                httpc_send_raw(c, huge_body, 70000);
             if (!rc)
                 rc = httpc_read_response(c, 0, &r);
         } else {
@@ -639,6 +654,95 @@ static httpc *client_at(int port)
     return c;
 }
 
+/* 1,024 connections that send nothing (the connection cap) once made every
+ * request 503, /healthz included -- the liveness probe. Now the health probes
+ * and a sample request are still served: against the default flags (the
+ * per-address cap, 256, is hit first) and with the per-address cap out of the
+ * way (the global cap). */
+static void idle_flood(int port)
+{
+    enum { IDLE = 1024 };
+    httpc **idle = calloc(IDLE, sizeof *idle);
+    assert_non_null(idle);
+    for (int i = 0; i < IDLE; i++) {
+        idle[i] = client_at(port);
+        assert_int_equal(httpc_connect(idle[i]), 0);
+    }
+    usleep(200000);
+    httpc *c = client_at(port);
+    httpc_response r;
+    assert_int_equal(httpc_request(c, "GET", "/healthz", NULL, 0, NULL, 0, &r), 0);
+    assert_int_equal(r.status, 200);
+    httpc_response_free(&r);
+    httpc_close(c);
+    c = client_at(port);
+    assert_int_equal(httpc_request(c, "GET", "/readyz", NULL, 0, NULL, 0, &r), 0);
+    assert_int_equal(r.status, 200);
+    httpc_response_free(&r);
+    httpc_close(c);
+    c = client_at(port);
+    int st = post_json(c, "{\"n\": 2, \"steps\": 4}", &r);
+    if (st != 200)
+        fail_msg("sample request under %d idle connections: %d %s", IDLE, st, r.body);
+    httpc_response_free(&r);
+    httpc_close(c);
+    for (int i = 0; i < IDLE; i++)
+        httpc_close(idle[i]);
+    free(idle);
+}
+
+static void test_idle_connection_flood(void **state)
+{
+    (void)state;
+    struct rlimit rl; /* 1,024 sockets and then some */
+    getrlimit(RLIMIT_NOFILE, &rl);
+    if (rl.rlim_cur < 4096 && rl.rlim_max > rl.rlim_cur) {
+        rl.rlim_cur = rl.rlim_max < 4096 ? rl.rlim_max : 4096;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    getrlimit(RLIMIT_NOFILE, &rl);
+    if (rl.rlim_cur < 1200)
+        skip(); /* cannot open enough sockets here */
+    idle_flood(router_port);
+    char log[256];
+    snprintf(log, sizeof log, "%s/router-flood.log", dir);
+    int port = proc_free_port();
+    pid_t pid = start_router_args(port, log, "--max-connections-per-ip", "4096", (char *)NULL);
+    idle_flood(port);
+    int st = proc_stop(pid, SIGTERM, 10000);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
+/* The cost cap comes from the cluster file too ("set max-request-cost"). */
+static void test_cost_cap_setting(void **state)
+{
+    (void)state;
+    char conf2[256], log[256];
+    snprintf(conf2, sizeof conf2, "%s/capped.conf", dir);
+    snprintf(log, sizeof log, "%s/router-capped.log", dir);
+    FILE *f = fopen(conf2, "w");
+    fprintf(f, "models %s\n", dir);
+    for (int i = 0; i < N_WORKERS; i++)
+        fprintf(f, "expert %d %s\n", worker_expert[i], worker_url[i]);
+    fprintf(f, "set max-request-cost 50\n");
+    fclose(f);
+    int port = proc_free_port();
+    pid_t pid = start_router(conf2, port, log);
+    assert_int_equal(proc_wait_http(port, "/readyz", 200, 15000), 0);
+    httpc *c = client_at(port);
+    httpc_response r;
+    assert_int_equal(post_json(c, "{\"n\": 2, \"steps\": 10, \"strategy\": \"top-2\"}", &r), 200);
+    httpc_response_free(&r);
+    assert_int_equal(post_json(c, "{\"n\": 3, \"steps\": 10, \"strategy\": \"top-2\"}", &r), 400);
+    if (!strstr(r.body, "too_much_work") || !strstr(r.body, "costs 60 ") ||
+        !strstr(r.body, "limit of 50"))
+        fail_msg("%s", r.body);
+    httpc_response_free(&r);
+    httpc_close(c);
+    int st = proc_stop(pid, SIGTERM, 10000);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
 /* After the drain limit a request still in flight gets 503 with a JSON error
  * and Connection: close (it once got an empty reply: the connection closed). */
 static void test_drain_limit_answers_503(void **state)
@@ -814,6 +918,8 @@ int main(void)
         cmocka_unit_test(test_only_replica_killed_then_restarted),
         cmocka_unit_test(test_handshake_refuses_wrong_worker),
         cmocka_unit_test(test_bad_flags_and_files),
+        cmocka_unit_test(test_idle_connection_flood),
+        cmocka_unit_test(test_cost_cap_setting),
         cmocka_unit_test(test_drain_limit_answers_503),
         cmocka_unit_test(test_threadpool_sized_to_ticks),
         cmocka_unit_test(test_stop_now_while_encoding),
