@@ -14,6 +14,7 @@
 #include "common/log.h"
 #include "common/model.h"
 #include "common/version.h"
+#include "router/auth.h"
 #include "router/cluster.h"
 #include "router/engine.h"
 #include "router/pool.h"
@@ -57,18 +58,30 @@ static void usage(FILE *f)
 "                                they get 503 (default 30000)\n"
 "      --threads N               threads for the router network: a tick's rows are split\n"
 "                                over them (default 1; 2 when the router has a core to spare)\n"
+"      --auth-token-file FILE    require \"Authorization: Bearer <token>\" on the API: one\n"
+"                                token a line, \"[name:]token [concurrency=N] [queue=N]\"\n"
+"                                (docs/deploy.md); re-read on SIGHUP. /healthz and /readyz\n"
+"                                stay open (default: no tokens)\n"
+"      --public-metrics          /metrics answers without a token\n"
+"      --public-experts          /v1/experts answers without a token\n"
+"      --token-concurrency N     a token's sample requests computed at once, unless its\n"
+"                                line says (default 4)\n"
+"      --token-queue N           and waiting for a turn before 429 (default 16)\n"
 "      --log-level LEVEL         debug, info, warn, error (default info)\n"
 "  -h, --help                    this text\n"
 "  -V, --version                 print the version\n"
 "\n"
 "Settings may also come from the cluster file as \"set <name> <value>\" with the\n"
 "long option's name (e.g. \"set max-images 512\"); flags win over the file.\n"
+"SIGHUP: re-read the token file (a bad file keeps the old tokens).\n"
 "SIGTERM/SIGINT: stop admitting, finish what is in flight (up to --drain-timeout-ms,\n"
 "then 503 with Connection: close), exit 0. A second signal stops at once (503s).\n");
 }
 
 typedef struct opts {
-    const char *cluster, *listen, *router_weights;
+    const char *cluster, *listen, *router_weights, *auth_file;
+    int public_metrics, public_experts;
+    long token_concurrency, token_queue;
     long max_images, tick_capacity, ticks, expert_timeout_ms, attempts, request_timeout_ms;
     long max_connections, threads, drain_timeout_ms, max_request_cost, tick_rows, share_rows;
     long max_connections_per_ip, max_body_bytes;
@@ -97,7 +110,8 @@ typedef struct app {
     engine *eng;
     service *svc;
     model *router;
-    uv_signal_t sigterm, sigint;
+    uv_signal_t sigterm, sigint, sighup;
+    auth *auth;
     uv_timer_t drain_timer;
     int stopping;
     int shut;                /* shutdown_now ran */
@@ -120,7 +134,8 @@ static void shutdown_now(app *a)
     uv_close((uv_handle_t *)&a->drain_timer, NULL);
     uv_close((uv_handle_t *)&a->sigterm, NULL);
     uv_close((uv_handle_t *)&a->sigint, NULL);
-    service_set_draining(a->svc, 1);
+    uv_close((uv_handle_t *)&a->sighup, NULL);
+    service_stop(a->svc);
     http_server_shutdown(a->srv, SHUTDOWN_GRACE_MS, NULL, NULL);
     engine_close(a->eng, NULL, NULL);
     pool_close(a->pl, NULL, NULL);
@@ -155,6 +170,24 @@ static void on_drain_timer(uv_timer_t *t)
     }
 }
 
+static void on_sighup(uv_signal_t *s, int signum)
+{
+    (void)signum;
+    app *a = s->data;
+    if (!a->auth) {
+        log_info("SIGHUP: no --auth-token-file, nothing to re-read");
+        return;
+    }
+    char warn[300], err[400];
+    if (auth_reload(a->auth, warn, sizeof warn, err, sizeof err)) {
+        log_error("SIGHUP: %s; the old tokens stay in use", err);
+        return;
+    }
+    if (warn[0])
+        log_warn("%s", warn);
+    log_info("SIGHUP: %d token(s) loaded", auth_count(a->auth));
+}
+
 static void on_signal(uv_signal_t *s, int signum)
 {
     app *a = s->data;
@@ -179,7 +212,8 @@ int main(int argc, char **argv)
                .threads = 1, .drain_timeout_ms = 30000,
                .max_request_cost = (long)ENGINE_DEFAULT_MAX_COST,
                .tick_rows = ENGINE_DEFAULT_TICK_ROWS, .share_rows = ENGINE_DEFAULT_SHARE_ROWS,
-               .max_connections_per_ip = 256, .max_body_bytes = 65536 };
+               .max_connections_per_ip = 256, .max_body_bytes = 65536,
+               .token_concurrency = 4, .token_queue = 16 };
     numopt nums[] = {
         { "max-images", 1, 1 << 20, &o.max_images },
         { "tick-capacity", 1, 4096, &o.tick_capacity },
@@ -195,6 +229,8 @@ int main(int argc, char **argv)
         { "share-rows", 1, 1 << 20, &o.share_rows },
         { "max-connections-per-ip", 1, 1 << 20, &o.max_connections_per_ip },
         { "max-body-bytes", 1024, 1 << 30, &o.max_body_bytes },
+        { "token-concurrency", 1, 100000, &o.token_concurrency },
+        { "token-queue", 0, 1000000, &o.token_queue },
     };
     enum { N_NUMS = sizeof nums / sizeof nums[0] };
     int set_by_flag[N_NUMS] = { 0 };
@@ -216,6 +252,11 @@ int main(int argc, char **argv)
         { "share-rows", required_argument, 0, 1011 },
         { "max-connections-per-ip", required_argument, 0, 1012 },
         { "max-body-bytes", required_argument, 0, 1013 },
+        { "token-concurrency", required_argument, 0, 1014 },
+        { "token-queue", required_argument, 0, 1015 },
+        { "auth-token-file", required_argument, 0, 'A' },
+        { "public-metrics", no_argument, 0, 'M' },
+        { "public-experts", no_argument, 0, 'E' },
         { "log-level", required_argument, 0, 'L' },
         { "help", no_argument, 0, 'h' },
         { "version", no_argument, 0, 'V' },
@@ -234,6 +275,9 @@ int main(int argc, char **argv)
         case 'c': o.cluster = optarg; break;
         case 'l': o.listen = optarg; break;
         case 'w': o.router_weights = optarg; break;
+        case 'A': o.auth_file = optarg; break;
+        case 'M': o.public_metrics = 1; break;
+        case 'E': o.public_experts = 1; break;
         case 'L': {
             int lv = log_parse_level(optarg);
             if (lv < 0) {
@@ -354,21 +398,46 @@ int main(int argc, char **argv)
         fprintf(stderr, "ddm-router: out of memory\n");
         return 1;
     }
+    if (o.auth_file) {
+        auth_defaults ad = { .concurrency = (int)o.token_concurrency, .queue = (int)o.token_queue };
+        char warn[300];
+        if (auth_load(o.auth_file, &ad, &a.auth, warn, sizeof warn, err, sizeof err)) {
+            fprintf(stderr, "ddm-router: %s\n", err);
+            return 1;
+        }
+        if (warn[0])
+            log_warn("%s", warn);
+        const char *pub[3] = { 0 };
+        int np = 0;
+        if (o.public_metrics)
+            pub[np++] = "/metrics";
+        if (o.public_experts)
+            pub[np++] = "/v1/experts";
+        service_set_auth(a.svc, a.auth, pub);
+        log_info("bearer tokens on: %d token(s) from %s%s%s", auth_count(a.auth), o.auth_file,
+                 o.public_metrics ? ", /metrics public" : "",
+                 o.public_experts ? ", /v1/experts public" : "");
+    } else if (o.public_metrics || o.public_experts) {
+        log_warn("--public-metrics / --public-experts mean nothing without --auth-token-file");
+    }
     if (http_server_listen(a.srv, listen, err, sizeof err)) {
         fprintf(stderr, "ddm-router: cannot listen on %s: %s\n", listen, err);
         return 1;
     }
     uv_signal_init(a.loop, &a.sigterm);
     uv_signal_init(a.loop, &a.sigint);
-    a.sigterm.data = a.sigint.data = &a;
+    uv_signal_init(a.loop, &a.sighup);
+    a.sigterm.data = a.sigint.data = a.sighup.data = &a;
     uv_signal_start(&a.sigterm, on_signal, SIGTERM);
     uv_signal_start(&a.sigint, on_signal, SIGINT);
+    uv_signal_start(&a.sighup, on_sighup, SIGHUP);
     uv_timer_init(a.loop, &a.drain_timer);
     a.drain_timer.data = &a;
     log_info("listening on %s (port %d), %d experts, dim %d, %d classes, router %s", listen,
              http_server_port(a.srv), K, dim, n_classes, rpath);
     uv_run(a.loop, UV_RUN_DEFAULT);
     service_free(a.svc);
+    auth_free(a.auth);
     model_close(a.router);
     cluster_free(&cl); /* listen and rpath point into it */
     uv_loop_close(a.loop);

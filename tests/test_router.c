@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <cmocka.h>
@@ -713,6 +714,172 @@ static void test_idle_connection_flood(void **state)
     assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 }
 
+/* ---- bearer tokens ---------------------------------------------------------------------- */
+
+#define TOK_A "alice-0123456789abcdef0123456789"
+#define TOK_B "bob-fedcba9876543210fedcba987654"
+#define TOK_B2 "bob-new-0011223344556677889900aa"
+
+static int get_with(int port, const char *path, const char *token, httpc_response *r)
+{
+    httpc *c = client_at(port);
+    char auth[128];
+    snprintf(auth, sizeof auth, "Bearer %s", token ? token : "");
+    httpc_header h[] = { { "Authorization", auth } };
+    int rc = httpc_request(c, "GET", path, h, token ? 1 : 0, NULL, 0, r);
+    httpc_close(c);
+    return rc ? rc : r->status;
+}
+
+static int sample_with(httpc *c, const char *token, const char *body, httpc_response *r)
+{
+    char auth[128];
+    snprintf(auth, sizeof auth, "Bearer %s", token ? token : "");
+    httpc_header h[] = { { "Content-Type", "application/json" }, { "Authorization", auth } };
+    int rc = httpc_request(c, "POST", "/v1/samples", h, token ? 2 : 1, body, strlen(body), r);
+    return rc ? rc : r->status;
+}
+
+static void write_tokens(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+    chmod(path, 0600);
+}
+
+typedef struct held_req {
+    int port;
+    const char *token;
+    int status;
+} held_req;
+
+static void *held_thread(void *arg)
+{
+    held_req *h = arg;
+    httpc *c = client_at(h->port);
+    httpc_response r;
+    h->status = sample_with(c, h->token, "{\"n\": 8, \"steps\": 1000, \"strategy\": \"top-1\"}", &r);
+    if (h->status > 0)
+        httpc_response_free(&r);
+    httpc_close(c);
+    return NULL;
+}
+
+/* --auth-token-file: 401 with WWW-Authenticate without a valid token, health
+ * open, /metrics public only when asked, per-token concurrency and queue (429),
+ * SIGHUP reloads (a bad file keeps the old tokens), and no token in the log. */
+static void test_auth_tokens(void **state)
+{
+    (void)state;
+    char tokens[256], log[256];
+    snprintf(tokens, sizeof tokens, "%s/tokens", dir);
+    snprintf(log, sizeof log, "%s/router-auth.log", dir);
+    write_tokens(tokens, "# API tokens\nalice:" TOK_A " concurrency=1 queue=1\nbob:" TOK_B "\n");
+    int port = proc_free_port();
+    pid_t pid = start_router_args(port, log, "--auth-token-file", tokens, "--public-metrics",
+                                  "--log-level", "debug", (char *)NULL);
+    httpc_response r;
+    assert_int_equal(get_with(port, "/healthz", NULL, &r), 200);
+    httpc_response_free(&r);
+    assert_int_equal(get_with(port, "/readyz", NULL, &r), 200);
+    httpc_response_free(&r);
+    assert_int_equal(get_with(port, "/metrics", NULL, &r), 200); /* --public-metrics */
+    httpc_response_free(&r);
+    assert_int_equal(get_with(port, "/v1/experts", NULL, &r), 401);
+    assert_string_equal(httpc_response_header(&r, "WWW-Authenticate"), "Bearer realm=\"ddm-router\"");
+    httpc_response_free(&r);
+    assert_int_equal(get_with(port, "/v1/experts", TOK_B, &r), 200);
+    httpc_response_free(&r);
+    assert_int_equal(get_with(port, "/nothing", NULL, &r), 404); /* the paths are public knowledge */
+    httpc_response_free(&r);
+
+    httpc *c = client_at(port);
+    const char *small = "{\"n\": 1, \"steps\": 3}";
+    assert_int_equal(sample_with(c, NULL, small, &r), 401);
+    assert_non_null(strstr(r.body, "\"unauthorized\""));
+    httpc_response_free(&r);
+    assert_int_equal(sample_with(c, TOK_A "x", small, &r), 401);
+    assert_string_equal(httpc_response_header(&r, "WWW-Authenticate"),
+                        "Bearer realm=\"ddm-router\", error=\"invalid_token\"");
+    httpc_response_free(&r);
+    assert_int_equal(sample_with(c, TOK_A, small, &r), 200);
+    httpc_response_free(&r);
+
+    /* alice: concurrency 1, queue 1: the third request at once gets 429 */
+    held_req h[2] = { { port, TOK_A, 0 }, { port, TOK_A, 0 } };
+    pthread_t th[2];
+    pthread_create(&th[0], NULL, held_thread, &h[0]);
+    usleep(100000);
+    pthread_create(&th[1], NULL, held_thread, &h[1]);
+    usleep(100000);
+    assert_int_equal(sample_with(c, TOK_A, small, &r), 429);
+    assert_non_null(httpc_response_header(&r, "Retry-After"));
+    if (!strstr(r.body, "too_many_requests") || !strstr(r.body, "alice"))
+        fail_msg("%s", r.body);
+    httpc_response_free(&r);
+    assert_int_equal(sample_with(c, TOK_B, small, &r), 200); /* other tokens go on */
+    httpc_response_free(&r);
+    for (int i = 0; i < 2; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(h[i].status, 200); /* the waiting one ran after the first */
+    }
+
+    /* SIGHUP: bob's token replaced, alice kept */
+    write_tokens(tokens, "alice:" TOK_A "\nbob:" TOK_B2 "\n");
+    kill(pid, SIGHUP);
+    int reloaded = 0;
+    for (int i = 0; i < 100 && !reloaded; i++) {
+        usleep(50000);
+        reloaded = sample_with(c, TOK_B2, small, &r) == 200;
+        httpc_response_free(&r);
+    }
+    assert_true(reloaded);
+    assert_int_equal(sample_with(c, TOK_B, small, &r), 401);
+    httpc_response_free(&r);
+    assert_int_equal(sample_with(c, TOK_A, small, &r), 200);
+    httpc_response_free(&r);
+    /* a bad file keeps the tokens in use */
+    write_tokens(tokens, "alice:short\n");
+    kill(pid, SIGHUP);
+    usleep(300000);
+    assert_int_equal(sample_with(c, TOK_B2, small, &r), 200);
+    httpc_response_free(&r);
+    httpc_close(c);
+    int st = proc_stop(pid, SIGTERM, 10000);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+
+    FILE *f = fopen(log, "r"); /* debug logging, 401s included: no token text */
+    assert_non_null(f);
+    char line[1024];
+    int reload_error = 0;
+    while (fgets(line, sizeof line, f)) {
+        if (strstr(line, "0123456789abcdef") || strstr(line, "fedcba98") ||
+            strstr(line, "0011223344"))
+            fail_msg("the log shows a token: %s", line);
+        reload_error |= strstr(line, "the old tokens stay in use") != NULL;
+    }
+    fclose(f);
+    assert_true(reload_error);
+
+    /* a bad token file at start: exit 1 naming the line */
+    write_tokens(tokens, "ok:" TOK_A "\nshort:abc\n");
+    char bin[256], listen[64];
+    snprintf(listen, sizeof listen, "127.0.0.1:%d", proc_free_port());
+    char *argv[] = { (char *)proc_bin("ddm-router", bin, sizeof bin), "--cluster", conf, "--listen",
+                     listen, "--auth-token-file", tokens, NULL };
+    char log2[256];
+    snprintf(log2, sizeof log2, "%s/router-badtokens.log", dir);
+    st = proc_wait(proc_start(argv, log2), 10000);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 1);
+    f = fopen(log2, "r");
+    assert_non_null(fgets(line, sizeof line, f));
+    fclose(f);
+    if (!strstr(line, "tokens:2:"))
+        fail_msg("%s", line);
+}
+
 /* The cost cap comes from the cluster file too ("set max-request-cost"). */
 static void test_cost_cap_setting(void **state)
 {
@@ -920,6 +1087,7 @@ int main(void)
         cmocka_unit_test(test_bad_flags_and_files),
         cmocka_unit_test(test_idle_connection_flood),
         cmocka_unit_test(test_cost_cap_setting),
+        cmocka_unit_test(test_auth_tokens),
         cmocka_unit_test(test_drain_limit_answers_503),
         cmocka_unit_test(test_threadpool_sized_to_ticks),
         cmocka_unit_test(test_stop_now_while_encoding),
