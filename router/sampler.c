@@ -26,34 +26,41 @@ void sample_params_default(sample_params *p, int K)
     p->sampler = SAMPLER_EULER;
 }
 
+const char *sample_field_range(const char *field, int n_classes, char *buf, size_t len)
+{
+    if (!strcmp(field, "n"))
+        snprintf(buf, len, "1..%d", SAMPLE_MAX_N);
+    else if (!strcmp(field, "steps"))
+        snprintf(buf, len, "1..%d", SAMPLE_MAX_STEPS);
+    else if (!strcmp(field, "label") && n_classes > 0)
+        snprintf(buf, len, "0..%d", n_classes - 1);
+    else if (!strcmp(field, "label"))
+        snprintf(buf, len, "none (this model is unconditional: omit label)");
+    else
+        snprintf(buf, len, "%s", "");
+    return buf;
+}
+
 int sample_params_check(const sample_params *p, int n_classes, char *err, size_t errlen)
 {
-    if (p->n < 1 || p->n > SAMPLE_MAX_N) {
-        snprintf(err, errlen, "n = %d is out of range: allowed 1..%d", p->n, SAMPLE_MAX_N);
-        return DDM_EINVAL;
-    }
-    if (p->steps < 1 || p->steps > SAMPLE_MAX_STEPS) {
-        snprintf(err, errlen, "steps = %d is out of range: allowed 1..%d", p->steps,
-                 SAMPLE_MAX_STEPS);
-        return DDM_EINVAL;
-    }
-    if (p->label < -1 || p->label >= n_classes) {
-        if (n_classes == 0)
-            snprintf(err, errlen, "label = %d: this model is unconditional, omit label", p->label);
-        else
-            snprintf(err, errlen, "label = %d is out of range: allowed 0..%d", p->label,
-                     n_classes - 1);
-        return DDM_EINVAL;
-    }
-    if (!(p->guidance >= 0.0f && p->guidance <= 20.0f)) {
-        snprintf(err, errlen, "guidance = %g is out of range: allowed 0..20", p->guidance);
-        return DDM_EINVAL;
-    }
-    if (p->sampler != SAMPLER_EULER && p->sampler != SAMPLER_HEUN) {
-        snprintf(err, errlen, "sampler: allowed euler or heun");
-        return DDM_EINVAL;
-    }
-    return 0;
+    char r[64];
+    if (p->n < 1 || p->n > SAMPLE_MAX_N)
+        return ddm_errf(err, errlen, DDM_EINVAL, "field \"n\" = %d is out of range: allowed %s",
+                        p->n, sample_field_range("n", n_classes, r, sizeof r));
+    if (p->steps < 1 || p->steps > SAMPLE_MAX_STEPS)
+        return ddm_errf(err, errlen, DDM_EINVAL,
+                        "field \"steps\" = %d is out of range: allowed %s", p->steps,
+                        sample_field_range("steps", n_classes, r, sizeof r));
+    if (p->label < -1 || p->label >= n_classes)
+        return ddm_errf(err, errlen, DDM_EINVAL,
+                        "field \"label\" = %d is out of range: allowed %s", p->label,
+                        sample_field_range("label", n_classes, r, sizeof r));
+    if (!(p->guidance >= 0.0f && p->guidance <= 20.0f))
+        return ddm_errf(err, errlen, DDM_EINVAL,
+                        "field \"guidance\" = %g is out of range: allowed 0..20", p->guidance);
+    if (p->sampler != SAMPLER_EULER && p->sampler != SAMPLER_HEUN)
+        return ddm_errf(err, errlen, DDM_EINVAL, "field \"sampler\": allowed euler or heun");
+    return strategy_check(&p->strat, err, errlen);
 }
 
 const char *sampler_name(sampler_kind k) { return k == SAMPLER_HEUN ? "heun" : "euler"; }

@@ -48,9 +48,14 @@ typedef struct sample_params {
 
 /* Defaults: n 1, steps 50, top-2, unconditional, guidance 1, euler. */
 void sample_params_default(sample_params *p, int K);
-/* Range checks against the model (n_classes 0 = no labels). Returns 0 or
- * DDM_EINVAL with a message naming the field and its allowed range. */
+/* Range checks against the model (n_classes 0 = no labels), strategy
+ * parameters included (strategy_check): the one validation of a request.
+ * Returns 0 or DDM_EINVAL with a message naming the field and its allowed range
+ * ("field \"n\" = 300 is out of range: allowed 1..256"). */
 int sample_params_check(const sample_params *p, int n_classes, char *err, size_t errlen);
+/* The allowed range of an integer field ("n", "steps", "label") as text
+ * ("1..256"), the one sample_params_check names; "" for other fields. */
+const char *sample_field_range(const char *field, int n_classes, char *buf, size_t len);
 const char *sampler_name(sampler_kind k);
 /* "euler" / "heun" -> kind; returns 0 or DDM_EINVAL. */
 int sampler_parse(const char *s, sampler_kind *out);

@@ -42,6 +42,11 @@ typedef struct strategy {
 int strategy_parse(const char *name, int K, float threshold, float temperature,
                    strategy *out, char *err, size_t errlen);
 
+/* Range checks of the strategy's parameters: threshold in (0, 1] for
+ * threshold and nucleus, temperature in 0.01..100. Returns 0, or DDM_EINVAL with
+ * a message naming the field ("field \"threshold\" = 5 is out of range: ..."). */
+int strategy_check(const strategy *s, char *err, size_t errlen);
+
 /* Canonical name ("top-2", "expert:3", ...) into buf. */
 void strategy_name(const strategy *s, char *buf, size_t len);
 

@@ -21,7 +21,8 @@
  *     above and stay valid (detached from the server) until finished.
  *
  * Errors the server produces itself (JSON bodies, see http_respond_error):
- *   400 malformed request (any llhttp parse error), 404 unknown path, 405 known
+ *   400 malformed request (any llhttp parse error, or HTTP/1.1 without exactly one
+ *   Host header), 404 unknown path, 405 known
  *   path with other method (with Allow), 408 header/body timeout, 411 POST/PUT/PATCH
  *   with neither Content-Length nor chunked, 413 body over max_body_bytes,
  *   414 URL over max_header_bytes, 431 headers over max_header_bytes or too many,
@@ -231,7 +232,9 @@ int http_respond_error(http_req *req, int status, const char *code, const char *
 void http_req_drop(http_req *req);
 
 /* Writes the JSON string literal for s (with quotes, escaped) into buf; returns the
- * length it needs (excluding the NUL), like snprintf. Shared with other JSON writers. */
+ * length it needs (excluding the NUL), like snprintf. Bytes that are not valid
+ * UTF-8 become U+FFFD, so the output is always valid JSON text whatever s holds
+ * (e.g. a client's bytes echoed in an error). Shared with other JSON writers. */
 size_t http_json_escape(char *buf, size_t size, const char *s);
 
 /* Standard reason phrase for status ("Not Found"), "Unknown" if none. */

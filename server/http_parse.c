@@ -203,6 +203,15 @@ static int cb_headers_complete(llhttp_t *p)
     if (!req->arena && arena_put(req, "", 0) < 0)
         return fail(conn, 503, "out_of_memory", "out of memory");
 
+    if (req->minor >= 1 && p->http_major == 1) { /* RFC 9112 3.2: exactly one Host */
+        int hosts = 0;
+        for (uint32_t i = 0; i < req->nhdrs; i++)
+            hosts += strcasecmp(req->arena + req->hdrs[i].name, "Host") == 0;
+        if (hosts != 1)
+            return fail(conn, 400, "bad_request",
+                        hosts ? "more than one Host header"
+                              : "HTTP/1.1 requests need a Host header (e.g. Host: localhost)");
+    }
     const char *te = http_req_header(req, "Transfer-Encoding");
     if (te && strcasecmp(te, "chunked") != 0)
         return fail(conn, 501, "not_implemented",

@@ -549,7 +549,7 @@ static void test_pipelined_in_order(void **state)
     assert_non_null(many);
     size_t len = 0;
     for (int i = 0; i < N; i++)
-        len += (size_t)sprintf(many + len, "POST /echo?%d HTTP/1.1\r\nContent-Length: 2\r\n\r\n%02d",
+        len += (size_t)sprintf(many + len, "POST /echo?%d HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n%02d",
                                i, i);
     assert_int_equal(httpc_send_raw(c, many, len), 0);
     free(many);
@@ -581,7 +581,7 @@ static void test_chunked_body(void **state)
 
     /* chunked request split into many tiny writes */
     httpc *c = client(f);
-    const char *parts[] = { "POST /echo HTTP/1.1\r\nTransfer-Enc", "oding: chunked\r\n\r\n3\r",
+    const char *parts[] = { "POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Enc", "oding: chunked\r\n\r\n3\r",
                             "\nabc\r\n", "2\r\nde\r\n0\r\n", "\r\n" };
     for (size_t i = 0; i < sizeof parts / sizeof *parts; i++) {
         assert_int_equal(httpc_send_raw(c, parts[i], strlen(parts[i])), 0);
@@ -597,7 +597,7 @@ static void test_chunked_body(void **state)
     size_t chunk = 256 * 1024;
     char *big = malloc(chunk * 5 + 1024);
     assert_non_null(big);
-    size_t n = (size_t)sprintf(big, "POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
+    size_t n = (size_t)sprintf(big, "POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n");
     for (int i = 0; i < 5; i++) {
         n += (size_t)sprintf(big + n, "%zx\r\n", chunk);
         memset(big + n, 'a', chunk);
@@ -682,7 +682,7 @@ static void test_headers_too_large(void **state)
     fx *f = *state;
     size_t n = 20000;
     static char req[20200];
-    size_t len = (size_t)sprintf(req, "GET /hello HTTP/1.1\r\nX-Big: ");
+    size_t len = (size_t)sprintf(req, "GET /hello HTTP/1.1\r\nHost: t\r\nX-Big: ");
     memset(req + len, 'h', n);
     len += n;
     len += (size_t)sprintf(req + len, "\r\n\r\n");
@@ -692,7 +692,7 @@ static void test_headers_too_large(void **state)
     httpc_response_free(&r);
 
     /* too many small headers */
-    len = (size_t)sprintf(req, "GET /hello HTTP/1.1\r\n");
+    len = (size_t)sprintf(req, "GET /hello HTTP/1.1\r\nHost: t\r\n");
     for (int i = 0; i < 150; i++)
         len += (size_t)sprintf(req + len, "X-%d: 1\r\n", i);
     len += (size_t)sprintf(req + len, "\r\n");
@@ -704,7 +704,7 @@ static void test_headers_too_large(void **state)
     len = (size_t)sprintf(req, "GET /");
     memset(req + len, 'u', 10000);
     len += 10000;
-    len += (size_t)sprintf(req + len, " HTTP/1.1\r\n\r\n");
+    len += (size_t)sprintf(req + len, " HTTP/1.1\r\nHost: t\r\n\r\n");
     raw_request(f, req, len, &r);
     assert_int_equal(r.status, 414);
     httpc_response_free(&r);
@@ -721,13 +721,16 @@ static void test_malformed(void **state)
 
     const char *cases[][2] = {
         { "GET /hello HTTP/9.9\r\n\r\n", "400" },
-        { "GET /hello HTTP/1.1\r\nBad Header\r\n\r\n", "400" },
-        { "POST /echo HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", "400" },
-        { "POST /echo HTTP/1.1\r\nContent-Length: -1\r\n\r\n", "400" },
-        { "POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "400" },
-        { "POST /echo HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", "501" },
-        { "POST /echo HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", "501" },
+        { "GET /hello HTTP/1.1\r\nHost: t\r\nBad Header\r\n\r\n", "400" },
+        { "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", "400" },
+        { "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: -1\r\n\r\n", "400" },
+        { "POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "400" },
+        { "POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n", "501" },
+        { "POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", "501" },
         { "POST /echo HTTP/1.1\r\nHost: t\r\n\r\n", "411" },
+        /* HTTP/1.1 needs exactly one Host (they were accepted without) */
+        { "GET /hello HTTP/1.1\r\n\r\n", "400" },
+        { "GET /hello HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "400" },
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         char *out;
@@ -740,10 +743,14 @@ static void test_malformed(void **state)
         assert_non_null(strstr(out, "Connection: close"));
         free(out);
     }
-    /* an earlier good request on the same connection is still answered, in order */
     char *out;
     size_t outlen;
-    const char *mix = "GET /hello HTTP/1.1\r\n\r\nBLAH\x01\r\n\r\n";
+    const char *old = "GET /hello HTTP/1.0\r\n\r\n"; /* HTTP/1.0 needs no Host */
+    assert_int_equal(httpc_raw(f->addr, old, strlen(old), 3000, &out, &outlen), 0);
+    assert_int_equal(status_of(out), 200);
+    free(out);
+    /* an earlier good request on the same connection is still answered, in order */
+    const char *mix = "GET /hello HTTP/1.1\r\nHost: t\r\n\r\nBLAH\x01\r\n\r\n";
     assert_int_equal(httpc_raw(f->addr, mix, strlen(mix), 3000, &out, &outlen), 0);
     assert_int_equal(status_of(out), 200);
     char *second = strstr(out + 1, "HTTP/1.1 ");
@@ -789,7 +796,7 @@ static void test_slow_headers_timeout(void **state)
     free(out);
 
     /* body that stops halfway: 408 after the body timeout */
-    const char *half = "POST /echo HTTP/1.1\r\nContent-Length: 100\r\n\r\nonly-some";
+    const char *half = "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nonly-some";
     assert_int_equal(httpc_raw(f->addr, half, strlen(half), 3000, &out, &outlen), 0);
     assert_int_equal(status_of(out), 408);
     free(out);
@@ -808,7 +815,7 @@ static httpc *busy_client(fx *f, int ms)
 {
     httpc *c = client(f);
     char req[64];
-    snprintf(req, sizeof req, "GET /slow?ms=%d HTTP/1.1\r\n\r\n", ms);
+    snprintf(req, sizeof req, "GET /slow?ms=%d HTTP/1.1\r\nHost: t\r\n\r\n", ms);
     assert_int_equal(httpc_send_raw(c, req, strlen(req)), 0);
     return c;
 }
@@ -914,7 +921,7 @@ static void test_body_grows_as_it_arrives(void **state)
     fx *f = *state;
     enum { N = 20 };
     httpc *c[N];
-    const char *head = "POST /echo HTTP/1.1\r\nContent-Length: 1000000\r\n\r\n0123456789";
+    const char *head = "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000\r\n\r\n0123456789";
     for (int i = 0; i < N; i++) {
         c[i] = client(f);
         assert_int_equal(httpc_send_raw(c[i], head, strlen(head)), 0);
@@ -960,13 +967,13 @@ static void test_disconnect_with_pending_response(void **state)
     assert_int_equal(atomic_load(&f->late_rc), DDM_ECLOSED);
 
     /* disconnect mid-body and mid-response: the server carries on */
-    const char *half = "POST /echo HTTP/1.1\r\nContent-Length: 1000\r\n\r\n0123456789";
+    const char *half = "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n0123456789";
     c = client(f);
     assert_int_equal(httpc_send_raw(c, half, strlen(half)), 0);
     httpc_close(c);
     for (int i = 0; i < 3; i++) {
         c = client(f);
-        const char *big = "GET /big HTTP/1.1\r\n\r\n";
+        const char *big = "GET /big HTTP/1.1\r\nHost: t\r\n\r\n";
         assert_int_equal(httpc_send_raw(c, big, strlen(big)), 0);
         char tmp[1000];
         if (i)
@@ -975,7 +982,7 @@ static void test_disconnect_with_pending_response(void **state)
     }
     /* pipelined: slow first, then disconnect; both requests dropped cleanly */
     c = client(f);
-    const char *two = "GET /slow?ms=200 HTTP/1.1\r\n\r\nGET /hello HTTP/1.1\r\n\r\n";
+    const char *two = "GET /slow?ms=200 HTTP/1.1\r\nHost: t\r\n\r\nGET /hello HTTP/1.1\r\nHost: t\r\n\r\n";
     assert_int_equal(httpc_send_raw(c, two, strlen(two)), 0);
     assert_int_equal(wait_atomic(&f->slow_started, 2, 10000), 2);
     httpc_close(c);
@@ -1048,8 +1055,8 @@ static void test_idle_and_stalled_reader(void **state)
 
     /* a client that asks for 16 MiB and never reads is dropped after the write stalls */
     c = client(f);
-    const char *big = "GET /big HTTP/1.1\r\n\r\nGET /big HTTP/1.1\r\n\r\n"
-                      "GET /big HTTP/1.1\r\n\r\nGET /big HTTP/1.1\r\n\r\n";
+    const char *big = "GET /big HTTP/1.1\r\nHost: t\r\n\r\nGET /big HTTP/1.1\r\nHost: t\r\n\r\n"
+                      "GET /big HTTP/1.1\r\nHost: t\r\n\r\nGET /big HTTP/1.1\r\nHost: t\r\n\r\n";
     http_stats before = fx_stats(f);
     assert_int_equal(httpc_send_raw(c, big, strlen(big)), 0);
     int64_t end = ms_now() + 10000;
@@ -1079,13 +1086,13 @@ static void test_fuzz_hostile_mix(void **state)
     fx *f = *state;
     static const char *tmpl[] = {
         "GET /hello HTTP/1.1\r\nHost: a\r\n\r\n",
-        "POST /echo?q=1 HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
-        "POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
-        "GET /slow?ms=30 HTTP/1.1\r\n\r\n",
+        "POST /echo?q=1 HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello",
+        "POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        "GET /slow?ms=30 HTTP/1.1\r\nHost: t\r\n\r\n",
         "HEAD /hello HTTP/1.0\r\n\r\n",
-        "GET /nope HTTP/1.1\r\nConnection: close\r\n\r\n",
-        "PUT /echo HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nok",
-        "GET /big?kb=300 HTTP/1.1\r\n\r\n",
+        "GET /nope HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        "PUT /echo HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nok",
+        "GET /big?kb=300 HTTP/1.1\r\nHost: t\r\n\r\n",
     };
     enum { CONNS = 48, ROUNDS = 16 };
     uint32_t seed = 12345;
@@ -1169,7 +1176,7 @@ static void test_expect_continue(void **state)
 {
     fx *f = *state;
     httpc *c = client(f);
-    const char *hdr = "POST /echo HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n";
+    const char *hdr = "POST /echo HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n";
     assert_int_equal(httpc_send_raw(c, hdr, strlen(hdr)), 0);
     char buf[64] = { 0 };
     int64_t end = ms_now() + 10000;
@@ -1197,9 +1204,9 @@ static void test_close_with_live_connections(void **state)
 {
     fx *f = *state;
     httpc *a = client(f), *b = client(f), *d = client(f);
-    const char *slow = "GET /slow?ms=5000 HTTP/1.1\r\n\r\n";
+    const char *slow = "GET /slow?ms=5000 HTTP/1.1\r\nHost: t\r\n\r\n";
     assert_int_equal(httpc_send_raw(a, slow, strlen(slow)), 0);
-    assert_int_equal(httpc_send_raw(b, "POST /echo HTTP/1.1\r\nContent-Length: 9\r\n\r\nab", 44),
+    assert_int_equal(httpc_send_raw(b, "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 9\r\n\r\nab", 53),
                      0);
     assert_int_equal(httpc_connect(d), 0);
     assert_int_equal(wait_atomic(&f->slow_started, 1, 10000), 1);
@@ -1365,6 +1372,10 @@ static void test_json_escape_and_reason(void **state)
     char buf[64];
     size_t n = http_json_escape(buf, sizeof buf, "a\"b\\c\n\x01\x7f\xc3\xa9");
     assert_string_equal(buf, "\"a\\\"b\\\\c\\n\\u0001\\u007f\xc3\xa9\"");
+    assert_int_equal(n, strlen(buf));
+    /* bytes that are not UTF-8 (they were copied through: invalid JSON text) */
+    n = http_json_escape(buf, sizeof buf, "x\xff\xc3(\xe2\x82\xac\xed\xa0\x80\xf0\x9f\x98\x80");
+    assert_string_equal(buf, "\"x\\ufffd\\ufffd(\xe2\x82\xac\\ufffd\\ufffd\\ufffd\xf0\x9f\x98\x80\"");
     assert_int_equal(n, strlen(buf));
     char small[4];
     n = http_json_escape(small, sizeof small, "abcdef");

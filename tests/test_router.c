@@ -21,6 +21,7 @@
 
 #include "common/base64.h"
 #include "common/png.h"
+#include "common/utf8.h"
 #include "ddm/v1/api.pb-c.h"
 #include "router/local.h"
 #include "server/httpc.h"
@@ -399,10 +400,26 @@ static void test_malformed_requests(void **state)
         { "strategy top-9", NULL, "{\"strategy\": \"top-9\"}", 400, "1..3" },
         { "expert out of range", NULL, "{\"strategy\": \"expert:7\"}", 400, "0..2" },
         { "strategy number", NULL, "{\"strategy\": 2}", 400, "string" },
-        { "threshold range", NULL, "{\"strategy\": \"threshold\", \"threshold\": 2}", 400, "(0, 1]" },
-        { "temperature zero", NULL, "{\"strategy\": \"sample\", \"temperature\": 0}", 400, "temperature" },
+        /* these named the field "strategy" */
+        { "threshold range", NULL, "{\"strategy\": \"threshold\", \"threshold\": 2}", 400,
+          "field \\\"threshold\\\" = 2 is out of range: allowed (0, 1]" },
+        { "temperature zero", NULL, "{\"strategy\": \"sample\", \"temperature\": 0}", 400,
+          "field \\\"temperature\\\" = 0 is out of range: allowed 0.01..100" },
         { "label range", NULL, "{\"label\": 7}", 400, "0..2" },
-        { "label string", NULL, "{\"label\": \"7\"}", 400, "label" },
+        /* it said the range was 0..1000000000 */
+        { "label string", NULL, "{\"label\": \"3\"}", 400,
+          "field \\\"label\\\" must be an integer 0..2" },
+        /* leniencies: each of these was accepted */
+        { "trailing bytes", NULL, "{\"n\": 1, \"steps\": 2} x", 400, "after the JSON object" },
+        { "second object", NULL, "{\"n\": 1}{\"n\": 2}", 400, "after the JSON object" },
+        { "duplicate key", NULL, "{\"n\": 1000, \"steps\": 2, \"n\": 1}", 400,
+          "field \\\"n\\\" appears twice" },
+        { "NUL in a string", NULL, "{\"strategy\": \"top-2\\u0000junk\"}", 400, "\\\\u0000" },
+        { "not UTF-8", NULL, "{\"strategy\": \"\xff\xfe\"}", 400, "not valid UTF-8 (byte 14)" },
+        { "seed over 2^64", NULL, "{\"seed\": 18446744073709551616}", 400, "out of range" },
+        { "seed inexact", NULL, "{\"seed\": 1.5}", 400, "exact" },
+        { "seed inexact 2", NULL, "{\"seed\": 9007199254740993.5}", 400, "exact" },
+        { "n over int", NULL, "{\"n\": 1e12}", 400, "allowed 1..256" },
         { "guidance negative", NULL, "{\"guidance\": -1}", 400, "0..20" },
         { "sampler unknown", NULL, "{\"sampler\": \"rk4\"}", 400, "euler or heun" },
         { "trace not bool", NULL, "{\"trace\": 1}", 400, "true or false" },
@@ -424,6 +441,9 @@ static void test_malformed_requests(void **state)
         { "bad chunked", "POST /v1/samples HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
           "Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n", NULL, 400, NULL },
         { "unsupported encoding", "POST /v1/samples HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", NULL, 501, NULL },
+        { "no Host", "GET /healthz HTTP/1.1\r\n\r\n", NULL, 400, "Host" },
+        { "PNG refused by q=0", "POST /v1/samples HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+          "Accept: image/png;q=0\r\nContent-Length: 2\r\n\r\n{}", NULL, 406, NULL },
         { "not acceptable", "POST /v1/samples HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
           "Accept: text/html\r\nContent-Length: 2\r\n\r\n{}", NULL, 406, NULL },
     };
@@ -452,6 +472,8 @@ static void test_malformed_requests(void **state)
             fail_msg("case \"%s\": status %d, expected %d: %s", bc->name, r.status, bc->status, r.body);
         if (bc->msg && !strstr(r.body, bc->msg))
             fail_msg("case \"%s\": body lacks \"%s\": %s", bc->name, bc->msg, r.body);
+        if (utf8_valid_prefix(r.body, r.body_len) != r.body_len)
+            fail_msg("case \"%s\": the answer is not UTF-8: %s", bc->name, r.body);
         if (r.status >= 400) { /* errors are JSON {"error": {"code", "message"}} */
             cJSON *root = cJSON_Parse(r.body);
             cJSON *e = root ? cJSON_GetObjectItem(root, "error") : NULL;
@@ -465,6 +487,63 @@ static void test_malformed_requests(void **state)
     /* still serving */
     cJSON *ok = sample_ok("{\"n\": 1, \"steps\": 2}");
     cJSON_Delete(ok);
+}
+
+/* Values the decoder once took loosely, taken exactly now. */
+static void test_exact_values(void **state)
+{
+    (void)state;
+    httpc *c = client();
+    httpc_response r;
+    /* seeds above 2^53 as numbers: exact (9007199254740993 became ...992) */
+    static const struct { const char *sent, *echoed; } seeds[] = {
+        { "9007199254740993", "9007199254740993" },
+        { "18446744073709551615", "18446744073709551615" },
+        { "1e3", "1000" }, { "5.0", "5" }, { "0", "0" },
+    };
+    for (size_t i = 0; i < sizeof seeds / sizeof seeds[0]; i++) {
+        char body[128], want[64];
+        snprintf(body, sizeof body, "{\"n\": 1, \"steps\": 1, \"seed\": %s}", seeds[i].sent);
+        assert_int_equal(post_json(c, body, &r), 200);
+        snprintf(want, sizeof want, "\"seed\":%s,", seeds[i].echoed);
+        if (!strstr(r.body, want))
+            fail_msg("seed %s: %.60s", seeds[i].sent, r.body);
+        httpc_response_free(&r);
+    }
+    /* Accept by q-value: the highest acceptable wins, q=0 never */
+    static const struct { const char *accept, *ctype; } acc[] = {
+        { "image/png;q=0, application/json", "application/json" },
+        { "application/json;q=0.5, image/png;q=0.9", "image/png" },
+        { "image/png, application/json", "image/png" },             /* ties: first listed */
+        { "*/*;q=0.1, application/x-protobuf", "application/x-protobuf" },
+        { "image/*;q=0, */*", "application/json" },
+        { "application/json;q=0.001", "application/json" },
+    };
+    for (size_t i = 0; i < sizeof acc / sizeof acc[0]; i++) {
+        httpc_header h[] = { { "Content-Type", "application/json" }, { "Accept", acc[i].accept } };
+        const char *body = "{\"n\": 1, \"steps\": 1}";
+        assert_int_equal(httpc_request(c, "POST", "/v1/samples", h, 2, body, strlen(body), &r), 0);
+        assert_int_equal(r.status, 200);
+        if (strcmp(httpc_response_header(&r, "Content-Type"), acc[i].ctype))
+            fail_msg("Accept \"%s\": got %s", acc[i].accept, httpc_response_header(&r, "Content-Type"));
+        httpc_response_free(&r);
+    }
+    /* bytes that are not UTF-8 echoed in an error (protobuf strings are not
+     * checked by the decoder): replaced, the answer stays valid JSON */
+    Ddm__V1__SampleRequest m = DDM__V1__SAMPLE_REQUEST__INIT;
+    m.strategy = "best\xff\xfe";
+    uint8_t buf[64];
+    size_t len = ddm__v1__sample_request__pack(&m, buf);
+    httpc_header h[] = { { "Content-Type", "application/x-protobuf" } };
+    assert_int_equal(httpc_request(c, "POST", "/v1/samples", h, 1, buf, len, &r), 0);
+    assert_int_equal(r.status, 400);
+    assert_int_equal(utf8_valid_prefix(r.body, r.body_len), r.body_len);
+    assert_non_null(strstr(r.body, "best\\ufffd\\ufffd"));
+    cJSON *root = cJSON_Parse(r.body);
+    assert_non_null(root);
+    cJSON_Delete(root);
+    httpc_response_free(&r);
+    httpc_close(c);
 }
 
 static void test_hostile_connections(void **state)
@@ -1080,6 +1159,7 @@ int main(void)
         cmocka_unit_test(test_seeds_formats_and_in_process),
         cmocka_unit_test(test_label_guidance_and_png),
         cmocka_unit_test(test_malformed_requests),
+        cmocka_unit_test(test_exact_values),
         cmocka_unit_test(test_hostile_connections),
         cmocka_unit_test(test_replica_killed_under_load),
         cmocka_unit_test(test_only_replica_killed_then_restarted),
