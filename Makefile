@@ -4,6 +4,10 @@
 # its *.c files except *_main.c; each *_main.c is the main of one binary.
 # `make SANITIZE=1 ...` builds everything with ASan+UBSan into build/san/.
 
+# The first rule is the default goal: plain `make` builds the binaries (bin/).
+.PHONY: all
+all:
+
 CC      ?= gcc
 SANITIZE ?= 0
 PKGS    := libuv libprotobuf-c nanomsg libcjson libpng openblas

@@ -15,10 +15,6 @@
 #include "common/model.h"
 #include "router/sampler.h"
 
-/* Upper bound on n x evaluations per request (keeps one request from
- * occupying the service for minutes). */
-#define API_MAX_WORK (256 * 1000)
-
 typedef enum api_format { API_JSON = 0, API_PROTO, API_PNG } api_format;
 
 /* Decodes a sample request. K, n_classes and shape (its class names; may be

@@ -15,6 +15,24 @@
 static const double LAT_BUCKETS[] = { 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60 };
 #define N_LAT (sizeof LAT_BUCKETS / sizeof LAT_BUCKETS[0])
 
+/* Responses encoded at once on the threadpool; more wait in the service's own
+ * queue, so encoding never takes the threads the engine's ticks need
+ * (router_main sizes the threadpool to ticks + this). */
+#define MAX_ENCODERS SERVICE_ENCODERS
+
+typedef struct sreq sreq;
+
+/* A route as registered through service_route: the token check in front of fn. */
+typedef struct guard {
+    service *s;
+    http_handler_fn fn;
+    int flags;
+    char path[64];
+} guard;
+
+#define MAX_GUARDS 32
+#define MAX_PUBLIC 8
+
 struct service {
     uv_loop_t *loop;
     http_server *srv;
@@ -24,7 +42,16 @@ struct service {
     const model_shape *shape;  /* NULL until service_set_model */
     const char *dataset;
     int draining;
+    int stopped;             /* the engine is closing: never submit again */
     int pending;
+    auth *auth;              /* NULL: no tokens */
+    char public_paths[MAX_PUBLIC][64];
+    int n_public;
+    guard *guards[MAX_GUARDS];
+    int n_guards;
+    uint64_t unauthorized, throttled;
+    int encoding;            /* encodes on the threadpool */
+    sreq *enc_head, *enc_tail; /* finished jobs waiting for an encoder */
     uint64_t seed_state;
     uint64_t lat_count[N_LAT + 1];
     double lat_sum;
@@ -33,10 +60,15 @@ struct service {
 };
 
 /* One POST /v1/samples from admission to response. */
-typedef struct sreq {
+struct sreq {
     service *s;
     http_req *req;           /* NULL once the client went away */
     engine_job *job;
+    sample_params p;
+    auth_token *tok;         /* held; NULL without tokens */
+    int running;             /* counted in tok->running */
+    int waiting;             /* in tok's wait list (not yet submitted) */
+    sreq *wait_next;
     api_format fmt;
     int done;                /* engine called back */
     api_result result;
@@ -46,7 +78,8 @@ typedef struct sreq {
     int enc_rc;
     char err[256];
     uv_work_t work;
-} sreq;
+    sreq *enc_next;          /* waiting for an encoder */
+};
 
 static void observe_latency(service *s, http_req *req)
 {
@@ -59,10 +92,97 @@ static void observe_latency(service *s, http_req *req)
     s->lat_n++;
 }
 
+static void on_job_done(engine_job *job, void *ud, int status, const char *code,
+                        const char *msg, const api_result *res);
+static void close_if_draining(service *s, http_req *req);
+
+/* Frees r without letting another request of its token start. */
+static void sreq_free(sreq *r)
+{
+    if (r->running)
+        r->tok->running--;
+    r->s->pending--;
+    auth_token_release(r->tok);
+    free(r);
+}
+
+/* Answers a request that never reached the engine (r->req still set). */
+static void sreq_fail(sreq *r, int status, const char *code, const char *msg)
+{
+    http_req_on_abort(r->req, NULL, NULL);
+    if (status == 503 || status == 429)
+        http_resp_retry_after(r->req, 1);
+    close_if_draining(r->s, r->req);
+    http_respond_error(r->req, status, code, msg);
+    sreq_free(r);
+}
+
+/* Submits r to the engine; on failure answers it and frees it. Returns 0 or -1. */
+static int sreq_run(sreq *r)
+{
+    service *s = r->s;
+    if (s->stopped) {
+        sreq_fail(r, 503, "shutting_down", "the router is shutting down: retry elsewhere");
+        return -1;
+    }
+    if (r->tok) {
+        r->tok->running++;
+        r->running = 1;
+    }
+    int rc = engine_submit(s->eng, &r->p, on_job_done, r, &r->job);
+    if (rc == DDM_EBUSY) {
+        sreq_fail(r, 503, "overloaded",
+                  "too many images in flight: retry after the Retry-After seconds");
+        return -1;
+    }
+    if (rc) {
+        sreq_fail(r, 500, "internal", ddm_strerror(rc));
+        return -1;
+    }
+    return 0;
+}
+
+/* Starts the requests waiting for tok's turn while it has room. */
+static void token_promote(auth_token *tok)
+{
+    while (tok->wait_head && tok->running < tok->concurrency) {
+        sreq *n = tok->wait_head;
+        tok->wait_head = n->wait_next;
+        if (!tok->wait_head)
+            tok->wait_tail = NULL;
+        tok->waiting--;
+        n->waiting = 0;
+        n->wait_next = NULL;
+        sreq_run(n); /* on failure it is answered and freed, and the loop goes on */
+    }
+}
+
+static void token_unwait(sreq *r)
+{
+    auth_token *tok = r->tok;
+    sreq **pp = (sreq **)&tok->wait_head, *prev = NULL;
+    while (*pp && *pp != r) {
+        prev = *pp;
+        pp = &(*pp)->wait_next;
+    }
+    if (*pp) {
+        *pp = r->wait_next;
+        if (tok->wait_tail == r)
+            tok->wait_tail = prev;
+        tok->waiting--;
+    }
+    r->waiting = 0;
+}
+
+/* The end of a request that ran: its token's next waiting request may start. */
 static void sreq_end(sreq *r)
 {
-    r->s->pending--;
-    free(r);
+    auth_token *tok = r->tok;
+    auth_token_hold(tok); /* outlives r for the promotion */
+    sreq_free(r);
+    if (tok)
+        token_promote(tok);
+    auth_token_release(tok);
 }
 
 static void on_abort(http_req *req, void *ud)
@@ -70,6 +190,11 @@ static void on_abort(http_req *req, void *ud)
     sreq *r = ud;
     r->req = NULL;
     http_req_drop(req);
+    if (r->waiting) { /* never started */
+        token_unwait(r);
+        sreq_free(r);
+        return;
+    }
     if (!r->done) { /* still computing: stop; done will not be called */
         engine_job_cancel(r->job);
         sreq_end(r);
@@ -84,13 +209,43 @@ static void encode_work(uv_work_t *w)
                                   sizeof r->err);
 }
 
+/* While draining, every answer tells the client to take its next request
+ * elsewhere. */
+static void close_if_draining(service *s, http_req *req)
+{
+    if (s->draining)
+        http_resp_header(req, "Connection", "close");
+}
+
+static void after_encode(uv_work_t *w, int status);
+
+static void encode_start(sreq *r)
+{
+    r->s->encoding++;
+    r->work.data = r;
+    if (uv_queue_work(r->s->loop, &r->work, encode_work, after_encode)) {
+        encode_work(&r->work);
+        after_encode(&r->work, 0);
+    }
+}
+
 static void after_encode(uv_work_t *w, int status)
 {
     (void)status;
     sreq *r = w->data;
+    service *s = r->s;
+    s->encoding--;
+    if (s->enc_head) { /* the next finished job takes the encoder */
+        sreq *n = s->enc_head;
+        s->enc_head = n->enc_next;
+        if (!s->enc_head)
+            s->enc_tail = NULL;
+        encode_start(n);
+    }
     if (r->req) {
         http_req_on_abort(r->req, NULL, NULL);
         observe_latency(r->s, r->req);
+        close_if_draining(r->s, r->req);
         if (r->enc_rc) {
             free(r->body);
             http_respond_error(r->req, 500, "internal", r->err);
@@ -117,6 +272,7 @@ static void on_job_done(engine_job *job, void *ud, int status, const char *code,
             observe_latency(r->s, r->req);
             if (status == 503)
                 http_resp_retry_after(r->req, 1);
+            close_if_draining(r->s, r->req);
             http_respond_error(r->req, status, code, msg);
         }
         sreq_end(r);
@@ -124,11 +280,16 @@ static void on_job_done(engine_job *job, void *ud, int status, const char *code,
     }
     r->result = *res;
     r->result.channels = r->s->shape ? r->s->shape->channels : 1;
-    r->work.data = r;
-    if (uv_queue_work(r->s->loop, &r->work, encode_work, after_encode)) {
-        encode_work(&r->work);
-        after_encode(&r->work, 0);
+    service *s = r->s;
+    if (s->encoding < MAX_ENCODERS) {
+        encode_start(r);
+        return;
     }
+    if (s->enc_tail)
+        s->enc_tail->enc_next = r;
+    else
+        s->enc_head = r;
+    s->enc_tail = r;
 }
 
 static void handle_samples(http_req *req, void *ud)
@@ -136,6 +297,7 @@ static void handle_samples(http_req *req, void *ud)
     service *s = ud;
     if (s->draining) {
         http_resp_retry_after(req, 1);
+        close_if_draining(s, req);
         http_respond_error(req, 503, "shutting_down", "the router is shutting down: retry elsewhere");
         return;
     }
@@ -158,6 +320,21 @@ static void handle_samples(http_req *req, void *ud)
                            "application/x-protobuf or image/png");
         return;
     }
+    if (engine_check(s->eng, &p, &code, err, sizeof err)) { /* never servable: not a 503 */
+        http_respond_error(req, 400, code, err);
+        return;
+    }
+    auth_token *tok = http_req_user(req);
+    if (tok && tok->running >= tok->concurrency && tok->waiting >= tok->queue) {
+        s->throttled++;
+        snprintf(err, sizeof err,
+                 "token \"%s\" has %d request(s) running and %d waiting, its limits "
+                 "(concurrency=%d queue=%d in the token file): retry after the Retry-After "
+                 "seconds", tok->name, tok->running, tok->waiting, tok->concurrency, tok->queue);
+        http_resp_retry_after(req, 1);
+        http_respond_error(req, 429, "too_many_requests", err);
+        return;
+    }
     sreq *r = calloc(1, sizeof *r);
     if (!r) {
         http_respond_error(req, 500, "internal", "out of memory");
@@ -166,20 +343,22 @@ static void handle_samples(http_req *req, void *ud)
     r->s = s;
     r->req = req;
     r->fmt = fmt;
-    int rc = engine_submit(s->eng, &p, on_job_done, r, &r->job);
-    if (rc) {
-        free(r);
-        if (rc == DDM_EBUSY) {
-            http_resp_retry_after(req, 1);
-            http_respond_error(req, 503, "overloaded",
-                               "too many images in flight: retry after the Retry-After seconds");
-        } else {
-            http_respond_error(req, 500, "internal", ddm_strerror(rc));
-        }
-        return;
-    }
+    r->p = p;
+    r->tok = tok;
+    auth_token_hold(tok);
     s->pending++;
     http_req_on_abort(req, on_abort, r);
+    if (tok && tok->running >= tok->concurrency) { /* its turn comes in token_promote */
+        r->waiting = 1;
+        if (tok->wait_tail)
+            ((sreq *)tok->wait_tail)->wait_next = r;
+        else
+            tok->wait_head = r;
+        tok->wait_tail = r;
+        tok->waiting++;
+        return;
+    }
+    sreq_run(r);
 }
 
 /* ---- small JSON/text writer -------------------------------------------------------- */
@@ -305,7 +484,8 @@ static void handle_metrics(http_req *req, void *ud)
 {
     service *s = ud;
     out o = { 0 };
-    static const int codes[] = { 200, 400, 404, 405, 406, 408, 411, 413, 415, 431, 500, 503, 504 };
+    static const int codes[] = { 200, 400, 401, 404, 405, 406, 408, 411, 413, 415, 429, 431,
+                                 500, 503, 504 };
     put(&o, "# HELP ddm_http_responses_total HTTP responses by status code.\n"
             "# TYPE ddm_http_responses_total counter\n");
     for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++)
@@ -315,6 +495,14 @@ static void handle_metrics(http_req *req, void *ud)
     http_server_stats(s->srv, &hs);
     put(&o, "# TYPE ddm_http_connections_open gauge\nddm_http_connections_open %llu\n",
         (unsigned long long)hs.connections_open);
+    put(&o, "# HELP ddm_http_connections_rejected_total Connections over a cap with no room made: "
+            "health probes only.\n# TYPE ddm_http_connections_rejected_total counter\n"
+            "ddm_http_connections_rejected_total %llu\n",
+        (unsigned long long)hs.connections_rejected);
+    put(&o, "# HELP ddm_http_connections_evicted_total Connections without a request in progress "
+            "closed to make room at a cap.\n# TYPE ddm_http_connections_evicted_total counter\n"
+            "ddm_http_connections_evicted_total %llu\n",
+        (unsigned long long)hs.connections_evicted);
     put(&o, "# HELP ddm_sample_request_seconds Latency of POST /v1/samples.\n"
             "# TYPE ddm_sample_request_seconds histogram\n");
     uint64_t cum = 0;
@@ -374,6 +562,16 @@ static void handle_metrics(http_req *req, void *ud)
         pool_get_stats(s->pl, k, &st);
         put(&o, "ddm_expert_retries_total{expert=\"%d\"} %llu\n", k, (unsigned long long)st.retries);
     }
+    if (s->auth) {
+        put(&o, "# HELP ddm_token_requests Sample requests per token, running and waiting "
+                "for the token's turn.\n# TYPE ddm_token_requests gauge\n");
+        for (int i = 0; i < auth_count(s->auth); i++) {
+            const auth_token *t = auth_token_at(s->auth, i);
+            put(&o, "ddm_token_requests{token=\"%s\",state=\"running\"} %d\n"
+                    "ddm_token_requests{token=\"%s\",state=\"waiting\"} %d\n",
+                t->name, t->running, t->name, t->waiting);
+        }
+    }
     put(&o, "# TYPE ddm_expert_live_replicas gauge\n");
     for (int k = 0; k < s->K; k++)
         put(&o, "ddm_expert_live_replicas{expert=\"%d\"} %d\n", k, pool_live_replicas(s->pl, k));
@@ -392,13 +590,13 @@ int service_new(uv_loop_t *loop, http_server *srv, engine *eng, pool *pl, int K,
     clock_gettime(CLOCK_REALTIME, &ts);
     s->seed_state = (uint64_t)ts.tv_sec * 1000000007ull ^ (uint64_t)ts.tv_nsec ^
                     ((uint64_t)getpid() << 32);
-    int rc = http_server_route(srv, "POST", "/v1/samples", handle_samples, s);
-    if (!rc) rc = http_server_route(srv, "GET", "/v1/experts", handle_experts, s);
-    if (!rc) rc = http_server_route(srv, "GET", "/healthz", handle_healthz, s);
-    if (!rc) rc = http_server_route(srv, "GET", "/readyz", handle_readyz, s);
-    if (!rc) rc = http_server_route(srv, "GET", "/metrics", handle_metrics, s);
+    int rc = service_route(s, "POST", "/v1/samples", handle_samples, 0);
+    if (!rc) rc = service_route(s, "GET", "/v1/experts", handle_experts, 0);
+    if (!rc) rc = service_route(s, "GET", "/healthz", handle_healthz, SERVICE_ROUTE_HEALTH);
+    if (!rc) rc = service_route(s, "GET", "/readyz", handle_readyz, SERVICE_ROUTE_HEALTH);
+    if (!rc) rc = service_route(s, "GET", "/metrics", handle_metrics, 0);
     if (rc) {
-        free(s);
+        service_free(s);
         return rc;
     }
     *out = s;
@@ -412,6 +610,85 @@ int service_set_model(service *s, const model_shape *shape, const char *dataset)
     return 0;
 }
 
+/* ---- tokens --------------------------------------------------------------------------- */
+
+static int path_public(const service *s, const char *path)
+{
+    for (int i = 0; i < s->n_public; i++)
+        if (!strcmp(s->public_paths[i], path))
+            return 1;
+    return 0;
+}
+
+/* The token check in front of every route (see service_route). */
+static void guarded(http_req *req, void *ud)
+{
+    guard *g = ud;
+    service *s = g->s;
+    auth_token *tok = NULL;
+    if (s->auth && !(g->flags & SERVICE_ROUTE_HEALTH) && !path_public(s, g->path)) {
+        const char *h = http_req_header(req, "Authorization");
+        tok = auth_check(s->auth, h);
+        if (!tok) {
+            s->unauthorized++;
+            char peer[64] = "?";
+            http_req_peer(req, peer, sizeof peer);
+            log_debug("401 for %s %s from %s (%s)", http_req_method(req), g->path, peer,
+                      h ? "token not valid" : "no token"); /* never the token itself */
+            http_resp_header(req, "WWW-Authenticate",
+                             h ? "Bearer realm=\"ddm-router\", error=\"invalid_token\""
+                               : "Bearer realm=\"ddm-router\"");
+            http_respond_error(req, 401, "unauthorized",
+                               h ? "the bearer token is not valid: check the token you were "
+                                   "given (Authorization: Bearer <token>)"
+                                 : "this endpoint needs a token: send Authorization: Bearer "
+                                   "<token>");
+            return;
+        }
+    }
+    http_req_set_user(req, tok);
+    g->fn(req, s);
+}
+
+int service_route(service *s, const char *method, const char *path, http_handler_fn fn,
+                  int flags)
+{
+    if (s->n_guards == MAX_GUARDS || strlen(path) >= sizeof s->guards[0]->path)
+        return DDM_EINVAL;
+    guard *g = calloc(1, sizeof *g);
+    if (!g)
+        return DDM_ENOMEM;
+    *g = (guard){ .s = s, .fn = fn, .flags = flags };
+    snprintf(g->path, sizeof g->path, "%s", path);
+    int rc = flags & SERVICE_ROUTE_HEALTH ? http_server_route_always(s->srv, method, path, guarded, g)
+                                          : http_server_route(s->srv, method, path, guarded, g);
+    if (rc) {
+        free(g);
+        return rc;
+    }
+    s->guards[s->n_guards++] = g;
+    return 0;
+}
+
+int service_set_auth(service *s, auth *a, const char *const *public_paths)
+{
+    s->auth = a;
+    s->n_public = 0;
+    for (int i = 0; public_paths && public_paths[i]; i++) {
+        if (s->n_public == MAX_PUBLIC || strlen(public_paths[i]) >= sizeof s->public_paths[0])
+            return DDM_EINVAL;
+        snprintf(s->public_paths[s->n_public++], sizeof s->public_paths[0], "%s", public_paths[i]);
+    }
+    return 0;
+}
+
 void service_set_draining(service *s, int draining) { s->draining = draining; }
+void service_stop(service *s) { s->draining = s->stopped = 1; }
 int service_pending(const service *s) { return s->pending; }
-void service_free(service *s) { free(s); }
+
+void service_free(service *s)
+{
+    for (int i = 0; i < s->n_guards; i++)
+        free(s->guards[i]);
+    free(s);
+}

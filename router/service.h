@@ -9,11 +9,17 @@
 #include <uv.h>
 
 #include "common/model.h"
+#include "router/auth.h"
 #include "router/engine.h"
 #include "router/pool.h"
 #include "server/http.h"
 
 typedef struct service service;
+
+/* Responses encoded at once on the libuv threadpool (more wait their turn):
+ * the threadpool needs ticks + this many threads so that ticks never wait
+ * behind encoding. */
+#define SERVICE_ENCODERS 2
 
 /* Registers the routes on srv. Nothing is owned: the caller closes srv,
  * engine and pool (in that order) and then frees the service. */
@@ -23,8 +29,29 @@ int service_new(uv_loop_t *loop, http_server *srv, engine *eng, pool *pl, int K,
  * labels by name, PNG colour type). Not copied: shape and dataset must
  * outlive the service. Returns 0. Without it: square grey images, no names. */
 int service_set_model(service *s, const model_shape *shape, const char *dataset);
-/* Draining: new sample requests get 503 and /readyz says not ready. */
+/* Route flags. */
+#define SERVICE_ROUTE_HEALTH 1 /* never needs a token; answers on reserve connections too */
+
+/* Registers a route of the API on the service's server. Every route goes through
+ * here (ours and later ones alike): with tokens on (service_set_auth), a request
+ * without a valid "Authorization: Bearer" token gets 401 with WWW-Authenticate
+ * unless the route is SERVICE_ROUTE_HEALTH or its path is public; a handler sees
+ * the request's token as http_req_user(req) (NULL with tokens off or on a
+ * public route). fn gets the service as ud. Returns as http_server_route. */
+int service_route(service *s, const char *method, const char *path, http_handler_fn fn,
+                  int flags);
+
+/* Turns bearer tokens on (a may be NULL: off; the service does not own it).
+ * public_paths: NULL-terminated paths that answer without a token (e.g.
+ * "/metrics"), copied; NULL for none. */
+int service_set_auth(service *s, auth *a, const char *const *public_paths);
+
+/* Draining: new sample requests get 503, /readyz says not ready, and every
+ * response carries Connection: close. */
 void service_set_draining(service *s, int draining);
+/* The engine is closing (engine_close follows): from now on the service never
+ * submits to it; requests waiting for their token's turn get 503. */
+void service_stop(service *s);
 /* Requests admitted and not answered yet. */
 int service_pending(const service *s);
 void service_free(service *s);

@@ -34,6 +34,7 @@ struct http_req {
     unsigned is_head : 1;
     unsigned url_open : 1, field_open : 1, value_open : 1, headers_done : 1;
     unsigned resp_close : 1;   /* handler asked for Connection: close */
+    unsigned receiving : 1;    /* being parsed: bcap counts in body_bytes_receiving */
     int minor;                 /* HTTP/1.minor */
     const char *method;        /* static string from llhttp */
     uint64_t start_ns;
@@ -48,6 +49,7 @@ struct http_req {
 
     uint8_t *body;             /* [blen] + NUL, NULL when empty */
     size_t blen, bcap;
+    size_t blimit;             /* Content-Length when given (the buffer grows to it), else 0 */
 
     void *user;
     void (*abort_fn)(http_req *req, void *ud);
@@ -81,7 +83,7 @@ struct http_conn {
     unsigned close_after_write : 1;
     unsigned lingering : 1;    /* final response sent: draining input before close */
     unsigned paused : 1;       /* parser paused: pipeline full */
-    unsigned rejected : 1;     /* over max_connections */
+    unsigned limited : 1;      /* a reserve connection: "always" routes only */
     unsigned cont_busy : 1;    /* 100 Continue write in flight */
     unsigned had_request : 1;
     int in_parse;
@@ -91,6 +93,8 @@ struct http_conn {
     uint64_t t_activity;           /* last read or write progress */
     uint64_t t_write;              /* last write progress (stall detection) */
     uint64_t t_linger;             /* lingering close began */
+    struct sockaddr_storage peer;  /* client address (per-address cap) */
+    int has_peer;
     char *saved;               /* unparsed input while paused */
     size_t saved_len, saved_cap;
     uv_write_t cont_wr;
@@ -101,6 +105,7 @@ typedef struct route {
     char *method, *path;
     http_handler_fn fn;
     void *ud;
+    int always;                /* served on reserve connections too */
 } route;
 
 struct http_server {
@@ -109,8 +114,13 @@ struct http_server {
     uv_tcp_t listener;
     int listening;
     int closing;
+    int draining;              /* http_server_shutdown: no new requests, close when done */
+    int grace_open;            /* grace timer initialised and not closed yet */
+    uv_timer_t grace;          /* http_server_shutdown's deadline */
     int nhandles;              /* listener + connections not yet freed */
-    uint32_t nrejecting;       /* open connections that are rejected */
+    uint32_t nlimited;         /* open reserve connections */
+    uint32_t nactive;          /* connections neither reserve nor closing */
+    int was_near;              /* near the cap at the last accept */
     void (*close_cb)(void *ud);
     void *close_ud;
     route *routes;
@@ -144,5 +154,10 @@ void conn_flush(http_conn *conn);
 void conn_close_hard(http_conn *conn);
 /* Removes req from conn's queue (it must be there). */
 void conn_unlink_req(http_conn *conn, http_req *req);
+/* Frees the request being parsed (if any), releasing its body's accounting. */
+void conn_drop_cur(http_conn *conn);
+/* The request being parsed stops receiving (complete, or answered with an error):
+ * its body no longer counts as arriving. */
+void conn_cur_received(http_conn *conn, http_req *req);
 
 #endif

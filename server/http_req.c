@@ -3,6 +3,7 @@
 #include "server/http_internal.h"
 
 #include "common/err.h"
+#include "common/utf8.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -223,6 +224,17 @@ size_t http_json_escape(char *buf, size_t size, const char *s)
     PUT('"');
     for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
         unsigned char c = *p;
+        if (c >= 0x80) {
+            int len = utf8_seq_len(p, 4); /* a NUL stops a cut sequence first */
+            if (!len) { /* not UTF-8: the replacement character */
+                PUT('\\'); PUT('u'); PUT('f'); PUT('f'); PUT('f'); PUT('d');
+                continue;
+            }
+            for (int i = 0; i < len; i++)
+                PUT((char)p[i]);
+            p += len - 1;
+            continue;
+        }
         if (c == '"' || c == '\\') {
             PUT('\\');
             PUT((char)c);

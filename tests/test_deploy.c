@@ -575,9 +575,40 @@ static void test_multihost(void **state)
     toyset_rmdir(dir);
 }
 
+/* ---- make --------------------------------------------------------------------------- */
+
+/* Plain `make` (the default goal) installs what is missing and builds every
+ * binary into bin/, as README says: a dry run into scratch directories must
+ * link each of them (the default goal was once a generated library rule). */
+static void test_make_default_goal(void **state)
+{
+    (void)state;
+    if (!have("make"))
+        SKIP("make is not installed");
+    char dir[128], *out;
+    assert_int_equal(toyset_tempdir(dir, sizeof dir, "deploy-make"), 0);
+    int rc = run(&out, "env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -n BUILD=%s/build BIN=%s/bin",
+                 dir, dir);
+    if (rc != 0)
+        fail_msg("make -n failed (exit %d): %.2000s", rc, out);
+    if (!strstr(out, "mk/deps.sh"))
+        fail_msg("plain make does not run mk/deps.sh first: %.2000s", out);
+    static const char *const bins[] = { "router", "expert", "train", "eval", "client" };
+    for (int i = 0; i < 5; i++) {
+        char want[256];
+        snprintf(want, sizeof want, "-o %s/bin/ddm-%s ", dir, bins[i]);
+        if (!strstr(out, want))
+            fail_msg("plain make does not build bin/ddm-%s (no \"%s\" in its dry run)", bins[i],
+                     want);
+    }
+    free(out);
+    toyset_rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_make_default_goal),
         cmocka_unit_test(test_systemd_units_verify),
         cmocka_unit_test(test_systemd_units_hardening),
         cmocka_unit_test(test_systemd_examples),

@@ -950,6 +950,16 @@ static void test_corrupt_weights_exit_1(void **state)
     assert_int_equal(run_to_exit(args2, out, sizeof out), 1);
     assert_non_null(strstr(out, "not a denoiser"));
 
+    /* a FIFO as the weights: refused at once (opening it once waited for a writer forever) */
+    char fifo[300];
+    snprintf(fifo, sizeof fifo, "%s/weights.fifo", g_dir);
+    unlink(fifo);
+    assert_int_equal(mkfifo(fifo, 0600), 0);
+    char *argsf[] = { "--weights", fifo, "--listen", url, NULL };
+    assert_int_equal(run_to_exit(argsf, out, sizeof out), 1);
+    assert_non_null(strstr(out, "not a regular file"));
+    unlink(fifo);
+
     /* an unusable URL is a runtime error too */
     char *args3[] = { "--weights", g_weights, "--listen", "bogus://x", NULL };
     assert_int_equal(run_to_exit(args3, out, sizeof out), 1);

@@ -404,7 +404,8 @@ static void test_par_forward(void **state)
 
 /* forkjoin: every job runs exactly once, on distinct threads where helpers
  * are free, also when callers on several threads use it at once (the helpers
- * are shared) and when n is over FORKJOIN_MAX (clamped). */
+ * are shared) and when n is over FORKJOIN_MAX (the jobs beyond the helpers
+ * run on the caller: none is dropped). */
 typedef struct fj_job {
     int runs;
     pthread_t on;
@@ -435,7 +436,7 @@ static void *fj_caller(void *arg)
 static void test_forkjoin(void **state)
 {
     (void)state;
-    fj_job jobs[FORKJOIN_MAX + 2] = { 0 };
+    fj_job jobs[3 * FORKJOIN_MAX] = { 0 };
     forkjoin_run(4, fj_count, jobs, sizeof jobs[0]);
     for (int i = 0; i < 4; i++)
         assert_int_equal(jobs[i].runs, 1);
@@ -443,9 +444,11 @@ static void test_forkjoin(void **state)
     assert_false(pthread_equal(jobs[1].on, pthread_self()));
     assert_false(pthread_equal(jobs[1].on, jobs[2].on));
     memset(jobs, 0, sizeof jobs);
-    forkjoin_run(FORKJOIN_MAX + 2, fj_count, jobs, sizeof jobs[0]);
-    for (int i = 0; i < FORKJOIN_MAX + 2; i++)
-        assert_int_equal(jobs[i].runs, i < FORKJOIN_MAX);
+    forkjoin_run(3 * FORKJOIN_MAX - 1, fj_count, jobs, sizeof jobs[0]);
+    for (int i = 0; i < 3 * FORKJOIN_MAX; i++)
+        assert_int_equal(jobs[i].runs, i < 3 * FORKJOIN_MAX - 1);
+    forkjoin_run(0, fj_count, jobs, sizeof jobs[0]); /* nothing to do */
+    assert_int_equal(jobs[0].runs, 1);
     /* three callers at once: 3 x up to 15 helper jobs for 15 helpers */
     pthread_t th[3];
     int bad[3] = { 0 };

@@ -1,0 +1,32 @@
+/* utf8.c -- UTF-8 validity (see utf8.h). */
+#include "common/utf8.h"
+
+int utf8_seq_len(const unsigned char *p, size_t avail)
+{
+    unsigned c = p[0];
+    if (c < 0x80)
+        return 1;
+    int n = c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3 : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
+    if ((size_t)n > avail)
+        return 0;
+    for (int i = 1; i < n; i++)
+        if ((p[i] & 0xc0) != 0x80)
+            return 0;
+    if (n > 1 && ((c == 0xe0 && p[1] < 0xa0) || (c == 0xed && p[1] >= 0xa0) ||
+                  (c == 0xf0 && p[1] < 0x90) || (c == 0xf4 && p[1] >= 0x90)))
+        return 0;
+    return n;
+}
+
+size_t utf8_valid_prefix(const void *s, size_t len)
+{
+    const unsigned char *p = s;
+    size_t i = 0;
+    while (i < len) {
+        int n = utf8_seq_len(p + i, len - i);
+        if (!n)
+            return i;
+        i += (size_t)n;
+    }
+    return len;
+}

@@ -1,0 +1,40 @@
+/* cluster.h -- a whole local cluster for benchmarks and soak runs: R ddm-expert
+ * replicas per expert of a model directory on ipc:// sockets in a temp dir, and
+ * one ddm-router on a free loopback port, started the way a user starts them. */
+#ifndef DDM_TEST_CLUSTER_H
+#define DDM_TEST_CLUSTER_H
+
+#include <sys/types.h>
+
+#define TCLUSTER_MAX_WORKERS 256
+
+typedef struct tcluster {
+    char dir[128];            /* temp dir: cluster.conf, sockets, logs */
+    char models[256];
+    char conf[256];
+    char rlog[256];
+    int K, replicas;
+    int n_workers;            /* K * replicas; worker i serves expert i % K */
+    pid_t workers[TCLUSTER_MAX_WORKERS];
+    pid_t router;
+    int port;
+    char hostport[64];        /* "127.0.0.1:port" of the router */
+    const char *const *worker_args; /* extra ddm-expert flags (NULL-terminated) or NULL */
+} tcluster;
+
+/* Starts the cluster for models (a directory with router.safetensors and
+ * expert-0..K-1) with `replicas` workers per expert and waits until the
+ * router's /readyz says 200. worker_args and router_args: extra flags,
+ * NULL-terminated, or NULL; kept by pointer (must outlive the cluster).
+ * Returns 0, or -1 with a message on stderr (what started is stopped). */
+int tcluster_start(tcluster *c, const char *models, int K, int replicas,
+                   const char *const *worker_args, const char *const *router_args);
+
+/* (Re)starts worker i (0..n_workers-1) on its URL; returns its pid or -1. */
+pid_t tcluster_start_worker(tcluster *c, int i);
+
+/* Stops the router and every worker (SIGTERM, then SIGKILL) and removes the
+ * temp dir unless keep. */
+void tcluster_stop(tcluster *c, int keep);
+
+#endif
