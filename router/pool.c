@@ -21,7 +21,7 @@
 #include "router/pool.h"
 
 #include <errno.h>
-#include <math.h>
+#include <limits.h>
 #include <nanomsg/nn.h>
 #include <nanomsg/reqrep.h>
 #include <stdio.h>
@@ -282,6 +282,17 @@ static void fail_replica_msgs(replica *rp, int status, const char *why)
     }
 }
 
+/* The largest reply a worker may send: a message's rows of velocities (at
+ * most the larger of 256 and max_rows_per_msg), plus 1 MiB for the rest (an
+ * InfoReply's strings). nanomsg drops the connection on anything larger, so
+ * a hostile peer cannot make the router allocate without bound. */
+static int max_reply_bytes(const pool *p)
+{
+    size_t rows = p->cfg.max_rows_per_msg > 256 ? (size_t)p->cfg.max_rows_per_msg : 256;
+    size_t n = rows * (size_t)p->cfg.dim * sizeof(float) + (1u << 20);
+    return n > INT_MAX ? INT_MAX : (int)n;
+}
+
 /* Opens rp's socket (raw REQ, connected to its URL alone). */
 static int open_socket(replica *rp, char *err, size_t errlen)
 {
@@ -289,8 +300,8 @@ static int open_socket(replica *rp, char *err, size_t errlen)
     int s = nn_socket(AF_SP_RAW, NN_REQ);
     if (s < 0)
         return ddm_errf(err, errlen, DDM_EIO, "nanomsg socket: %s", nn_strerror(nn_errno()));
-    int unlimited = -1, buf = 8 << 20, linger = 0;
-    nn_setsockopt(s, NN_SOL_SOCKET, NN_RCVMAXSIZE, &unlimited, sizeof unlimited);
+    int rcvmax = max_reply_bytes(p), buf = 8 << 20, linger = 0;
+    nn_setsockopt(s, NN_SOL_SOCKET, NN_RCVMAXSIZE, &rcvmax, sizeof rcvmax);
     nn_setsockopt(s, NN_SOL_SOCKET, NN_SNDBUF, &buf, sizeof buf);
     nn_setsockopt(s, NN_SOL_SOCKET, NN_RCVBUF, &buf, sizeof buf);
     nn_setsockopt(s, NN_SOL_SOCKET, NN_LINGER, &linger, sizeof linger);
