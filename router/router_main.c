@@ -149,6 +149,20 @@ int main(int argc, char **argv)
         cluster_free(&cl);
         return 1;
     }
+    auth *tokens = NULL; /* loaded before anything else can fail (nothing to undo) */
+    if (o.auth_file) {
+        auth_defaults ad = { .concurrency = (int)o.token_concurrency, .queue = (int)o.token_queue };
+        char warn[300];
+        if (auth_load(o.auth_file, &ad, &tokens, warn, sizeof warn, err, sizeof err)) {
+            fprintf(stderr, "ddm-router: %s\n", err);
+            cluster_free(&cl);
+            return 1;
+        }
+        if (warn[0])
+            log_warn("%s", warn);
+    } else if (o.public_metrics || o.public_experts) {
+        log_warn("--public-metrics / --public-experts mean nothing without --auth-token-file");
+    }
     openblas_set_num_threads(1); /* parallel by rows instead (--threads) */
     /* The libuv threadpool runs the ticks' plan and finish phases and the
      * response encoding: size it so every tick and every encoder has a thread
@@ -226,15 +240,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "ddm-router: out of memory\n");
         return 1;
     }
-    if (o.auth_file) {
-        auth_defaults ad = { .concurrency = (int)o.token_concurrency, .queue = (int)o.token_queue };
-        char warn[300];
-        if (auth_load(o.auth_file, &ad, &a.auth, warn, sizeof warn, err, sizeof err)) {
-            fprintf(stderr, "ddm-router: %s\n", err);
-            return 1;
-        }
-        if (warn[0])
-            log_warn("%s", warn);
+    if (tokens) {
+        a.auth = tokens;
         const char *pub[3] = { 0 };
         int np = 0;
         if (o.public_metrics)
@@ -245,8 +252,6 @@ int main(int argc, char **argv)
         log_info("bearer tokens on: %d token(s) from %s%s%s", auth_count(a.auth), o.auth_file,
                  o.public_metrics ? ", /metrics public" : "",
                  o.public_experts ? ", /v1/experts public" : "");
-    } else if (o.public_metrics || o.public_experts) {
-        log_warn("--public-metrics / --public-experts mean nothing without --auth-token-file");
     }
     if (http_server_listen(a.srv, listen, err, sizeof err)) {
         fprintf(stderr, "ddm-router: cannot listen on %s: %s\n", listen, err);
