@@ -210,6 +210,10 @@ int main(int argc, char **argv)
         if (stat(path, &sb))
             break;
     }
+    if (K == 0) {
+        fprintf(stderr, "soak: %s has no expert-0.safetensors: pass --models DIR\n", models);
+        return 1;
+    }
     static const char *const wargs[] = { "--max-delay-us", "0", NULL };
     tcluster cl;
     if (tcluster_start(&cl, models, K, replicas, wargs, router_args))
