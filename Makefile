@@ -101,6 +101,12 @@ $(BUILD)/bench/%: $(BUILD)/obj/tools/bench/%_main.o $(TEST_SUPPORT) $(ALL_LIBS)
 	@mkdir -p $(dir $@)
 	$(LINK)
 
+# ---- chaos soak: tests/soak/soak_main.c -> $(BUILD)/soak/soak ------------------------
+SOAK_BIN := $(BUILD)/soak/soak
+$(SOAK_BIN): $(BUILD)/obj/tests/soak/soak_main.o $(TEST_SUPPORT) $(ALL_LIBS)
+	@mkdir -p $(dir $@)
+	$(LINK)
+
 # ---- tests -------------------------------------------------------------------------
 TEST_SRCS := $(wildcard tests/test_*.c)
 TEST_BINS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRCS))
@@ -110,7 +116,7 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_SUPPORT) $(ALL_LIBS)
 
 # ---- entry points --------------------------------------------------------------------
 .SECONDARY:
-.PHONY: all deps build test test-build clean demo data models bench load eval
+.PHONY: all deps build test test-build clean demo data models bench load eval soak
 all:
 	@sh mk/deps.sh
 	@$(MAKE) --no-print-directory build
@@ -149,7 +155,7 @@ models: all data
 
 build: $(BINS)
 
-test-build: $(BINS) $(TEST_BINS) $(BENCH_BINS)
+test-build: $(BINS) $(TEST_BINS) $(BENCH_BINS) $(SOAK_BIN)
 
 # `make test` installs what is missing, builds, then runs every tests/test_* binary
 # (each under a timeout) and ends with "N passed, N failed".
@@ -213,6 +219,15 @@ demo:
 	else \
 	    echo; echo "Stopping the cluster (make demo KEEP=1 leaves it running)."; \
 	fi
+
+# `make soak`: a bounded chaos run on loopback (tests/soak/soak_main.c): the digits
+# experts with 2 replicas each and a router under 32 connections, a random replica
+# killed or stopped every 10 s and brought back; reports served, failed, p99, RSS
+# and fds at start and end. SOAK_SECONDS (default 600) and SOAK_ARGS (soak --help).
+SOAK_SECONDS ?= 600
+soak: all
+	@$(MAKE) --no-print-directory $(SOAK_BIN)
+	$(SOAK_BIN) --bin $(BIN) --seconds $(SOAK_SECONDS) $(SOAK_ARGS)
 
 # Load test: the demo cluster under 60 s of POST /v1/samples at 64 connections
 # (wrk, tests/load/samples.lua): images/s, latency percentiles, errors (must be

@@ -1,7 +1,6 @@
 /* router_main.c -- ddm-router: the sampling daemon (flags, wiring, signals). */
 #include <cblas.h>
 #include <errno.h>
-#include <getopt.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +13,7 @@
 #include "common/log.h"
 #include "common/model.h"
 #include "common/version.h"
+#include "router/args.h"
 #include "router/auth.h"
 #include "router/cluster.h"
 #include "router/engine.h"
@@ -23,88 +23,6 @@
 
 /* after the drain, how long connections get to take their last responses */
 #define SHUTDOWN_GRACE_MS 5000
-
-static void usage(FILE *f)
-{
-    fprintf(f,
-"usage: ddm-router --cluster FILE [options]\n"
-"\n"
-"Serves a Decentralized Diffusion Model over HTTP: routes every sampling step\n"
-"to the experts the router network selects, on ddm-expert workers over nanomsg.\n"
-"\n"
-"  -c, --cluster FILE            cluster file: models dir, expert replicas, settings (required)\n"
-"  -l, --listen HOST:PORT        HTTP address (default: the file's \"listen\", else 127.0.0.1:8080)\n"
-"      --router-weights PATH     router network (default: the file's router / <models>/router.safetensors)\n"
-"      --max-images N            images in flight before 503 + Retry-After (default 1024);\n"
-"                                a request for more images gets 400\n"
-"      --max-request-cost N      expert evaluations one request may cost: images x steps\n"
-"                                (x2 heun) x experts per step (k of top-k, K for full,\n"
-"                                uniform, threshold, nucleus, 1 for sample, expert:N)\n"
-"                                x2 with guidance and a label; over it, 400 (default 400000)\n"
-"      --tick-capacity N         trajectories per tick (default 256)\n"
-"      --tick-rows N             expert rows per tick (default 512)\n"
-"      --share-rows N            rows a request adds to a tick while other requests of\n"
-"                                its priority run: keeps small ones fast (default 32)\n"
-"      --ticks N                 ticks in flight at once (default 2)\n"
-"      --expert-timeout-ms MS    deadline of one expert message attempt (default 2000)\n"
-"      --attempts N              sends per expert message before failing (default 3)\n"
-"      --request-timeout-ms MS   whole-request deadline, then 504 (default 300000)\n"
-"      --max-connections N       HTTP connections; at the cap a new one closes the one idle\n"
-"                                longest, else only /healthz and /readyz answer (default 1024)\n"
-"      --max-connections-per-ip N  the same per client address (default 256; behind a\n"
-"                                proxy all clients share its address: raise it)\n"
-"      --max-body-bytes N        request body limit, else 413 (default 65536)\n"
-"      --drain-timeout-ms MS     on SIGTERM, how long requests in flight may finish; then\n"
-"                                they get 503 (default 30000)\n"
-"      --threads N               threads for the router network: a tick's rows are split\n"
-"                                over them (default 1; 2 when the router has a core to spare)\n"
-"      --cluster-key-file FILE   HMAC key shared with the workers (their --cluster-key-file):\n"
-"                                every message is authenticated, a worker without the key\n"
-"                                is refused (default: the file's \"set cluster-key-file\", else none)\n"
-"      --auth-token-file FILE    require \"Authorization: Bearer <token>\" on the API: one\n"
-"                                token a line, \"[name:]token [concurrency=N] [queue=N]\"\n"
-"                                (docs/deploy.md); re-read on SIGHUP. /healthz and /readyz\n"
-"                                stay open (default: no tokens)\n"
-"      --public-metrics          /metrics answers without a token\n"
-"      --public-experts          /v1/experts answers without a token\n"
-"      --token-concurrency N     a token's sample requests computed at once, unless its\n"
-"                                line says (default 4)\n"
-"      --token-queue N           and waiting for a turn before 429 (default 16)\n"
-"      --log-level LEVEL         debug, info, warn, error (default info)\n"
-"  -h, --help                    this text\n"
-"  -V, --version                 print the version\n"
-"\n"
-"Settings may also come from the cluster file as \"set <name> <value>\" with the\n"
-"long option's name (e.g. \"set max-images 512\"); flags win over the file.\n"
-"SIGHUP: re-read the token file (a bad file keeps the old tokens).\n"
-"SIGTERM/SIGINT: stop admitting, finish what is in flight (up to --drain-timeout-ms,\n"
-"then 503 with Connection: close), exit 0. A second signal stops at once (503s).\n");
-}
-
-typedef struct opts {
-    const char *cluster, *listen, *router_weights, *cluster_key_file, *auth_file;
-    int public_metrics, public_experts;
-    long token_concurrency, token_queue;
-    long max_images, tick_capacity, ticks, expert_timeout_ms, attempts, request_timeout_ms;
-    long max_connections, threads, drain_timeout_ms, max_request_cost, tick_rows, share_rows;
-    long max_connections_per_ip, max_body_bytes;
-} opts;
-
-static int parse_long(const char *name, const char *v, long lo, long hi, long *out)
-{
-    char *end;
-    errno = 0;
-    long x = strtol(v, &end, 10);
-    if (errno || *end || end == v || x < lo || x > hi) {
-        fprintf(stderr, "ddm-router: --%s \"%s\": expected an integer %ld..%ld\n", name, v, lo, hi);
-        return -1;
-    }
-    *out = x;
-    return 0;
-}
-
-/* numeric settings: flag name, bounds, where it goes */
-typedef struct numopt { const char *name; long lo, hi; long *dst; } numopt;
 
 typedef struct app {
     uv_loop_t *loop;
@@ -210,122 +128,40 @@ int main(int argc, char **argv)
 {
     log_set_name("ddm-router");
     blas_fix_core(argv); /* may re-execute this program with faster BLAS kernels */
-    opts o = { .max_images = 1024, .tick_capacity = 256, .ticks = 2, .expert_timeout_ms = 2000,
-               .attempts = 3, .request_timeout_ms = 300000, .max_connections = 1024,
-               .threads = 1, .drain_timeout_ms = 30000,
-               .max_request_cost = (long)ENGINE_DEFAULT_MAX_COST,
-               .tick_rows = ENGINE_DEFAULT_TICK_ROWS, .share_rows = ENGINE_DEFAULT_SHARE_ROWS,
-               .max_connections_per_ip = 256, .max_body_bytes = 65536,
-               .token_concurrency = 4, .token_queue = 16 };
-    numopt nums[] = {
-        { "max-images", 1, 1 << 20, &o.max_images },
-        { "tick-capacity", 1, 4096, &o.tick_capacity },
-        { "ticks", 1, 8, &o.ticks },
-        { "expert-timeout-ms", 10, 3600000, &o.expert_timeout_ms },
-        { "attempts", 1, 100, &o.attempts },
-        { "request-timeout-ms", 100, 86400000, &o.request_timeout_ms },
-        { "max-connections", 1, 1 << 20, &o.max_connections },
-        { "threads", 1, 16, &o.threads },
-        { "drain-timeout-ms", 0, 3600000, &o.drain_timeout_ms },
-        { "max-request-cost", 1, 1000000000000L, &o.max_request_cost },
-        { "tick-rows", 1, 1 << 20, &o.tick_rows },
-        { "share-rows", 1, 1 << 20, &o.share_rows },
-        { "max-connections-per-ip", 1, 1 << 20, &o.max_connections_per_ip },
-        { "max-body-bytes", 1024, 1 << 30, &o.max_body_bytes },
-        { "token-concurrency", 1, 100000, &o.token_concurrency },
-        { "token-queue", 0, 1000000, &o.token_queue },
-    };
-    enum { N_NUMS = sizeof nums / sizeof nums[0] };
-    int set_by_flag[N_NUMS] = { 0 };
-    static const struct option longopts[] = {
-        { "cluster", required_argument, 0, 'c' },
-        { "listen", required_argument, 0, 'l' },
-        { "router-weights", required_argument, 0, 'w' },
-        { "max-images", required_argument, 0, 1000 },
-        { "tick-capacity", required_argument, 0, 1001 },
-        { "ticks", required_argument, 0, 1002 },
-        { "expert-timeout-ms", required_argument, 0, 1003 },
-        { "attempts", required_argument, 0, 1004 },
-        { "request-timeout-ms", required_argument, 0, 1005 },
-        { "max-connections", required_argument, 0, 1006 },
-        { "threads", required_argument, 0, 1007 },
-        { "drain-timeout-ms", required_argument, 0, 1008 },
-        { "max-request-cost", required_argument, 0, 1009 },
-        { "tick-rows", required_argument, 0, 1010 },
-        { "share-rows", required_argument, 0, 1011 },
-        { "max-connections-per-ip", required_argument, 0, 1012 },
-        { "max-body-bytes", required_argument, 0, 1013 },
-        { "token-concurrency", required_argument, 0, 1014 },
-        { "token-queue", required_argument, 0, 1015 },
-        { "auth-token-file", required_argument, 0, 'A' },
-        { "public-metrics", no_argument, 0, 'M' },
-        { "public-experts", no_argument, 0, 'E' },
-        { "log-level", required_argument, 0, 'L' },
-        { "cluster-key-file", required_argument, 0, 'k' },
-        { "help", no_argument, 0, 'h' },
-        { "version", no_argument, 0, 'V' },
-        { 0, 0, 0, 0 },
-    };
-    int c;
-    while ((c = getopt_long(argc, argv, "c:l:hV", longopts, NULL)) != -1) {
-        if (c >= 1000 && c < 1000 + N_NUMS) {
-            numopt *n = &nums[c - 1000];
-            if (parse_long(n->name, optarg, n->lo, n->hi, n->dst))
-                return 2;
-            set_by_flag[c - 1000] = 1;
-            continue;
-        }
-        switch (c) {
-        case 'c': o.cluster = optarg; break;
-        case 'l': o.listen = optarg; break;
-        case 'w': o.router_weights = optarg; break;
-        case 'k': o.cluster_key_file = optarg; break;
-        case 'A': o.auth_file = optarg; break;
-        case 'M': o.public_metrics = 1; break;
-        case 'E': o.public_experts = 1; break;
-        case 'L': {
-            int lv = log_parse_level(optarg);
-            if (lv < 0) {
-                fprintf(stderr, "ddm-router: --log-level \"%s\": use debug, info, warn or error\n", optarg);
-                return 2;
-            }
-            log_set_level((log_level)lv);
-            break;
-        }
-        case 'h': usage(stdout); return 0;
-        case 'V': printf("ddm-router %s\n", DDM_VERSION); return 0;
-        default: usage(stderr); return 2;
-        }
-    }
-    if (optind < argc) {
-        fprintf(stderr, "ddm-router: unexpected argument \"%s\" (see --help)\n", argv[optind]);
-        return 2;
-    }
-    if (!o.cluster) {
-        fprintf(stderr, "ddm-router: --cluster FILE is required (e.g. deploy/local/digits.conf)\n");
-        return 2;
-    }
+    router_opts o;
     char err[512];
+    switch (router_args_parse(argc, argv, &o, stdout, err, sizeof err)) {
+    case ROUTER_ARGS_EXIT:
+        return 0;
+    case ROUTER_ARGS_USAGE:
+        fprintf(stderr, "ddm-router: %s\n", err);
+        return 2;
+    case ROUTER_ARGS_RUN:
+        break;
+    }
     cluster cl;
     if (cluster_load(o.cluster, &cl, err, sizeof err)) {
         fprintf(stderr, "ddm-router: %s\n", err);
         return 1;
     }
-    for (int i = 0; i < N_NUMS; i++) {
-        const char *v = cluster_setting(&cl, nums[i].name);
-        if (v && !set_by_flag[i] && parse_long(nums[i].name, v, nums[i].lo, nums[i].hi, nums[i].dst)) {
-            fprintf(stderr, "ddm-router: in %s: bad value for setting %s\n", o.cluster, nums[i].name);
+    if (router_args_settings(&o, &cl, NULL, err, sizeof err)) {
+        fprintf(stderr, "ddm-router: %s\n", err);
+        cluster_free(&cl);
+        return 1;
+    }
+    auth *tokens = NULL; /* loaded before anything else can fail (nothing to undo) */
+    if (o.auth_file) {
+        auth_defaults ad = { .concurrency = (int)o.token_concurrency, .queue = (int)o.token_queue };
+        char warn[300];
+        if (auth_load(o.auth_file, &ad, &tokens, warn, sizeof warn, err, sizeof err)) {
+            fprintf(stderr, "ddm-router: %s\n", err);
             cluster_free(&cl);
             return 1;
         }
-    }
-    for (int i = 0; i < cl.n_settings; i++) {
-        int known = 0;
-        for (int k = 0; k < N_NUMS; k++)
-            known |= !strcmp(cl.set_keys[i], nums[k].name);
-        known |= !strcmp(cl.set_keys[i], "cluster-key-file");
-        if (!known)
-            log_warn("%s: unknown setting \"%s\" ignored", o.cluster, cl.set_keys[i]);
+        if (warn[0])
+            log_warn("%s", warn);
+    } else if (o.public_metrics || o.public_experts) {
+        log_warn("--public-metrics / --public-experts mean nothing without --auth-token-file");
     }
     openblas_set_num_threads(1); /* parallel by rows instead (--threads) */
     /* The libuv threadpool runs the ticks' plan and finish phases and the
@@ -376,8 +212,7 @@ int main(int argc, char **argv)
     pc.class_names = (const char *const *)shape->class_names;
     pc.call_timeout_ms = (uint32_t)o.expert_timeout_ms;
     pc.attempts = (int)o.attempts;
-    pc.cluster_key_file = o.cluster_key_file ? o.cluster_key_file
-                                             : cluster_setting(&cl, "cluster-key-file");
+    pc.cluster_key_file = o.cluster_key_file;
     int rc = pool_new(a.loop, &cl, &pc, &a.pl, err, sizeof err);
     int K = cl.n_experts;
     if (rc) {
@@ -411,15 +246,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "ddm-router: out of memory\n");
         return 1;
     }
-    if (o.auth_file) {
-        auth_defaults ad = { .concurrency = (int)o.token_concurrency, .queue = (int)o.token_queue };
-        char warn[300];
-        if (auth_load(o.auth_file, &ad, &a.auth, warn, sizeof warn, err, sizeof err)) {
-            fprintf(stderr, "ddm-router: %s\n", err);
-            return 1;
-        }
-        if (warn[0])
-            log_warn("%s", warn);
+    if (tokens) {
+        a.auth = tokens;
         const char *pub[3] = { 0 };
         int np = 0;
         if (o.public_metrics)
@@ -430,8 +258,6 @@ int main(int argc, char **argv)
         log_info("bearer tokens on: %d token(s) from %s%s%s", auth_count(a.auth), o.auth_file,
                  o.public_metrics ? ", /metrics public" : "",
                  o.public_experts ? ", /v1/experts public" : "");
-    } else if (o.public_metrics || o.public_experts) {
-        log_warn("--public-metrics / --public-experts mean nothing without --auth-token-file");
     }
     if (http_server_listen(a.srv, listen, err, sizeof err)) {
         fprintf(stderr, "ddm-router: cannot listen on %s: %s\n", listen, err);
