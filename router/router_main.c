@@ -41,6 +41,7 @@ static void usage(FILE *f)
 "      --max-connections N       HTTP connections before 503 (default 1024)\n"
 "      --threads N               threads for the router network: a tick's rows are split\n"
 "                                over them (default 1; 2 when the router has a core to spare)\n"
+"      --blas-core NAME --half-rows N  BLAS kernels, fp16 rows (default: measured here)\n"
 "      --log-level LEVEL         debug, info, warn, error (default info)\n"
 "  -h, --help                    this text\n"
 "  -V, --version                 print the version\n"
@@ -126,7 +127,7 @@ static void on_signal(uv_signal_t *s, int signum)
 int main(int argc, char **argv)
 {
     log_set_name("ddm-router");
-    blas_fix_core(argv); /* may re-execute this program with faster BLAS kernels */
+    blas_select(&argc, argv); /* may re-execute with the kernels measured fastest here */
     opts o = { .max_images = 1024, .tick_capacity = 256, .ticks = 2, .expert_timeout_ms = 2000,
                .attempts = 3, .request_timeout_ms = 300000, .max_connections = 1024,
                .threads = 1 };

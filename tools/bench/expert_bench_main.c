@@ -238,7 +238,7 @@ static fwd_result forward_rate(const model *m, int batch, double secs)
      * measured within the same fraction of a second see the same conditions,
      * so their ratio is steadier than best-of-run rates taken minutes apart. */
     gemm_case g = gemm_case_new(1024, 1024, 1024);
-    double ratio[REPS], flops = net_forward_flops(&m->cfg, 1);
+    double ratio[REPS], flops = net_forward_flops(&m->cfg, 1, 1);
     long ignored = 0;
     for (int rep = 0; rep < REPS; rep++) {
         double peak = gemm_window(&g, 0.1, &ignored);
@@ -598,7 +598,7 @@ int main(int argc, char **argv)
     }
     if (secs <= 0)
         die("--seconds must be > 0");
-    blas_fix_core(argv); /* the same kernels ddm-expert will use */
+    blas_select(&argc, argv); /* the same kernels ddm-expert will use */
     openblas_set_num_threads(1);
     if (gemm_only) {
         gemm_result a = sgemm_rate(256, 384, 784, 1.5), b = sgemm_rate(1024, 1024, 1024, 3.0);
@@ -622,7 +622,7 @@ int main(int argc, char **argv)
            "gauss_rank=%d (%.2f MFLOP per latent), random weights, OpenBLAS 1 thread, "
            "%s kernels.\n\n",
            ARCH.in_dim, ARCH.hidden, ARCH.n_blocks, ARCH.time_dim, ARCH.n_classes,
-           ARCH.gauss_rank, net_forward_flops(&ARCH, 1) * 1e-6, blas_core());
+           ARCH.gauss_rank, net_forward_flops(&ARCH, 1, 1) * 1e-6, blas_core());
 
     gemm_result g_shape = sgemm_rate(256, 384, 784, 1.5);
     gemm_result g_sq = sgemm_rate(1024, 1024, 1024, 3.0);
@@ -649,7 +649,7 @@ int main(int argc, char **argv)
            "|---|---|---|---|---|---|---|---|\n", REPS);
     for (int i = 0; i < 4; i++) {
         fr[i] = forward_rate(m, batches[i], batches[i] == 1 ? 1.5 : 2.0);
-        double gcpu = fr[i].per_cpu_s * net_forward_flops(&ARCH, 1) * 1e-9;
+        double gcpu = fr[i].per_cpu_s * net_forward_flops(&ARCH, 1, 1) * 1e-9;
         printf("| %d | %.0f | %.1f | %.0f%% | %.0f | %.1f | %.0f%% | %.0f%% |\n", batches[i],
                fr[i].latents_s, fr[i].gflops, 100.0 * fr[i].gflops / peak, fr[i].per_cpu_s, gcpu,
                100.0 * gcpu / peak_cpu, 100.0 * fr[i].paired);
@@ -662,7 +662,7 @@ int main(int argc, char **argv)
                "half copies and net_forward uses half_gemm up to %d rows. Median over %d "
                "rounds of the two back to back (0.1 s each).\n\n"
                "| batch | latents/s with copies | speed-up over fp32 only |\n|---|---|---|\n",
-               HALF_GEMM_MAX_ROWS, REPS);
+               half_gemm_rows(), REPS);
         static const int hb[] = { 1, 2, 4, 8, 12, 16, 20, 24, 32 };
         for (size_t i = 0; i < sizeof hb / sizeof hb[0]; i++) {
             double rate, x = half_speedup(m, hb[i], &rate);
