@@ -40,8 +40,8 @@ typedef struct blas_cand {
     blas_cand_status status;
     double err_blas;                    /* forward on OpenBLAS vs the reference, all rows */
     double err_half;                    /* forward on half_gemm vs the reference; -1 if none */
-    double blas_us[BLAS_TUNE_MAX_ROWS]; /* us per forward over rows[i] on OpenBLAS: the median
-                                           over rounds of the fastest call in a round */
+    double blas_us[BLAS_TUNE_MAX_ROWS]; /* CPU us per forward over rows[i] on OpenBLAS: the
+                                           median over rounds of the fastest call in a round */
     double half_us[BLAS_TUNE_MAX_ROWS]; /* the same on half_gemm; 0 when this CPU has none */
     /* set by blas_tune_choose */
     int wrong;         /* 1 when an error is over BLAS_TUNE_MAX_ERR (OpenBLAS's: refused) */
