@@ -13,6 +13,9 @@
 #include <unistd.h>
 
 #include <cblas.h>
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
+#endif
 
 #include "common/blas_probe.h"
 #include "common/err.h"
@@ -70,11 +73,63 @@ static void cpuinfo_field(const char *key, char *out, size_t len)
     fclose(f);
 }
 
+/* Where /proc/cpuinfo cannot be read (systemd's ProcSubset=pid): the name
+ * from CPUID and the flags blas_tune reasons about, as the CPU reports them. */
+static void cpuid_ident(blas_ident *id)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    unsigned int r[12];
+    if (__get_cpuid(0x80000000, &r[0], &r[1], &r[2], &r[3]) && r[0] >= 0x80000004) {
+        for (unsigned int i = 0; i < 3; i++)
+            __get_cpuid(0x80000002 + i, &r[4 * i], &r[4 * i + 1], &r[4 * i + 2], &r[4 * i + 3]);
+        char name[49];
+        memcpy(name, r, 48);
+        name[48] = 0;
+        char *p = name;
+        while (*p == ' ')
+            p++;
+        snprintf(id->cpu, sizeof id->cpu, "%s", p);
+    }
+    __builtin_cpu_init();
+    /* /proc/cpuinfo's names, in the order of the cases below */
+    static const char *const flag[] = { "pni",      "ssse3",    "sse4_1",   "sse4_2",  "avx",
+                                        "fma",      "avx2",     "avx512f",  "avx512vl", "avx512bw",
+                                        "avx512dq", "avx512cd", "avx512_bf16" };
+    size_t k = 0;
+#define HAS(name) __builtin_cpu_supports(name)
+    for (size_t i = 0; i < sizeof flag / sizeof flag[0]; i++) {
+        int has = 0;
+        switch (i) { /* __builtin_cpu_supports takes literals only */
+        case 0: has = HAS("sse3"); break;
+        case 1: has = HAS("ssse3"); break;
+        case 2: has = HAS("sse4.1"); break;
+        case 3: has = HAS("sse4.2"); break;
+        case 4: has = HAS("avx"); break;
+        case 5: has = HAS("fma"); break;
+        case 6: has = HAS("avx2"); break;
+        case 7: has = HAS("avx512f"); break;
+        case 8: has = HAS("avx512vl"); break;
+        case 9: has = HAS("avx512bw"); break;
+        case 10: has = HAS("avx512dq"); break;
+        case 11: has = HAS("avx512cd"); break;
+        case 12: has = HAS("avx512bf16"); break;
+        }
+        if (has && k + strlen(flag[i]) + 2 < sizeof id->flags)
+            k += (size_t)sprintf(id->flags + k, "%s%s", k ? " " : "", flag[i]);
+    }
+#undef HAS
+#else
+    (void)id;
+#endif
+}
+
 void blas_ident_get(blas_ident *id)
 {
     memset(id, 0, sizeof *id);
     cpuinfo_field("model name", id->cpu, sizeof id->cpu);
     cpuinfo_field("flags", id->flags, sizeof id->flags);
+    if (!id->flags[0])
+        cpuid_ident(id);
     /* the configuration without the loaded core's name, which the choice changes */
     const char *cfg = openblas_get_config(), *core = openblas_get_corename();
     size_t clen = core ? strlen(core) : 0, k = 0;

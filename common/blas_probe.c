@@ -108,6 +108,20 @@ static int probe_net_init(probe_net *p)
     return 0;
 }
 
+static void probe_net_free(probe_net *p)
+{
+    net_scratch_free(p->s);
+    free(p->params);
+    free(p->tbuf);
+    free(p->hbuf);
+    free(p->x);
+    free(p->out);
+    free(p->ref);
+    free(p->t_check);
+    free(p->t_time);
+    free(p->lab);
+}
+
 static double rel_err(const float *a, const float *b, size_t n)
 {
     double num = 0, den = 0;
@@ -179,6 +193,7 @@ void blas_probe_child(int argc, char **argv)
     if (probe_net_init(&p) != 0 ||
         net_forward_ref(&p.c, &p.plain, MAX_ROWS_TIMED, p.x, p.t_check, p.lab, p.ref) != 0) {
         fprintf(stderr, "blas probe: out of memory\n");
+        probe_net_free(&p);
         exit(1);
     }
     printf("check %.6g %.6g\n", check(&p, &p.plain), p.has_half ? check(&p, &p.half) : -1.0);
@@ -198,6 +213,7 @@ void blas_probe_child(int argc, char **argv)
         printf("\n");
         fflush(stdout);
     }
+    probe_net_free(&p);
     exit(0);
 }
 
