@@ -126,7 +126,7 @@ double cpupeak_fma_gflops(int bits, double secs)
 
 double cpupeak_clock_ghz(double secs)
 {
-    const long adds = 8000000; /* 8 M dependent adds: about 2-4 ms */
+    const long adds = 2000000; /* 2 M dependent adds: about 0.5-1 ms */
     double best = 0, t0 = now_s(), el;
     int chunks = 0;
     do {
@@ -153,7 +153,31 @@ double cpupeak_clock_ghz(double secs)
     return best;
 }
 
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+double cpupeak_fma_per_cycle(int bits, double secs)
+{
+    if (!cpupeak_has_width(bits))
+        return 0;
+    double r[64], t0 = now_s();
+    int n = 0;
+    double before = cpupeak_clock_ghz(0);
+    do {
+        double gf = cpupeak_fma_gflops(bits, 0);
+        double after = cpupeak_clock_ghz(0);
+        r[n++] = gf / (0.5 * (before + after)) / (bits / 32) / 2;
+        before = after;
+    } while (n < 64 && (now_s() - t0 < secs || n < 3));
+    qsort(r, (size_t)n, sizeof r[0], cmp_double);
+    return n % 2 ? r[n / 2] : 0.5 * (r[n / 2 - 1] + r[n / 2]);
+}
+
 #else
+double cpupeak_fma_per_cycle(int bits, double secs) { (void)bits; (void)secs; return 0; }
 int cpupeak_has_width(int bits) { (void)bits; return 0; }
 double cpupeak_fma_gflops(int bits, double secs) { (void)bits; (void)secs; return 0; }
 double cpupeak_clock_ghz(double secs) { (void)secs; return 0; }

@@ -27,6 +27,13 @@ double cpupeak_fma_gflops(int bits, double secs);
  * Wide vector code may run at a lower clock than this. */
 double cpupeak_clock_ghz(double secs);
 
+/* FMA instructions per clock cycle on vectors of `bits` (the FMA units the
+ * core keeps busy): the median over about secs of pairs of short runs, the
+ * FMA loop's rate over the clock (cpupeak_clock_ghz) measured just before
+ * and after, so both see the same turbo state. 0 where not measured. A
+ * value under the unit count means wide vectors run at a lower clock. */
+double cpupeak_fma_per_cycle(int bits, double secs);
+
 /* Size in bytes of the largest CPU cache sysfs reports, 0 if unknown. */
 size_t cpupeak_llc_bytes(void);
 

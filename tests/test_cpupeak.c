@@ -20,11 +20,14 @@ static void test_fma(void **state)
     for (int bits = 128; bits <= 512; bits *= 2) {
         double gf = cpupeak_fma_gflops(bits, 0.01);
         print_message("# fp32 FMA, %d-bit vectors: %.1f GFLOP/s\n", bits, gf);
+        double per_cycle = cpupeak_fma_per_cycle(bits, 0.01);
+        print_message("# FMAs per cycle at %d bits: %.2f\n", bits, per_cycle);
         if (cpupeak_has_width(bits)) {
             assert_true(isfinite(gf) && gf > 0);
+            assert_true(isfinite(per_cycle) && per_cycle > 0);
             widths++;
         } else {
-            assert_true(gf == 0);
+            assert_true(gf == 0 && per_cycle == 0);
         }
     }
     assert_true(cpupeak_fma_gflops(64, 0.01) == 0); /* no such width */

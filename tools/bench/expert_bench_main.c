@@ -301,15 +301,16 @@ static double half_speedup(const model *m, int batch, double *half_s, double *bl
 
 /* Milliseconds from start to exit of `bin --listen ipc:///nonexistent/x`
  * (a usage error, right after the kernels are chosen) with extra arguments
- * and environment: the median of n runs. */
-static double startup_ms(const char *bin, char *const extra[], const char *core, const char *rows,
-                         int n)
+ * and environment. */
+static double startup_ms(const char *bin, char *const extra[], const char *core, const char *rows)
 {
     extern char **environ;
     size_t ne = 0;
     while (environ[ne])
         ne++;
     char **env = calloc(ne + 3, sizeof *env), ce[64], re[64];
+    if (!env)
+        die("out of memory");
     size_t k = 0;
     for (size_t i = 0; i < ne; i++)
         if (strncmp(environ[i], "OPENBLAS_CORETYPE=", 18) && strncmp(environ[i], "DDM_HALF_ROWS=", 14))
@@ -327,26 +328,22 @@ static double startup_ms(const char *bin, char *const extra[], const char *core,
     for (int i = 0; extra && extra[i] && a < 15; i++)
         argv[a++] = extra[i];
     argv[a] = NULL;
-    double ms[64];
-    n = n > 64 ? 64 : n;
-    for (int r = 0; r < n; r++) {
-        double t0 = proc_now_s();
-        pid_t pid = fork();
-        if (pid == 0) {
-            int devnull = open("/dev/null", O_WRONLY);
-            dup2(devnull, 1);
-            dup2(devnull, 2);
-            execve(bin, argv, env);
-            _exit(127);
-        }
-        int st;
-        waitpid(pid, &st, 0);
-        ms[r] = (proc_now_s() - t0) * 1e3;
-        if (!WIFEXITED(st) || WEXITSTATUS(st) != 2)
-            die("startup run did not end with its usage error");
+    double t0 = proc_now_s();
+    pid_t pid = fork();
+    if (pid == 0) {
+        int devnull = open("/dev/null", O_WRONLY);
+        dup2(devnull, 1);
+        dup2(devnull, 2);
+        execve(bin, argv, env);
+        _exit(127);
     }
+    int st;
+    waitpid(pid, &st, 0);
+    double ms = (proc_now_s() - t0) * 1e3;
     free(env);
-    return cli_median(ms, (size_t)n);
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 2)
+        die("startup run did not end with its usage error");
+    return ms;
 }
 
 /* ---- workers and clients ------------------------------------------------------------- */
@@ -655,16 +652,17 @@ static limits print_limits(const model *m)
     limits lim = { 0, 0 };
     double ghz = cpupeak_clock_ghz(0.1);
     printf("### The physical limits of one core\n\n"
-           "Clock (scalar code, a chain of dependent integer adds): %.2f GHz. fp32 FMA "
-           "throughput of one thread, independent FMA chains, best of 0.3 s of short runs:\n\n"
-           "| vector width | GFLOP/s | FLOP per cycle at %.2f GHz | FMAs per cycle (units) |\n"
-           "|---|---|---|---|\n", ghz, ghz);
+           "Clock of scalar code (a chain of dependent integer adds, best of 0.1 s): %.2f GHz. "
+           "fp32 FMA throughput of one thread (independent FMA chains), best of 0.3 s of short "
+           "runs; FMAs per cycle: the median over 0.3 s of short FMA runs each divided by the "
+           "clock measured just before and after (FMA units x lanes x 2 x clock = the peak).\n\n"
+           "| vector width | GFLOP/s | FMAs per cycle (units kept busy) |\n"
+           "|---|---|---|\n", ghz);
     for (int bits = 128; bits <= 512; bits *= 2) {
         double gf = cpupeak_fma_gflops(bits, 0.3);
         if (gf <= 0)
             continue;
-        printf("| %d-bit | %.1f | %.1f | %.2f |\n", bits, gf, ghz > 0 ? gf / ghz : 0,
-               ghz > 0 ? gf / ghz / (bits / 32) / 2 : 0);
+        printf("| %d-bit | %.1f | %.2f |\n", bits, gf, cpupeak_fma_per_cycle(bits, 0.3));
         if (gf > lim.peak) {
             lim.peak = gf;
             lim.bits = bits;
@@ -709,28 +707,33 @@ static limits print_limits(const model *m)
 
 /* The cost of choosing the kernels at startup: ddm-expert to its usage
  * error with a warm cache, with both choices inherited (no file read: the
- * floor), and with a restart into other kernels. */
+ * floor), and with a restart into other kernels; 30 interleaved rounds. */
 static void print_startup(const char *bin)
 {
     char rows[16];
     snprintf(rows, sizeof rows, "%d", half_gemm_rows());
     const char *other = strcasecmp(blas_core(), "Haswell") ? "Haswell" : "Zen";
     char *restart[] = { "--blas-core", (char *)other, NULL };
-    double warm[3] = { 0 }, inherit[3] = { 0 }, re[3] = { 0 };
-    for (int r = 0; r < 3; r++) { /* interleaved */
-        warm[r] = startup_ms(bin, NULL, NULL, NULL, 7);
-        inherit[r] = startup_ms(bin, NULL, blas_core(), rows, 7);
-        re[r] = startup_ms(bin, restart, NULL, rows, 7);
+    enum { N = 30 };
+    double warm[N], inherit[N], re[N];
+    for (int r = 0; r < N; r++) {
+        warm[r] = startup_ms(bin, NULL, NULL, NULL);
+        inherit[r] = startup_ms(bin, NULL, blas_core(), rows);
+        re[r] = startup_ms(bin, restart, NULL, rows);
     }
+    double mw = cli_median(warm, N), mi = cli_median(inherit, N), mr = cli_median(re, N);
+    cli_sort_doubles(warm, N);
+    cli_sort_doubles(inherit, N);
+    cli_sort_doubles(re, N);
     printf("### Startup: choosing the kernels\n\n"
            "`%s --listen ipc:///nonexistent/x` to its usage error (right after the kernels "
-           "are chosen), ms, median of 21 runs (3 interleaved rounds of 7):\n\n"
+           "are chosen), ms from fork to exit, %d interleaved rounds: median (fastest).\n\n"
            "| how the choice is made | ms |\n|---|---|\n"
-           "| both inherited (OPENBLAS_CORETYPE, DDM_HALF_ROWS: no file read, no restart) | %.1f |\n"
-           "| warm cache (file read, %s kernels already loaded) | %.1f |\n"
-           "| `--blas-core %s`: one restart into other kernels | %.1f |\n\n",
-           bin, cli_median(inherit, 3), blas_core(), cli_median(warm, 3), other,
-           cli_median(re, 3));
+           "| both inherited (OPENBLAS_CORETYPE, DDM_HALF_ROWS: no file read, no restart) | "
+           "%.1f (%.1f) |\n"
+           "| warm cache (the file read, %s kernels already loaded) | %.1f (%.1f) |\n"
+           "| `--blas-core %s`: one restart into other kernels | %.1f (%.1f) |\n\n",
+           bin, N, mi, inherit[0], blas_core(), mw, warm[0], other, mr, re[0]);
 }
 
 int main(int argc, char **argv)
