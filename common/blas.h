@@ -16,9 +16,10 @@
 #include "common/blas_tune.h"
 
 /* Rounds and window of the measurement made at startup when the cache has
- * none: about 1-3 s on 2 cores (docs/benchmarks.md). */
-#define BLAS_STARTUP_ROUNDS 5
-#define BLAS_STARTUP_WINDOW_S 0.002
+ * none: about 2 s of CPU on this project's machine (docs/benchmarks.md).
+ * `expert_bench --retune N` measures longer. */
+#define BLAS_STARTUP_ROUNDS 3
+#define BLAS_STARTUP_WINDOW_S 0.001
 
 /* Call first thing in main, before any thread and before parsing argv.
  *  - `PROG --probe-blas ...` is a probe child (blas_probe.h): it runs and exits.
