@@ -356,6 +356,88 @@ static int print_table(const char *core, int rows)
     return 0;
 }
 
+/* The flags blas_select takes out of argv. */
+typedef struct blas_flags {
+    const char *core;     /* --blas-core, or NULL */
+    const char *rows;     /* --half-rows, or NULL */
+    int table;            /* --blas-table */
+    int info_only;        /* -h, --help, -V or --version is among the arguments */
+} blas_flags;
+
+/* Takes our flags out of argv (up to a "--"); exits 2 on a flag without its
+ * value. */
+static void take_flags(int *argc, char **argv, blas_flags *f)
+{
+    memset(f, 0, sizeof *f);
+    for (int i = 1; i < *argc;) {
+        const char *a = argv[i];
+        if (strcmp(a, "--") == 0)
+            break;
+        if (strcmp(a, "--blas-table") == 0) {
+            f->table = 1;
+            drop_args(argc, argv, i, 1);
+            continue;
+        }
+        const char **dst = !strncmp(a, "--blas-core", 11) && (a[11] == 0 || a[11] == '=')
+                               ? &f->core
+                           : !strncmp(a, "--half-rows", 11) && (a[11] == 0 || a[11] == '=')
+                               ? &f->rows
+                               : NULL;
+        if (!dst) {
+            f->info_only |= !strcmp(a, "-h") || !strcmp(a, "--help") || !strcmp(a, "-V") ||
+                            !strcmp(a, "--version");
+            i++;
+        } else if (a[11] == '=') {
+            *dst = a + 12;
+            drop_args(argc, argv, i, 1);
+        } else if (i + 1 < *argc) {
+            *dst = argv[i + 1];
+            drop_args(argc, argv, i, 2);
+        } else {
+            usage_exit("%s needs a value (see --help)", a);
+        }
+    }
+}
+
+/* The core and crossover from this CPU's table (measured now when there is
+ * none and the core is not given), else the unmeasured defaults. core and
+ * *rows come in set or empty/-1 and go out set; path and *fresh say where
+ * from. */
+static void decide(const blas_ident *id, char core[BLAS_TUNE_NAME], int *rows, char *path,
+                   size_t pathlen, int *fresh)
+{
+    char why[512] = "";
+    blas_table t;
+    blas_choice ch;
+    int rc = table_for(id, !core[0], &t, path, pathlen, fresh, why, sizeof why);
+    if (rc == 0) {
+        blas_tune_choose(&t, core[0] ? core : NULL, HALF_GEMM_DEFAULT_ROWS, &ch);
+        if (*fresh)
+            log_info("BLAS: measured %d core types in %.1f s", t.n_cand, t.seconds);
+        const char *how = *fresh ? "measured now" : "measured";
+        if (!core[0] && ch.index >= 0) {
+            snprintf(core, BLAS_TUNE_NAME, "%s", ch.core);
+            snprintf(g_core_src, sizeof g_core_src, "%s%s", how,
+                     ch.kept_own ? "; OpenBLAS's own pick, within 3% of the fastest" : "");
+        }
+        if (*rows < 0 && ch.index >= 0) {
+            *rows = ch.half_rows;
+            snprintf(g_rows_src, sizeof g_rows_src, "%s with %s", how, ch.core);
+        }
+        if (ch.index < 0)
+            snprintf(why, sizeof why, "no usable measurement%s%s in %s", core[0] ? " of " : "",
+                     core, path);
+    }
+    if (!core[0]) {
+        snprintf(core, BLAS_TUNE_NAME, "%s", unmeasured_core());
+        snprintf(g_core_src, sizeof g_core_src, "OpenBLAS's own pick, not measured: %.100s", why);
+    }
+    if (*rows < 0) {
+        *rows = HALF_GEMM_DEFAULT_ROWS;
+        snprintf(g_rows_src, sizeof g_rows_src, "default, not measured: %.120s", why);
+    }
+}
+
 void blas_select(int *argc, char **argv)
 {
     if (*argc >= 1 && argv[0]) {
@@ -364,55 +446,23 @@ void blas_select(int *argc, char **argv)
     }
     if (*argc >= 2 && strcmp(argv[1], BLAS_PROBE_FLAG) == 0)
         blas_probe_child(*argc - 2, argv + 2); /* does not return */
-
-    const char *core_flag = NULL, *rows_flag = NULL;
-    int info_only = 0, show_table = 0;
-    for (int i = 1; i < *argc;) {
-        const char *a = argv[i];
-        if (strcmp(a, "--") == 0)
-            break;
-        if (strcmp(a, "--blas-table") == 0) {
-            show_table = 1;
-            drop_args(argc, argv, i, 1);
-            continue;
-        }
-        const char **dst = !strncmp(a, "--blas-core", 11) && (a[11] == 0 || a[11] == '=')
-                               ? &core_flag
-                           : !strncmp(a, "--half-rows", 11) && (a[11] == 0 || a[11] == '=')
-                               ? &rows_flag
-                               : NULL;
-        if (dst) {
-            if (a[11] == '=') {
-                *dst = a + 12;
-                drop_args(argc, argv, i, 1);
-            } else if (i + 1 < *argc) {
-                *dst = argv[i + 1];
-                drop_args(argc, argv, i, 2);
-            } else {
-                usage_exit("%s needs a value (see --help)", a);
-            }
-            continue;
-        }
-        if (!strcmp(a, "-h") || !strcmp(a, "--help") || !strcmp(a, "-V") ||
-            !strcmp(a, "--version"))
-            info_only = 1;
-        i++;
-    }
+    blas_flags fl;
+    take_flags(argc, argv, &fl);
 
     char core[BLAS_TUNE_NAME] = "";
     int rows = -1;
-    blas_ident id;
+    blas_ident id; /* read only when needed: an inherited choice reads nothing */
     int have_id = 0;
-    if (rows_flag && parse_rows(rows_flag, &rows) != 0)
+    if (fl.rows && parse_rows(fl.rows, &rows) != 0)
         usage_exit("--half-rows \"%s\": expected an integer 0..%d (the batch size up to which "
-                   "fp16 weights use half_gemm; 0 = never)", rows_flag, MAX_HALF_ROWS);
-    if (core_flag) {
-        if (blas_tune_canonical(core_flag, core) != 0)
-            usage_exit("--blas-core \"%s\": not an OpenBLAS core type; one of %s", core_flag,
+                   "fp16 weights use half_gemm; 0 = never)", fl.rows, MAX_HALF_ROWS);
+    if (fl.core) {
+        char missing[32];
+        if (blas_tune_canonical(fl.core, core) != 0)
+            usage_exit("--blas-core \"%s\": not an OpenBLAS core type; one of %s", fl.core,
                        blas_tune_known_cores());
         blas_ident_get(&id);
         have_id = 1;
-        char missing[32];
         if (id.flags[0] && blas_tune_runnable(core, id.flags, missing, sizeof missing) == 0)
             usage_exit("--blas-core %s: this CPU lacks %s (see the flags in /proc/cpuinfo), so "
                        "those kernels would crash; choose one it can run", core, missing);
@@ -420,9 +470,9 @@ void blas_select(int *argc, char **argv)
     }
     if (rows >= 0)
         snprintf(g_rows_src, sizeof g_rows_src, "--half-rows");
-    if (show_table)
+    if (fl.table)
         exit(print_table(core[0] ? core : NULL, rows));
-    if (info_only) {
+    if (fl.info_only) {
         if (rows >= 0)
             half_gemm_set_rows(rows);
         return;
@@ -443,43 +493,13 @@ void blas_select(int *argc, char **argv)
                      MAX_HALF_ROWS);
     }
     /* both inherited from a ddm parent (or our own restart): nothing to say */
-    int quiet = !core_flag && !rows_flag && env_core && rows >= 0;
-
-    char path[4200] = "", why[512] = "";
+    int quiet = !fl.core && !fl.rows && env_core && rows >= 0;
+    char path[4200] = "";
     int fresh = 0;
     if (!core[0] || rows < 0) {
         if (!have_id)
             blas_ident_get(&id);
-        blas_table t;
-        blas_choice ch;
-        int rc = table_for(&id, !core[0], &t, path, sizeof path, &fresh, why, sizeof why);
-        if (rc == 0) {
-            blas_tune_choose(&t, core[0] ? core : NULL, HALF_GEMM_DEFAULT_ROWS, &ch);
-            if (fresh)
-                log_info("BLAS: measured %d core types in %.1f s", t.n_cand, t.seconds);
-            if (!core[0] && ch.index >= 0) {
-                snprintf(core, sizeof core, "%s", ch.core);
-                snprintf(g_core_src, sizeof g_core_src, "%s%s", fresh ? "measured now" : "measured",
-                         ch.kept_own ? "; OpenBLAS's own pick, within 3% of the fastest" : "");
-            }
-            if (rows < 0 && ch.index >= 0) {
-                rows = ch.half_rows;
-                snprintf(g_rows_src, sizeof g_rows_src, "%s with %s", fresh ? "measured now"
-                         : "measured", ch.core);
-            }
-            if (ch.index < 0)
-                snprintf(why, sizeof why, "no usable measurement%s%s in %s",
-                         core[0] ? " of " : "", core, path);
-        }
-        if (!core[0]) {
-            snprintf(core, sizeof core, "%s", unmeasured_core());
-            snprintf(g_core_src, sizeof g_core_src, "OpenBLAS's own pick, not measured: %.100s",
-                     why);
-        }
-        if (rows < 0) {
-            rows = HALF_GEMM_DEFAULT_ROWS;
-            snprintf(g_rows_src, sizeof g_rows_src, "default, not measured: %.120s", why);
-        }
+        decide(&id, core, &rows, path, sizeof path, &fresh);
     }
     half_gemm_set_rows(rows);
     char rows_s[16];
@@ -487,13 +507,14 @@ void blas_select(int *argc, char **argv)
     setenv("DDM_HALF_ROWS", rows_s, 1);
 
     const char *loaded = openblas_get_corename();
-    int loaded_ok = loaded && strcasecmp(loaded, core) == 0;
+    int loaded_ok = !core[0] || (loaded && strcasecmp(loaded, core) == 0);
     /* at info what is news: a measurement, an override, a restart, no measurement */
-    int news = fresh || core_flag || rows_flag || !loaded_ok || strstr(g_core_src, "not measured") ||
-               strstr(g_rows_src, "not measured");
+    int news = fresh || fl.core || fl.rows || !loaded_ok ||
+               strstr(g_core_src, "not measured") || strstr(g_rows_src, "not measured");
     if (!quiet)
-        log_msg(news ? LOG_INFO : LOG_DEBUG, "BLAS: OpenBLAS %s kernels (%s), half_gemm up to %d rows (%s)%s%s", core,
-                 g_core_src, rows, g_rows_src, path[0] ? "; table in " : "", path);
+        log_msg(news ? LOG_INFO : LOG_DEBUG,
+                "BLAS: OpenBLAS %s kernels (%s), half_gemm up to %d rows (%s)%s%s", core,
+                g_core_src, rows, g_rows_src, path[0] ? "; table in " : "", path);
     if (loaded_ok)
         return;
     if (env_core && strcasecmp(env_core, core) == 0) {
