@@ -359,6 +359,7 @@ static double median(double *v, int n)
 
 #define SETUP_TIMEOUT_S 120.0 /* the reference forward under sanitizers is slow */
 #define ROUND_TIMEOUT_S 60.0
+#define ROUNDS_DEADLINE_S 60.0 /* no round starts after this: a busy machine gets fewer */
 
 int blas_probe_run(const char *exe, const char *flags, int rounds, double window_s, blas_table *t,
                    char *err, size_t errlen)
@@ -421,7 +422,9 @@ int blas_probe_run(const char *exe, const char *flags, int rounds, double window
     /* interleaved rounds: one child measures at a time */
     static double us[BLAS_TUNE_MAX_CANDS][2][BLAS_TUNE_MAX_ROWS][64];
     int got[BLAS_TUNE_MAX_CANDS] = { 0 };
-    for (int r = 0; r < rounds; r++) {
+    int done = 0; /* rounds completed: fewer than asked when the deadline passed */
+    double deadline = now_s() + ROUNDS_DEADLINE_S;
+    for (int r = 0; r < rounds && (r == 0 || now_s() < deadline); r++, done++) {
         for (int i = 0; i < n; i++) {
             if (ch[i].dead)
                 continue;
@@ -447,15 +450,16 @@ int blas_probe_run(const char *exe, const char *flags, int rounds, double window
     }
     for (int i = 0; i < n; i++) {
         blas_cand *c = &t->cand[i];
-        if (c->status != BLAS_CAND_UNKNOWN && got[i] == rounds) {
+        if (c->status != BLAS_CAND_UNKNOWN && done > 0 && got[i] == done) {
             c->status = BLAS_CAND_OK;
             for (int j = 0; j < t->n_rows; j++) {
-                c->blas_us[j] = median(us[i][0][j], rounds);
-                c->half_us[j] = median(us[i][1][j], rounds);
+                c->blas_us[j] = median(us[i][0][j], done);
+                c->half_us[j] = median(us[i][1][j], done);
             }
         }
         child_end(&ch[i]);
     }
+    t->rounds = done;
     t->seconds = now_s() - t0;
     return 0;
 }

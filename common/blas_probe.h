@@ -33,8 +33,8 @@ void blas_probe_child(int argc, char **argv);
 
 /* Measures on this CPU (/proc/cpuinfo flags in `flags`): finds OpenBLAS's
  * own pick, then times every candidate of blas_tune_candidates over `rounds`
- * interleaved rounds, each timing a forward for about window_s per row count
- * and path. exe is the program to start (this one). Fills t (rows,
+ * interleaved rounds (fewer when 60 s have passed: t->rounds says how many),
+ * each timing a forward for about window_s per row count and path. exe is the program to start (this one). Fills t (rows,
  * candidates with their status, errors and median times, own, rounds, when,
  * seconds). Returns 0, or DDM_EUNAVAIL with a message in err when no probe
  * could run at all. */
