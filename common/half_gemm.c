@@ -14,6 +14,12 @@
 
 #define GROUP_ROWS 6
 
+static int g_rows = HALF_GEMM_DEFAULT_ROWS;
+
+int half_gemm_rows(void) { return __atomic_load_n(&g_rows, __ATOMIC_RELAXED); }
+
+void half_gemm_set_rows(int rows) { __atomic_store_n(&g_rows, rows < 0 ? 0 : rows, __ATOMIC_RELAXED); }
+
 int half_gemm_supported(void)
 {
 #if defined(__x86_64__) && defined(__GNUC__)

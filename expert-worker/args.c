@@ -30,6 +30,8 @@ void expert_args_usage(FILE *f)
         "      --inline-rows N      a forward pass of at most N latents with nothing queued\n"
         "                           behind it runs on the event-loop thread, others on a pool\n"
         "                           thread (default 20; 0 = all on the pool)\n"
+        "      --blas-core NAME     OpenBLAS kernels (default: the fastest measured on this CPU)\n"
+        "      --half-rows N        fp16 weight copies up to N rows (default: measured here)\n"
         "      --metrics HOST:PORT  serve Prometheus text on GET /metrics (default off)\n"
         "      --linger-ms N        on SIGTERM/SIGINT, after the last reply, time given to\n"
         "                           nanomsg to send it before exiting (default 200)\n"

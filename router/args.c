@@ -202,6 +202,9 @@ void router_args_usage(FILE *f)
             line += len + (line[len] == '\n');
         }
     }
+    fprintf(f, "      --blas-core NAME --half-rows N  BLAS kernels and the rows up to which fp16\n"
+               "                                weights multiply directly (default: measured on\n"
+               "                                this CPU and cached; --blas-table prints the table)\n");
     fprintf(f, "\n"
                "Every option but cluster, listen, router-weights, help and version may also come\n"
                "from the cluster file as \"set <name> <value>\" (e.g. \"set max-images 512\",\n"

@@ -127,7 +127,7 @@ static void on_signal(uv_signal_t *s, int signum)
 int main(int argc, char **argv)
 {
     log_set_name("ddm-router");
-    blas_fix_core(argv); /* may re-execute this program with faster BLAS kernels */
+    blas_select(&argc, argv); /* may re-execute with the kernels measured fastest here */
     router_opts o;
     char err[512];
     switch (router_args_parse(argc, argv, &o, stdout, err, sizeof err)) {

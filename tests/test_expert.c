@@ -109,9 +109,13 @@ static int group_setup(void **state)
 {
     (void)state;
     openblas_set_num_threads(1); /* the worker runs with --threads 1 */
-    /* and the same kernels as this process, so replies can match bit for bit
-     * (ddm-expert would otherwise pick its own, see expert-worker/blas.h) */
+    /* and the same kernels and half_gemm crossover as this process, so replies
+     * can match bit for bit (ddm-expert would otherwise pick its own, see
+     * common/blas.h) */
     setenv("OPENBLAS_CORETYPE", openblas_get_corename(), 1);
+    char rows[16];
+    snprintf(rows, sizeof rows, "%d", half_gemm_rows());
+    setenv("DDM_HALF_ROWS", rows, 1);
     snprintf(g_dir, sizeof g_dir, "/tmp/ddm-test-expert-XXXXXX");
     if (!mkdtemp(g_dir))
         return -1;

@@ -79,6 +79,7 @@ static void usage(FILE *f)
 "  --timeout MS         --url: per-request timeout in milliseconds [600000]\n"
 "  --no-plots           skip PNG plots and grids\n"
 "  -q, --quiet          no progress lines on stderr\n"
+"  --blas-core NAME, --half-rows N  OpenBLAS kernels, fp16 weight rows [measured here]\n"
 "  -h, --help           this text\n"
 "  -V, --version        print the version\n"
 "\n"
@@ -302,7 +303,7 @@ static int parse(int argc, char **argv, eval_opts *o)
 
 int main(int argc, char **argv)
 {
-    blas_fix_core(argv); /* may re-execute with the CPU's real BLAS kernels */
+    blas_select(&argc, argv); /* may re-execute with the kernels measured fastest here */
     if (argc < 2) {
         usage(stderr);
         return 2;

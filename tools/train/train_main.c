@@ -62,6 +62,8 @@ static void usage(FILE *f)
     cfg_print_flags(&d, STEP_ALL, f);
     fprintf(f, "  --shard N              expert: the cluster to train on (required)\n"
                "  --shard-file PATH      expert: the shard file (default SHARDS/shard-N.safetensors)\n"
+               "  --blas-core NAME       OpenBLAS kernels (default: the fastest measured on this CPU)\n"
+               "  --half-rows N          fp16 weight copies up to N rows (default: measured here)\n"
                "\n--data fashion changes the defaults of --steps to 6000, --router-steps to 5000\n"
                "--cls-steps to 10000 and --cls-shift to 1 (ddm-train all --data fashion --help).\n"
                "\nexample: ddm-train all --data digits --k 8 --out models/digits\n"
@@ -71,7 +73,7 @@ static void usage(FILE *f)
 int main(int argc, char **argv)
 {
     log_set_name("ddm-train");
-    blas_fix_core(argv);
+    blas_select(&argc, argv); /* may re-execute with the kernels measured fastest here */
     if (argc < 2) {
         usage(stderr);
         return 2;
