@@ -239,8 +239,8 @@ static int json_seed(const cJSON *it, const char *body, size_t len, uint64_t *ou
     int rc = exact_u64(t, tl, out);
     if (rc == -2)
         return bad(code, "bad_field", err, errlen,
-                   "field \"seed\" = %.40s is out of range: allowed 0..18446744073709551615",
-                   it->valuestring ? it->valuestring : "the number");
+                   "field \"seed\" = %.*s is out of range: allowed 0..18446744073709551615",
+                   (int)(tl < 40 ? tl : 40), t);
     if (rc)
         return bad(code, "bad_field", err, errlen,
                    "field \"seed\" must be an unsigned 64-bit integer (0..18446744073709551615, "

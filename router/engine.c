@@ -255,6 +255,7 @@ void engine_job_cancel(engine_job *j)
         e->st.jobs_cancelled++;
     j->dead = 1;
     j->owner_holds = 0;
+    ready_drop(j); /* what waits goes now; what is in a tick goes when the tick returns */
     job_maybe_free(j);
     close_maybe_finish(e);
 }
