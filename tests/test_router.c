@@ -51,13 +51,25 @@ static pid_t start_worker(int i)
     return proc_start(argv, log);
 }
 
+/* Routers a test starts besides the main one: stopped in teardown if a failed
+ * test left them running (still our unreaped children, so the pid is theirs). */
+static pid_t others[32];
+static int n_others;
+
+static pid_t track(pid_t pid)
+{
+    if (pid > 0 && n_others < 32)
+        others[n_others++] = pid;
+    return pid;
+}
+
 static pid_t start_router(const char *cluster, int port, const char *log)
 {
     char bin[256], listen[64];
     snprintf(listen, sizeof listen, "127.0.0.1:%d", port);
     char *argv[] = { (char *)proc_bin("ddm-router", bin, sizeof bin), "--cluster", (char *)cluster,
                      "--listen", listen, "--expert-timeout-ms", "700", NULL };
-    return proc_start(argv, log);
+    return track(proc_start(argv, log));
 }
 
 static int setup(void **state)
@@ -101,9 +113,14 @@ static int teardown(void **state)
         fprintf(stderr, "logs kept in %s\n", dir);
     if (router_pid > 0)
         proc_stop(router_pid, SIGTERM, 5000);
+    for (int i = 0; i < n_others; i++)
+        if (waitpid(others[i], NULL, WNOHANG) == 0) /* a failed test's router, still running */
+            proc_stop(others[i], SIGKILL, 5000);
     for (int i = 0; i < N_WORKERS; i++)
-        if (workers[i] > 0)
+        if (workers[i] > 0) {
+            kill(workers[i], SIGCONT); /* a failed test may have left one stopped */
             proc_stop(workers[i], SIGTERM, 5000);
+        }
     if (!getenv("DDM_KEEP_LOGS"))
         toyset_rmdir(dir);
     return 0;
@@ -718,7 +735,7 @@ static pid_t start_router_args(int port, const char *log, ...)
         argv[n++] = (char *)a;
     va_end(ap);
     argv[n] = NULL;
-    pid_t pid = proc_start(argv, log);
+    pid_t pid = track(proc_start(argv, log));
     if (proc_wait_http(port, "/readyz", 200, 15000)) {
         proc_dump_log(log);
         fail_msg("second router never became ready");
@@ -951,7 +968,7 @@ static void test_auth_tokens(void **state)
                      listen, "--auth-token-file", tokens, NULL };
     char log2[256];
     snprintf(log2, sizeof log2, "%s/router-badtokens.log", dir);
-    st = proc_wait(proc_start(argv, log2), 10000);
+    st = proc_wait(track(proc_start(argv, log2)), 10000);
     assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 1);
     f = fopen(log2, "r");
     assert_non_null(fgets(line, sizeof line, f));
