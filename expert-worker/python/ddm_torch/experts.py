@@ -113,8 +113,8 @@ def load(path, module_spec=None):
             raise ValueError(f"--module {module_spec}: returned {type(module).__name__}, "
                              f"not a torch.nn.Module")
         arch = getattr(module, "architecture", None)
-        arch = arch() if callable(arch) else st.meta("architecture", type(module).__name__)
-        arch = f"{arch} (pytorch)" if "pytorch" not in arch else arch
+        arch = str(arch()) if callable(arch) else f"{type(module).__name__} from {module_spec}"
+        arch = arch if "pytorch" in arch else f"{arch} (pytorch)"
     else:
         fmt = st.meta("ddm.format")
         if fmt == mlp.FORMAT:
