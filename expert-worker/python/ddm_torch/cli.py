@@ -1,9 +1,9 @@
 """cli.py -- ddm-torch-worker's command line: the flags of ddm-expert
 (expert-worker/args.c), parsed with getopt, one-line errors, exit 0/1/2."""
-import getopt
 import sys
 
 from . import __version__
+from .args import UsageError, integer, parse as getopt_parse
 from .log import LEVELS, log
 
 PROG = "ddm-torch-worker"
@@ -49,30 +49,10 @@ _LONG = ["weights=", "listen=", "module=", "max-batch=", "max-delay-us=", "max-q
          "log-level=", "help", "version"]
 
 
-class UsageError(Exception):
-    pass
-
-
-def _num(flag, s, lo, hi):
-    try:
-        v = int(s, 10)
-    except ValueError:
-        v = None
-    if v is None or not lo <= v <= hi or s.strip() != s:
-        raise UsageError(f"--{flag} \"{s}\": expected an integer {lo}..{hi}")
-    return v
-
-
 def parse(argv, cfg):
     """Fills cfg (server.Config) from argv (without the program name).
     Returns "run" or "exit" (help/version printed); raises UsageError."""
-    try:
-        opts, rest = getopt.gnu_getopt(argv, "w:l:hV", _LONG)
-    except getopt.GetoptError as e:
-        if e.msg.endswith("requires argument"):
-            raise UsageError(f"--{e.opt} needs a value (see --help)") from None
-        opt = e.opt if e.opt.startswith("-") else ("-" if len(e.opt) == 1 else "--") + e.opt
-        raise UsageError(f"unknown option \"{opt}\" (see --help)") from None
+    opts, rest = getopt_parse(argv, "w:l:hV", _LONG)
     for o, a in opts:
         if o in ("-h", "--help"):
             sys.stdout.write(USAGE)
@@ -89,19 +69,19 @@ def parse(argv, cfg):
         elif o == "--module":
             cfg.module = a
         elif o == "--max-batch":
-            cfg.max_batch = _num("max-batch", a, 1, 65536)
+            cfg.max_batch = integer("max-batch", a, 1, 65536)
         elif o == "--max-delay-us":
-            cfg.max_delay_us = _num("max-delay-us", a, 0, 10000000)
+            cfg.max_delay_us = integer("max-delay-us", a, 0, 10000000)
         elif o == "--max-queue":
-            cfg.max_queue = _num("max-queue", a, 1, 1 << 30)
+            cfg.max_queue = integer("max-queue", a, 1, 1 << 30)
         elif o == "--threads":
-            cfg.threads = _num("threads", a, 1, 1024)
+            cfg.threads = integer("threads", a, 1, 1024)
         elif o == "--inline-rows":
-            _num("inline-rows", a, 0, 65536)
+            integer("inline-rows", a, 0, 65536)
         elif o == "--metrics":
             cfg.metrics = a
         elif o == "--linger-ms":
-            cfg.linger_ms = _num("linger-ms", a, 0, 60000)
+            cfg.linger_ms = integer("linger-ms", a, 0, 60000)
         elif o == "--cluster-key-file":
             cfg.cluster_key_file = a
         elif o == "--log-level":

@@ -353,7 +353,8 @@ class Worker:
         log.info(f"serving expert {self.expert.expert_id} ({self.expert.architecture}, dim "
                  f"{self.expert.dim}) on {' '.join(self.cfg.listen)}, max batch "
                  f"{self.cfg.max_batch}{', keyed' if self.key is not None else ''}")
-        prev = signal.set_wakeup_fd(self._wake_w) if threading.current_thread() is threading.main_thread() else None
+        on_main = threading.current_thread() is threading.main_thread()
+        prev = signal.set_wakeup_fd(self._wake_w) if on_main else None
         try:
             announced = False
             while True:
@@ -468,7 +469,8 @@ class Worker:
         start = time.monotonic()
         n = sum(j.n for j in jobs)
         D = self.expert.dim
-        x = torch.from_numpy(np.concatenate([j.x for j in jobs]) if len(jobs) > 1 else jobs[0].x.copy())
+        x = np.concatenate([j.x for j in jobs]) if len(jobs) > 1 else jobs[0].x.copy()
+        x = torch.from_numpy(x)
         t = torch.from_numpy(np.concatenate([j.t for j in jobs]))
         labels = torch.from_numpy(np.concatenate([j.labels for j in jobs]))
         err = None
@@ -476,8 +478,8 @@ class Worker:
             with torch.inference_mode():
                 v = self.expert.module(x, t, labels)
             if not isinstance(v, torch.Tensor) or tuple(v.shape) != (n, D):
-                err = (f"the module returned {tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__}"
-                       f" for {n} latents of dim {D}: expected [{n}, {D}]")
+                got = list(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+                err = f"the module returned {got} for {n} latents of dim {D}: expected [{n}, {D}]"
             else:
                 v = v.detach().to(torch.float32).contiguous().numpy()
                 if not np.isfinite(v).all():

@@ -19,7 +19,6 @@ architecture, the U-Net config and the training record (command, seed,
 steps, loss, shard_sha256), which ddm-torch-worker, the router's handshake
 and ddm-client conform read.
 """
-import getopt
 import math
 import os
 import shlex
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 
 from . import __version__, safetensors, unet
+from .args import UsageError, integer, number, parse as getopt_parse
 
 PROG = "ddm-torch-train"
 
@@ -67,42 +67,13 @@ _LONG = ["shard=", "out=", "steps=", "batch=", "lr=", "ema=", "p-null=", "base="
          "threads=", "log-secs=", "help", "version"]
 
 
-class UsageError(Exception):
-    pass
-
-
-def _int(flag, s, lo, hi):
-    try:
-        v = int(s, 10)
-    except ValueError:
-        v = None
-    if v is None or not lo <= v <= hi:
-        raise UsageError(f"--{flag} \"{s}\": expected an integer {lo}..{hi}")
-    return v
-
-
-def _float(flag, s, lo, hi):
-    try:
-        v = float(s)
-    except ValueError:
-        v = None
-    if v is None or not lo <= v <= hi:
-        raise UsageError(f"--{flag} \"{s}\": expected a number in [{lo}, {hi}]")
-    return v
-
-
 def parse(argv):
     """Returns the options dict, or None after --help/--version."""
     o = {"shard": None, "out": None, "steps": 1500, "batch": 64, "lr": 2e-3, "ema": 0.999,
          "p_null": 0.1, "base": 16, "mults": (1, 2, 2), "time_dim": 64, "emb_dim": 64,
          "height": None, "width": None, "channels": None, "dtype": "f16", "seed": 1,
          "threads": 1, "log_secs": 10}
-    try:
-        opts, rest = getopt.gnu_getopt(argv, "hV", _LONG)
-    except getopt.GetoptError as e:
-        if e.msg.endswith("requires argument"):
-            raise UsageError(f"--{e.opt} needs a value (see --help)") from None
-        raise UsageError(f"unknown option \"--{e.opt}\" (see --help)") from None
+    opts, rest = getopt_parse(argv, "hV", _LONG)
     for k, a in opts:
         if k in ("-h", "--help"):
             sys.stdout.write(USAGE)
@@ -119,10 +90,10 @@ def parse(argv):
                    "time-dim": (2, 4096), "emb-dim": (1, 4096), "height": (1, 4096),
                    "width": (1, 4096), "channels": (1, 3), "seed": (0, 2**63 - 1),
                    "threads": (1, 1024), "log-secs": (0, 86400)}[name]
-            o[name.replace("-", "_")] = _int(name, a, *lim)
+            o[name.replace("-", "_")] = integer(name, a, *lim)
         elif name in ("lr", "ema", "p-null"):
             lim = {"lr": (1e-8, 1.0), "ema": (0.0, 0.99999), "p-null": (0.0, 1.0)}[name]
-            o[name.replace("-", "_")] = _float(name, a, *lim)
+            o[name.replace("-", "_")] = number(name, a, *lim)
         elif name == "mults":
             try:
                 m = tuple(int(v) for v in a.split(","))
