@@ -661,8 +661,10 @@ static void test_sigterm_drains(void **state)
     char url[300], w[300];
     url_ipc(url, sizeof url, "term");
     expert_path(w, sizeof w, 1);
+    /* --linger-ms: the replies must reach this (slow, under sanitizers)
+     * client before the worker closes its socket */
     pid_t pid = start_torch("term", "--weights", w, "--listen", url, "--max-batch", "256",
-                            "--max-delay-us", "10000000");
+                            "--max-delay-us", "10000000", "--linger-ms", "3000");
     wclient *c = connect_ready(url, pid);
     static dreq d[3];
     uint32_t ids[3];
@@ -678,16 +680,19 @@ static void test_sigterm_drains(void **state)
     assert_non_null(info);
     ddm__v1__worker_reply__free_unpacked(info, NULL);
     assert_int_equal(kill(pid, SIGTERM), 0);
+    Ddm__V1__WorkerReply *r[3];
+    for (int i = 0; i < 3; i++) {
+        r[i] = wclient_recv(c, ids[i], NULL);
+        if (!r[i])
+            proc_dump_log(kid_log(pid));
+        assert_non_null(r[i]);
+    }
     static float want[3 * D];
     for (int i = 0; i < 3; i++) {
-        Ddm__V1__WorkerReply *r = wclient_recv(c, ids[i], NULL);
-        if (!r)
-            proc_dump_log(kid_log(pid));
-        assert_non_null(r);
-        assert_null(r->denoise->error);
+        assert_null(r[i]->denoise->error);
         c_forward(w, &d[i], want);
-        assert_true(rel_err(r->denoise->v.data, want, 3 * D) <= 1e-4);
-        ddm__v1__worker_reply__free_unpacked(r, NULL);
+        assert_true(rel_err(r[i]->denoise->v.data, want, 3 * D) <= 1e-4);
+        ddm__v1__worker_reply__free_unpacked(r[i], NULL);
     }
     int st = proc_wait(pid, 20000);
     forget_kid(pid);

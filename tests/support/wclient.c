@@ -92,7 +92,8 @@ void wclient_close(wclient *c)
 void wclient_set_key(wclient *c, const uint8_t *key, size_t len)
 {
     c->keylen = len <= WCLIENT_MAX_KEY ? len : WCLIENT_MAX_KEY;
-    memcpy(c->key, key, c->keylen);
+    if (c->keylen)
+        memcpy(c->key, key, c->keylen);
 }
 
 uint32_t wclient_next_id(wclient *c) { return c->next_id++ & 0x7fffffffu; }
