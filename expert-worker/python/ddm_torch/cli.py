@@ -44,13 +44,29 @@ SIGTERM or SIGINT: stop taking work, answer what is queued, exit 0.
 Exit status: 0 success, 1 runtime error (e.g. bad weights file), 2 usage error.
 """
 
+class Config:
+    """The worker's settings (the command line); server.Worker reads it."""
+
+    def __init__(self):
+        self.weights = None
+        self.listen = []
+        self.max_batch = 256
+        self.max_delay_us = 500
+        self.max_queue = 0           # 0: 16 x max_batch
+        self.threads = 1
+        self.metrics = None          # "HOST:PORT"
+        self.linger_ms = 200
+        self.cluster_key_file = None
+        self.module = None           # "FILE.py:NAME"
+
+
 _LONG = ["weights=", "listen=", "module=", "max-batch=", "max-delay-us=", "max-queue=",
          "threads=", "inline-rows=", "metrics=", "linger-ms=", "cluster-key-file=",
          "log-level=", "help", "version"]
 
 
 def parse(argv, cfg):
-    """Fills cfg (server.Config) from argv (without the program name).
+    """Fills cfg (a Config) from argv (without the program name).
     Returns "run" or "exit" (help/version printed); raises UsageError."""
     opts, rest = getopt_parse(argv, "w:l:hV", _LONG)
     for o, a in opts:
@@ -98,7 +114,6 @@ def parse(argv, cfg):
 
 def main(argv=None):
     """The ddm-torch-worker program. Returns the exit status."""
-    from .server import Config
     cfg = Config()
     try:
         if parse(sys.argv[1:] if argv is None else argv, cfg) == "exit":
@@ -106,12 +121,14 @@ def main(argv=None):
     except UsageError as e:
         sys.stderr.write(f"{PROG}: {e}\n")
         return 2
-    # heavy imports after the flags: --help and usage errors stay fast
-    from . import experts, protocol
-    from .server import Worker
+    # heavy imports (torch) after the flags and the key: --help and usage
+    # errors answer at once
+    from . import protocol
     worker = None
     try:
         key = protocol.read_key(cfg.cluster_key_file) if cfg.cluster_key_file else None
+        from . import experts
+        from .server import Worker
         expert = experts.load(cfg.weights, cfg.module)
         worker = Worker(expert, cfg, key=key, version=__version__)
         worker.install_signals()

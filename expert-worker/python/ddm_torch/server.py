@@ -37,23 +37,6 @@ except ImportError as e:  # pragma: no cover - the launcher points at the genera
                       f"run make (it writes build/rel/py) or set DDM_PY_GEN") from e
 
 RECV_BURST = 256      # messages per wake-up before the loop looks at signals again
-MAX_LISTEN = 16
-
-
-class Config:
-    """The worker's settings (the command line, cli.py)."""
-
-    def __init__(self):
-        self.weights = None
-        self.listen = []
-        self.max_batch = 256
-        self.max_delay_us = 500
-        self.max_queue = 0           # 0: 16 x max_batch
-        self.threads = 1
-        self.metrics = None          # "HOST:PORT"
-        self.linger_ms = 200
-        self.cluster_key_file = None
-        self.module = None           # "FILE.py:NAME"
 
 
 class _Job:
@@ -125,8 +108,9 @@ class Metrics:
 
 
 class Worker:
-    """Serves one Expert (experts.py). Create, then run() on the main
-    thread; stop() may be called from any thread or a signal handler."""
+    """Serves one Expert (experts.py) with the settings of a cli.Config.
+    Create, then open() and run() on the main thread; stop() may be called
+    from any thread or a signal handler."""
 
     def __init__(self, expert, cfg, key=None, version="unknown"):
         self.expert = expert

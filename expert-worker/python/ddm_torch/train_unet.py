@@ -25,11 +25,11 @@ import shlex
 import sys
 import time
 
-import numpy as np
-import torch
-
-from . import __version__, safetensors, unet
+from . import __version__
 from .args import UsageError, integer, number, parse as getopt_parse
+
+# numpy, torch and the model modules are imported when training starts, so
+# --help and usage errors answer at once
 
 PROG = "ddm-torch-train"
 
@@ -122,6 +122,8 @@ class Shard:
     """One shard file, checked: x float32 [n][dim] in [-1, 1], y int64 [n]."""
 
     def __init__(self, path):
+        import numpy as np
+        from . import safetensors
         st = safetensors.File(path)
         self.path, self.sha256 = path, st.sha256
 
@@ -165,9 +167,12 @@ def lr_at(step, steps, peak, warmup):
 
 
 def train(o, argv):
+    s = Shard(o["shard"])           # before torch: a bad shard is refused at once
+    import numpy as np
+    import torch
+    from . import safetensors, unet
     torch.manual_seed(o["seed"])
     torch.set_num_threads(o["threads"])
-    s = Shard(o["shard"])
     shape = (o["height"], o["width"], o["channels"])
     if all(v is None for v in shape):
         shape = s.shape or ((28, 28, 1) if s.dim == 784 else None)
