@@ -349,7 +349,7 @@ static void test_cli(void **state)
 }
 
 /* The handshake declares what the weights file says, as ddm-expert does,
- * plus protocol_version 1.0. */
+ * plus protocol_version 1.0, on every --listen URL. */
 static void test_info_handshake(void **state)
 {
     (void)state;
@@ -358,7 +358,10 @@ static void test_info_handshake(void **state)
     url_ipc(url, sizeof url, "info-torch");
     url_ipc(curl, sizeof curl, "info-c");
     expert_path(w, sizeof w, 5);
-    pid_t pt = start_torch("info-torch", "--weights", w, "--listen", url, "--max-batch", "48");
+    char tcp[64];
+    snprintf(tcp, sizeof tcp, "tcp://127.0.0.1:%d", proc_free_port());
+    pid_t pt = start_torch("info-torch", "--weights", w, "--listen", url, "--listen", tcp,
+                           "--max-batch", "48");
     pid_t pc = start_c("info-c", "--weights", w, "--listen", curl, "--max-batch", "48");
     wclient *ct = wclient_open(url, RECV_MS), *cc = wclient_open(curl, RECV_MS);
     Ddm__V1__WorkerReply *rt = wclient_info(ct, 60000), *rc = wclient_info(cc, 60000);
@@ -384,6 +387,13 @@ static void test_info_handshake(void **state)
     assert_int_equal(t->n_class_names, 0);
     ddm__v1__worker_reply__free_unpacked(rt, NULL);
     ddm__v1__worker_reply__free_unpacked(rc, NULL);
+    /* the second --listen URL answers too */
+    wclient *c2 = wclient_open(tcp, RECV_MS);
+    rt = wclient_info(c2, 20000);
+    assert_non_null(rt);
+    assert_int_equal(rt->info->expert_id, 5);
+    ddm__v1__worker_reply__free_unpacked(rt, NULL);
+    wclient_close(c2);
     wclient_close(ct);
     wclient_close(cc);
     stop_clean(pt);
@@ -704,7 +714,8 @@ static void test_sigterm_drains(void **state)
 }
 
 /* Any torch.nn.Module: --module FILE.py:NAME serves what NAME(path) returns,
- * with the identity of the weights file. */
+ * with the identity of the weights file; a module that fails or answers
+ * NaN gets its requests an error reply, not garbage. */
 static void test_serves_any_module(void **state)
 {
     (void)state;
@@ -716,6 +727,10 @@ static void test_serves_any_module(void **state)
     fputs("import torch\n"
           "class Mine(torch.nn.Module):\n"
           "    def forward(self, x, t, labels):\n"
+          "        if (labels == 9).any():\n"
+          "            return x * float('nan')\n"
+          "        if (labels == 8).any():\n"
+          "            raise RuntimeError('eights are not my thing')\n"
           "        return 2 * x + t[:, None] + (labels[:, None] >= 0).float()\n"
           "def make(path):\n"
           "    return Mine()\n", f);
@@ -727,6 +742,8 @@ static void test_serves_any_module(void **state)
     wclient *c = connect_ready(url, pid);
     static dreq d;
     dreq_make(&d, 3, 5);
+    for (int i = 0; i < 5; i++)
+        d.labels[i] = i - 1; /* -1..3 */
     Ddm__V1__WorkerReply *r = ask(c, &d, 9);
     for (int i = 0; i < 5; i++) {
         for (int j = 0; j < D; j += 97) {
@@ -737,6 +754,30 @@ static void test_serves_any_module(void **state)
         }
     }
     ddm__v1__worker_reply__free_unpacked(r, NULL);
+    /* a module that answers NaN, or raises, never sends garbage: the
+     * requests of that pass get an error reply naming what went wrong */
+    static const struct { int label; const char *say; } broken[] = {
+        { 9, "forward pass failed on this worker: the module returned a non-finite velocity" },
+        { 8, "forward pass failed on this worker: RuntimeError: eights are not my thing" },
+    };
+    for (int b = 0; b < 2; b++) {
+        d.labels[2] = broken[b].label;
+        Ddm__V1__DenoiseRequest req;
+        dreq_proto(&d, 10, &req);
+        uint32_t id = (uint32_t)send_denoise(c, &req);
+        r = wclient_recv(c, id, NULL);
+        assert_non_null(r);
+        assert_int_equal(r->kind_case, DDM__V1__WORKER_REPLY__KIND_DENOISE);
+        assert_false(r->denoise->has_v);
+        assert_non_null(r->denoise->error);
+        assert_int_equal(r->denoise->error->code, DDM_EUNAVAIL);
+        if (!strstr(r->denoise->error->message, broken[b].say))
+            fail_msg("error \"%s\" does not say \"%s\"", r->denoise->error->message,
+                     broken[b].say);
+        ddm__v1__worker_reply__free_unpacked(r, NULL);
+    }
+    d.labels[2] = 1;
+    ddm__v1__worker_reply__free_unpacked(ask(c, &d, 11), NULL); /* and it still serves */
     Ddm__V1__WorkerReply *info = wclient_info(c, 20000);
     assert_int_equal(info->info->expert_id, 7);
     assert_non_null(strstr(info->info->architecture, "Mine"));
