@@ -368,7 +368,11 @@ class Worker:
                             log.warn("dropped a message whose SP header is over 64 bytes "
                                      "(too many device hops)")
                             continue
-                        self._on_message(msg, hdr)
+                        try:
+                            self._on_message(msg, hdr)
+                        except Exception as e:  # a bug here must not stop the worker
+                            log.error(f"message from peer {hdr[:4].hex()} dropped: "
+                                      f"{type(e).__name__}: {e}")
         finally:
             if prev is not None:
                 signal.set_wakeup_fd(prev)
@@ -435,6 +439,15 @@ class Worker:
                 return
             try:
                 self._pass(jobs)
+            except Exception as e:  # never leave requests unanswered or the loop dead
+                log.error(f"forward pass over {len(jobs)} requests failed: {type(e).__name__}: {e}")
+                for j in jobs:
+                    try:
+                        self._denoise_error(j.hdr, j.req, proto.EUNAVAIL, "forward pass failed "
+                                            f"on this worker: {type(e).__name__}", "internal",
+                                            j.req_mac)
+                    except Exception:
+                        pass
             finally:
                 with self.lock:
                     self.computing = False
