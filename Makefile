@@ -46,6 +46,31 @@ $(BUILD)/gen/%.pb-c.c $(BUILD)/gen/%.pb-c.h: proto/%.proto
 $(BUILD)/gen/%.pb-c.o: $(BUILD)/gen/%.pb-c.c $(PROTO_H)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
 
+# ---- the PyTorch worker (expert-worker/python) ----------------------------------
+# protoc writes the Python protobuf code into $(BUILD)/py (ddm/v1/worker_pb2.py);
+# bin/ddm-torch-worker and bin/ddm-torch-train are small launchers that run the
+# scripts in expert-worker/python with Debian's /usr/bin/python3 and that code.
+PY_DIR    := expert-worker/python
+PY_GEN    := $(patsubst proto/%.proto,$(BUILD)/py/%_pb2.py,$(PROTOS))
+PY_TOOLS  := $(BIN)/ddm-torch-worker $(BIN)/ddm-torch-train
+empty    :=
+space    := $(empty) $(empty)
+# the repository root and $(BUILD)/py as the launcher finds them from its own folder
+PY_ROOT   := $(if $(filter /%,$(BIN)),$(CURDIR),$$here/$(subst $(space),/,$(patsubst %,..,$(subst /, ,$(BIN)))))
+PY_GENDIR := $(if $(filter /%,$(BUILD)),$(BUILD)/py,$(PY_ROOT)/$(BUILD)/py)
+
+$(BUILD)/py/%_pb2.py: proto/%.proto
+	@mkdir -p $(BUILD)/py
+	protoc --proto_path=proto --python_out=$(BUILD)/py $<
+
+$(BIN)/ddm-torch-%: $(PY_DIR)/ddm-torch-% $(PY_GEN) Makefile
+	@mkdir -p $(dir $@)
+	@printf '%s\n' '#!/bin/sh' \
+	    '# $(notdir $@) -- written by make: runs $(PY_DIR)/$(notdir $@) with Debian'"'"'s python3' \
+	    'here=$$(cd "$$(dirname "$$0")" && pwd)' \
+	    'DDM_PY_GEN="$(PY_GENDIR)" exec /usr/bin/python3 "$(PY_ROOT)/$(PY_DIR)/$(notdir $@)" "$$@"' >$@.tmp
+	@chmod +x $@.tmp && mv $@.tmp $@
+
 # ---- llhttp, compiled from Debian's node-llhttp sources (not vendored) --------
 LLHTTP_O := $(patsubst %,$(BUILD)/llhttp/%.o,api http llhttp)
 $(BUILD)/llhttp/%.o: $(LLHTTP_DIR)/%.c
@@ -153,9 +178,9 @@ models: all data
 	$(BIN)/ddm-train all --data $(or $(TRAIN_DATA_$(DATASET)),$(DATASET)) --out models/$(DATASET) \
 	    --grids docs/samples-$(DATASET) $(if $(filter 1,$(FORCE)),--force)
 
-build: $(BINS)
+build: $(BINS) $(PY_TOOLS)
 
-test-build: $(BINS) $(TEST_BINS) $(BENCH_BINS) $(SOAK_BIN)
+test-build: $(BINS) $(PY_TOOLS) $(TEST_BINS) $(BENCH_BINS) $(SOAK_BIN)
 
 # `make test` installs what is missing, builds, then runs every tests/test_* binary
 # (each under a timeout) and ends with "N passed, N failed".

@@ -3,7 +3,8 @@
 # Non-interactive; does nothing (and needs no network) when everything is there.
 set -eu
 PKGS="build-essential pkg-config libuv1-dev libprotobuf-c-dev protobuf-c-compiler
-libnanomsg-dev libopenblas-dev libcjson-dev libpng-dev node-llhttp libcmocka-dev libfreetype-dev"
+libnanomsg-dev libopenblas-dev libcjson-dev libpng-dev node-llhttp libcmocka-dev libfreetype-dev
+python3 python3-torch python3-numpy python3-protobuf protobuf-compiler libnanomsg5"
 missing=""
 for p in $PKGS; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
