@@ -872,7 +872,9 @@ static void test_trainer_on_a_shard(void **state)
     char shards[300], err[256];
     snprintf(shards, sizeof shards, "%s/shards", g_dir);
     assert_int_equal(mkdir(shards, 0755), 0);
-    assert_int_equal(shard_write_all(shards, "synth", N, D, x, y, C, assign, K, cent, err,
+    model_shape sh;
+    model_shape_default(&sh, D);
+    assert_int_equal(shard_write_all(shards, "synth", &sh, N, D, x, y, C, assign, K, cent, err,
                                      sizeof err), 0);
     int st;
     char *out = proc_sh(&st, "%s/ddm-torch-train", g_bin);
