@@ -21,6 +21,8 @@ struct engine_job {
     int done_called;
     engine_done_fn done;
     void *ud;
+    engine_eval_fn obs;      /* this job's evaluation observer, or NULL */
+    void *obs_ud;
     uint64_t admit_ns, first_ns, deadline_ns;
     double router_us, expert_us;
     engine_job *prev, *next; /* list of live jobs (for timeouts) */
@@ -54,6 +56,8 @@ struct engine {
     engine_job *jobs;        /* live jobs, newest first */
     uv_timer_t timer;
     engine_stats st;
+    engine_eval_fn obs;      /* every job's evaluation observer, or NULL */
+    void *obs_ud;
     int closing;
     void (*close_cb)(void *);
     void *close_ud;
@@ -296,6 +300,10 @@ static void after_finish(uv_work_t *w, int status)
             job_maybe_free(j);
             continue;
         }
+        if (e->obs)
+            e->obs(e->obs_ud, tr);
+        if (j->obs)
+            j->obs(j->obs_ud, tr);
         if (!tr->done) {
             fifo_push(e, tr);
             continue;
@@ -422,6 +430,28 @@ oom:
     snprintf(err, errlen, "out of memory");
     engine_close(e, NULL, NULL);
     return DDM_ENOMEM;
+}
+
+void engine_set_eval_observer(engine *e, engine_eval_fn fn, void *ud)
+{
+    e->obs = fn;
+    e->obs_ud = ud;
+}
+
+void engine_job_observe(engine_job *j, engine_eval_fn fn, void *ud)
+{
+    j->obs = fn;
+    j->obs_ud = ud;
+}
+
+int engine_job_queue_position(const engine_job *j)
+{
+    if (j->first_ns)
+        return -1;
+    int pos = 0; /* the list is newest first: older jobs follow j */
+    for (const engine_job *o = j->next; o; o = o->next)
+        pos += !o->dead && !o->first_ns;
+    return pos;
 }
 
 void engine_get_stats(const engine *e, engine_stats *out)

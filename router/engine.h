@@ -66,6 +66,24 @@ void engine_job_release(engine_job *job);
 
 void engine_get_stats(const engine *e, engine_stats *out);
 
+/* ---- watching progress (jobs, streamed events, routing metrics) --------------------- */
+
+/* Runs on the loop thread right after each evaluation of a trajectory of a job
+ * that is still live (neither failed nor cancelled), and before that job's done
+ * when it was its last: tr->evals counts the evaluation, tr->sel / w / n_sel
+ * are the routing it used, tr->x and tr->v the state and velocity after it.
+ * The trajectory is in no tick at that moment. The callback must not submit,
+ * cancel or release jobs, and should be quick (it runs per image per step). */
+typedef void (*engine_eval_fn)(void *ud, const traj *tr);
+
+/* Observer of every job's evaluations (e.g. metrics); fn NULL removes it. */
+void engine_set_eval_observer(engine *e, engine_eval_fn fn, void *ud);
+/* Observer of one job's evaluations (runs after the engine-wide one). */
+void engine_job_observe(engine_job *job, engine_eval_fn fn, void *ud);
+/* Jobs admitted before this one that still wait for their first tick (0: it
+ * is next), or -1 once one of its trajectories has been in a tick. */
+int engine_job_queue_position(const engine_job *job);
+
 /* Stops scheduling; pending jobs fail with 503; frees once running ticks
  * returned, then calls cb(ud). */
 void engine_close(engine *e, void (*cb)(void *ud), void *ud);

@@ -14,7 +14,10 @@
 #include "common/model.h"
 #include "common/version.h"
 #include "router/cluster.h"
+#include "router/cors.h"
 #include "router/engine.h"
+#include "router/jobs.h"
+#include "router/playground.h"
 #include "router/pool.h"
 #include "router/service.h"
 #include "server/http.h"
@@ -41,6 +44,12 @@ static void usage(FILE *f)
 "      --max-connections N       HTTP connections before 503 (default 1024)\n"
 "      --threads N               threads for the router network: a tick's rows are split\n"
 "                                over them (default 1; 2 when the router has a core to spare)\n"
+"      --job-ttl-s S             finished jobs are kept S seconds (default 600)\n"
+"      --job-store-mb MB         results of finished jobs kept, in all (default 256)\n"
+"      --max-subscribers N       event streams per job (default 8)\n"
+"      --sse-heartbeat-ms MS     comment line on a quiet event stream (default 15000)\n"
+"      --cors-origin ORIGIN      allow browsers on ORIGIN (e.g. http://localhost:3000, or *)\n"
+"                                to call the API; repeatable; default: no CORS\n"
 "      --log-level LEVEL         debug, info, warn, error (default info)\n"
 "  -h, --help                    this text\n"
 "  -V, --version                 print the version\n"
@@ -54,6 +63,7 @@ typedef struct opts {
     const char *cluster, *listen, *router_weights;
     long max_images, tick_capacity, ticks, expert_timeout_ms, attempts, request_timeout_ms;
     long max_connections, threads;
+    long job_ttl_s, job_store_mb, max_subscribers, sse_heartbeat_ms;
 } opts;
 
 static int parse_long(const char *name, const char *v, long lo, long hi, long *out)
@@ -78,6 +88,8 @@ typedef struct app {
     pool *pl;
     engine *eng;
     service *svc;
+    jobs *jobs;
+    cors cors;
     model *router;
     uv_signal_t sigterm, sigint;
     uv_timer_t drain_timer;
@@ -91,6 +103,7 @@ static void shutdown_now(app *a)
     uv_close((uv_handle_t *)&a->drain_timer, NULL);
     uv_close((uv_handle_t *)&a->sigterm, NULL);
     uv_close((uv_handle_t *)&a->sigint, NULL);
+    jobs_close(a->jobs); /* before the engine: it cancels the jobs' engine work */
     http_server_close(a->srv, NULL, NULL);
     engine_close(a->eng, NULL, NULL);
     pool_close(a->pl, NULL, NULL);
@@ -100,9 +113,10 @@ static void on_drain_timer(uv_timer_t *t)
 {
     app *a = t->data;
     uint64_t ms = (uv_hrtime() - a->drain_start) / 1000000;
-    if (service_pending(a->svc) == 0 || ms > DRAIN_LIMIT_MS) {
-        if (service_pending(a->svc))
-            log_warn("drain limit reached with %d requests pending", service_pending(a->svc));
+    int pending = service_pending(a->svc) + jobs_pending(a->jobs);
+    if (pending == 0 || ms > DRAIN_LIMIT_MS) {
+        if (pending)
+            log_warn("drain limit reached with %d requests or jobs pending", pending);
         log_info("stopped");
         shutdown_now(a);
     }
@@ -119,6 +133,7 @@ static void on_signal(uv_signal_t *s, int signum)
     a->stopping = 1;
     log_info("signal %d: draining %d request(s), then exiting", signum, service_pending(a->svc));
     service_set_draining(a->svc, 1);
+    jobs_set_draining(a->jobs, 1);
     a->drain_start = uv_hrtime();
     uv_timer_start(&a->drain_timer, on_drain_timer, 0, 50);
 }
@@ -129,7 +144,8 @@ int main(int argc, char **argv)
     blas_fix_core(argv); /* may re-execute this program with faster BLAS kernels */
     opts o = { .max_images = 1024, .tick_capacity = 256, .ticks = 2, .expert_timeout_ms = 2000,
                .attempts = 3, .request_timeout_ms = 300000, .max_connections = 1024,
-               .threads = 1 };
+               .threads = 1, .job_ttl_s = 600, .job_store_mb = 256, .max_subscribers = 8,
+               .sse_heartbeat_ms = 15000 };
     numopt nums[] = {
         { "max-images", 1, 1 << 20, &o.max_images },
         { "tick-capacity", 1, 4096, &o.tick_capacity },
@@ -139,6 +155,10 @@ int main(int argc, char **argv)
         { "request-timeout-ms", 100, 86400000, &o.request_timeout_ms },
         { "max-connections", 1, 1 << 20, &o.max_connections },
         { "threads", 1, 16, &o.threads },
+        { "job-ttl-s", 1, 30 * 86400, &o.job_ttl_s },
+        { "job-store-mb", 1, 1 << 20, &o.job_store_mb },
+        { "max-subscribers", 1, 1024, &o.max_subscribers },
+        { "sse-heartbeat-ms", 100, 3600000, &o.sse_heartbeat_ms },
     };
     enum { N_NUMS = sizeof nums / sizeof nums[0] };
     int set_by_flag[N_NUMS] = { 0 };
@@ -154,12 +174,19 @@ int main(int argc, char **argv)
         { "request-timeout-ms", required_argument, 0, 1005 },
         { "max-connections", required_argument, 0, 1006 },
         { "threads", required_argument, 0, 1007 },
+        { "job-ttl-s", required_argument, 0, 1008 },
+        { "job-store-mb", required_argument, 0, 1009 },
+        { "max-subscribers", required_argument, 0, 1010 },
+        { "sse-heartbeat-ms", required_argument, 0, 1011 },
+        { "cors-origin", required_argument, 0, 'O' },
         { "log-level", required_argument, 0, 'L' },
         { "help", no_argument, 0, 'h' },
         { "version", no_argument, 0, 'V' },
         { 0, 0, 0, 0 },
     };
     int c;
+    app a;
+    memset(&a, 0, sizeof a);
     while ((c = getopt_long(argc, argv, "c:l:hV", longopts, NULL)) != -1) {
         if (c >= 1000 && c < 1000 + N_NUMS) {
             numopt *n = &nums[c - 1000];
@@ -172,6 +199,14 @@ int main(int argc, char **argv)
         case 'c': o.cluster = optarg; break;
         case 'l': o.listen = optarg; break;
         case 'w': o.router_weights = optarg; break;
+        case 'O':
+            if (cors_add(&a.cors, optarg)) {
+                fprintf(stderr, "ddm-router: --cors-origin \"%s\": give an origin such as "
+                                "http://localhost:3000 (scheme://host[:port], no path) or *, "
+                                "at most %d\n", optarg, CORS_MAX_ORIGINS);
+                return 2;
+            }
+            break;
         case 'L': {
             int lv = log_parse_level(optarg);
             if (lv < 0) {
@@ -219,8 +254,6 @@ int main(int argc, char **argv)
     const char *listen = o.listen ? o.listen : cl.listen ? cl.listen : "127.0.0.1:8080";
     const char *rpath = o.router_weights ? o.router_weights : cl.router_path;
 
-    app a;
-    memset(&a, 0, sizeof a);
     a.router = model_open(rpath, err, sizeof err);
     if (!a.router) {
         fprintf(stderr, "ddm-router: %s\n", err);
@@ -276,6 +309,19 @@ int main(int argc, char **argv)
         fprintf(stderr, "ddm-router: out of memory\n");
         return 1;
     }
+    jobs_config jc;
+    jobs_config_default(&jc);
+    jc.ttl_s = (uint32_t)o.job_ttl_s;
+    jc.store_bytes = (size_t)o.job_store_mb << 20;
+    jc.max_subscribers = (int)o.max_subscribers;
+    jc.heartbeat_ms = (uint32_t)o.sse_heartbeat_ms;
+    jobs_model jm = { .K = K, .dim = dim, .n_classes = n_classes, .width = width, .height = height };
+    if (jobs_new(a.loop, a.srv, a.eng, &jm, &jc, &a.jobs) || playground_routes(a.srv)) {
+        fprintf(stderr, "ddm-router: out of memory\n");
+        return 1;
+    }
+    service_set_jobs(a.svc, a.jobs);
+    cors_install(&a.cors, a.srv);
     if (http_server_listen(a.srv, listen, err, sizeof err)) {
         fprintf(stderr, "ddm-router: cannot listen on %s: %s\n", listen, err);
         return 1;

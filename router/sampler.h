@@ -43,6 +43,7 @@ typedef struct sample_params {
     float guidance;       /* classifier-free guidance scale; 1 = none */
     sampler_kind sampler;
     int trace;            /* record selected experts and weights per evaluation */
+    int priority;         /* scheduling priority: higher first (engine.c); default 0 */
 } sample_params;
 
 /* Defaults: n 1, steps 50, top-2, unconditional, guidance 1, euler. */

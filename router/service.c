@@ -10,6 +10,8 @@
 
 #include "common/err.h"
 #include "common/log.h"
+#include "router/rstats.h"
+#include "router/sse.h"
 
 /* latency histogram buckets of POST /v1/samples, seconds */
 static const double LAT_BUCKETS[] = { 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60 };
@@ -28,6 +30,8 @@ struct service {
     double lat_sum;
     uint64_t lat_n;
     uint64_t images_total;
+    rstats routing;          /* every evaluation's experts and weights, by band of t */
+    jobs *jobs;              /* async jobs and event streams, or NULL */
 };
 
 /* One POST /v1/samples from admission to response. */
@@ -134,6 +138,10 @@ static void handle_samples(http_req *req, void *ud)
     if (s->draining) {
         http_resp_retry_after(req, 1);
         http_respond_error(req, 503, "shutting_down", "the router is shutting down: retry elsewhere");
+        return;
+    }
+    if (s->jobs && sse_wanted(http_req_header(req, "Accept"))) {
+        jobs_sample_stream(s->jobs, req); /* the same call, as Server-Sent Events */
         return;
     }
     size_t len;
@@ -363,7 +371,20 @@ static void handle_metrics(http_req *req, void *ud)
     put(&o, "# TYPE ddm_expert_live_replicas gauge\n");
     for (int k = 0; k < s->K; k++)
         put(&o, "ddm_expert_live_replicas{expert=\"%d\"} %d\n", k, pool_live_replicas(s->pl, k));
+    strbuf more = { 0 };
+    rstats_prometheus(&s->routing, &more);
+    if (s->jobs)
+        jobs_metrics(s->jobs, &more);
+    if (more.p)
+        put(&o, "%s", more.p);
+    strbuf_free(&more);
     respond_out(req, 200, "text/plain; version=0.0.4", &o);
+}
+
+static void on_eval(void *ud, const traj *tr)
+{
+    service *s = ud;
+    rstats_add_eval(&s->routing, tr);
 }
 
 int service_new(uv_loop_t *loop, http_server *srv, engine *eng, pool *pl, int K, int dim,
@@ -387,9 +408,13 @@ int service_new(uv_loop_t *loop, http_server *srv, engine *eng, pool *pl, int K,
         free(s);
         return rc;
     }
+    rstats_init(&s->routing, K);
+    engine_set_eval_observer(eng, on_eval, s);
     *out = s;
     return 0;
 }
+
+void service_set_jobs(service *s, jobs *J) { s->jobs = J; }
 
 void service_set_draining(service *s, int draining) { s->draining = draining; }
 int service_pending(const service *s) { return s->pending; }

@@ -9,6 +9,7 @@
 #include <uv.h>
 
 #include "router/engine.h"
+#include "router/jobs.h"
 #include "router/pool.h"
 #include "server/http.h"
 
@@ -18,6 +19,10 @@ typedef struct service service;
  * engine and pool (in that order) and then frees the service. */
 int service_new(uv_loop_t *loop, http_server *srv, engine *eng, pool *pl, int K, int dim,
                 int n_classes, service **out);
+
+/* Hands POST /v1/samples with Accept: text/event-stream to J, and adds J's
+ * metrics to /metrics (NULL: neither). J must outlive its use here. */
+void service_set_jobs(service *s, jobs *J);
 /* Draining: new sample requests get 503 and /readyz says not ready. */
 void service_set_draining(service *s, int draining);
 /* Requests admitted and not answered yet. */

@@ -28,8 +28,6 @@
 
 #define LINGER_MS 2000
 
-static void conn_arm(http_conn *conn);
-static void conn_begin_linger(http_conn *conn);
 static void conn_parse(http_conn *conn, const char *data, size_t len);
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
@@ -110,7 +108,10 @@ static void on_written(uv_write_t *w, int status)
     conn->nwriting--;
     if (status == 0)
         conn->srv->stats.bytes_out += req->head_len + req->rbody_len;
-    req_free(req);
+    if (req->streaming)
+        stream_head_written(req, status); /* req lives on as the connection's stream */
+    else
+        req_free(req);
     if (conn->closing)
         return;
     if (status < 0) {
@@ -166,8 +167,8 @@ void conn_send_continue(http_conn *conn)
 
 void conn_flush(http_conn *conn)
 {
-    if (conn->closing)
-        return;
+    if (conn->closing || conn->stream)
+        return; /* a streamed response owns the connection to its end */
     while (conn->q_head && conn->q_head->state == REQ_READY && !conn->close_after_write) {
         http_req *req = conn->q_head;
         conn->q_head = req->next;
@@ -195,6 +196,8 @@ void conn_flush(http_conn *conn)
             conn->close_after_write = 1;
             conn->stop_parse = 1;
         }
+        if (req->streaming)
+            break; /* nothing may follow a streamed response on this connection */
     }
     conn_arm(conn);
 }
@@ -283,6 +286,7 @@ void conn_close_hard(http_conn *conn)
     }
     conn->q_head = conn->q_tail = NULL;
     conn->nqueued = 0;
+    tail = stream_detach(conn, tail);
     uv_close((uv_handle_t *)&conn->tcp, on_conn_closed);
     uv_close((uv_handle_t *)&conn->timer, on_conn_closed);
     while (aborted) {
@@ -310,7 +314,7 @@ static void on_shutdown(uv_shutdown_t *sr, int status)
         conn_close_hard(conn);
 }
 
-static void conn_begin_linger(http_conn *conn)
+void conn_begin_linger(http_conn *conn)
 {
     if (conn->lingering || conn->closing)
         return;
@@ -386,7 +390,7 @@ static void on_timer(uv_timer_t *t)
     }
 }
 
-static void conn_arm(http_conn *conn)
+void conn_arm(http_conn *conn)
 {
     if (conn->closing)
         return;
@@ -631,8 +635,8 @@ int http_server_new(uv_loop_t *loop, const http_config *cfg, http_server **out)
     return 0;
 }
 
-int http_server_route(http_server *s, const char *method, const char *path,
-                      http_handler_fn handler, void *ud)
+static int add_route(http_server *s, const char *method, const char *path, int prefix,
+                     http_handler_fn handler, void *ud)
 {
     if (!method || !*method || !path || path[0] != '/' || !handler)
         return DDM_EINVAL;
@@ -640,7 +644,8 @@ int http_server_route(http_server *s, const char *method, const char *path,
         if (*m < 'A' || *m > 'Z')
             return DDM_EINVAL;
     for (size_t i = 0; i < s->nroutes; i++) {
-        if (!strcmp(s->routes[i].method, method) && !strcmp(s->routes[i].path, path)) {
+        if (!strcmp(s->routes[i].method, method) && !strcmp(s->routes[i].path, path) &&
+            s->routes[i].prefix == prefix) {
             s->routes[i].fn = handler;
             s->routes[i].ud = ud;
             return 0;
@@ -662,10 +667,29 @@ int http_server_route(http_server *s, const char *method, const char *path,
         free(r->path);
         return DDM_ENOMEM;
     }
+    r->prefix = prefix;
     r->fn = handler;
     r->ud = ud;
     s->nroutes++;
     return 0;
+}
+
+int http_server_route(http_server *s, const char *method, const char *path,
+                      http_handler_fn handler, void *ud)
+{
+    return add_route(s, method, path, 0, handler, ud);
+}
+
+int http_server_route_prefix(http_server *s, const char *method, const char *prefix,
+                             http_handler_fn handler, void *ud)
+{
+    return add_route(s, method, prefix, 1, handler, ud);
+}
+
+void http_server_set_filter(http_server *s, int (*fn)(http_req *req, void *ud), void *ud)
+{
+    s->filter = fn;
+    s->filter_ud = ud;
 }
 
 static int parse_hostport(const char *hp, struct sockaddr_storage *ss)
