@@ -343,7 +343,7 @@ void job_on_eval(void *ud, const traj *tr)
         }
     }
     if (j->preview_every > 0 && tr->stage == 0 && tr->step >= j->pv_target &&
-        !j->pv_filled[i])
+        j->pv_target < j->p.steps && !j->pv_filled[i]) /* the last one is the result */
         pv_capture(j, tr);
     if (emitted)
         job_pump_all(j);

@@ -72,11 +72,13 @@ void apicheck_response(const char *method, const char *path, int status, const c
     emit(&o);
 }
 
-void apicheck_event(const char *path, const char *event, const char *data)
+void apicheck_event(const char *method, const char *path, const char *event, const char *data)
 {
     apicheck_begin();
     strbuf o = { 0 };
-    strbuf_puts(&o, "{\"method\":\"GET\",\"event\":");
+    strbuf_puts(&o, "{\"method\":");
+    put_str(&o, method, strlen(method));
+    strbuf_puts(&o, ",\"event\":");
     put_str(&o, event, strlen(event));
     strbuf_puts(&o, ",\"path\":");
     put_str(&o, path, strlen(path));

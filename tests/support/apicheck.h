@@ -16,8 +16,8 @@ void apicheck_begin(void);
  * content type (may be NULL) and body. */
 void apicheck_response(const char *method, const char *path, int status, const char *ctype,
                        const char *body, size_t len);
-/* Records one event of a stream read from path. */
-void apicheck_event(const char *path, const char *event, const char *data);
+/* Records one event of a stream read from method path. */
+void apicheck_event(const char *method, const char *path, const char *event, const char *data);
 /* Fetches /openapi.json from hostport and runs the checker over everything
  * recorded. Returns 0 when every response fits the document (the checker's
  * report is on stderr otherwise); the recording starts over. */
