@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -711,6 +712,70 @@ static void test_heartbeats(void **state)
     proc_stop(pid, SIGTERM, 5000);
 }
 
+static void test_cors_and_pages(void **state)
+{
+    (void)state;
+    /* off by default: no CORS headers, a preflight is not answered */
+    httpc_response r;
+    char err[128];
+    httpc *c;
+    httpc_header origin[] = { { "Origin", "http://app.test:3000" },
+                              { "Access-Control-Request-Method", "POST" } };
+    assert_int_equal(httpc_open(tc.hostport, 10000, &c, err, sizeof err), 0);
+    assert_int_equal(httpc_request(c, "GET", "/healthz", origin, 1, NULL, 0, &r), 0);
+    assert_null(httpc_response_header(&r, "Access-Control-Allow-Origin"));
+    httpc_response_free(&r);
+    assert_int_equal(httpc_request(c, "OPTIONS", "/v1/jobs", origin, 2, NULL, 0, &r), 0);
+    assert_int_equal(r.status, 405);
+    httpc_response_free(&r);
+    /* the page, its script and style, and the API description */
+    static const struct { const char *path, *ctype, *has; } pages[] = {
+        { "/", "text/html", "ddm playground" }, { "/playground.js", "text/javascript", "/v1/jobs" },
+        { "/playground.css", "text/css", "canvas" }, { "/openapi.json", "application/json", "\"3.1" },
+    };
+    for (size_t i = 0; i < sizeof pages / sizeof pages[0]; i++) {
+        assert_int_equal(call("GET", pages[i].path, NULL, NULL, &r), 200);
+        assert_non_null(strstr(httpc_response_header(&r, "Content-Type"), pages[i].ctype));
+        assert_non_null(strstr(r.body, pages[i].has));
+        httpc_response_free(&r);
+    }
+    httpc_close(c);
+
+    /* --cors-origin: that origin (only) gets the headers and its preflights answered */
+    char *args[] = { "--cors-origin", "http://app.test:3000", NULL };
+    int port;
+    pid_t pid = tcluster_add_router(&tc, args, &port);
+    assert_true(pid > 0);
+    char hp[64];
+    snprintf(hp, sizeof hp, "127.0.0.1:%d", port);
+    assert_int_equal(httpc_open(hp, 10000, &c, err, sizeof err), 0);
+    assert_int_equal(httpc_request(c, "OPTIONS", "/v1/jobs", origin, 2, NULL, 0, &r), 0);
+    assert_int_equal(r.status, 204);
+    assert_string_equal(httpc_response_header(&r, "Access-Control-Allow-Origin"),
+                        "http://app.test:3000");
+    assert_non_null(strstr(httpc_response_header(&r, "Access-Control-Allow-Headers"),
+                           "Authorization"));
+    httpc_response_free(&r);
+    assert_int_equal(httpc_request(c, "GET", "/v1/jobs/zz", origin, 1, NULL, 0, &r), 0);
+    assert_int_equal(r.status, 400);
+    assert_string_equal(httpc_response_header(&r, "Access-Control-Allow-Origin"),
+                        "http://app.test:3000");
+    httpc_response_free(&r);
+    httpc_header other[] = { { "Origin", "http://evil.test" } };
+    assert_int_equal(httpc_request(c, "GET", "/healthz", other, 1, NULL, 0, &r), 0);
+    assert_null(httpc_response_header(&r, "Access-Control-Allow-Origin"));
+    httpc_response_free(&r);
+    httpc_close(c);
+    proc_stop(pid, SIGTERM, 5000);
+    /* a bad origin is a usage error */
+    char bin[256], log[300];
+    snprintf(log, sizeof log, "%s/cors.log", tc.dir);
+    char *bad[] = { (char *)proc_bin("ddm-router", bin, sizeof bin), "--cluster", tc.conf,
+                    "--cors-origin", "app.test/x", NULL };
+    int st = proc_wait(proc_start(bad, log), 5000);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 2);
+}
+
 static void test_responses_fit_openapi(void **state)
 {
     (void)state;
@@ -738,6 +803,7 @@ int main(void)
         cmocka_unit_test(test_eviction),
         cmocka_unit_test(test_routing_metrics),
         cmocka_unit_test(test_heartbeats),
+        cmocka_unit_test(test_cors_and_pages),
         cmocka_unit_test(test_responses_fit_openapi),
     };
     if (getenv("DDM_TEST_FILTER")) /* e.g. DDM_TEST_FILTER='*cancel*' */
