@@ -776,6 +776,66 @@ static void test_cors_and_pages(void **state)
     assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 2);
 }
 
+/* Runs ddm-client with args; returns its exit status, output in out (NUL-terminated). */
+static int client(char *out, size_t len, const char *args)
+{
+    char bin[256], cmd[1024], file[300];
+    snprintf(file, sizeof file, "%s/client.out", tc.dir);
+    snprintf(cmd, sizeof cmd, "%s %s --url http://%s > %s 2>&1", proc_bin("ddm-client", bin, sizeof bin),
+             args, tc.hostport, file);
+    int st = system(cmd);
+    FILE *f = fopen(file, "r");
+    size_t n = f ? fread(out, 1, len - 1, f) : 0;
+    out[n] = '\0';
+    if (f)
+        fclose(f);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void test_client_jobs(void **state)
+{
+    (void)state;
+    static char out[1 << 16];
+    char id[64], args[400], png[300];
+    /* sample --progress: a bar from the step events, then the usual summary */
+    snprintf(png, sizeof png, "%s/progress.png", tc.dir);
+    snprintf(args, sizeof args, "sample -n 2 --steps 8 --seed 3 --progress -o %s", png);
+    assert_int_equal(client(out, sizeof out, args), 0);
+    if (!strstr(out, "100% step 8/8") || !strstr(out, "expert calls"))
+        fail_msg("no progress bar or summary: %s", out);
+    assert_int_equal(access(png, R_OK), 0);
+    assert_int_equal(client(out, sizeof out, "sample --progress --proto"), 2);
+    /* jobs submit prints the id; status; watch to the end writes the grid */
+    assert_int_equal(client(out, sizeof out, "jobs submit -n 2 --steps 6 --priority 3 -q"), 0);
+    snprintf(id, sizeof id, "%.48s", out);
+    snprintf(args, sizeof args, "jobs watch %s -o %s", id, png);
+    assert_int_equal(client(out, sizeof out, args), 0);
+    snprintf(args, sizeof args, "jobs status %s", id);
+    assert_int_equal(client(out, sizeof out, args), 0);
+    if (!strstr(out, "succeeded") || !strstr(out, "step 6/6"))
+        fail_msg("status: %s", out);
+    /* a long job: watch --events shows its events; cancel stops it; watch then fails */
+    assert_int_equal(client(out, sizeof out, "jobs submit -n 1 --steps 1000 -q"), 0);
+    snprintf(id, sizeof id, "%.48s", out);
+    snprintf(args, sizeof args, "jobs cancel %s", id);
+    assert_int_equal(client(out, sizeof out, args), 0);
+    assert_non_null(strstr(out, "cancelled"));
+    snprintf(args, sizeof args, "jobs watch %s", id);
+    assert_int_equal(client(out, sizeof out, args), 1);
+    assert_non_null(strstr(out, "cancelled"));
+    snprintf(args, sizeof args, "jobs submit -n 1 --steps 3 --wait --events --preview-every 1");
+    assert_int_equal(client(out, sizeof out, args), 0);
+    if (!strstr(out, "step {\"index\":2") || !strstr(out, "preview {") || !strstr(out, "done {"))
+        fail_msg("watch --events: %s", out);
+    /* bad input: a clear message, exit 1 (HTTP) or 2 (usage) */
+    assert_int_equal(client(out, sizeof out, "jobs status nothex"), 1);
+    assert_non_null(strstr(out, "not a job id"));
+    assert_int_equal(client(out, sizeof out, "jobs status 0123456789abcdef0123456789abcdef0123456789abcdef"), 1);
+    assert_non_null(strstr(out, "HTTP 404"));
+    assert_int_equal(client(out, sizeof out, "jobs frobnicate x"), 2);
+    assert_int_equal(client(out, sizeof out, "jobs submit --priority 1000"), 2);
+}
+
 static void test_responses_fit_openapi(void **state)
 {
     (void)state;
@@ -804,6 +864,7 @@ int main(void)
         cmocka_unit_test(test_routing_metrics),
         cmocka_unit_test(test_heartbeats),
         cmocka_unit_test(test_cors_and_pages),
+        cmocka_unit_test(test_client_jobs),
         cmocka_unit_test(test_responses_fit_openapi),
     };
     if (getenv("DDM_TEST_FILTER")) /* e.g. DDM_TEST_FILTER='*cancel*' */
