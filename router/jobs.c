@@ -224,9 +224,8 @@ static void finish(job *j, job_state st)
         strbuf o = { 0 };
         rstats_json(j->rs, &o);
         j->routing_json = strbuf_take(&o, NULL);
-        free(j->rs);
-        j->rs = NULL;
     }
+    job_events_finish(j);
     if (j->live_listed) {
         live_unlink(J, j);
         j->live_listed = 0;
@@ -285,6 +284,7 @@ static void after_encode(uv_work_t *w, int status)
     jobs *J = j->J;
     j->works--;
     J->works--;
+    j->encoding = 0;
     engine_job_release(j->ej); /* the result pointed into it until here */
     j->ej = NULL;
     if (j->state == JOB_CANCELLED || ew->rc) { /* cancelled meanwhile, or failed to encode */
@@ -355,6 +355,7 @@ static void on_done(engine_job *ej, void *ud, int status, const char *code, cons
     ew->w.data = ew;
     j->works++;
     J->works++;
+    j->encoding = 1;
     if (uv_queue_work(J->loop, &ew->w, encode_work, after_encode)) {
         encode_work(&ew->w);
         after_encode(&ew->w, 0);
@@ -421,7 +422,7 @@ void job_cancel(job *j)
 {
     if (j->state != JOB_QUEUED && j->state != JOB_RUNNING)
         return;
-    if (j->ej && !j->works) { /* not being encoded: stop it; done will not be called */
+    if (j->ej && !j->encoding) { /* not being encoded: stop it; done will not be called */
         engine_job_cancel(j->ej);
         j->ej = NULL;
     } /* else after_encode sees the cancelled state and drops the result */
@@ -601,7 +602,7 @@ void jobs_close(jobs *J)
     while (J->live_head) {
         job *j = J->live_head;
         job_end_subs(j, 1);
-        if (j->ej && !j->works) {
+        if (j->ej && !j->encoding) {
             engine_job_cancel(j->ej);
             j->ej = NULL;
             finish(j, JOB_CANCELLED); /* moves it to the finished list */

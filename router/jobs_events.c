@@ -75,6 +75,22 @@ void job_events_free(job *j)
     log_free(j);
 }
 
+void job_events_finish(job *j)
+{
+    free(j->img_evals);
+    free(j->rows);
+    free(j->rs);
+    free(j->pv_x0);
+    free(j->pv_filled);
+    j->img_evals = NULL;
+    j->rows = NULL;
+    j->rs = NULL;
+    j->pv_x0 = NULL;
+    j->pv_filled = NULL;
+    if (!j->subs)
+        log_free(j);
+}
+
 /* ---- the step-event log ------------------------------------------------------------------ */
 
 static evrec *log_at(job *j, int index)
@@ -342,7 +358,7 @@ void job_on_eval(void *ud, const traj *tr)
                 j->at_min += j->img_evals[m] == j->done_evals;
         }
     }
-    if (j->preview_every > 0 && tr->stage == 0 && tr->step >= j->pv_target &&
+    if (j->preview_every > 0 && j->pv_filled && tr->stage == 0 && tr->step >= j->pv_target &&
         j->pv_target < j->p.steps && !j->pv_filled[i]) /* the last one is the result */
         pv_capture(j, tr);
     if (emitted)

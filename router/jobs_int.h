@@ -58,6 +58,7 @@ struct job {
     int preview_every;       /* steps between previews, 0 = none */
     engine_job *ej;          /* while the engine has it (until the result is encoded) */
     int works;               /* threadpool works that refer to the job */
+    int encoding;            /* the result is being encoded (the engine job is done) */
     int qpos;                /* last known queue position (-1 when started) */
 
     /* progress: step events are emitted once every image completed an evaluation */
@@ -151,6 +152,9 @@ void job_on_eval(void *ud, const traj *tr);
 int job_events_init(job *j);
 /* Frees the step log, the assembler and the preview buffers. */
 void job_events_free(job *j);
+/* The job has finished: frees what only a running job needs (the step log
+ * only once no reader is left). */
+void job_events_finish(job *j);
 /* Adds an event stream reading j from step event index `from` (-1: from the
  * start). Takes req over in every case. Returns 0 or DDM_ENOMEM. */
 int job_subscribe(job *j, http_req *req, long from);
