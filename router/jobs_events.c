@@ -60,17 +60,8 @@ static void log_free(job *j)
 
 void job_events_free(job *j)
 {
-    free(j->img_evals);
-    free(j->rows);
-    free(j->rs);
-    free(j->pv_x0);
-    free(j->pv_filled);
+    job_events_finish(j);
     free(j->pv_frame);
-    j->img_evals = NULL;
-    j->rows = NULL;
-    j->rs = NULL;
-    j->pv_x0 = NULL;
-    j->pv_filled = NULL;
     j->pv_frame = NULL;
     log_free(j);
 }

@@ -145,11 +145,12 @@ static int refuse_draining(jobs *J, http_req *req)
     return 1;
 }
 
-static void handle_submit(http_req *req, void *ud)
+/* Decodes the body and admits the job (sync: a streamed /v1/samples). Returns
+ * the job, or NULL having answered req with the error. */
+static job *admit(jobs *J, http_req *req, int sync)
 {
-    jobs *J = ud;
     if (refuse_draining(J, req))
-        return;
+        return NULL;
     sample_params p;
     int pe;
     const char *code;
@@ -157,14 +158,23 @@ static void handle_submit(http_req *req, void *ud)
     int st = decode_body(J, req, &p, &pe, &code, err, sizeof err);
     if (st) {
         http_respond_error(req, st, code, err);
-        return;
+        return NULL;
     }
     job *j;
-    int rc = job_submit(J, &p, p.trace, pe, 0, &j);
+    int rc = job_submit(J, &p, p.trace, pe, sync, &j);
     if (rc) {
         respond_submit_error(req, rc);
-        return;
+        return NULL;
     }
+    return j;
+}
+
+static void handle_submit(http_req *req, void *ud)
+{
+    jobs *J = ud;
+    job *j = admit(J, req, 0);
+    if (!j)
+        return;
     char loc[96];
     snprintf(loc, sizeof loc, "/v1/jobs/%s", j->id);
     http_resp_header(req, "Location", loc);
@@ -309,24 +319,9 @@ static void handle_job(http_req *req, void *ud)
 
 void jobs_sample_stream(jobs *J, http_req *req)
 {
-    if (refuse_draining(J, req))
-        return;
-    sample_params p;
-    int pe;
-    const char *code;
-    char err[384];
-    int st = decode_body(J, req, &p, &pe, &code, err, sizeof err);
-    if (st) {
-        http_respond_error(req, st, code, err);
-        return;
-    }
-    job *j;
-    int rc = job_submit(J, &p, p.trace, pe, 1, &j);
-    if (rc) {
-        respond_submit_error(req, rc);
-        return;
-    }
-    job_subscribe(j, req, -1);
+    job *j = admit(J, req, 1);
+    if (j)
+        job_subscribe(j, req, -1);
 }
 
 int jobs_http_routes(jobs *J)

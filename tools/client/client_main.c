@@ -184,6 +184,16 @@ enum {
     O_PRIORITY, O_PREVIEW, O_WAIT, O_EVENTS
 };
 
+/* getopt entries of the request fields parse_req_opt handles (sample, bench, jobs) */
+#define REQ_LONGOPTS                                                                     \
+    { "n", required_argument, 0, 'n' }, { "steps", required_argument, 0, 's' },           \
+    { "strategy", required_argument, 0, 'S' }, { "seed", required_argument, 0, O_SEED },  \
+    { "label", required_argument, 0, O_LABEL },                                           \
+    { "guidance", required_argument, 0, O_GUIDANCE },                                     \
+    { "sampler", required_argument, 0, O_SAMPLER },                                       \
+    { "threshold", required_argument, 0, O_THRESHOLD },                                   \
+    { "temperature", required_argument, 0, O_TEMPERATURE }
+
 typedef struct common_opts {
     const char *url;
     char hostport[300];
@@ -410,13 +420,7 @@ static int sample_streamed(const common_opts *co, const samples_req *rq, uint8_t
 static int cmd_sample(int argc, char **argv)
 {
     static const struct option lo[] = {
-        { "url", required_argument, 0, 'u' },       { "n", required_argument, 0, 'n' },
-        { "steps", required_argument, 0, 's' },     { "strategy", required_argument, 0, 'S' },
-        { "seed", required_argument, 0, O_SEED },   { "label", required_argument, 0, O_LABEL },
-        { "guidance", required_argument, 0, O_GUIDANCE },
-        { "sampler", required_argument, 0, O_SAMPLER },
-        { "threshold", required_argument, 0, O_THRESHOLD },
-        { "temperature", required_argument, 0, O_TEMPERATURE },
+        { "url", required_argument, 0, 'u' },       REQ_LONGOPTS,
         { "trace", no_argument, 0, O_TRACE },       { "proto", no_argument, 0, O_PROTO },
         { "output", required_argument, 0, 'o' },    { "cols", required_argument, 0, O_COLS },
         { "out-dir", required_argument, 0, O_OUTDIR },
@@ -860,13 +864,7 @@ static char *job_body(uint8_t *body, size_t len, int has_prio, long prio, long p
 static int cmd_jobs(int argc, char **argv)
 {
     static const struct option lo[] = {
-        { "url", required_argument, 0, 'u' },       { "n", required_argument, 0, 'n' },
-        { "steps", required_argument, 0, 's' },     { "strategy", required_argument, 0, 'S' },
-        { "seed", required_argument, 0, O_SEED },   { "label", required_argument, 0, O_LABEL },
-        { "guidance", required_argument, 0, O_GUIDANCE },
-        { "sampler", required_argument, 0, O_SAMPLER },
-        { "threshold", required_argument, 0, O_THRESHOLD },
-        { "temperature", required_argument, 0, O_TEMPERATURE },
+        { "url", required_argument, 0, 'u' },       REQ_LONGOPTS,
         { "trace", no_argument, 0, O_TRACE },       { "priority", required_argument, 0, O_PRIORITY },
         { "preview-every", required_argument, 0, O_PREVIEW },
         { "wait", no_argument, 0, O_WAIT },         { "events", no_argument, 0, O_EVENTS },

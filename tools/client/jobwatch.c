@@ -136,23 +136,33 @@ static void print_status(const cJSON *j)
     }
 }
 
-int jw_status(const jw_opts *o, const char *id)
+/* GET or DELETE /v1/jobs/ID and print the status document it answers.
+ * Returns 0 (and *succeeded) or 1. */
+static int job_call(const jw_opts *o, const char *method, const char *id, int *succeeded)
 {
     if (!valid_id(id))
         return bad_id(id);
     char path[128];
     snprintf(path, sizeof path, "/v1/jobs/%s", id);
     httpc_response r;
-    if (request(o, "GET", path, "application/json", NULL, 0, &r))
+    if (request(o, method, path, "application/json", NULL, 0, &r))
         return 1;
     cJSON *j = cJSON_ParseWithLength(r.body, r.body_len);
-    int succeeded = j && !strcmp(jstr(j, "status"), "succeeded");
+    *succeeded = j && !strcmp(jstr(j, "status"), "succeeded");
     if (o->json)
         fwrite(r.body, 1, r.body_len, stdout);
     else if (j && !o->quiet)
         print_status(j);
     cJSON_Delete(j);
     httpc_response_free(&r);
+    return 0;
+}
+
+int jw_status(const jw_opts *o, const char *id)
+{
+    int succeeded;
+    if (job_call(o, "GET", id, &succeeded))
+        return 1;
     if (o->out) {
         if (!succeeded) {
             fprintf(stderr, "ddm-client: job %s has no result (yet): see its status\n", id);
@@ -165,21 +175,8 @@ int jw_status(const jw_opts *o, const char *id)
 
 int jw_cancel(const jw_opts *o, const char *id)
 {
-    if (!valid_id(id))
-        return bad_id(id);
-    char path[128];
-    snprintf(path, sizeof path, "/v1/jobs/%s", id);
-    httpc_response r;
-    if (request(o, "DELETE", path, NULL, NULL, 0, &r))
-        return 1;
-    cJSON *j = cJSON_ParseWithLength(r.body, r.body_len);
-    if (o->json)
-        fwrite(r.body, 1, r.body_len, stdout);
-    else if (j && !o->quiet)
-        print_status(j);
-    cJSON_Delete(j);
-    httpc_response_free(&r);
-    return 0;
+    int succeeded;
+    return job_call(o, "DELETE", id, &succeeded);
 }
 
 /* Reads events until the final one. Returns 0 on done(succeeded), 1 otherwise;
