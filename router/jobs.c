@@ -313,14 +313,18 @@ static void after_encode(uv_work_t *w, int status)
 static void timer_closed(uv_handle_t *h)
 {
     jobs *J = h->data;
+    if (--J->handles > 0)
+        return;
     free(J->buckets);
     free(J);
 }
 
 void jobs_close_maybe_done(jobs *J)
 {
-    if (J->closing && J->works == 0 && !uv_is_closing((uv_handle_t *)&J->timer))
+    if (J->closing && J->works == 0 && !uv_is_closing((uv_handle_t *)&J->timer)) {
         uv_close((uv_handle_t *)&J->timer, timer_closed);
+        uv_close((uv_handle_t *)&J->flush_timer, timer_closed);
+    }
 }
 
 static void on_done(engine_job *ej, void *ud, int status, const char *code, const char *msg,
@@ -540,10 +544,13 @@ int jobs_new(uv_loop_t *loop, http_server *srv, engine *eng, const jobs_model *m
         return DDM_ENOMEM;
     }
     uv_timer_init(loop, &J->timer);
-    J->timer.data = J;
+    uv_timer_init(loop, &J->flush_timer);
+    J->timer.data = J->flush_timer.data = J;
+    J->handles = 2;
     int rc = jobs_http_routes(J);
-    if (rc) {
-        uv_close((uv_handle_t *)&J->timer, NULL); /* J leaks on purpose: the loop still holds the handle */
+    if (rc) { /* J leaks on purpose: the loop still holds the handles */
+        uv_close((uv_handle_t *)&J->timer, NULL);
+        uv_close((uv_handle_t *)&J->flush_timer, NULL);
         return rc;
     }
     uv_timer_start(&J->timer, on_timer, TIMER_MS, TIMER_MS);
@@ -599,6 +606,7 @@ void jobs_close(jobs *J)
         return;
     J->closing = 1;
     uv_timer_stop(&J->timer);
+    uv_timer_stop(&J->flush_timer);
     while (J->live_head) {
         job *j = J->live_head;
         job_end_subs(j, 1);

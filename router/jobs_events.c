@@ -21,6 +21,8 @@
 
 #define RING_MIN 4
 #define RETRY_MS 1000
+#define FLUSH_MS 40            /* queued frames wait at most this long for company */
+#define FLUSH_BYTES (16 << 10) /* ... or until this many are queued */
 
 static int terminal(job_state s) { return s >= JOB_SUCCEEDED; }
 
@@ -361,11 +363,30 @@ void job_on_eval(void *ud, const traj *tr)
 static void on_sub_abort(http_req *req, void *ud);
 static void on_sub_drain(http_req *req, void *ud);
 
+static void flush_unlist(sub *s)
+{
+    if (!s->listed)
+        return;
+    jobs *J = s->j->J;
+    if (s->fprev)
+        s->fprev->fnext = s->fnext;
+    else
+        J->flush_head = s->fnext;
+    if (s->fnext)
+        s->fnext->fprev = s->fprev;
+    s->fprev = s->fnext = NULL;
+    s->listed = 0;
+}
+
 /* Ends s's stream and forgets s. Frees the job's log when a finished job has
  * no reader left. Never frees the job itself. */
 static void sub_remove(sub *s, int abort)
 {
     job *j = s->j;
+    flush_unlist(s);
+    if (!abort && s->req && s->pend.len)
+        sse_flush(s->req, &s->pend);
+    strbuf_free(&s->pend);
     if (s->req)
         http_stream_end(s->req, abort);
     for (sub **pp = &j->subs; *pp; pp = &(*pp)->next)
@@ -395,7 +416,48 @@ static char *final_frame(const job *j, size_t *len)
     return strbuf_take(&f, len);
 }
 
-/* Writes what s may get now. Returns 1 if s was removed. */
+/* Writes s's queued frames now if there are many, else within FLUSH_MS.
+ * Returns 1 if s was removed (its client is gone). */
+static int schedule_flush(sub *s)
+{
+    if (!s->pend.len)
+        return 0;
+    jobs *J = s->j->J;
+    if (s->pend.len >= FLUSH_BYTES) {
+        flush_unlist(s);
+        if (sse_flush(s->req, &s->pend) == SSE_GONE) {
+            sub_remove(s, 1);
+            return 1;
+        }
+        return 0;
+    }
+    if (!s->listed) {
+        s->fnext = J->flush_head;
+        if (J->flush_head)
+            J->flush_head->fprev = s;
+        J->flush_head = s;
+        s->listed = 1;
+        if (!uv_is_active((uv_handle_t *)&J->flush_timer))
+            uv_timer_start(&J->flush_timer, jobs_flush, FLUSH_MS, 0);
+    }
+    return 0;
+}
+
+void jobs_flush(uv_timer_t *t)
+{
+    jobs *J = t->data;
+    while (J->flush_head) {
+        sub *s = J->flush_head;
+        flush_unlist(s);
+        if (sse_flush(s->req, &s->pend) == SSE_GONE) {
+            job *j = s->j;
+            sub_remove(s, 1);
+            job_maybe_free(j);
+        }
+    }
+}
+
+/* Queues what s may get now (written by schedule_flush). Returns 1 if s was removed. */
 static int pump(sub *s)
 {
     job *j = s->j;
@@ -408,7 +470,7 @@ static int pump(sub *s)
         int n = snprintf(d, sizeof d, "{\"position\":%d}", j->qpos < 0 ? 0 : j->qpos);
         strbuf f = { 0 };
         sse_frame(&f, -1, "queued", d, (size_t)n);
-        r = f.oom ? SSE_FULL : sse_send(s->req, f.p, f.len, 0, soft, hard);
+        r = f.oom ? SSE_FULL : sse_queue(s->req, &s->pend, f.p, f.len, 0, soft, hard);
         strbuf_free(&f);
         if (r == SSE_GONE)
             goto gone;
@@ -424,7 +486,7 @@ static int pump(sub *s)
             return 1;
         }
         evrec *ev = log_at(j, s->next_index);
-        r = sse_send(s->req, ev->frame, ev->len, 0, soft, hard);
+        r = sse_queue(s->req, &s->pend, ev->frame, ev->len, 0, soft, hard);
         if (r == SSE_GONE)
             goto gone;
         if (r == SSE_FULL)
@@ -433,7 +495,7 @@ static int pump(sub *s)
         s->last_write_ms = now;
     }
     if (j->pv_frame && s->pv_seen < j->pv_seq) {
-        r = sse_send(s->req, j->pv_frame, j->pv_len, 1, soft, hard);
+        r = sse_queue(s->req, &s->pend, j->pv_frame, j->pv_len, 1, soft, hard);
         if (r == SSE_GONE)
             goto gone;
         if (r == SSE_FULL)
@@ -449,14 +511,14 @@ static int pump(sub *s)
         char *f = final_frame(j, &len);
         if (!f)
             goto gone;
-        r = sse_send(s->req, f, len, 0, hard, hard);
+        r = sse_queue(s->req, &s->pend, f, len, 0, hard, hard);
         free(f);
         if (r == SSE_FULL)
             return 0;
-        sub_remove(s, r != SSE_SENT);
+        sub_remove(s, r != SSE_SENT); /* writes what is queued, then ends the stream */
         return 1;
     }
-    return 0;
+    return schedule_flush(s);
 gone:
     sub_remove(s, 1);
     return 1;
@@ -483,7 +545,8 @@ void job_tick_subs(job *j, uint64_t now_ms)
         if (j->state == JOB_QUEUED && s->qpos_sent != j->qpos && pump(s))
             continue;
         if (now_ms - s->last_write_ms >= j->J->cfg.heartbeat_ms) {
-            sse_result r = sse_heartbeat(s->req, j->J->cfg.stream_hard);
+            flush_unlist(s);
+            sse_result r = sse_heartbeat(s->req, &s->pend, j->J->cfg.stream_hard);
             if (r == SSE_GONE)
                 sub_remove(s, 1);
             else if (r == SSE_SENT)

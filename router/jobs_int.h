@@ -37,6 +37,9 @@ typedef struct sub {
     int pv_seen;             /* preview sequence number sent or skipped */
     int qpos_sent;           /* queue position last sent (-2: none yet) */
     uint64_t last_write_ms;  /* uv_now of the last frame or heartbeat */
+    strbuf pend;             /* frames queued, written by the next flush */
+    struct sub *fprev, *fnext; /* the table's list of readers with frames queued */
+    int listed;
 } sub;
 
 /* A serialized step event of the job's log. */
@@ -119,6 +122,9 @@ struct jobs {
     int draining, closing;
     int works;               /* threadpool works in flight (all jobs) */
     uv_timer_t timer;
+    uv_timer_t flush_timer;  /* writes queued frames every FLUSH_MS */
+    sub *flush_head;
+    int handles;             /* timers not closed yet */
     uint64_t seed_state;
     /* counters for /metrics */
     uint64_t submitted, evicted_ttl, evicted_size, pv_skipped, streams_lagging, n_subs;
@@ -164,6 +170,8 @@ void job_pump_all(job *j);
 void job_end_subs(job *j, int abort);
 /* Heartbeats and queue-position updates (the table's timer). */
 void job_tick_subs(job *j, uint64_t now_ms);
+/* Writes every reader's queued frames (the flush timer). */
+void jobs_flush(uv_timer_t *t);
 
 /* jobs_http.c */
 int jobs_http_routes(jobs *J);

@@ -41,22 +41,31 @@ void sse_frame(strbuf *o, long id, const char *event, const char *data, size_t l
     strbuf_puts(o, "\n\n");
 }
 
-sse_result sse_send(http_req *req, const char *frame, size_t len, int droppable, size_t soft,
-                    size_t hard)
+sse_result sse_queue(http_req *req, strbuf *pend, const char *frame, size_t len, int droppable,
+                     size_t soft, size_t hard)
 {
     if (http_req_aborted(req))
         return SSE_GONE;
-    size_t q = http_stream_queued(req);
+    size_t q = http_stream_queued(req) + pend->len;
     if (q >= hard)
         return SSE_FULL;
     if (droppable && q >= soft)
         return SSE_DROPPED;
-    return http_stream_write(req, frame, len) ? SSE_GONE : SSE_SENT;
+    strbuf_put(pend, frame, len);
+    return pend->oom ? SSE_GONE : SSE_SENT;
 }
 
-sse_result sse_heartbeat(http_req *req, size_t hard)
+sse_result sse_flush(http_req *req, strbuf *pend)
 {
-    return sse_send(req, ":\n\n", 3, 0, hard, hard);
+    int rc = pend->len ? http_stream_write(req, pend->p, pend->len) : 0;
+    pend->len = 0;
+    return rc ? SSE_GONE : SSE_SENT;
+}
+
+sse_result sse_heartbeat(http_req *req, strbuf *pend, size_t hard)
+{
+    sse_result r = sse_queue(req, pend, ":\n\n", 3, 0, hard, hard);
+    return r == SSE_SENT ? sse_flush(req, pend) : r;
 }
 
 int sse_last_event_id(const char *value, long *out)

@@ -1,11 +1,13 @@
 /* sse.h -- Server-Sent Events framing and flow control on a streamed response.
  *
  * A frame is "id: N\nevent: NAME\ndata: JSON\n\n" (id and event optional; the
- * JSON is one line). Writers never block: sse_send checks the reader's backlog
- * (bytes the kernel has not taken yet) against two bounds. Droppable frames
- * (previews) are skipped once the backlog passes the soft bound; any frame is
- * refused past the hard bound, and the caller then closes the stream (a reader
- * that far behind reconnects with Last-Event-ID). */
+ * JSON is one line). Frames are queued per reader and written together
+ * (sse_flush), so that a stream of small events costs a few writes, not one
+ * each. Writers never block: sse_queue checks the reader's backlog against two
+ * bounds. Droppable frames (previews) are skipped once the backlog passes the
+ * soft bound; any frame is refused past the hard bound, and the caller waits
+ * for the drain or closes the stream (a reader that far behind reconnects with
+ * Last-Event-ID). */
 #ifndef DDM_SSE_H
 #define DDM_SSE_H
 
@@ -27,16 +29,21 @@ void sse_frame(strbuf *o, long id, const char *event, const char *data, size_t l
 
 typedef enum sse_result { SSE_SENT = 0, SSE_DROPPED = 1, SSE_FULL = 2, SSE_GONE = 3 } sse_result;
 
-/* Writes frame[0..len) unless the backlog says otherwise: SSE_DROPPED when
- * droppable and the backlog is at or past soft, SSE_FULL when it is at or
- * past hard (nothing written: wait for the drain, or close), SSE_GONE when
- * the client has left or the write failed. */
-sse_result sse_send(http_req *req, const char *frame, size_t len, int droppable, size_t soft,
-                    size_t hard);
+/* Appends frame[0..len) to pend (the reader's frames not yet written, see
+ * sse_flush) unless the backlog -- bytes the kernel has not taken plus pend --
+ * says otherwise: SSE_DROPPED when droppable and the backlog is at or past
+ * soft, SSE_FULL when it is at or past hard (nothing queued: wait for the
+ * drain, or close), SSE_GONE when the client has left. */
+sse_result sse_queue(http_req *req, strbuf *pend, const char *frame, size_t len, int droppable,
+                     size_t soft, size_t hard);
 
-/* A comment line, which keeps proxies and the server's idle timeout from
- * closing a quiet stream. Returns as sse_send (never dropped). */
-sse_result sse_heartbeat(http_req *req, size_t hard);
+/* Writes pend to the stream in one write and empties it: SSE_SENT, or
+ * SSE_GONE when the client has left or the write failed. */
+sse_result sse_flush(http_req *req, strbuf *pend);
+
+/* Queues a comment line, which keeps proxies and the server's idle timeout
+ * from closing a quiet stream, and flushes. Returns as sse_queue (never dropped). */
+sse_result sse_heartbeat(http_req *req, strbuf *pend, size_t hard);
 
 /* Parses a Last-Event-ID header (NULL or empty: *out = -1). Returns 0, or -1
  * when it is not a decimal number 0..2^31-1. */

@@ -7,9 +7,12 @@
  *   on   the same call with Accept: text/event-stream (a step event per
  *        evaluation with every image's experts and weights, no previews:
  *        preview_every unset), the client reading every event
- * and reports images/s of each round, the medians of each mode and
- * on/off - 1. The machine is shared: only paired, alternating rounds mean
- * anything, and the median of several. */
+ * and reports for each round images/s and the CPU time per image of the
+ * router and of the whole cluster (router + workers, from /proc), then the
+ * medians of the paired on/off ratios. On a shared machine images/s swings
+ * with the neighbours' load; CPU per image much less: the router and the
+ * workers share the cores, so served images/s is bounded by the cluster's
+ * CPU per image, and what events add to it is the events' cost. */
 #include <getopt.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -70,10 +73,24 @@ static void *run_client(void *arg)
     return NULL;
 }
 
-/* One round: images/s with `clients` clients for `seconds`. */
-static double round_images_per_s(const char *hostport, const char *body, int events, int clients,
-                                 double seconds, long *failed)
+typedef struct round_result {
+    double images_per_s, router_ms, cluster_ms; /* CPU ms per image */
+} round_result;
+
+static double cpu_s(const tcluster *tc, int all)
 {
+    double s = proc_cpu_seconds(tc->router);
+    for (int k = 0; all && k < tc->K; k++)
+        s += proc_cpu_seconds(tc->workers[k]);
+    return s;
+}
+
+/* One round: images/s with `clients` clients for `seconds`, and CPU per image. */
+static round_result run_round(const tcluster *tc, const char *body, int events, int clients,
+                              double seconds, long *failed)
+{
+    const char *hostport = tc->hostport;
+    double r0 = cpu_s(tc, 0), c0 = cpu_s(tc, 1);
     client cs[256];
     pthread_t th[256];
     double t0 = proc_now_s();
@@ -88,7 +105,12 @@ static double round_images_per_s(const char *hostport, const char *body, int eve
         images += cs[i].images;
         *failed += cs[i].failed;
     }
-    return (double)images / (proc_now_s() - t0);
+    round_result r = { .images_per_s = (double)images / (proc_now_s() - t0) };
+    if (images) {
+        r.router_ms = (cpu_s(tc, 0) - r0) * 1e3 / (double)images;
+        r.cluster_ms = (cpu_s(tc, 1) - c0) * 1e3 / (double)images;
+    }
+    return r;
 }
 
 int main(int argc, char **argv)
@@ -128,29 +150,35 @@ int main(int argc, char **argv)
     char body[128];
     snprintf(body, sizeof body, "{\"n\": 1, \"steps\": %d, \"strategy\": \"top-2\"}", steps);
     long failed = 0;
-    round_images_per_s(tc.hostport, body, 0, clients, 2, &failed); /* warm up */
-    double off[50], on[50], ratio[50];
-    printf("events_bench: %d clients, 1 image x %d steps top-2 each, %d alternating rounds of "
-           "%.0f s\n", clients, steps, rounds, seconds);
-    printf("| round | off (images/s) | on (images/s) | on/off |\n|---|---|---|---|\n");
+    run_round(&tc, body, 0, clients, 2, &failed); /* warm up */
+    double ips[50], rcpu[50], ccpu[50];
+    printf("events_bench: %d clients, 1 image x %d steps top-2 each, %d alternating pairs of "
+           "%.0f s rounds\n", clients, steps, rounds, seconds);
+    printf("| pair | images/s off | on | on/off | router CPU ms/image off | on | on/off "
+           "| cluster CPU ms/image off | on | on/off |\n|---|---|---|---|---|---|---|---|---|---|\n");
     for (int r = 0; r < rounds; r++) {
         /* alternate which goes first, so that a drift in the machine's load cancels */
+        round_result off, on;
         if (r % 2 == 0) {
-            off[r] = round_images_per_s(tc.hostport, body, 0, clients, seconds, &failed);
-            on[r] = round_images_per_s(tc.hostport, body, 1, clients, seconds, &failed);
+            off = run_round(&tc, body, 0, clients, seconds, &failed);
+            on = run_round(&tc, body, 1, clients, seconds, &failed);
         } else {
-            on[r] = round_images_per_s(tc.hostport, body, 1, clients, seconds, &failed);
-            off[r] = round_images_per_s(tc.hostport, body, 0, clients, seconds, &failed);
+            on = run_round(&tc, body, 1, clients, seconds, &failed);
+            off = run_round(&tc, body, 0, clients, seconds, &failed);
         }
-        ratio[r] = on[r] / off[r];
-        printf("| %d | %.1f | %.1f | %.3f |\n", r + 1, off[r], on[r], ratio[r]);
+        ips[r] = on.images_per_s / off.images_per_s;
+        rcpu[r] = on.router_ms / off.router_ms;
+        ccpu[r] = on.cluster_ms / off.cluster_ms;
+        printf("| %d | %.1f | %.1f | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f |\n", r + 1,
+               off.images_per_s, on.images_per_s, ips[r], off.router_ms, on.router_ms, rcpu[r],
+               off.cluster_ms, on.cluster_ms, ccpu[r]);
         fflush(stdout);
     }
-    double moff = cli_median(off, (size_t)rounds), mon = cli_median(on, (size_t)rounds);
-    double mratio = cli_median(ratio, (size_t)rounds);
-    printf("\nmedian images/s: off %.1f, on %.1f; median of the paired on/off ratios %.3f "
-           "(events cost %.1f%%); failed requests %ld\n", moff, mon, mratio,
-           100.0 * (1.0 - mratio), failed);
+    printf("\nmedians of the paired on/off ratios: images/s %.3f, router CPU per image %.3f, "
+           "cluster CPU per image %.3f (events cost %.1f%% of the cluster's CPU per image); "
+           "failed requests %ld\n", cli_median(ips, (size_t)rounds),
+           cli_median(rcpu, (size_t)rounds), cli_median(ccpu, (size_t)rounds),
+           100.0 * (cli_median(ccpu, (size_t)rounds) - 1.0), failed);
     tcluster_stop(&tc);
     return failed ? 1 : 0;
 }
