@@ -36,10 +36,14 @@ int job_events_init(job *j)
     j->ring = RING_MIN;
     j->img_evals = calloc((size_t)n, sizeof *j->img_evals);
     j->rows = malloc((size_t)j->ring * (size_t)n * (size_t)K * sizeof *j->rows);
-    j->rs = malloc(sizeof *j->rs);
-    if (!j->img_evals || !j->rows || !j->rs)
+    if (!j->img_evals || !j->rows)
         return DDM_ENOMEM;
-    rstats_init(j->rs, K);
+    if (!j->sync) { /* a streamed sample has no status document to put them in */
+        j->rs = malloc(sizeof *j->rs);
+        if (!j->rs)
+            return DDM_ENOMEM;
+        rstats_init(j->rs, K);
+    }
     if (j->preview_every > 0) {
         j->pv_target = j->preview_every;
         j->pv_filled = calloc((size_t)n, 1);
