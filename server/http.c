@@ -273,7 +273,8 @@ void conn_close_hard(http_conn *conn)
     for (http_req *r = conn->q_head, *next; r; r = next) {
         next = r->next;
         r->next = NULL;
-        if (r->state == REQ_PENDING) {
+        /* a stream is its owner's until ended, even once its head is ready */
+        if ((r->state == REQ_PENDING || r->streaming) && !r->stream_ended) {
             r->conn = NULL;
             r->aborted = 1;
             r->abort_pending = 1;

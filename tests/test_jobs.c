@@ -417,6 +417,32 @@ static void test_events_resume_and_cancel(void **state)
     httpc_response_free(&r);
 }
 
+static void test_stream_behind_pipelined_request(void **state)
+{
+    (void)state;
+    /* an event stream pipelined behind a request still being computed starts
+     * only once that response is out, and nothing is interleaved */
+    char id[64];
+    submit("{\"n\": 1, \"steps\": 2}", id);
+    cJSON *st = wait_done(id);
+    cJSON_Delete(st);
+    const char *body = "{\"n\": 1, \"steps\": 30}";
+    char raw[800];
+    snprintf(raw, sizeof raw,
+             "POST /v1/samples HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+             "Content-Length: %zu\r\n\r\n%sGET /v1/jobs/%s/events HTTP/1.1\r\nHost: x\r\n\r\n",
+             strlen(body), body, id);
+    char *out;
+    size_t len;
+    assert_int_equal(httpc_raw(tc.hostport, raw, strlen(raw), 30000, &out, &len), 0);
+    char *first = strstr(out, "HTTP/1.1 200"), *images = strstr(out, "\"images\"");
+    char *second = first ? strstr(first + 1, "HTTP/1.1 200") : NULL;
+    if (!first || !images || !second || images > second ||
+        !strstr(second, "text/event-stream") || !strstr(second, "event: done"))
+        fail_msg("pipelined response then stream, in order: %s", out);
+    free(out);
+}
+
 static void test_streamed_samples(void **state)
 {
     (void)state;
@@ -859,6 +885,7 @@ int main(void)
         cmocka_unit_test(test_bad_ids_and_bodies),
         cmocka_unit_test(test_events_resume_and_cancel),
         cmocka_unit_test(test_streamed_samples),
+        cmocka_unit_test(test_stream_behind_pipelined_request),
         cmocka_unit_test(test_queue_position),
         cmocka_unit_test(test_admission_and_subscribers),
         cmocka_unit_test(test_slow_reader_is_cut_off),
