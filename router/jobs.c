@@ -449,6 +449,8 @@ void job_status_json(const job *j, int with_result, strbuf *o)
                   (unsigned long long)j->p.seed, j->p.priority, j->preview_every,
                   j->created_unix);
     strbuf_printf(o, ",\"timings\":{\"elapsed_ms\":%.3f", (double)(end - j->created_ns) / 1e6);
+    if (j->state == JOB_RUNNING && j->started_ns)
+        strbuf_printf(o, ",\"queue_ms\":%.3f", (double)(j->started_ns - j->created_ns) / 1e6);
     if (j->state == JOB_SUCCEEDED)
         strbuf_printf(o, ",\"queue_ms\":%.3f,\"total_ms\":%.3f,\"router_ms\":%.3f,\"expert_ms\":%.3f",
                       j->queue_ms, j->total_ms, j->router_ms, j->expert_ms);
@@ -567,7 +569,7 @@ void jobs_metrics(const jobs *J, strbuf *o)
 {
     int by_state[5] = { 0 };
     for (const job *j = J->live_head; j; j = j->next)
-        by_state[j->state]++;
+        by_state[j->state] += !j->sync; /* streamed samples are no jobs of the table */
     for (const job *j = J->fin_head; j; j = j->next)
         by_state[j->state]++;
     strbuf_puts(o, "# HELP ddm_jobs Jobs in the table by status.\n# TYPE ddm_jobs gauge\n");
