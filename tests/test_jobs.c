@@ -878,6 +878,37 @@ static void test_responses_fit_openapi(void **state)
     assert_int_equal(apicheck_run(tc.hostport), 0);
 }
 
+static void test_sigterm_finishes_jobs(void **state)
+{
+    (void)state;
+    /* SIGTERM with a job running and a stream open: the job finishes, its
+     * stream gets done, new jobs are refused, the router exits 0 (and, built
+     * with sanitizers, without a leak report) */
+    char id[64];
+    submit("{\"n\": 2, \"steps\": 200}", id);
+    int status;
+    ssec *s = open_events(id, NULL, &status, NULL);
+    assert_non_null(s);
+    ssec_event ev;
+    char path[200];
+    snprintf(path, sizeof path, "/v1/jobs/%s/events", id);
+    do
+        assert_int_equal(next_event(s, path, &ev), 1);
+    while (strcmp(ev.event, "step") != 0);
+    kill(tc.router, SIGTERM);
+    int done = 0, rc;
+    while ((rc = ssec_next(s, &ev, 30000)) == 1)
+        done |= !strcmp(ev.event, "done");
+    ssec_close(s);
+    assert_true(done);
+    int st = proc_wait(tc.router, 30000);
+    tc.router = 0;
+    if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0)) {
+        proc_dump_log(tc.rlog);
+        fail_msg("the router did not exit 0 (status %d)", st);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -895,6 +926,7 @@ int main(void)
         cmocka_unit_test(test_cors_and_pages),
         cmocka_unit_test(test_client_jobs),
         cmocka_unit_test(test_responses_fit_openapi),
+        cmocka_unit_test(test_sigterm_finishes_jobs),
     };
     if (getenv("DDM_TEST_FILTER")) /* e.g. DDM_TEST_FILTER='*cancel*' */
         cmocka_set_test_filter(getenv("DDM_TEST_FILTER"));
