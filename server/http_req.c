@@ -36,6 +36,7 @@ void req_free(http_req *req)
     free(req->rhdrs);
     free(req->head);
     free(req->rbody_owned);
+    free(req->sbuf);
     free(req);
 }
 
@@ -390,6 +391,10 @@ int req_respond_internal(http_req *req, int status, const char *code, const char
 
 void http_req_drop(http_req *req)
 {
+    if (req->streaming) { /* a streamed response: end it without flushing */
+        http_stream_end(req, 1);
+        return;
+    }
     if (!req->conn) {
         req_release_detached(req);
         return;
