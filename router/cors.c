@@ -35,7 +35,8 @@ static int filter(http_req *req, void *ud)
         return 0; /* no CORS headers: the browser keeps the response from the page */
     if (http_resp_header(req, "Access-Control-Allow-Origin", origin) ||
         http_resp_header(req, "Vary", "Origin") ||
-        http_resp_header(req, "Access-Control-Expose-Headers", "Location, Retry-After"))
+        http_resp_header(req, "Access-Control-Expose-Headers",
+                         "Location, Retry-After, WWW-Authenticate"))
         return 0;
     if (strcmp(http_req_method(req), "OPTIONS") != 0 ||
         !http_req_header(req, "Access-Control-Request-Method"))

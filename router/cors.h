@@ -6,7 +6,9 @@
  * of the Origin header, e.g. "http://localhost:3000"), or "*" for any. For an
  * allowed origin every response gets Access-Control-Allow-Origin (and Vary:
  * Origin), and preflight requests (OPTIONS with Access-Control-Request-Method)
- * are answered 204 with the methods and headers the API uses. */
+ * are answered 204 with the methods and headers the API uses. The filter runs
+ * before routing, so before the token check: a preflight carries no token, and
+ * a 401 gets the CORS headers too (the page can show it). */
 #ifndef DDM_CORS_H
 #define DDM_CORS_H
 

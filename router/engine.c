@@ -340,6 +340,14 @@ static void after_plan(uv_work_t *w, int status)
         complete_tick(s);
         return;
     }
+    int live = 0;
+    for (int i = 0; i < s->n && !live; i++)
+        live = !((engine_job *)s->batch[i]->owner)->dead;
+    if (!live) { /* every job in it was cancelled or failed while it was planned */
+        s->pending = 0;
+        complete_tick(s); /* no expert call: their trajectories are dropped */
+        return;
+    }
     e->st.router_us_sum += tick_router_us(s->tk);
     for (int i = 0; i < s->n; i++) /* each trajectory's share of the router network */
         ((engine_job *)s->batch[i]->owner)->router_us += tick_router_us(s->tk) / s->n;

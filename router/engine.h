@@ -99,8 +99,11 @@ int engine_check(const engine *e, const sample_params *p, const char **code, cha
 int engine_submit(engine *e, const sample_params *p, engine_done_fn done, void *ud,
                   engine_job **job);
 
-/* The client went away before done: stop work on the job; done is not called.
- * The job must not be used afterwards. */
+/* The client went away, or cancelled, before done: stop work on the job at the
+ * next step boundary (its trajectories in a tick finish that evaluation; no
+ * expert is called for it after that, nor for a tick planned meanwhile that
+ * holds only cancelled or failed jobs); done is not called. The job must not
+ * be used afterwards. */
 void engine_job_cancel(engine_job *job);
 /* After done: the caller is finished with the result; frees the job (its
  * trajectories, which the result points to). */

@@ -60,26 +60,35 @@ static int teardown(void **state)
 
 /* ---- helpers ------------------------------------------------------------------------ */
 
-/* One request on a fresh connection; records the response. Returns the status. */
-static int call(const char *method, const char *path, const char *accept, const char *body,
-                httpc_response *r)
+/* One request to hostport on a fresh connection with extra headers (nh of
+ * them) and, when body is set, Content-Type: application/json; records the
+ * response. Returns the status. */
+static int call_hp(const char *hostport, const char *method, const char *path,
+                   const httpc_header *extra, size_t nh, const char *body, httpc_response *r)
 {
     char err[128];
     httpc *c;
-    assert_int_equal(httpc_open(tc.hostport, 30000, &c, err, sizeof err), 0);
-    httpc_header h[2];
-    size_t nh = 0;
+    assert_int_equal(httpc_open(hostport, 30000, &c, err, sizeof err), 0);
+    httpc_header h[8];
+    size_t n = 0;
     if (body)
-        h[nh++] = (httpc_header){ "Content-Type", "application/json" };
-    if (accept)
-        h[nh++] = (httpc_header){ "Accept", accept };
-    int rc = httpc_request(c, method, path, h, nh, body, body ? strlen(body) : 0, r);
+        h[n++] = (httpc_header){ "Content-Type", "application/json" };
+    for (size_t i = 0; i < nh && n < 8; i++)
+        h[n++] = extra[i];
+    int rc = httpc_request(c, method, path, h, n, body, body ? strlen(body) : 0, r);
     httpc_close(c);
     if (rc)
         fail_msg("%s %s: transport error %d", method, path, rc);
-    apicheck_response(method, path, r->status, httpc_response_header(r, "Content-Type"), r->body,
-                      r->body_len);
+    apicheck_http(method, path, r);
     return r->status;
+}
+
+/* One request to the cluster's router; accept may be NULL. Returns the status. */
+static int call(const char *method, const char *path, const char *accept, const char *body,
+                httpc_response *r)
+{
+    httpc_header h[1] = { { "Accept", accept } };
+    return call_hp(tc.hostport, method, path, h, accept ? 1 : 0, body, r);
 }
 
 static cJSON *call_json(const char *method, const char *path, const char *body, int want)
@@ -287,6 +296,9 @@ static void test_bad_ids_and_bodies(void **state)
         { "POST", "/v1/jobs", "{\"n\": 0}", 400, "1..256" },
         { "POST", "/v1/jobs", "{\"bogus\": 1}", 400, "unknown field" },
         { "POST", "/v1/jobs", "{n: 1", 400, "JSON" },
+        /* the job fields belong to jobs and event streams */
+        { "POST", "/v1/samples", "{\"priority\": 1}", 400, "POST /v1/jobs" },
+        { "POST", "/v1/samples", "{\"preview_every\": 1}", 400, "unknown field" },
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         httpc_response r;
@@ -870,6 +882,336 @@ static void test_client_jobs(void **state)
     assert_int_equal(client(out, sizeof out, "jobs submit --priority 1000"), 2);
 }
 
+/* ---- jobs on routers of their own (auth, priority, connection caps, drain) ---------- */
+
+#define TOKEN "0123456789abcdef0123456789abcdef"
+
+/* A second router on the cluster's workers with extra flags; its host:port in hp. */
+static pid_t other_router(const char *const *args, char hp[64])
+{
+    int port;
+    pid_t pid = tcluster_add_router(&tc, args, &port);
+    assert_true(pid > 0);
+    snprintf(hp, 64, "127.0.0.1:%d", port);
+    return pid;
+}
+
+/* POSTs a job to hp (with the headers given); returns its status and id. */
+static int submit_hp(const char *hp, const httpc_header *h, size_t nh, const char *body,
+                     char id[64], cJSON **doc)
+{
+    httpc_response r;
+    int st = call_hp(hp, "POST", "/v1/jobs", h, nh, body, &r);
+    id[0] = '\0';
+    cJSON *j = cJSON_Parse(r.body);
+    if (st == 202)
+        snprintf(id, 64, "%s", str(j, "id"));
+    if (doc)
+        *doc = j;
+    else
+        cJSON_Delete(j);
+    httpc_response_free(&r);
+    return st;
+}
+
+/* GET or DELETE /v1/jobs/{id} on hp; the status document (wanted 200). */
+static cJSON *job_doc(const char *hp, const httpc_header *h, size_t nh, const char *method,
+                      const char *id)
+{
+    char path[120];
+    snprintf(path, sizeof path, "/v1/jobs/%s", id);
+    httpc_response r;
+    int st = call_hp(hp, method, path, h, nh, NULL, &r);
+    if (st != 200)
+        fail_msg("%s %s -> %d: %s", method, path, st, r.body);
+    cJSON *j = cJSON_Parse(r.body);
+    httpc_response_free(&r);
+    return j;
+}
+
+static void test_jobs_behind_tokens(void **state)
+{
+    (void)state;
+    /* tokens on: every job route needs one (401 with WWW-Authenticate), the
+     * playground and /openapi.json do not, a CORS preflight needs none; work
+     * that could never be served is 400 for jobs as for /v1/samples, and a
+     * token's concurrency and queue hold for jobs and samples together */
+    char tokfile[300];
+    snprintf(tokfile, sizeof tokfile, "%s/tokens", tc.dir);
+    FILE *f = fopen(tokfile, "w");
+    assert_non_null(f);
+    fprintf(f, "alice:" TOKEN " concurrency=1 queue=1\n");
+    fclose(f);
+    const char *const args[] = { "--auth-token-file", tokfile, "--cors-origin",
+                                 "http://app.test:3000", "--max-images", "100", NULL };
+    char hp[64];
+    pid_t pid = other_router(args, hp);
+    httpc_header tok[1] = { { "Authorization", "Bearer " TOKEN } };
+    httpc_header bad[1] = { { "Authorization", "Bearer " TOKEN "x" } };
+    httpc_response r;
+    const char *id0 = "0123456789abcdef0123456789abcdef0123456789abcdef";
+    char path[160];
+    static const char *const guarded[][2] = {
+        { "POST", "/v1/jobs" }, { "GET", "/v1/jobs/%s" }, { "DELETE", "/v1/jobs/%s" },
+        { "GET", "/v1/jobs/%s/events" }, { "POST", "/v1/samples" },
+    };
+    for (size_t i = 0; i < sizeof guarded / sizeof guarded[0]; i++) {
+        snprintf(path, sizeof path, guarded[i][1], id0);
+        const char *body = guarded[i][0][0] == 'P' ? "{\"n\": 1}" : NULL;
+        for (int with_bad = 0; with_bad < 2; with_bad++) {
+            assert_int_equal(call_hp(hp, guarded[i][0], path, bad, (size_t)with_bad, body, &r),
+                             401);
+            const char *www = httpc_response_header(&r, "WWW-Authenticate");
+            assert_non_null(www);
+            assert_int_equal(strncmp(www, "Bearer ", 7), 0);
+            assert_true(!with_bad == !strstr(www, "invalid_token"));
+            httpc_response_free(&r);
+        }
+    }
+    static const char *const open_paths[] = { "/", "/playground.js", "/openapi.json", "/healthz" };
+    for (size_t i = 0; i < sizeof open_paths / sizeof open_paths[0]; i++) {
+        assert_int_equal(call_hp(hp, "GET", open_paths[i], NULL, 0, NULL, &r), 200);
+        httpc_response_free(&r);
+    }
+    /* a browser's preflight carries no token; a 401 still reaches the page */
+    httpc_header pre[2] = { { "Origin", "http://app.test:3000" },
+                            { "Access-Control-Request-Method", "POST" } };
+    assert_int_equal(call_hp(hp, "OPTIONS", "/v1/jobs", pre, 2, NULL, &r), 204);
+    assert_non_null(strstr(httpc_response_header(&r, "Access-Control-Allow-Headers"),
+                           "Authorization"));
+    httpc_response_free(&r);
+    assert_int_equal(call_hp(hp, "POST", "/v1/jobs", pre, 1, "{\"n\": 1}", &r), 401);
+    assert_string_equal(httpc_response_header(&r, "Access-Control-Allow-Origin"),
+                        "http://app.test:3000");
+    httpc_response_free(&r);
+
+    /* never servable: 400 before any limit */
+    char id[64], id2[64], id3[64];
+    cJSON *d;
+    assert_int_equal(submit_hp(hp, tok, 1, "{\"n\": 200}", id, &d), 400);
+    assert_string_equal(str(cJSON_GetObjectItem(d, "error"), "code"), "too_many_images");
+    cJSON_Delete(d);
+    assert_int_equal(submit_hp(hp, tok, 1, "{\"n\": 50, \"steps\": 1000, \"strategy\": \"full\", "
+                               "\"sampler\": \"heun\", \"label\": 1, \"guidance\": 2}", id, &d), 400);
+    assert_string_equal(str(cJSON_GetObjectItem(d, "error"), "code"), "too_much_work");
+    cJSON_Delete(d);
+
+    /* concurrency=1 queue=1: one job runs, the next waits its turn (queued), a
+     * third job or a sample is refused; when the first ends the second starts */
+    const char *longjob = "{\"n\": 1, \"steps\": 1000}";
+    assert_int_equal(submit_hp(hp, tok, 1, longjob, id, NULL), 202);
+    assert_int_equal(submit_hp(hp, tok, 1, longjob, id2, &d), 202);
+    assert_string_equal(str(d, "status"), "queued");
+    assert_true(num(d, "queue_position") >= 0);
+    cJSON_Delete(d);
+    assert_int_equal(submit_hp(hp, tok, 1, longjob, id3, &d), 429);
+    assert_string_equal(str(cJSON_GetObjectItem(d, "error"), "code"), "too_many_requests");
+    cJSON_Delete(d);
+    assert_int_equal(call_hp(hp, "POST", "/v1/samples", tok, 1, "{\"n\": 1}", &r), 429);
+    assert_non_null(httpc_response_header(&r, "Retry-After"));
+    httpc_response_free(&r);
+    d = job_doc(hp, tok, 1, "GET", id2);
+    assert_string_equal(str(d, "status"), "queued");
+    assert_int_equal((int)num(d, "step"), 0);
+    cJSON_Delete(d);
+    d = job_doc(hp, tok, 1, "DELETE", id);
+    assert_string_equal(str(d, "status"), "cancelled");
+    cJSON_Delete(d);
+    int started = 0;
+    for (int i = 0; i < 1500 && !started; i++) {
+        d = job_doc(hp, tok, 1, "GET", id2);
+        started = !strcmp(str(d, "status"), "running") && num(d, "step") > 0;
+        cJSON_Delete(d);
+        if (!started)
+            usleep(20000);
+    }
+    assert_true(started);
+    d = job_doc(hp, tok, 1, "DELETE", id2);
+    assert_string_equal(str(d, "status"), "cancelled");
+    cJSON_Delete(d);
+    proc_stop(pid, SIGTERM, 5000);
+}
+
+static void test_priority_first(void **state)
+{
+    (void)state;
+    /* higher priority gets tick capacity first, end to end: on a router that
+     * takes one image per tick, a job of priority 10 submitted after one of
+     * priority 0 of the same size finishes while the other still runs (ageing
+     * adds one level a second: the first would need 10 s to catch up) */
+    const char *const args[] = { "--tick-capacity", "1", "--ticks", "1", NULL };
+    char hp[64], low[64], high[64];
+    pid_t pid = other_router(args, hp);
+    assert_int_equal(submit_hp(hp, NULL, 0, "{\"n\": 4, \"steps\": 100}", low, NULL), 202);
+    assert_int_equal(submit_hp(hp, NULL, 0, "{\"n\": 4, \"steps\": 100, \"priority\": 10}", high,
+                               NULL), 202);
+    const char *st = "";
+    cJSON *d = NULL;
+    for (int i = 0; i < 3000; i++) {
+        d = job_doc(hp, NULL, 0, "GET", high);
+        st = str(d, "status");
+        if (strcmp(st, "queued") && strcmp(st, "running"))
+            break;
+        cJSON_Delete(d);
+        d = NULL;
+        usleep(20000);
+    }
+    assert_non_null(d);
+    assert_string_equal(st, "succeeded");
+    assert_int_equal((int)num(d, "priority"), 10);
+    cJSON_Delete(d);
+    d = job_doc(hp, NULL, 0, "GET", low);
+    assert_string_equal(str(d, "status"), "running");
+    assert_true(num(d, "step") < 100);
+    cJSON_Delete(d);
+    d = job_doc(hp, NULL, 0, "DELETE", low);
+    cJSON_Delete(d);
+    proc_stop(pid, SIGTERM, 5000);
+}
+
+/* Reads s until an event named want (recorded for the schema check); fails on
+ * the end of the stream or an error. */
+static void read_until(ssec *s, const char *path, const char *want, ssec_event *ev)
+{
+    do
+        if (next_event(s, path, ev) != 1)
+            fail_msg("%s: the stream ended before a \"%s\" event", path, want);
+    while (strcmp(ev->event, want) != 0);
+}
+
+/* Retries a request while the router answers 503 (a connection over a cap
+ * until the router has seen an earlier one close). Returns the status. */
+static int call_when_room(const char *hp, const char *method, const char *path,
+                          httpc_response *r)
+{
+    int st = 503;
+    for (int i = 0; i < 200 && st == 503; i++) {
+        st = call_hp(hp, method, path, NULL, 0, NULL, r);
+        if (st == 503) {
+            httpc_response_free(r);
+            usleep(20000);
+        }
+    }
+    return st;
+}
+
+static void test_streams_and_connection_caps(void **state)
+{
+    (void)state;
+    /* an open event stream is a response in progress: never evicted as idle,
+     * not closed by the short timeout near the cap, and counted toward the
+     * per-address cap (then only health probes answer on a new connection) */
+    const char *const args[] = { "--max-connections", "3", "--max-connections-per-ip", "3",
+                                 "--tick-capacity", "1", "--ticks", "1", NULL };
+    char hp[64], hog[64], watched[64], err[128], path[160];
+    pid_t pid = other_router(args, hp);
+    httpc *c0;
+    assert_int_equal(httpc_open(hp, 10000, &c0, err, sizeof err), 0);
+    httpc_header h[1] = { { "Content-Type", "application/json" } };
+    const char *bodies[2] = { "{\"n\": 1, \"steps\": 1000, \"priority\": 100}",
+                              "{\"n\": 1, \"steps\": 5}" };
+    char *ids[2] = { hog, watched };
+    for (int i = 0; i < 2; i++) { /* on one kept-alive connection, idle afterwards */
+        httpc_response r;
+        assert_int_equal(httpc_request(c0, "POST", "/v1/jobs", h, 1, bodies[i],
+                                       strlen(bodies[i]), &r), 0);
+        assert_int_equal(r.status, 202);
+        cJSON *j = cJSON_Parse(r.body);
+        snprintf(ids[i], 64, "%s", str(j, "id"));
+        cJSON_Delete(j);
+        httpc_response_free(&r);
+    }
+    /* three streams on the watched job, which waits behind the hog: quiet */
+    snprintf(path, sizeof path, "/v1/jobs/%s/events", watched);
+    ssec *s[3];
+    ssec_event ev;
+    for (int i = 0; i < 3; i++) {
+        int status;
+        assert_int_equal(ssec_open(hp, "GET", path, NULL, 0, NULL, 0, 10000, &s[i], &status,
+                                   NULL), 0);
+        read_until(s[i], path, "queued", &ev);
+    }
+    /* the third took the idle connection's place */
+    assert_int_equal(httpc_wait_closed(c0, 10000), 1);
+    httpc_close(c0);
+    /* past the near-cap timeout (1 s) the quiet streams are still open */
+    usleep(1500000);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(ssec_next(s[i], &ev, 200), -1006 /* DDM_ETIMEDOUT: open, quiet */);
+    /* the address is at its cap with streams only: health answers, nothing else */
+    httpc_response r;
+    assert_int_equal(call_hp(hp, "GET", "/healthz", NULL, 0, NULL, &r), 200);
+    httpc_response_free(&r);
+    snprintf(path, sizeof path, "/v1/jobs/%s", watched);
+    assert_int_equal(call_hp(hp, "GET", path, NULL, 0, NULL, &r), 503);
+    httpc_response_free(&r);
+    /* one stream goes: the hog can be cancelled, the watched job runs, the
+     * remaining streams see it through */
+    ssec_close(s[2]);
+    snprintf(path, sizeof path, "/v1/jobs/%s", hog);
+    assert_int_equal(call_when_room(hp, "DELETE", path, &r), 200);
+    httpc_response_free(&r);
+    snprintf(path, sizeof path, "/v1/jobs/%s/events", watched);
+    for (int i = 0; i < 2; i++) {
+        read_until(s[i], path, "step", &ev);
+        read_until(s[i], path, "done", &ev);
+        cJSON *d = cJSON_Parse(ev.data);
+        assert_string_equal(str(d, "status"), "succeeded");
+        cJSON_Delete(d);
+        ssec_close(s[i]);
+    }
+    assert_int_equal(call_when_room(hp, "GET", "/metrics", &r), 200);
+    assert_non_null(strstr(r.body, "\nddm_http_connections_evicted_total "));
+    assert_null(strstr(r.body, "\nddm_http_connections_evicted_total 0\n"));
+    httpc_response_free(&r);
+    proc_stop(pid, SIGTERM, 5000);
+}
+
+static void test_drain_limit_ends_streams(void **state)
+{
+    (void)state;
+    /* SIGTERM with a long job: new jobs get 503 at once; past the drain limit
+     * the job fails with 503 shutting_down, its stream gets that error event
+     * and ends, and the router exits 0 */
+    const char *const args[] = { "--drain-timeout-ms", "500", NULL };
+    char hp[64], id[64], path[160];
+    pid_t pid = other_router(args, hp);
+    assert_int_equal(submit_hp(hp, NULL, 0, "{\"n\": 1, \"steps\": 1000}", id, NULL), 202);
+    snprintf(path, sizeof path, "/v1/jobs/%s/events", id);
+    ssec *s;
+    int status;
+    assert_int_equal(ssec_open(hp, "GET", path, NULL, 0, NULL, 0, 10000, &s, &status, NULL), 0);
+    ssec_event ev;
+    read_until(s, path, "step", &ev);
+    kill(pid, SIGTERM);
+    httpc_response r;
+    for (int st = 202; st == 202;) { /* once the signal is in: 503, Connection: close */
+        char nid[64];
+        st = submit_hp(hp, NULL, 0, "{\"n\": 1, \"steps\": 2}", nid, NULL);
+        if (st == 202) {
+            snprintf(path, sizeof path, "/v1/jobs/%s", nid);
+            assert_int_equal(call_hp(hp, "DELETE", path, NULL, 0, NULL, &r), 200);
+            httpc_response_free(&r);
+            usleep(20000);
+        } else {
+            assert_int_equal(st, 503);
+        }
+    }
+    snprintf(path, sizeof path, "/v1/jobs/%s/events", id);
+    read_until(s, path, "error", &ev);
+    cJSON *d = cJSON_Parse(ev.data);
+    assert_string_equal(str(d, "status"), "failed");
+    cJSON *e = cJSON_GetObjectItem(d, "error");
+    assert_string_equal(str(e, "code"), "shutting_down");
+    assert_int_equal((int)num(e, "http_status"), 503);
+    cJSON_Delete(d);
+    assert_int_equal(ssec_next(s, &ev, 10000), 0); /* then the stream ends */
+    ssec_close(s);
+    int st = proc_wait(pid, 30000);
+    if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0))
+        fail_msg("the router did not exit 0 (status %d)", st);
+}
+
 static void test_responses_fit_openapi(void **state)
 {
     (void)state;
@@ -931,6 +1273,10 @@ int main(void)
         cmocka_unit_test(test_heartbeats),
         cmocka_unit_test(test_cors_and_pages),
         cmocka_unit_test(test_client_jobs),
+        cmocka_unit_test(test_jobs_behind_tokens),
+        cmocka_unit_test(test_priority_first),
+        cmocka_unit_test(test_streams_and_connection_caps),
+        cmocka_unit_test(test_drain_limit_ends_streams),
         cmocka_unit_test(test_responses_fit_openapi),
         cmocka_unit_test(test_sigterm_finishes_jobs),
     };

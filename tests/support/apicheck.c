@@ -53,8 +53,10 @@ static void emit(strbuf *o)
     strbuf_free(o);
 }
 
-void apicheck_response(const char *method, const char *path, int status, const char *ctype,
-                       const char *body, size_t len)
+/* Records a response; headers (may be NULL) are the response's, for the
+ * checks of the headers the document requires. */
+static void record(const char *method, const char *path, int status, const char *ctype,
+                   const char *body, size_t len, const httpc_response *headers)
 {
     apicheck_begin();
     strbuf o = { 0 };
@@ -68,8 +70,36 @@ void apicheck_response(const char *method, const char *path, int status, const c
     int text = ctype && (strstr(ctype, "json") || strstr(ctype, "text/"));
     strbuf_puts(&o, ",\"body\":");
     put_str(&o, text ? body : "", text ? len : 0);
+    if (headers) {
+        strbuf_puts(&o, ",\"headers\":{");
+        for (size_t i = 0; i < headers->nheaders; i++) {
+            char name[128];
+            size_t n = 0;
+            for (const char *c = headers->headers[i].name; *c && n + 1 < sizeof name; c++)
+                name[n++] = (char)(*c >= 'A' && *c <= 'Z' ? *c + 32 : *c);
+            name[n] = '\0';
+            if (i)
+                strbuf_puts(&o, ",");
+            put_str(&o, name, n);
+            strbuf_puts(&o, ":");
+            put_str(&o, headers->headers[i].value, strlen(headers->headers[i].value));
+        }
+        strbuf_puts(&o, "}");
+    }
     strbuf_puts(&o, "}");
     emit(&o);
+}
+
+void apicheck_response(const char *method, const char *path, int status, const char *ctype,
+                       const char *body, size_t len)
+{
+    record(method, path, status, ctype, body, len, NULL);
+}
+
+void apicheck_http(const char *method, const char *path, const httpc_response *r)
+{
+    record(method, path, r->status, httpc_response_header(r, "Content-Type"), r->body,
+           r->body_len, r);
 }
 
 void apicheck_event(const char *method, const char *path, const char *event, const char *data)

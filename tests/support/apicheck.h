@@ -10,12 +10,17 @@
 
 #include <stddef.h>
 
+#include "server/httpc.h"
+
 /* Starts recording into a temp file (idempotent). */
 void apicheck_begin(void);
 /* Records one response: method, the path asked for (with its query), status,
  * content type (may be NULL) and body. */
 void apicheck_response(const char *method, const char *path, int status, const char *ctype,
                        const char *body, size_t len);
+/* Records r, the response to method path, with its headers: the check then
+ * also wants every header the document requires of that response. */
+void apicheck_http(const char *method, const char *path, const httpc_response *r);
 /* Records one event of a stream read from method path. */
 void apicheck_event(const char *method, const char *path, const char *event, const char *data);
 /* Fetches /openapi.json from hostport and runs the checker over everything
