@@ -1,6 +1,9 @@
 /* strbuf.c -- growable buffer (see strbuf.h). */
 #include "common/strbuf.h"
 
+#include "common/base64.h"
+#include "common/utf8.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,29 +56,22 @@ void strbuf_printf(strbuf *b, const char *fmt, ...)
 
 void strbuf_json_str(strbuf *b, const char *s)
 {
-    static const char hex[] = "0123456789abcdef";
-    strbuf_reserve(b, 2 + (s ? strlen(s) : 0));
-    strbuf_put(b, "\"", 1);
-    for (const unsigned char *c = (const unsigned char *)(s ? s : ""); *c && !b->oom; c++) {
-        char esc[7];
-        if (*c == '"' || *c == '\\') {
-            esc[0] = '\\', esc[1] = (char)*c;
-            strbuf_put(b, esc, 2);
-        } else if (*c == '\n') {
-            strbuf_put(b, "\\n", 2);
-        } else if (*c == '\r') {
-            strbuf_put(b, "\\r", 2);
-        } else if (*c == '\t') {
-            strbuf_put(b, "\\t", 2);
-        } else if (*c < 0x20 || *c == 0x7f) {
-            memcpy(esc, "\\u00", 4);
-            esc[4] = hex[*c >> 4], esc[5] = hex[*c & 15];
-            strbuf_put(b, esc, 6);
-        } else {
-            strbuf_put(b, c, 1);
-        }
-    }
-    strbuf_put(b, "\"", 1);
+    size_t n = utf8_json_quote(NULL, 0, s);
+    strbuf_reserve(b, n);
+    if (b->oom)
+        return;
+    utf8_json_quote(b->p + b->len, n + 1, s);
+    b->len += n;
+}
+
+void strbuf_base64(strbuf *b, const void *data, size_t len)
+{
+    size_t n = base64_encoded_len(len);
+    strbuf_reserve(b, n);
+    if (b->oom)
+        return;
+    base64_encode(data, len, b->p + b->len); /* NUL-terminated, as b keeps it */
+    b->len += n;
 }
 
 char *strbuf_take(strbuf *b, size_t *len)

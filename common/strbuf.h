@@ -20,8 +20,11 @@ void strbuf_reserve(strbuf *b, size_t more);
 void strbuf_put(strbuf *b, const void *data, size_t len);
 void strbuf_puts(strbuf *b, const char *s);
 void strbuf_printf(strbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-/* Appends s as a JSON string literal (quotes, escapes); NULL as "". */
+/* Appends s as a JSON string literal (quotes, escapes; bytes that are not
+ * UTF-8 become U+FFFD, as utf8_json_quote writes them); NULL as "". */
 void strbuf_json_str(strbuf *b, const char *s);
+/* Appends data[0..len) in base64 (RFC 4648, padded; no quotes). */
+void strbuf_base64(strbuf *b, const void *data, size_t len);
 /* Returns the malloc'd bytes (caller frees) and their length, and empties b;
  * NULL (and b freed) when oom was set or nothing was appended. */
 char *strbuf_take(strbuf *b, size_t *len);

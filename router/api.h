@@ -51,6 +51,13 @@ typedef struct api_result {
     double queue_ms, total_ms, router_ms, expert_ms;
 } api_result;
 
+/* The PNG grid of n images imgs [n][height][width][channels] in [-1, 1] that
+ * Accept: image/png answers (ceil(sqrt(n)) columns; grey or RGB as channels
+ * is 1 or 3), malloc'd into *png (caller frees). Returns 0 or a ddm_err with
+ * err set. Previews use it too, so they look like the result. */
+int api_encode_grid(const float *imgs, int n, int width, int height, int channels, uint8_t **png,
+                    size_t *len, char *err, size_t errlen);
+
 /* Encodes the response body (malloc'd, caller frees) and its content type.
  * Returns 0, or DDM_ENOMEM / DDM_EFORMAT with err set. */
 int api_encode_sample(api_format fmt, const api_result *r, uint8_t **body, size_t *len,

@@ -14,9 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common/base64.h"
 #include "common/err.h"
-#include "common/png.h"
 #include "router/sse.h"
 
 #define RING_MIN 4
@@ -223,22 +221,15 @@ typedef struct pv_work {
 static void pv_encode(uv_work_t *w)
 {
     pv_work *pw = w->data;
-    int cols = 1;
-    while (cols * cols < pw->n)
-        cols++;
     uint8_t *png;
     size_t plen;
     char err[128];
-    if (pngio_encode_grid_ch(pw->x0, pw->n, pw->width, pw->height, pw->channels, cols, &png,
-                             &plen, err, sizeof err))
+    if (api_encode_grid(pw->x0, pw->n, pw->width, pw->height, pw->channels, &png, &plen, err,
+                        sizeof err))
         return;
     strbuf d = { 0 };
     strbuf_printf(&d, "{\"step\":%d,\"t\":%.6g,\"n\":%d,\"png\":\"", pw->step, pw->t, pw->n);
-    strbuf_reserve(&d, base64_encoded_len(plen) + 4);
-    if (!d.oom) {
-        base64_encode(png, plen, d.p + d.len);
-        d.len += base64_encoded_len(plen);
-    }
+    strbuf_base64(&d, png, plen);
     strbuf_puts(&d, "\"}");
     free(png);
     strbuf f = { 0 };

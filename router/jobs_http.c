@@ -16,17 +16,6 @@
 #include "common/err.h"
 #include "router/sse.h"
 
-static void respond_strbuf(http_req *req, int status, strbuf *o)
-{
-    size_t len;
-    char *body = strbuf_take(o, &len);
-    if (!body) {
-        http_respond_error(req, 500, "internal", "out of memory");
-        return;
-    }
-    http_respond_owned(req, status, "application/json", body, len);
-}
-
 static void respond_submit_error(http_req *req, int rc)
 {
     if (rc == DDM_EBUSY) {
@@ -73,7 +62,7 @@ static void handle_submit(http_req *req, void *ud)
     if (j->state == JOB_QUEUED)
         strbuf_printf(&o, ",\"queue_position\":%d", j->qpos);
     strbuf_printf(&o, ",\"url\":\"%s\",\"events_url\":\"%s/events\"}\n", loc, loc);
-    respond_strbuf(req, 202, &o);
+    http_respond_strbuf(req, 202, "application/json", &o);
 }
 
 /* Resolves the id in /v1/jobs/{id}[suffix]; answers 400/404/410 itself. */
@@ -133,7 +122,7 @@ static void get_status(jobs *J, job *j, http_req *req)
     strbuf o = { 0 };
     job_status_json(j, 1, &o);
     strbuf_puts(&o, "\n");
-    respond_strbuf(req, 200, &o);
+    http_respond_strbuf(req, 200, "application/json", &o);
 }
 
 static void cancel(jobs *J, job *j, http_req *req)
@@ -150,7 +139,7 @@ static void cancel(jobs *J, job *j, http_req *req)
     strbuf o = { 0 };
     job_status_json(j, 0, &o);
     strbuf_puts(&o, "\n");
-    respond_strbuf(req, 200, &o);
+    http_respond_strbuf(req, 200, "application/json", &o);
 }
 
 static void events(jobs *J, job *j, http_req *req)

@@ -281,19 +281,6 @@ static void handle_samples(http_req *req, void *ud)
         sreq_run(r); /* else its turn comes in sreq_turn */
 }
 
-/* ---- documents ------------------------------------------------------------------------ */
-
-static void respond_out(http_req *req, int status, const char *ctype, strbuf *o)
-{
-    size_t len;
-    char *body = strbuf_take(o, &len);
-    if (!body) {
-        http_respond_error(req, 500, "internal", "out of memory");
-        return;
-    }
-    http_respond_owned(req, status, ctype, body, len);
-}
-
 static void handle_experts(http_req *req, void *ud)
 {
     service *s = ud;
@@ -338,7 +325,7 @@ static void handle_experts(http_req *req, void *ud)
         strbuf_printf(&o, "]}");
     }
     strbuf_printf(&o, "]}\n");
-    respond_out(req, 200, "application/json", &o);
+    http_respond_strbuf(req, 200, "application/json", &o);
 }
 
 static void handle_healthz(http_req *req, void *ud)
@@ -487,7 +474,7 @@ static void handle_metrics(http_req *req, void *ud)
     rstats_prometheus(&s->routing, &o);
     if (s->jobs)
         jobs_metrics(s->jobs, &o);
-    respond_out(req, 200, "text/plain; version=0.0.4", &o);
+    http_respond_strbuf(req, 200, "text/plain; version=0.0.4", &o);
 }
 
 static void on_eval(void *ud, const traj *tr)

@@ -47,6 +47,8 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "common/strbuf.h"
+
 typedef struct http_server http_server;
 typedef struct http_req http_req;
 
@@ -235,6 +237,10 @@ int http_respond(http_req *req, int status, const char *content_type,
  * (it is released with free()) -- in every case, including errors. No copy. */
 int http_respond_owned(http_req *req, int status, const char *content_type,
                        void *body, size_t len);
+
+/* Like http_respond_owned with the bytes of b, which is emptied (they are
+ * taken); a b that ran out of memory (b->oom) is answered 500 instead. */
+int http_respond_strbuf(http_req *req, int status, const char *content_type, strbuf *b);
 
 /* Sends status with the JSON body {"error": {"code": code, "message": message}}
  * (both JSON-escaped; application/json). Add Retry-After beforehand with

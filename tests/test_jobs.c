@@ -214,6 +214,16 @@ static void check_png(const char *b64, int *w, int *h)
     free(png);
 }
 
+/* A second router on the cluster's workers with extra flags; its host:port in hp. */
+static pid_t other_router(const char *const *args, char hp[64])
+{
+    int port;
+    pid_t pid = tcluster_add_router(&tc, args, &port);
+    assert_true(pid > 0);
+    snprintf(hp, 64, "127.0.0.1:%d", port);
+    return pid;
+}
+
 /* ---- tests ---------------------------------------------------------------------------- */
 
 static void test_submit_status_result(void **state)
@@ -508,11 +518,8 @@ static void test_queue_position(void **state)
     (void)state;
     /* a second router that takes 2 images per tick, one tick at a time */
     const char *const args[] = { "--tick-capacity", "2", "--ticks", "1", NULL };
-    int port;
-    pid_t pid = tcluster_add_router(&tc, args, &port);
-    assert_true(pid > 0);
     char hp[64], err[128];
-    snprintf(hp, sizeof hp, "127.0.0.1:%d", port);
+    pid_t pid = other_router(args, hp);
     httpc *c;
     assert_int_equal(httpc_open(hp, 10000, &c, err, sizeof err), 0);
     httpc_header h[] = { { "Content-Type", "application/json" } };
@@ -716,11 +723,8 @@ static void test_heartbeats(void **state)
     /* a queued job's quiet stream gets comment lines (--sse-heartbeat-ms 100) */
     const char *const args[] = { "--tick-capacity", "1", "--ticks", "1", "--sse-heartbeat-ms",
                                  "100", NULL };
-    int port;
-    pid_t pid = tcluster_add_router(&tc, args, &port);
-    assert_true(pid > 0);
     char hp[64], err[128];
-    snprintf(hp, sizeof hp, "127.0.0.1:%d", port);
+    pid_t pid = other_router(args, hp);
     httpc *c;
     assert_int_equal(httpc_open(hp, 10000, &c, err, sizeof err), 0);
     httpc_header h[] = { { "Content-Type", "application/json" } };
@@ -789,11 +793,8 @@ static void test_cors_and_pages(void **state)
 
     /* --cors-origin: that origin (only) gets the headers and its preflights answered */
     const char *const args[] = { "--cors-origin", "http://app.test:3000", NULL };
-    int port;
-    pid_t pid = tcluster_add_router(&tc, args, &port);
-    assert_true(pid > 0);
     char hp[64];
-    snprintf(hp, sizeof hp, "127.0.0.1:%d", port);
+    pid_t pid = other_router(args, hp);
     assert_int_equal(httpc_open(hp, 10000, &c, err, sizeof err), 0);
     assert_int_equal(httpc_request(c, "OPTIONS", "/v1/jobs", origin, 2, NULL, 0, &r), 0);
     assert_int_equal(r.status, 204);
@@ -885,16 +886,6 @@ static void test_client_jobs(void **state)
 /* ---- jobs on routers of their own (auth, priority, connection caps, drain) ---------- */
 
 #define TOKEN "0123456789abcdef0123456789abcdef"
-
-/* A second router on the cluster's workers with extra flags; its host:port in hp. */
-static pid_t other_router(const char *const *args, char hp[64])
-{
-    int port;
-    pid_t pid = tcluster_add_router(&tc, args, &port);
-    assert_true(pid > 0);
-    snprintf(hp, 64, "127.0.0.1:%d", port);
-    return pid;
-}
 
 /* POSTs a job to hp (with the headers given); returns its status and id. */
 static int submit_hp(const char *hp, const httpc_header *h, size_t nh, const char *body,

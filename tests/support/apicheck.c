@@ -53,17 +53,23 @@ static void emit(strbuf *o)
     strbuf_free(o);
 }
 
+/* Starts a record in o: {"method": ..., "path": ... (the caller closes it). */
+static void begin_record(strbuf *o, const char *method, const char *path)
+{
+    apicheck_begin();
+    strbuf_puts(o, "{\"method\":");
+    put_str(o, method, strlen(method));
+    strbuf_puts(o, ",\"path\":");
+    put_str(o, path, strlen(path));
+}
+
 /* Records a response; headers (may be NULL) are the response's, for the
  * checks of the headers the document requires. */
 static void record(const char *method, const char *path, int status, const char *ctype,
                    const char *body, size_t len, const httpc_response *headers)
 {
-    apicheck_begin();
     strbuf o = { 0 };
-    strbuf_puts(&o, "{\"method\":");
-    put_str(&o, method, strlen(method));
-    strbuf_puts(&o, ",\"path\":");
-    put_str(&o, path, strlen(path));
+    begin_record(&o, method, path);
     strbuf_printf(&o, ",\"status\":%d,\"content_type\":", status);
     put_str(&o, ctype ? ctype : "", ctype ? strlen(ctype) : 0);
     /* bodies that are not text (PNG, protobuf) are only checked for their type */
@@ -104,14 +110,10 @@ void apicheck_http(const char *method, const char *path, const httpc_response *r
 
 void apicheck_event(const char *method, const char *path, const char *event, const char *data)
 {
-    apicheck_begin();
     strbuf o = { 0 };
-    strbuf_puts(&o, "{\"method\":");
-    put_str(&o, method, strlen(method));
+    begin_record(&o, method, path);
     strbuf_puts(&o, ",\"event\":");
     put_str(&o, event, strlen(event));
-    strbuf_puts(&o, ",\"path\":");
-    put_str(&o, path, strlen(path));
     strbuf_puts(&o, ",\"data\":");
     put_str(&o, data, strlen(data));
     strbuf_puts(&o, "}");

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "common/err.h"
+#include "common/fsutil.h"
 #include "common/version.h"
 #include "server/httpc.h"
 #include "tools/client/cli.h"
@@ -317,9 +318,7 @@ static int http_failed(const httpc_response *resp)
 {
     if (resp->status == 200)
         return 0;
-    char msg[1024];
-    cli_error_message(resp, msg, sizeof msg);
-    fprintf(stderr, "ddm-client: HTTP %d: %s\n", resp->status, msg);
+    cli_report_http_error(resp);
     return 1;
 }
 
@@ -328,6 +327,20 @@ static double mono_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/* Parses the options every command that calls the router shares (--url,
+ * --timeout, --quiet, --json). Returns 0 if c was one of them (and handled),
+ * -1 if it is not one of them, 2 on a bad value. */
+static int parse_common_opt(int c, const char *arg, common_opts *co)
+{
+    switch (c) {
+    case 'u': co->url = arg; return 0;
+    case 't': return opt_duration("--timeout", arg, &co->timeout_ms) ? 2 : 0;
+    case 'q': co->quiet = 1; return 0;
+    case O_JSON: co->json = 1; return 0;
+    default: return -1;
+    }
 }
 
 /* Parses the request fields sample and bench share. Returns 0 if c was one of
@@ -477,21 +490,19 @@ static int cmd_sample(int argc, char **argv)
     int c;
     while ((c = getopt_long(argc, argv, "u:n:s:S:o:t:qh", lo, NULL)) != -1) {
         int st = parse_req_opt(c, optarg, &rq);
+        if (st < 0)
+            st = parse_common_opt(c, optarg, &co);
         if (st == 2)
             return 2;
         if (st == 0)
             continue;
         switch (c) {
-        case 'u': co.url = optarg; break;
         case 'o': out = optarg; break;
-        case 't': if (opt_duration("--timeout", optarg, &co.timeout_ms)) return 2; break;
-        case 'q': co.quiet = 1; break;
         case O_TRACE: rq.trace = 1; break;
         case O_PROTO: proto = 1; break;
         case O_COLS: if (opt_long("--cols", optarg, 1, 1024, &cols)) return 2; break;
         case O_OUTDIR: out_dir = optarg; break;
         case O_SERVERGRID: server_grid = 1; break;
-        case O_JSON: co.json = 1; break;
         case O_PROGRESS: progress = 1; break;
         case 'h': usage_sample(stdout); return 0;
         default: return usage_hint("sample");
@@ -535,14 +546,10 @@ static int cmd_sample(int argc, char **argv)
     }
     char err[512];
     if (server_grid) {
-        FILE *f = fopen(out, "wb");
-        int bad = !f || fwrite(resp.body, 1, resp.body_len, f) != resp.body_len;
-        if (f && fclose(f))
-            bad = 1;
+        rc = fs_write_file(out, resp.body, resp.body_len, err, sizeof err);
         httpc_response_free(&resp);
-        if (bad) {
-            fprintf(stderr, "ddm-client: cannot write %s (check the folder exists and is writable)\n",
-                    out);
+        if (rc) {
+            fprintf(stderr, "ddm-client: %s\n", err);
             return 1;
         }
         if (!co.quiet)
@@ -564,18 +571,6 @@ static int cmd_sample(int argc, char **argv)
 
 /* ---- experts ------------------------------------------------------------------------- */
 
-static double jnum(const cJSON *o, const char *k)
-{
-    const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, k);
-    return cJSON_IsNumber(it) ? it->valuedouble : 0;
-}
-
-static const char *jstr(const cJSON *o, const char *k)
-{
-    const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, k);
-    return cJSON_IsString(it) ? it->valuestring : "";
-}
-
 static int print_experts(const char *body, size_t len)
 {
     cJSON *root = cJSON_ParseWithLength(body, len);
@@ -586,14 +581,14 @@ static int print_experts(const char *body, size_t len)
         cJSON_Delete(root);
         return 1;
     }
-    printf("%d experts, dim %d, %d classes, %s\n", (int)jnum(root, "num_experts"),
-           (int)jnum(root, "dim"), (int)jnum(root, "num_classes"),
+    printf("%d experts, dim %d, %d classes, %s\n", (int)cli_jnum(root, "num_experts"),
+           (int)cli_jnum(root, "dim"), (int)cli_jnum(root, "num_classes"),
            cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "ready")) ? "ready"
                                                                         : "NOT ready");
     if (cJSON_GetObjectItemCaseSensitive(root, "channels")) { /* image shape (routers since #15) */
-        int ch = (int)jnum(root, "channels");
-        printf("images %dx%d %s, dataset %s, classes:", (int)jnum(root, "width"),
-               (int)jnum(root, "height"), ch == 3 ? "RGB" : "grey", jstr(root, "dataset"));
+        int ch = (int)cli_jnum(root, "channels");
+        printf("images %dx%d %s, dataset %s, classes:", (int)cli_jnum(root, "width"),
+               (int)cli_jnum(root, "height"), ch == 3 ? "RGB" : "grey", cli_jstr(root, "dataset"));
         const cJSON *nm, *names = cJSON_GetObjectItemCaseSensitive(root, "class_names");
         int any = 0;
         cJSON_ArrayForEach(nm, names) {
@@ -608,18 +603,18 @@ static int print_experts(const char *body, size_t len)
     cJSON_ArrayForEach(e, experts) {
         const cJSON *reps = cJSON_GetObjectItemCaseSensitive(e, "replicas");
         char live[16];
-        snprintf(live, sizeof live, "%d/%d", (int)jnum(e, "live_replicas"),
+        snprintf(live, sizeof live, "%d/%d", (int)cli_jnum(e, "live_replicas"),
                  cJSON_GetArraySize(reps));
-        printf("%-3d %-5s %10.0f %12.0f %9.3f %8.2f %8.0f %8.0f ", (int)jnum(e, "id"), live,
-               jnum(e, "calls"), jnum(e, "rows"), jnum(e, "mean_latency_ms"),
-               jnum(e, "mean_batch"), jnum(e, "retries"), jnum(e, "failures"));
+        printf("%-3d %-5s %10.0f %12.0f %9.3f %8.2f %8.0f %8.0f ", (int)cli_jnum(e, "id"), live,
+               cli_jnum(e, "calls"), cli_jnum(e, "rows"), cli_jnum(e, "mean_latency_ms"),
+               cli_jnum(e, "mean_batch"), cli_jnum(e, "retries"), cli_jnum(e, "failures"));
         const cJSON *r;
         int first = 1;
         cJSON_ArrayForEach(r, reps) {
             /* the detail of a healthy replica (weights hash, batch) is in --json */
-            const char *state = jstr(r, "state"), *detail = jstr(r, "detail");
+            const char *state = cli_jstr(r, "state"), *detail = cli_jstr(r, "detail");
             int show = *detail && strcmp(state, "up");
-            printf("%s %s (%s%s%s)", first ? "" : ",", jstr(r, "url"), state, show ? ": " : "",
+            printf("%s %s (%s%s%s)", first ? "" : ",", cli_jstr(r, "url"), state, show ? ": " : "",
                    show ? detail : "");
             first = 0;
         }
@@ -639,10 +634,12 @@ static int cmd_experts(int argc, char **argv)
     common_opts co = { .timeout_ms = 10000 };
     int c;
     while ((c = getopt_long(argc, argv, "u:t:h", lo, NULL)) != -1) {
+        int st = parse_common_opt(c, optarg, &co);
+        if (st == 2)
+            return 2;
+        if (st == 0)
+            continue;
         switch (c) {
-        case 'u': co.url = optarg; break;
-        case 't': if (opt_duration("--timeout", optarg, &co.timeout_ms)) return 2; break;
-        case O_JSON: co.json = 1; break;
         case 'h': usage_experts(stdout); return 0;
         default: return usage_hint("experts");
         }
@@ -740,12 +737,13 @@ static int cmd_bench(int argc, char **argv)
     int c;
     while ((c = getopt_long(argc, argv, "u:c:d:n:s:S:t:qh", lo, NULL)) != -1) {
         int st = parse_req_opt(c, optarg, &rq);
+        if (st < 0)
+            st = parse_common_opt(c, optarg, &co);
         if (st == 2)
             return 2;
         if (st == 0)
             continue;
         switch (c) {
-        case 'u': co.url = optarg; break;
         case 'c':
             if (opt_long("--connections", optarg, 1, LOADGEN_MAX_CONNECTIONS, &conns))
                 return 2;
@@ -759,9 +757,6 @@ static int cmd_bench(int argc, char **argv)
         case O_REQUESTS: if (opt_long("--requests", optarg, 1, 1000000000L, &max_req)) return 2; break;
         case O_PROTO: proto = 1; break;
         case O_PNG: png = 1; break;
-        case 't': if (opt_duration("--timeout", optarg, &co.timeout_ms)) return 2; break;
-        case O_JSON: co.json = 1; break;
-        case 'q': co.quiet = 1; break;
         case 'h': usage_bench(stdout); return 0;
         default: return usage_hint("bench");
         }
@@ -847,10 +842,13 @@ static int cmd_ready(int argc, char **argv)
     long wait_ms = 0;
     int c;
     while ((c = getopt_long(argc, argv, "u:w:qh", lo, NULL)) != -1) {
+        int st = parse_common_opt(c, optarg, &co);
+        if (st == 2)
+            return 2;
+        if (st == 0)
+            continue;
         switch (c) {
-        case 'u': co.url = optarg; break;
         case 'w': if (opt_duration("--wait", optarg, &wait_ms)) return 2; break;
-        case 'q': co.quiet = 1; break;
         case 'h': usage_ready(stdout); return 0;
         default: return usage_hint("ready");
         }
@@ -991,15 +989,14 @@ static int cmd_jobs(int argc, char **argv)
     int c;
     while ((c = getopt_long(argc, argv, "u:n:s:S:o:t:qh", lo, NULL)) != -1) {
         int st = parse_req_opt(c, optarg, &rq);
+        if (st < 0)
+            st = parse_common_opt(c, optarg, &co);
         if (st == 2)
             return 2;
         if (st == 0)
             continue;
         switch (c) {
-        case 'u': co.url = optarg; break;
         case 'o': out = optarg; break;
-        case 't': if (opt_duration("--timeout", optarg, &co.timeout_ms)) return 2; break;
-        case 'q': co.quiet = 1; break;
         case O_TRACE: rq.trace = 1; break;
         case O_PRIORITY:
             if (opt_long("--priority", optarg, -100, 100, &prio))
@@ -1009,7 +1006,6 @@ static int cmd_jobs(int argc, char **argv)
         case O_PREVIEW: if (opt_long("--preview-every", optarg, 0, 1000, &preview)) return 2; break;
         case O_WAIT: wait = 1; break;
         case O_EVENTS: events = 1; break;
-        case O_JSON: co.json = 1; break;
         case 'h': usage_jobs(stdout); return 0;
         default: return usage_hint("jobs");
         }

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "common/err.h"
+#include "common/fsutil.h"
 #include "server/httpc.h"
 #include "tools/client/cli.h"
 #include "tools/client/sse_client.h"
@@ -56,13 +57,19 @@ static int request(const jw_opts *o, const char *method, const char *path, const
         return 1;
     }
     if (r->status >= 300) {
-        char msg[1024];
-        cli_error_message(r, msg, sizeof msg);
-        fprintf(stderr, "ddm-client: HTTP %d: %s\n", r->status, msg);
+        cli_report_http_error(r);
         httpc_response_free(r);
         return 1;
     }
     return 0;
+}
+
+/* Reports the HTTP error an event stream's request got (body may be NULL). */
+static void print_http_error(int status, const char *body)
+{
+    httpc_response r = { .status = status, .body = (char *)(body ? body : ""),
+                         .body_len = body ? strlen(body) : 0 };
+    cli_report_http_error(&r);
 }
 
 static int valid_id(const char *id)
@@ -90,14 +97,11 @@ static int save_png(const jw_opts *o, const char *id)
     httpc_response r;
     if (request(o, "GET", path, "image/png", NULL, 0, &r))
         return 1;
-    FILE *f = fopen(o->out, "wb");
-    int bad = !f || fwrite(r.body, 1, r.body_len, f) != r.body_len;
-    if (f && fclose(f))
-        bad = 1;
+    char err[512];
+    int bad = fs_write_file(o->out, r.body, r.body_len, err, sizeof err);
     httpc_response_free(&r);
     if (bad) {
-        fprintf(stderr, "ddm-client: cannot write %s (check the folder exists and is writable)\n",
-                o->out);
+        fprintf(stderr, "ddm-client: %s\n", err);
         return 1;
     }
     if (!o->quiet)
@@ -105,34 +109,22 @@ static int save_png(const jw_opts *o, const char *id)
     return 0;
 }
 
-static double jnum(const cJSON *o, const char *k)
-{
-    const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, k);
-    return cJSON_IsNumber(it) ? it->valuedouble : 0;
-}
-
-static const char *jstr(const cJSON *o, const char *k)
-{
-    const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, k);
-    return cJSON_IsString(it) ? it->valuestring : "";
-}
-
 static void print_status(const cJSON *j)
 {
-    printf("job %s: %s", jstr(j, "id"), jstr(j, "status"));
+    printf("job %s: %s", cli_jstr(j, "id"), cli_jstr(j, "status"));
     if (cJSON_GetObjectItemCaseSensitive(j, "queue_position"))
-        printf(" (queue position %d)", (int)jnum(j, "queue_position"));
-    printf(", step %d/%d, %d images, seed %.0f\n", (int)jnum(j, "step"), (int)jnum(j, "steps"),
-           (int)jnum(j, "n"), jnum(j, "seed"));
+        printf(" (queue position %d)", (int)cli_jnum(j, "queue_position"));
+    printf(", step %d/%d, %d images, seed %.0f\n", (int)cli_jnum(j, "step"), (int)cli_jnum(j, "steps"),
+           (int)cli_jnum(j, "n"), cli_jnum(j, "seed"));
     const cJSON *err = cJSON_GetObjectItemCaseSensitive(j, "error");
     if (err)
-        printf("error %s: %s\n", jstr(err, "code"), jstr(err, "message"));
+        printf("error %s: %s\n", cli_jstr(err, "code"), cli_jstr(err, "message"));
     const cJSON *res = cJSON_GetObjectItemCaseSensitive(j, "result");
     if (res) {
         const cJSON *t = cJSON_GetObjectItemCaseSensitive(res, "timings");
         printf("expert calls %.0f; timings ms: total %.1f (queue %.1f, router %.1f, experts %.1f)\n",
-               jnum(res, "expert_calls"), jnum(t, "total_ms"), jnum(t, "queue_ms"),
-               jnum(t, "router_ms"), jnum(t, "expert_ms"));
+               cli_jnum(res, "expert_calls"), cli_jnum(t, "total_ms"), cli_jnum(t, "queue_ms"),
+               cli_jnum(t, "router_ms"), cli_jnum(t, "expert_ms"));
     }
 }
 
@@ -148,7 +140,7 @@ static int job_call(const jw_opts *o, const char *method, const char *id, int *s
     if (request(o, method, path, "application/json", NULL, 0, &r))
         return 1;
     cJSON *j = cJSON_ParseWithLength(r.body, r.body_len);
-    *succeeded = j && !strcmp(jstr(j, "status"), "succeeded");
+    *succeeded = j && !strcmp(cli_jstr(j, "status"), "succeeded");
     if (o->json)
         fwrite(r.body, 1, r.body_len, stdout);
     else if (j && !o->quiet)
@@ -200,30 +192,30 @@ static int read_events(const jw_opts *o, ssec *s, watch_state *ws, char **final,
         cJSON *d = cJSON_ParseWithLength(ev.data, ev.data_len);
         if (!strcmp(ev.event, "step") && !o->quiet && d) {
             char line[160];
-            int evals = (int)jnum(d, "evaluations");
+            int evals = (int)cli_jnum(d, "evaluations");
             /* Heun evaluates twice per step: its step number lags the index */
-            int per = (int)jnum(d, "index") > (int)jnum(d, "step") ? 2 : 1;
-            jw_bar(line, sizeof line, (int)jnum(d, "index") + 1, evals, per, jnum(d, "t"));
+            int per = (int)cli_jnum(d, "index") > (int)cli_jnum(d, "step") ? 2 : 1;
+            jw_bar(line, sizeof line, (int)cli_jnum(d, "index") + 1, evals, per, cli_jnum(d, "t"));
             fprintf(stderr, "\r%s", line);
             ws->shown = 1;
         } else if (!strcmp(ev.event, "queued") && !o->quiet && d) {
-            fprintf(stderr, "\rqueued, position %d          ", (int)jnum(d, "position"));
+            fprintf(stderr, "\rqueued, position %d          ", (int)cli_jnum(d, "position"));
             ws->shown = 1;
         } else if (!strcmp(ev.event, "done") || !strcmp(ev.event, "error")) {
             if (ws->shown)
                 fprintf(stderr, "\n");
             ws->shown = 0;
             *ended = 1;
-            const char *status = d ? jstr(d, "status") : "";
+            const char *status = d ? cli_jstr(d, "status") : "";
             int ok = !strcmp(ev.event, "done") && (!*status || !strcmp(status, "succeeded"));
             if (!ok) {
                 const cJSON *err = d ? cJSON_GetObjectItemCaseSensitive(d, "error") : NULL;
                 if (err)
-                    fprintf(stderr, "ddm-client: job failed: %s: %s\n", jstr(err, "code"),
-                            jstr(err, "message"));
+                    fprintf(stderr, "ddm-client: job failed: %s: %s\n", cli_jstr(err, "code"),
+                            cli_jstr(err, "message"));
                 else
                     fprintf(stderr, "ddm-client: job %s at step %d of %d\n", status,
-                            (int)jnum(d, "step"), (int)jnum(d, "steps"));
+                            (int)cli_jnum(d, "step"), (int)cli_jnum(d, "steps"));
             }
             if (ok && final) {
                 *final = malloc(ev.data_len + 1);
@@ -259,11 +251,7 @@ int jw_watch(const jw_opts *o, const char *id)
                            o->timeout_ms, &s, &status, &body);
         if (rc) {
             if (status) {
-                char msg[1024] = "";
-                httpc_response fake = { .status = status, .body = body ? body : (char *)"",
-                                        .body_len = body ? strlen(body) : 0 };
-                cli_error_message(&fake, msg, sizeof msg);
-                fprintf(stderr, "ddm-client: HTTP %d: %s\n", status, msg);
+                print_http_error(status, body);
                 free(body);
                 return 1;
             }
@@ -292,13 +280,13 @@ int jw_submit(const jw_opts *o, const char *body, size_t len, int wait)
         return 1;
     cJSON *j = cJSON_ParseWithLength(r.body, r.body_len);
     char id[64] = "";
-    snprintf(id, sizeof id, "%s", j ? jstr(j, "id") : "");
+    snprintf(id, sizeof id, "%s", j ? cli_jstr(j, "id") : "");
     if (o->json)
         fwrite(r.body, 1, r.body_len, stdout);
     else
         printf("%s\n", id);
     if (!o->quiet && j && !o->json)
-        fprintf(stderr, "job %s %s%s\n", id, jstr(j, "status"),
+        fprintf(stderr, "job %s %s%s\n", id, cli_jstr(j, "status"),
                 cJSON_GetObjectItemCaseSensitive(j, "queue_position") ? " (queued)" : "");
     cJSON_Delete(j);
     httpc_response_free(&r);
@@ -319,11 +307,7 @@ int jw_stream_sample(const jw_opts *o, const uint8_t *body, size_t len, char **j
                        &status, &err);
     if (rc) {
         if (status) {
-            char msg[1024] = "";
-            httpc_response fake = { .status = status, .body = err ? err : (char *)"",
-                                    .body_len = err ? strlen(err) : 0 };
-            cli_error_message(&fake, msg, sizeof msg);
-            fprintf(stderr, "ddm-client: HTTP %d: %s\n", status, msg);
+            print_http_error(status, err);
         } else {
             fprintf(stderr, "ddm-client: POST %s/v1/samples: %s (is ddm-router running there?)\n",
                     o->url, ddm_strerror(rc));
