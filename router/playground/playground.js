@@ -113,6 +113,7 @@ async function loadExperts() {
       fillStrategies(2);
       return;
     }
+    clearError(); /* e.g. the 401 shown before a token was given */
     state.experts = JSON.parse(text);
     fillStrategies(state.experts.num_experts);
     fillLabels(state.experts);

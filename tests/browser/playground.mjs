@@ -1,15 +1,17 @@
 // playground.mjs -- drives the web playground in headless Chromium (Debian's, through
 // puppeteer-core): loads the page from a running ddm-router, checks that an API error
 // is shown verbatim, submits a job and sees progress, a live preview, the final grid
-// and the routing heat map drawn, saves a screenshot, then cancels a long job.
-//   node tests/browser/playground.mjs http://127.0.0.1:PORT/ SCREENSHOT.png
+// and the routing heat map drawn, saves a screenshot, then cancels a long job. With a
+// TOKEN (the router runs with --auth-token-file) the page must first show the API's
+// 401, then work once the token is typed into its field.
+//   node tests/browser/playground.mjs http://127.0.0.1:PORT/ SCREENSHOT.png [TOKEN]
 // Exit 0 when everything was seen; 1 with the reason otherwise.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import puppeteer from 'puppeteer-core';
 
-const [url, shot] = process.argv.slice(2);
+const [url, shot, token] = process.argv.slice(2);
 if (!url || !shot) {
   console.error('usage: node tests/browser/playground.mjs URL SCREENSHOT.png');
   process.exit(2);
@@ -34,11 +36,18 @@ try {
   page.setDefaultTimeout(60000);
   await page.setViewport({ width: 1180, height: 980 });
   await page.goto(url, { waitUntil: 'load' });
+  const setField = (id, v) => page.$eval(`#${id}`, (el, v) => { el.value = v; el.dispatchEvent(new Event('change')); }, v);
+  if (token) { // the page itself is public; the API answers 401 until the token is given
+    await page.waitForFunction(() => !document.getElementById('error').hidden);
+    const e401 = await page.$eval('#error', (el) => el.textContent);
+    if (!e401.includes('HTTP 401') || !e401.includes('unauthorized'))
+      throw new Error(`without a token the page should show the API's 401: ${e401}`);
+    log('401 shown until a token is given');
+    await setField('token', token);
+  }
   await page.waitForFunction(() => document.body.dataset.ready === '1');
   const K = await page.evaluate(() => window.ddmPlayground.experts.num_experts);
   log(`page loaded, ${K} experts`);
-
-  const setField = (id, v) => page.$eval(`#${id}`, (el, v) => { el.value = v; el.dispatchEvent(new Event('change')); }, v);
 
   // 1. the API's error, verbatim
   await setField('n', '0');
