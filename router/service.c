@@ -457,8 +457,9 @@ static void handle_metrics(http_req *req, void *ud)
     }
     if (s->auth) {
         strbuf_printf(&o,
-                      "# HELP ddm_token_requests Sample requests per token, running and waiting "
-                      "for the token's turn.\n# TYPE ddm_token_requests gauge\n");
+                      "# HELP ddm_token_requests Sampling requests (samples and jobs) per "
+                      "token, running and waiting for the token's turn.\n"
+                      "# TYPE ddm_token_requests gauge\n");
         for (int i = 0; i < auth_count(s->auth); i++) {
             const auth_token *t = auth_token_at(s->auth, i);
             strbuf_printf(&o,
