@@ -52,6 +52,7 @@ struct engine_job {
     void *obs_ud;
     uint64_t admit_ns, first_ns, deadline_ns;
     double router_us, expert_us;
+    api_result result;       /* handed to done; valid, as its trajectories, until release */
     engine_job *prev, *next; /* list of live jobs (for timeouts) */
 };
 
@@ -415,7 +416,7 @@ static void after_finish(uv_work_t *w, int status)
         }
         j->active--;
         if (++j->n_done == j->p.n) {
-            api_result r = {
+            j->result = (api_result){
                 .p = &j->p, .K = e->K, .width = e->width, .height = e->height,
                 .channels = e->dim / (e->width * e->height), /* dim = H x W x C */
                 .trajs = j->trajs,
@@ -426,7 +427,7 @@ static void after_finish(uv_work_t *w, int status)
             };
             e->st.jobs_ok++;
             j->done_called = 1;
-            j->done(j, j->ud, 0, NULL, NULL, &r);
+            j->done(j, j->ud, 0, NULL, NULL, &j->result);
         }
     }
     s->busy = 0;
