@@ -77,6 +77,24 @@ $(BUILD)/llhttp/%.o: $(LLHTTP_DIR)/%.c
 	@mkdir -p $(dir $@)
 	$(CC) -O2 -g $(SANFLAGS) -I$(LLHTTP_INC) -w -c -o $@ $<
 
+# ---- files the router serves from its binary -----------------------------------
+# The playground (router/playground/*) and the OpenAPI document (docs/openapi.yaml,
+# turned into JSON by Debian's yq) become C arrays (mk/embed.sh) that
+# router/playground.c includes. Nothing is fetched at build time.
+YQ ?= /usr/bin/yq
+PLAYGROUND_FILES := router/playground/index.html router/playground/playground.js \
+                    router/playground/playground.css
+$(BUILD)/gen/playground_assets.h: $(PLAYGROUND_FILES) mk/embed.sh
+	@mkdir -p $(dir $@)
+	sh mk/embed.sh $@ pg_index_html=router/playground/index.html \
+	    pg_js=router/playground/playground.js pg_css=router/playground/playground.css
+$(BUILD)/gen/openapi.json: docs/openapi.yaml
+	@mkdir -p $(dir $@)
+	$(YQ) -c . $< > $@.tmp && mv $@.tmp $@
+$(BUILD)/gen/openapi_json.h: $(BUILD)/gen/openapi.json mk/embed.sh
+	sh mk/embed.sh $@ openapi_json=$(BUILD)/gen/openapi.json
+$(BUILD)/obj/router/playground.o: $(BUILD)/gen/playground_assets.h $(BUILD)/gen/openapi_json.h
+
 # ---- project libraries ---------------------------------------------------------
 LIBDIRS := tools/eval tools/client tools/train expert-worker router server common
 libname  = $(BUILD)/lib/lib$(subst /,_,$(1)).a

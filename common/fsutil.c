@@ -68,3 +68,21 @@ int fs_read_file(const char *path, size_t max_bytes, unsigned char **buf, size_t
     *len = n;
     return 0;
 }
+
+int fs_write_file(const char *path, const void *data, size_t len, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f) {
+        int e = errno;
+        snprintf(err, errlen, "cannot write %s: %s (check the folder exists and is writable)",
+                 path, strerror(e));
+        return -e;
+    }
+    size_t w = fwrite(data, 1, len, f);
+    int bad = w != len || ferror(f);
+    if (fclose(f) || bad) {
+        snprintf(err, errlen, "cannot write %s: short write (disk full?)", path);
+        return DDM_EIO;
+    }
+    return 0;
+}

@@ -16,4 +16,8 @@ int fs_mkdirs(const char *path, char *err, size_t errlen);
 int fs_read_file(const char *path, size_t max_bytes, unsigned char **buf, size_t *len, char *err,
                  size_t errlen);
 
+/* Writes data[0..len) to path (created or truncated). Returns 0, or -errno /
+ * DDM_EIO with "cannot write PATH: why" in err. */
+int fs_write_file(const char *path, const void *data, size_t len, char *err, size_t errlen);
+
 #endif

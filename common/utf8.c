@@ -30,3 +30,45 @@ size_t utf8_valid_prefix(const void *s, size_t len)
     }
     return len;
 }
+
+size_t utf8_json_quote(char *buf, size_t size, const char *s)
+{
+    size_t n = 0;
+#define PUT(c) do { if (n + 1 < size) buf[n] = (c); n++; } while (0)
+    PUT('"');
+    for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
+        unsigned char c = *p;
+        if (c >= 0x80) {
+            int len = utf8_seq_len(p, 4); /* a NUL stops a cut sequence first */
+            if (!len) { /* not UTF-8: the replacement character */
+                PUT('\\'); PUT('u'); PUT('f'); PUT('f'); PUT('f'); PUT('d');
+                continue;
+            }
+            for (int i = 0; i < len; i++)
+                PUT((char)p[i]);
+            p += len - 1;
+            continue;
+        }
+        if (c == '"' || c == '\\') {
+            PUT('\\');
+            PUT((char)c);
+        } else if (c == '\n') {
+            PUT('\\'); PUT('n');
+        } else if (c == '\r') {
+            PUT('\\'); PUT('r');
+        } else if (c == '\t') {
+            PUT('\\'); PUT('t');
+        } else if (c < 0x20 || c == 0x7f) {
+            static const char hex[] = "0123456789abcdef";
+            PUT('\\'); PUT('u'); PUT('0'); PUT('0');
+            PUT(hex[c >> 4]); PUT(hex[c & 15]);
+        } else {
+            PUT((char)c);
+        }
+    }
+    PUT('"');
+#undef PUT
+    if (size)
+        buf[n < size ? n : size - 1] = '\0';
+    return n;
+}

@@ -14,4 +14,11 @@ int utf8_seq_len(const unsigned char *p, size_t avail);
  * or len when all of it is valid UTF-8. */
 size_t utf8_valid_prefix(const void *s, size_t len);
 
+/* Writes the JSON string literal for s (with quotes; ", \\ and control
+ * characters escaped; bytes that are not UTF-8 as \\ufffd, so that nothing a
+ * client sent can make the JSON invalid) into buf, NUL-terminated and cut to
+ * size; NULL s as "". Returns the length it needs (without the NUL), like
+ * snprintf (buf may be NULL when size is 0). */
+size_t utf8_json_quote(char *buf, size_t size, const char *s);
+
 #endif

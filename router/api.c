@@ -4,56 +4,17 @@
 
 #include <cjson/cJSON.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "common/base64.h"
 #include "common/err.h"
 #include "common/png.h"
 #include "common/rng.h"
+#include "common/strbuf.h"
 #include "ddm/v1/api.pb-c.h"
 
 /* ---- response encoding -------------------------------------------------------------- */
-
-typedef struct sbuf {
-    char *p;
-    size_t len, cap;
-    int oom;
-} sbuf;
-
-static void sb_reserve(sbuf *b, size_t more)
-{
-    if (b->oom || b->len + more + 1 <= b->cap)
-        return;
-    size_t cap = b->cap ? b->cap : 4096;
-    while (cap < b->len + more + 1)
-        cap *= 2;
-    char *np = realloc(b->p, cap);
-    if (!np) {
-        b->oom = 1;
-        return;
-    }
-    b->p = np;
-    b->cap = cap;
-}
-
-static void sb_printf(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void sb_printf(sbuf *b, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(NULL, 0, fmt, ap);
-    va_end(ap);
-    sb_reserve(b, (size_t)n);
-    if (b->oom)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap);
-    va_end(ap);
-    b->len += (size_t)n;
-}
 
 static int channels_of(const api_result *r)
 {
@@ -81,21 +42,21 @@ static void totals(const api_result *r, uint64_t *calls, uint64_t *by)
 static int encode_json(const api_result *r, uint8_t **body, size_t *len, char *err, size_t errlen)
 {
     const sample_params *p = r->p;
-    sbuf b = { 0 };
+    strbuf b = { 0 };
     char sname[32];
     strategy_name(&p->strat, sname, sizeof sname);
     uint64_t calls, by[STRAT_MAX_EXPERTS];
     totals(r, &calls, by);
-    sb_printf(&b, "{\"seed\":%llu,\"n\":%d,\"steps\":%d,\"strategy\":\"%s\",\"sampler\":\"%s\","
-                  "\"width\":%d,\"height\":%d,\"channels\":%d,\"expert_calls\":%llu,"
-                  "\"calls_by_expert\":[",
-              (unsigned long long)p->seed, p->n, p->steps, sname, sampler_name(p->sampler),
-              r->width, r->height, channels_of(r), (unsigned long long)calls);
+    strbuf_printf(&b, "{\"seed\":%llu,\"n\":%d,\"steps\":%d,\"strategy\":\"%s\",\"sampler\":\"%s\","
+                      "\"width\":%d,\"height\":%d,\"channels\":%d,\"expert_calls\":%llu,"
+                      "\"calls_by_expert\":[",
+                  (unsigned long long)p->seed, p->n, p->steps, sname, sampler_name(p->sampler),
+                  r->width, r->height, channels_of(r), (unsigned long long)calls);
     for (int k = 0; k < r->K; k++)
-        sb_printf(&b, "%s%llu", k ? "," : "", (unsigned long long)by[k]);
-    sb_printf(&b, "],\"timings\":{\"queue_ms\":%.3f,\"total_ms\":%.3f,\"router_ms\":%.3f,"
-                  "\"expert_ms\":%.3f},\"images\":[",
-              r->queue_ms, r->total_ms, r->router_ms, r->expert_ms);
+        strbuf_printf(&b, "%s%llu", k ? "," : "", (unsigned long long)by[k]);
+    strbuf_printf(&b, "],\"timings\":{\"queue_ms\":%.3f,\"total_ms\":%.3f,\"router_ms\":%.3f,"
+                      "\"expert_ms\":%.3f},\"images\":[",
+                  r->queue_ms, r->total_ms, r->router_ms, r->expert_ms);
     int rc = 0;
     for (int i = 0; i < p->n && !rc && !b.oom; i++) {
         uint8_t *png;
@@ -103,45 +64,41 @@ static int encode_json(const api_result *r, uint8_t **body, size_t *len, char *e
         rc = image_png(r, i, &png, &plen, err, errlen);
         if (rc)
             break;
-        sb_reserve(&b, base64_encoded_len(plen) + 4);
-        if (!b.oom) {
-            b.p[b.len++] = i ? ',' : ' ';
-            b.p[b.len++] = '"';
-            base64_encode(png, plen, b.p + b.len);
-            b.len += base64_encoded_len(plen);
-            b.p[b.len++] = '"';
-        }
+        strbuf_puts(&b, i ? ",\"" : "\"");
+        strbuf_base64(&b, png, plen);
+        strbuf_puts(&b, "\"");
         free(png);
     }
-    sb_printf(&b, "]");
+    strbuf_printf(&b, "]");
     if (p->trace) {
-        sb_printf(&b, ",\"trace\":[");
+        strbuf_printf(&b, ",\"trace\":[");
         int evals = sample_evals(p), first = 1;
         for (int i = 0; i < p->n; i++) {
             for (int e = 0; e < evals && r->trajs[i]->trace; e++) {
                 const trace_entry *te = &r->trajs[i]->trace[e];
-                sb_printf(&b, "%s{\"image\":%d,\"step\":%d,\"stage\":%d,\"t\":%.6g,\"experts\":[",
-                          first ? "" : ",", i, te->step, te->stage, te->t);
+                strbuf_printf(&b,
+                              "%s{\"image\":%d,\"step\":%d,\"stage\":%d,\"t\":%.6g,"
+                              "\"experts\":[",
+                              first ? "" : ",", i, te->step, te->stage, te->t);
                 first = 0;
                 for (int j = 0; j < te->n_sel; j++)
-                    sb_printf(&b, "%s%d", j ? "," : "", te->sel[j]);
-                sb_printf(&b, "],\"weights\":[");
+                    strbuf_printf(&b, "%s%d", j ? "," : "", te->sel[j]);
+                strbuf_printf(&b, "],\"weights\":[");
                 for (int j = 0; j < te->n_sel; j++)
-                    sb_printf(&b, "%s%.6g", j ? "," : "", te->w[j]);
-                sb_printf(&b, "]}");
+                    strbuf_printf(&b, "%s%.6g", j ? "," : "", te->w[j]);
+                strbuf_printf(&b, "]}");
             }
         }
-        sb_printf(&b, "]");
+        strbuf_printf(&b, "]");
     }
-    sb_printf(&b, "}\n");
-    if (rc || b.oom) {
-        free(b.p);
-        if (!rc)
-            snprintf(err, errlen, "out of memory encoding the response");
-        return rc ? rc : DDM_ENOMEM;
+    strbuf_printf(&b, "}\n");
+    if (rc) {
+        strbuf_free(&b);
+        return rc;
     }
-    *body = (uint8_t *)b.p;
-    *len = b.len;
+    *body = (uint8_t *)strbuf_take(&b, len);
+    if (!*body)
+        return ddm_errf(err, errlen, DDM_ENOMEM, "out of memory encoding the response");
     return 0;
 }
 
@@ -224,6 +181,15 @@ done:
     return rc;
 }
 
+int api_encode_grid(const float *imgs, int n, int width, int height, int channels, uint8_t **png,
+                    size_t *len, char *err, size_t errlen)
+{
+    int cols = 1;
+    while (cols * cols < n)
+        cols++;
+    return pngio_encode_grid_ch(imgs, n, width, height, channels, cols, png, len, err, errlen);
+}
+
 int api_encode_sample(api_format fmt, const api_result *r, uint8_t **body, size_t *len,
                       const char **content_type, char *err, size_t errlen)
 {
@@ -237,11 +203,8 @@ int api_encode_sample(api_format fmt, const api_result *r, uint8_t **body, size_
         }
         for (int i = 0; i < p->n; i++)
             memcpy(all + (size_t)i * dim, r->trajs[i]->x, dim * sizeof *all);
-        int cols = 1;
-        while (cols * cols < p->n)
-            cols++;
-        int rc = pngio_encode_grid_ch(all, p->n, r->width, r->height, channels_of(r), cols, body,
-                                      len, err, errlen);
+        int rc = api_encode_grid(all, p->n, r->width, r->height, channels_of(r), body, len,
+                                 err, errlen);
         free(all);
         *content_type = "image/png";
         return rc;

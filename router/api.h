@@ -17,15 +17,24 @@
 
 typedef enum api_format { API_JSON = 0, API_PROTO, API_PNG } api_format;
 
+/* The fields only asynchronous jobs and event streams take (POST /v1/jobs, and
+ * POST /v1/samples answered as text/event-stream): `priority` (into
+ * sample_params.priority) and this. */
+typedef struct api_job_fields {
+    int preview_every;        /* a preview event every N steps, 0..SAMPLE_MAX_STEPS (0: none) */
+} api_job_fields;
+
 /* Decodes a sample request. K, n_classes and shape (its class names; may be
  * NULL) describe the served model. The class is `label` as a number, or as
- * a class name (JSON: label as a string; protobuf: label_name). On success
- * returns 0 and fills *p (seed drawn from *seed_state when absent). On failure returns the HTTP status to answer (400 or 415), and
- * err_code / err hold the error's code ("bad_field", "bad_json", ...) and
- * message. */
+ * a class name (JSON: label as a string; protobuf: label_name). jf NULL: the
+ * job fields (priority, preview_every) are refused as unknown (JSON) or not
+ * taken here (protobuf); else they are decoded, priority into p. On success
+ * returns 0 and fills *p (seed drawn from *seed_state when absent). On failure
+ * returns the HTTP status to answer (400 or 415), and err_code / err hold the
+ * error's code ("bad_field", "bad_json", ...) and message. */
 int api_decode_sample(const char *content_type, const uint8_t *body, size_t len, int K,
                       int n_classes, const model_shape *shape, uint64_t *seed_state,
-                      sample_params *p,
+                      sample_params *p, api_job_fields *jf,
                       const char **err_code, char *err, size_t errlen);
 
 /* Response format from the Accept header (may be NULL) and the request's
@@ -41,6 +50,13 @@ typedef struct api_result {
     traj **trajs;             /* [p->n] finished trajectories (x = image) */
     double queue_ms, total_ms, router_ms, expert_ms;
 } api_result;
+
+/* The PNG grid of n images imgs [n][height][width][channels] in [-1, 1] that
+ * Accept: image/png answers (ceil(sqrt(n)) columns; grey or RGB as channels
+ * is 1 or 3), malloc'd into *png (caller frees). Returns 0 or a ddm_err with
+ * err set. Previews use it too, so they look like the result. */
+int api_encode_grid(const float *imgs, int n, int width, int height, int channels, uint8_t **png,
+                    size_t *len, char *err, size_t errlen);
 
 /* Encodes the response body (malloc'd, caller frees) and its content type.
  * Returns 0, or DDM_ENOMEM / DDM_EFORMAT with err set. */

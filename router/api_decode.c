@@ -50,7 +50,8 @@ static int bad(const char **code, const char *c, char *err, size_t errlen, const
 /* Field values as sent, before sample_params_check. */
 typedef struct raw_req {
     int has_n, has_steps, has_seed, has_thr, has_temp, has_label, has_guid;
-    long long n, steps, label;
+    int has_priority, has_preview;
+    long long n, steps, label, priority, preview_every;
     uint64_t seed;
     double thr, temp, guid;
     char strategy[64], sampler[16];
@@ -262,12 +263,14 @@ static long nul_escape_at(const char *b, size_t len)
 }
 
 enum { F_N, F_STEPS, F_SEED, F_STRATEGY, F_THRESHOLD, F_TEMPERATURE, F_LABEL, F_GUIDANCE,
-       F_SAMPLER, F_TRACE, F_COUNT };
+       F_SAMPLER, F_TRACE, F_PRIORITY, F_PREVIEW, F_COUNT };
 static const char *const FIELDS[F_COUNT] = { "n", "steps", "seed", "strategy", "threshold",
                                              "temperature", "label", "guidance", "sampler",
-                                             "trace" };
+                                             "trace", "priority", "preview_every" };
+#define F_SAMPLE_COUNT F_PRIORITY /* the fields of every request; the rest are jobs' */
 
-static int decode_json(const uint8_t *body, size_t len, int n_classes, raw_req *r,
+/* jobs: whether the job fields are taken (else they are unknown fields). */
+static int decode_json(const uint8_t *body, size_t len, int n_classes, int jobs, raw_req *r,
                        const char **code, char *err, size_t errlen)
 {
     const char *text = (const char *)body;
@@ -298,13 +301,16 @@ static int decode_json(const uint8_t *body, size_t len, int n_classes, raw_req *
     unsigned seen = 0;
     for (const cJSON *it = root->child; it && !st; it = it->next) {
         const char *k = it->string;
+        const int n_fields = jobs ? F_COUNT : F_SAMPLE_COUNT;
         int f = 0;
-        while (f < F_COUNT && strcmp(k, FIELDS[f]))
+        while (f < n_fields && strcmp(k, FIELDS[f]))
             f++;
-        if (f == F_COUNT) {
+        if (f == n_fields) {
             st = bad(code, "unknown_field", err, errlen,
                      "unknown field \"%.64s\": allowed n, steps, seed, strategy, threshold, "
-                     "temperature, label, guidance, sampler, trace", k);
+                     "temperature, label, guidance, sampler, trace%s", k,
+                     jobs ? ", priority, preview_every"
+                          : " (priority and preview_every: POST /v1/jobs or an event stream)");
             break;
         }
         if (seen & 1u << f) {
@@ -372,14 +378,22 @@ static int decode_json(const uint8_t *body, size_t len, int n_classes, raw_req *
                 st = bad(code, "bad_field", err, errlen, "field \"trace\" must be true or false");
             r->trace = cJSON_IsTrue(it);
             break;
+        case F_PRIORITY:
+            r->has_priority = 1;
+            st = json_int(it, "priority", n_classes, &r->priority, code, err, errlen);
+            break;
+        case F_PREVIEW:
+            r->has_preview = 1;
+            st = json_int(it, "preview_every", n_classes, &r->preview_every, code, err, errlen);
+            break;
         }
     }
     cJSON_Delete(root);
     return st;
 }
 
-static int decode_proto(const uint8_t *body, size_t len, raw_req *r, const char **code,
-                        char *err, size_t errlen)
+static int decode_proto(const uint8_t *body, size_t len, int jobs, raw_req *r,
+                        const char **code, char *err, size_t errlen)
 {
     Ddm__V1__SampleRequest *m = ddm__v1__sample_request__unpack(NULL, len, body);
     if (!m)
@@ -393,6 +407,10 @@ static int decode_proto(const uint8_t *body, size_t len, raw_req *r, const char 
     r->has_label = m->has_label, r->label = m->label;
     r->has_guid = m->has_guidance, r->guid = m->guidance;
     r->trace = m->has_trace && m->trace;
+    if (jobs) {
+        r->has_priority = m->has_priority, r->priority = m->priority;
+        r->has_preview = m->has_preview_every, r->preview_every = m->preview_every;
+    }
     int st = 0;
     if (m->has_label && m->label_name)
         st = bad(code, "bad_field", err, errlen,
@@ -463,15 +481,16 @@ static int to_int(long long v)
 
 int api_decode_sample(const char *content_type, const uint8_t *body, size_t len, int K,
                       int n_classes, const model_shape *shape, uint64_t *seed_state,
-                      sample_params *p, const char **err_code, char *err, size_t errlen)
+                      sample_params *p, api_job_fields *jf, const char **err_code, char *err,
+                      size_t errlen)
 {
     raw_req r;
     memset(&r, 0, sizeof r);
     int st;
     if (!content_type || is_type(content_type, "application/json")) {
-        st = decode_json(body, len, n_classes, &r, err_code, err, errlen);
+        st = decode_json(body, len, n_classes, jf != NULL, &r, err_code, err, errlen);
     } else if (is_proto(content_type)) {
-        st = decode_proto(body, len, &r, err_code, err, errlen);
+        st = decode_proto(body, len, jf != NULL, &r, err_code, err, errlen);
     } else {
         *err_code = "unsupported_media_type";
         snprintf(err, errlen,
@@ -505,9 +524,19 @@ int api_decode_sample(const char *content_type, const uint8_t *body, size_t len,
     if (r.has_temp)
         p->strat.temperature = (float)r.temp;
     p->trace = r.trace;
+    if (r.has_priority)
+        p->priority = to_int(r.priority);
     if (sample_params_check(p, n_classes, err, errlen)) {
         *err_code = "bad_field";
         return 400;
+    }
+    if (jf) {
+        jf->preview_every = r.has_preview ? to_int(r.preview_every) : 0;
+        if (jf->preview_every < 0 || jf->preview_every > SAMPLE_MAX_STEPS)
+            return bad(err_code, "bad_field", err, errlen,
+                       "field \"preview_every\" = %d is out of range: allowed %s",
+                       jf->preview_every,
+                       sample_field_range("preview_every", n_classes, serr, sizeof serr));
     }
     if (r.has_seed)
         p->seed = r.seed;

@@ -12,7 +12,8 @@
 #include "common/version.h"
 #include "router/engine.h"
 
-typedef enum opt_kind { K_STR, K_LONG, K_BOOL, K_LEVEL, K_HELP, K_VERSION } opt_kind;
+/* K_ORIGIN: a CORS origin, repeatable (router_opts.cors). */
+typedef enum opt_kind { K_STR, K_LONG, K_BOOL, K_LEVEL, K_ORIGIN, K_HELP, K_VERSION } opt_kind;
 
 typedef struct opt {
     const char *name;
@@ -91,6 +92,17 @@ static const opt OPTS[] = {
     { "token-queue", 0, K_LONG, "N", OFF(token_queue), 0, 1000000, 16, NULL, 1,
       "a token's requests waiting for a turn, unless its line says; past\n"
       "them 429" },
+    { "job-ttl-s", 0, K_LONG, "S", OFF(job_ttl_s), 1, 30 * 86400, 600, NULL, 1,
+      "finished jobs are kept this long (then 410 Gone)" },
+    { "job-store-mb", 0, K_LONG, "MB", OFF(job_store_mb), 1, 1 << 20, 256, NULL, 1,
+      "results of finished jobs kept, in all; the oldest go first" },
+    { "max-subscribers", 0, K_LONG, "N", OFF(max_subscribers), 1, 1024, 8, NULL, 1,
+      "event streams per job, else 429" },
+    { "sse-heartbeat-ms", 0, K_LONG, "MS", OFF(sse_heartbeat_ms), 100, 3600000, 15000, NULL, 1,
+      "a comment line on an event stream quiet this long" },
+    { "cors-origin", 0, K_ORIGIN, "ORIGIN", OFF(cors), 0, 0, 0, NULL, 1,
+      "let pages from ORIGIN (scheme://host[:port], or *) call the API from\n"
+      "a browser; repeatable (default: none, CORS off)" },
     { "log-level", 0, K_LEVEL, "LEVEL", OFF(log_level), 0, 0, 0, "info", 1,
       "debug, info, warn, error or off" },
     { "help", 'h', K_HELP, NULL, 0, 0, 0, 0, NULL, 0, "this text" },
@@ -152,6 +164,14 @@ static int set_value(router_opts *o, const opt *d, const char *v, char *err, siz
         }
         *str_at(o, d) = v;
         log_set_level((log_level)log_parse_level(v));
+        return 0;
+    case K_ORIGIN:
+        if (cors_add((cors *)((char *)o + d->off), v)) {
+            snprintf(err, errlen, "--%s \"%.64s\": give an origin such as http://localhost:3000 "
+                     "(scheme://host[:port], no path) or *, at most %d", d->name, v,
+                     CORS_MAX_ORIGINS);
+            return -1;
+        }
         return 0;
     case K_STR:
         if (!*v) {
@@ -226,7 +246,8 @@ router_args_result router_args_parse(int argc, char **argv, router_opts *o, FILE
     size_t ns = 1;
     for (size_t i = 0; i < N_OPTS; i++) {
         const opt *d = &OPTS[i];
-        int has_arg = d->kind == K_STR || d->kind == K_LONG || d->kind == K_LEVEL;
+        int has_arg = d->kind == K_STR || d->kind == K_LONG || d->kind == K_LEVEL ||
+                      d->kind == K_ORIGIN;
         lo[i] = (struct option){ d->name, has_arg ? required_argument : no_argument, NULL,
                                  1000 + (int)i };
         if (d->shortc) {

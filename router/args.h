@@ -6,6 +6,7 @@
 #include <stdio.h>
 
 #include "router/cluster.h"
+#include "router/cors.h"
 
 typedef struct router_opts {
     const char *cluster;           /* --cluster (required) */
@@ -18,6 +19,8 @@ typedef struct router_opts {
     long expert_timeout_ms, attempts, request_timeout_ms;
     long max_connections, max_connections_per_ip, max_body_bytes;
     long drain_timeout_ms, token_concurrency, token_queue;
+    long job_ttl_s, job_store_mb, max_subscribers, sse_heartbeat_ms;
+    cors cors;                     /* --cors-origin, repeatable (none: CORS off) */
     const char *log_level;         /* "info" */
     unsigned long long given;      /* options given as flags, one bit each (args.c's order) */
 } router_opts;

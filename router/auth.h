@@ -31,9 +31,10 @@ typedef struct auth_token {
     unsigned char digest[SHA256_DIGEST_SIZE];
     int concurrency;      /* requests computed at once */
     int queue;            /* requests waiting for a slot, at most */
-    /* the owner's (router/service.c) state, kept across reloads */
+    /* the owner's (router/admit.c) state, kept across reloads */
     int running, waiting;
-    void *wait_head, *wait_tail;
+    void *wait_head, *wait_tail;  /* the line of waiting requests (admit_slot) */
+    int promoting;                /* the line is being started */
     int refs;             /* the table's, and one per request holding it */
 } auth_token;
 

@@ -48,8 +48,11 @@ struct engine_job {
     int done_called;
     engine_done_fn done;
     void *ud;
+    engine_eval_fn obs;      /* this job's evaluation observer, or NULL */
+    void *obs_ud;
     uint64_t admit_ns, first_ns, deadline_ns;
     double router_us, expert_us;
+    api_result result;       /* handed to done; valid, as its trajectories, until release */
     engine_job *prev, *next; /* list of live jobs (for timeouts) */
 };
 
@@ -84,6 +87,8 @@ struct engine {
     engine_job *jobs;        /* live jobs, newest first */
     uv_timer_t timer;
     engine_stats st;
+    engine_eval_fn obs;      /* every job's evaluation observer, or NULL */
+    void *obs_ud;
     int closing;
     int close_failed;        /* the jobs outstanding at engine_close were failed */
     void (*close_cb)(void *);
@@ -337,6 +342,14 @@ static void after_plan(uv_work_t *w, int status)
         complete_tick(s);
         return;
     }
+    int live = 0;
+    for (int i = 0; i < s->n && !live; i++)
+        live = !((engine_job *)s->batch[i]->owner)->dead;
+    if (!live) { /* every job in it was cancelled or failed while it was planned */
+        s->pending = 0;
+        complete_tick(s); /* no expert call: their trajectories are dropped */
+        return;
+    }
     e->st.router_us_sum += tick_router_us(s->tk);
     for (int i = 0; i < s->n; i++) /* each trajectory's share of the router network */
         ((engine_job *)s->batch[i]->owner)->router_us += tick_router_us(s->tk) / s->n;
@@ -394,14 +407,19 @@ static void after_finish(uv_work_t *w, int status)
             job_maybe_free(j);
             continue;
         }
+        if (e->obs)
+            e->obs(e->obs_ud, tr);
+        if (j->obs)
+            j->obs(j->obs_ud, tr);
         if (!tr->done) {
             ready_push(j, tr);
             continue;
         }
         j->active--;
         if (++j->n_done == j->p.n) {
-            api_result r = {
+            j->result = (api_result){
                 .p = &j->p, .K = e->K, .width = e->width, .height = e->height,
+                .channels = e->dim / (e->width * e->height), /* dim = H x W x C */
                 .trajs = j->trajs,
                 .queue_ms = (double)(j->first_ns - j->admit_ns) / 1e6,
                 .total_ms = (double)(now - j->admit_ns) / 1e6,
@@ -410,7 +428,7 @@ static void after_finish(uv_work_t *w, int status)
             };
             e->st.jobs_ok++;
             j->done_called = 1;
-            j->done(j, j->ud, 0, NULL, NULL, &r);
+            j->done(j, j->ud, 0, NULL, NULL, &j->result);
         }
     }
     s->busy = 0;
@@ -432,16 +450,32 @@ static int traj_rows(const engine_job *j, const traj *tr)
     return tr->n_sel * (guided ? 2 : 1);
 }
 
-/* Scheduling order: effective priority (higher first), then the job a tick
- * served longest ago (round robin), then arrival. */
+/* A job's effective priority at time now: its priority plus one for every
+ * age_ms since a tick last took any of it (ageing). */
+static int job_eff(const engine *e, const engine_job *j, uint64_t now)
+{
+    const uint64_t age_ns = (uint64_t)(e->cfg.age_ms ? e->cfg.age_ms : 1) * 1000000ull;
+    uint64_t waited = now > j->served_ns ? (now - j->served_ns) / age_ns : 0;
+    long eff = (long)j->p.priority + (long)(waited > 1000000 ? 1000000 : waited);
+    return eff > INT_MAX ? INT_MAX : eff < INT_MIN ? INT_MIN : (int)eff;
+}
+
+/* Scheduling order: whether x (effective priority ex) comes before y (ey):
+ * higher effective priority first, then the job a tick served longest ago
+ * (round robin), then arrival. */
+static int runs_before(const engine_job *x, int ex, const engine_job *y, int ey)
+{
+    if (ex != ey)
+        return ex > ey;
+    if (x->served_seq != y->served_seq)
+        return x->served_seq < y->served_seq;
+    return x->seq < y->seq;
+}
+
 static int job_cmp(const void *a, const void *b)
 {
     const engine_job *x = *(engine_job *const *)a, *y = *(engine_job *const *)b;
-    if (x->eff != y->eff)
-        return x->eff > y->eff ? -1 : 1;
-    if (x->served_seq != y->served_seq)
-        return x->served_seq < y->served_seq ? -1 : 1;
-    return x->seq < y->seq ? -1 : x->seq > y->seq;
+    return runs_before(x, x->eff, y, y->eff) ? -1 : runs_before(y, y->eff, x, x->eff);
 }
 
 /* Rows a job in flight would put into ticks if nothing held it back. */
@@ -487,7 +521,6 @@ static void take(engine *e, tick_slot *s, engine_job *j, int max, long limit, in
  * order, then what is still free in the same order. */
 static void fill_tick(engine *e, tick_slot *s, uint64_t now)
 {
-    const uint64_t age_ns = (uint64_t)(e->cfg.age_ms ? e->cfg.age_ms : 1) * 1000000ull;
     int n_live = 0;
     for (engine_job *j = e->jobs, *next; j; j = next) {
         next = j->next;
@@ -498,9 +531,7 @@ static void fill_tick(engine *e, tick_slot *s, uint64_t now)
         }
         if (j->active == 0)
             continue; /* finished: waiting for its owner */
-        uint64_t waited = now > j->served_ns ? (now - j->served_ns) / age_ns : 0;
-        long eff = (long)j->p.priority + (long)(waited > 1000000 ? 1000000 : waited);
-        j->eff = eff > INT_MAX ? INT_MAX : eff < INT_MIN ? INT_MIN : (int)eff;
+        j->eff = job_eff(e, j, now);
         e->order[n_live++] = j;
     }
     qsort(e->order, (size_t)n_live, sizeof *e->order, job_cmp);
@@ -589,6 +620,10 @@ static void on_timer(uv_timer_t *t)
 int engine_new(uv_loop_t *loop, pool *pl, const model *router, int K, int dim, int width,
                int height, const engine_config *cfg, engine **out, char *err, size_t errlen)
 {
+    if (width < 1 || height < 1 || dim % (width * height))
+        return ddm_errf(err, errlen, DDM_EINVAL,
+                        "image size %dx%d does not divide the model's dimension %d", width, height,
+                        dim);
     engine *e = calloc(1, sizeof *e);
     if (!e) {
         snprintf(err, errlen, "out of memory");
@@ -637,6 +672,39 @@ oom:
     snprintf(err, errlen, "out of memory");
     engine_close(e, NULL, NULL);
     return DDM_ENOMEM;
+}
+
+void engine_set_eval_observer(engine *e, engine_eval_fn fn, void *ud)
+{
+    e->obs = fn;
+    e->obs_ud = ud;
+}
+
+void engine_job_observe(engine_job *j, engine_eval_fn fn, void *ud)
+{
+    j->obs = fn;
+    j->obs_ud = ud;
+}
+
+int engine_job_queue_position(const engine_job *j)
+{
+    if (j->first_ns || j->dead)
+        return -1;
+    const engine *e = j->e;
+    uint64_t now = uv_hrtime();
+    int mine = job_eff(e, j, now), pos = 0;
+    for (const engine_job *o = e->jobs; o; o = o->next)
+        pos += o != j && !o->dead && !o->first_ns && o->active > 0 &&
+               runs_before(o, job_eff(e, o, now), j, mine);
+    return pos;
+}
+
+int engine_jobs_queued(const engine *e)
+{
+    int n = 0;
+    for (const engine_job *o = e->jobs; o; o = o->next)
+        n += !o->dead && !o->first_ns && o->active > 0;
+    return n;
 }
 
 void engine_get_stats(const engine *e, engine_stats *out)

@@ -79,7 +79,9 @@ typedef struct engine_stats {
     int images_in_flight, ready, ticks_running;
 } engine_stats;
 
-/* router may not be NULL when any strategy reads it (the daemon always has one). */
+/* router may not be NULL when any strategy reads it (the daemon always has one).
+ * width x height is the image size of results; dim must be a multiple of it
+ * (dim / (width x height) channels, HWC), else DDM_EINVAL with err set. */
 int engine_new(uv_loop_t *loop, pool *pl, const model *router, int K, int dim, int width,
                int height, const engine_config *cfg, engine **out, char *err, size_t errlen);
 
@@ -97,14 +99,40 @@ int engine_check(const engine *e, const sample_params *p, const char **code, cha
 int engine_submit(engine *e, const sample_params *p, engine_done_fn done, void *ud,
                   engine_job **job);
 
-/* The client went away before done: stop work on the job; done is not called.
- * The job must not be used afterwards. */
+/* The client went away, or cancelled, before done: stop work on the job at the
+ * next step boundary (its trajectories in a tick finish that evaluation; no
+ * expert is called for it after that, nor for a tick planned meanwhile that
+ * holds only cancelled or failed jobs); done is not called. The job must not
+ * be used afterwards. */
 void engine_job_cancel(engine_job *job);
 /* After done: the caller is finished with the result; frees the job (its
  * trajectories, which the result points to). */
 void engine_job_release(engine_job *job);
 
 void engine_get_stats(const engine *e, engine_stats *out);
+
+/* ---- watching progress (jobs, streamed events, routing metrics) --------------------- */
+
+/* Runs on the loop thread right after each evaluation of a trajectory of a job
+ * that is still live (neither failed nor cancelled), and before that job's done
+ * when it was its last: tr->evals counts the evaluation, tr->sel / w / n_sel
+ * are the routing it used, tr->x and tr->v the state and velocity after it.
+ * The trajectory is in no tick at that moment. The callback must not submit,
+ * cancel or release jobs, and should be quick (it runs per image per step). */
+typedef void (*engine_eval_fn)(void *ud, const traj *tr);
+
+/* Observer of every job's evaluations (e.g. metrics); fn NULL removes it. */
+void engine_set_eval_observer(engine *e, engine_eval_fn fn, void *ud);
+/* Observer of one job's evaluations (runs after the engine-wide one). */
+void engine_job_observe(engine_job *job, engine_eval_fn fn, void *ud);
+/* How many jobs would get a tick before this one, in the scheduler's order as
+ * of now (effective priority with ageing, then round robin): the live jobs
+ * that have not started either and come first (0: it is next), or -1 once a
+ * tick has taken one of its trajectories. Jobs already running are not
+ * counted: they share ticks with a job that starts. */
+int engine_job_queue_position(const engine_job *job);
+/* Live jobs no tick has taken any of yet. */
+int engine_jobs_queued(const engine *e);
 
 /* Stops scheduling and returns without calling anything. From a later loop
  * iteration on, every job whose done has not run gets done with 503

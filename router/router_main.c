@@ -16,7 +16,10 @@
 #include "router/args.h"
 #include "router/auth.h"
 #include "router/cluster.h"
+#include "router/cors.h"
 #include "router/engine.h"
+#include "router/jobs.h"
+#include "router/playground.h"
 #include "router/pool.h"
 #include "router/service.h"
 #include "server/http.h"
@@ -30,6 +33,7 @@ typedef struct app {
     pool *pl;
     engine *eng;
     service *svc;
+    jobs *jobs;
     model *router;
     uv_signal_t sigterm, sigint, sighup;
     auth *auth;
@@ -41,11 +45,13 @@ typedef struct app {
 } app;
 
 /* Stops everything, in the order that lets every pending request be answered:
- * the HTTP server stops taking requests but keeps its connections until they
- * owe nothing (SHUTDOWN_GRACE_MS at most); the engine fails what is still
- * running with 503 shutting_down (answered with Connection: close) and never
- * calls the pool again; the pool fails the calls still out, which lets the
- * engine's ticks end. The loop ends when all of them have closed. */
+ * the jobs still live fail with 503 shutting_down (their event streams get
+ * that error event and end); the HTTP server stops taking requests but keeps
+ * its connections until they owe nothing (SHUTDOWN_GRACE_MS at most); the
+ * engine fails what is still running with 503 shutting_down (answered with
+ * Connection: close) and never calls the pool again; the pool fails the calls
+ * still out, which lets the engine's ticks end. The loop ends when all of
+ * them have closed. */
 static void shutdown_now(app *a)
 {
     if (a->shut)
@@ -57,6 +63,7 @@ static void shutdown_now(app *a)
     uv_close((uv_handle_t *)&a->sigint, NULL);
     uv_close((uv_handle_t *)&a->sighup, NULL);
     service_stop(a->svc);
+    jobs_close(a->jobs); /* before the engine closes: it stops the jobs' engine work */
     http_server_shutdown(a->srv, SHUTDOWN_GRACE_MS, NULL, NULL);
     engine_close(a->eng, NULL, NULL);
     pool_close(a->pl, NULL, NULL);
@@ -78,14 +85,20 @@ static void raise_fd_limit(long need)
                  (unsigned long long)want, need);
 }
 
+/* Requests and jobs admitted and not finished yet. */
+static int pending(const app *a)
+{
+    return service_pending(a->svc) + jobs_pending(a->jobs);
+}
+
 static void on_drain_timer(uv_timer_t *t)
 {
     app *a = t->data;
     uint64_t ms = (uv_hrtime() - a->drain_start) / 1000000;
-    if (service_pending(a->svc) == 0 || ms > (uint64_t)a->drain_limit_ms) {
-        if (service_pending(a->svc))
-            log_warn("drain limit (%ld ms) reached with %d request(s) pending: they get 503",
-                     a->drain_limit_ms, service_pending(a->svc));
+    if (pending(a) == 0 || ms > (uint64_t)a->drain_limit_ms) {
+        if (pending(a))
+            log_warn("drain limit (%ld ms) reached with %d request(s) or job(s) pending: they "
+                     "get 503", a->drain_limit_ms, pending(a));
         log_info("stopped");
         shutdown_now(a);
     }
@@ -118,7 +131,7 @@ static void on_signal(uv_signal_t *s, int signum)
         return;
     }
     a->stopping = 1;
-    log_info("signal %d: draining %d request(s), then exiting", signum, service_pending(a->svc));
+    log_info("signal %d: draining %d request(s) and job(s), then exiting", signum, pending(a));
     service_set_draining(a->svc, 1);
     a->drain_start = uv_hrtime();
     uv_timer_start(&a->drain_timer, on_drain_timer, 0, 50);
@@ -240,12 +253,23 @@ int main(int argc, char **argv)
     hc.max_connections_per_ip = (uint32_t)o.max_connections_per_ip;
     hc.max_body_bytes = (size_t)o.max_body_bytes;
     raise_fd_limit(o.max_connections + hc.reserve_connections + 256);
+    jobs_config jc;
+    jobs_config_default(&jc);
+    jc.ttl_s = (uint32_t)o.job_ttl_s;
+    jc.store_bytes = (size_t)o.job_store_mb << 20;
+    jc.max_subscribers = (int)o.max_subscribers;
+    jc.heartbeat_ms = (uint32_t)o.sse_heartbeat_ms;
+    jobs_model jm = { .K = K, .dim = dim, .width = width, .height = height,
+                      .channels = shape->channels };
     if (http_server_new(a.loop, &hc, &a.srv) ||
         service_new(a.loop, a.srv, a.eng, a.pl, K, dim, n_classes, &a.svc) ||
-        service_set_model(a.svc, shape, a.router->dataset)) {
+        service_set_model(a.svc, shape, a.router->dataset) ||
+        jobs_new(a.loop, a.svc, a.eng, &jm, &jc, &a.jobs) || playground_routes(a.svc)) {
         fprintf(stderr, "ddm-router: out of memory\n");
         return 1;
     }
+    service_set_jobs(a.svc, a.jobs);
+    cors_install(&o.cors, a.srv); /* o lives as long as the server */
     if (tokens) {
         a.auth = tokens;
         const char *pub[3] = { 0 };

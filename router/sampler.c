@@ -32,6 +32,10 @@ const char *sample_field_range(const char *field, int n_classes, char *buf, size
         snprintf(buf, len, "1..%d", SAMPLE_MAX_N);
     else if (!strcmp(field, "steps"))
         snprintf(buf, len, "1..%d", SAMPLE_MAX_STEPS);
+    else if (!strcmp(field, "priority"))
+        snprintf(buf, len, "%d..%d", SAMPLE_PRIORITY_MIN, SAMPLE_PRIORITY_MAX);
+    else if (!strcmp(field, "preview_every"))
+        snprintf(buf, len, "0..%d (0: no previews)", SAMPLE_MAX_STEPS);
     else if (!strcmp(field, "label") && n_classes > 0)
         snprintf(buf, len, "0..%d", n_classes - 1);
     else if (!strcmp(field, "label"))
@@ -60,6 +64,10 @@ int sample_params_check(const sample_params *p, int n_classes, char *err, size_t
                         "field \"guidance\" = %g is out of range: allowed 0..20", p->guidance);
     if (p->sampler != SAMPLER_EULER && p->sampler != SAMPLER_HEUN)
         return ddm_errf(err, errlen, DDM_EINVAL, "field \"sampler\": allowed euler or heun");
+    if (p->priority < SAMPLE_PRIORITY_MIN || p->priority > SAMPLE_PRIORITY_MAX)
+        return ddm_errf(err, errlen, DDM_EINVAL,
+                        "field \"priority\" = %d is out of range: allowed %s", p->priority,
+                        sample_field_range("priority", n_classes, r, sizeof r));
     return strategy_check(&p->strat, err, errlen);
 }
 

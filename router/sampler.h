@@ -29,6 +29,8 @@
 
 #define SAMPLE_MAX_N 256
 #define SAMPLE_MAX_STEPS 1000
+#define SAMPLE_PRIORITY_MIN (-100)
+#define SAMPLE_PRIORITY_MAX 100
 /* rng stream of the "sample" strategy's draws for image i: this + i */
 #define SAMPLE_STREAM_ROUTING (1ull << 32)
 
@@ -43,7 +45,8 @@ typedef struct sample_params {
     float guidance;       /* classifier-free guidance scale; 1 = none */
     sampler_kind sampler;
     int trace;            /* record selected experts and weights per evaluation */
-    int priority;         /* scheduling: higher first (default 0; see engine.h) */
+    int priority;         /* scheduling: higher first, SAMPLE_PRIORITY_MIN..MAX (default 0;
+                           * see engine.h) */
 } sample_params;
 
 /* Defaults: n 1, steps 50, top-2, unconditional, guidance 1, euler. */
@@ -53,8 +56,9 @@ void sample_params_default(sample_params *p, int K);
  * Returns 0 or DDM_EINVAL with a message naming the field and its allowed range
  * ("field \"n\" = 300 is out of range: allowed 1..256"). */
 int sample_params_check(const sample_params *p, int n_classes, char *err, size_t errlen);
-/* The allowed range of an integer field ("n", "steps", "label") as text
- * ("1..256"), the one sample_params_check names; "" for other fields. */
+/* The allowed range of an integer field ("n", "steps", "label", "priority",
+ * "preview_every") as text ("1..256"), the one the checks name; "" for other
+ * fields. */
 const char *sample_field_range(const char *field, int n_classes, char *buf, size_t len);
 const char *sampler_name(sampler_kind k);
 /* "euler" / "heun" -> kind; returns 0 or DDM_EINVAL. */

@@ -28,8 +28,6 @@
 
 #define LINGER_MS 2000
 
-static void conn_arm(http_conn *conn);
-static void conn_begin_linger(http_conn *conn);
 static void conn_parse(http_conn *conn, const char *data, size_t len);
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
@@ -114,7 +112,10 @@ static void on_written(uv_write_t *w, int status)
     conn->nwriting--;
     if (status == 0)
         conn->srv->stats.bytes_out += req->head_len + req->rbody_len;
-    req_free(req);
+    if (req->streaming)
+        stream_head_written(req, status); /* req lives on as the connection's stream */
+    else
+        req_free(req);
     if (conn->closing)
         return;
     if (status < 0) {
@@ -128,7 +129,7 @@ static void on_written(uv_write_t *w, int status)
 static void conn_after_write(http_conn *conn)
 {
     conn->t_activity = conn->t_write = uv_now(conn->srv->loop);
-    if (conn->srv->draining && !conn->nwriting && !conn->q_head) {
+    if (conn->srv->draining && !conn->nwriting && !conn->q_head && !conn->stream) {
         conn_begin_linger(conn); /* shutting down: it owes nothing more */
         return;
     }
@@ -174,8 +175,8 @@ void conn_send_continue(http_conn *conn)
 
 void conn_flush(http_conn *conn)
 {
-    if (conn->closing)
-        return;
+    if (conn->closing || conn->stream)
+        return; /* a streamed response owns the connection to its end */
     while (conn->q_head && conn->q_head->state == REQ_READY && !conn->close_after_write) {
         http_req *req = conn->q_head;
         conn->q_head = req->next;
@@ -203,6 +204,8 @@ void conn_flush(http_conn *conn)
             conn->close_after_write = 1;
             conn->stop_parse = 1;
         }
+        if (req->streaming)
+            break; /* nothing may follow a streamed response on this connection */
     }
     conn_arm(conn);
 }
@@ -281,7 +284,8 @@ void conn_close_hard(http_conn *conn)
     for (http_req *r = conn->q_head, *next; r; r = next) {
         next = r->next;
         r->next = NULL;
-        if (r->state == REQ_PENDING) {
+        /* a stream is its owner's until ended, even once its head is ready */
+        if ((r->state == REQ_PENDING || r->streaming) && !r->stream_ended) {
             r->conn = NULL;
             r->aborted = 1;
             r->abort_pending = 1;
@@ -294,6 +298,7 @@ void conn_close_hard(http_conn *conn)
     }
     conn->q_head = conn->q_tail = NULL;
     conn->nqueued = 0;
+    tail = stream_detach(conn, tail);
     uv_close((uv_handle_t *)&conn->tcp, on_conn_closed);
     uv_close((uv_handle_t *)&conn->timer, on_conn_closed);
     while (aborted) {
@@ -321,7 +326,7 @@ static void on_shutdown(uv_shutdown_t *sr, int status)
         conn_close_hard(conn);
 }
 
-static void conn_begin_linger(http_conn *conn)
+void conn_begin_linger(http_conn *conn)
 {
     if (conn->lingering || conn->closing)
         return;
@@ -366,6 +371,10 @@ static uint64_t conn_deadline(const http_conn *conn, int *kind)
         *kind = T_WRITE;
         return conn->t_write + c->idle_timeout_ms;
     }
+    if (conn->stream) { /* a live stream is a request in progress: only silence ends it */
+        *kind = T_IDLE;
+        return conn->t_activity + c->idle_timeout_ms;
+    }
     if (conn->cur) {
         if (conn->cur->headers_done) {
             *kind = T_BODY;
@@ -409,7 +418,7 @@ static void on_timer(uv_timer_t *t)
     }
 }
 
-static void conn_arm(http_conn *conn)
+void conn_arm(http_conn *conn)
 {
     if (conn->closing)
         return;
@@ -590,11 +599,12 @@ static int same_peer(const http_conn *a, const http_conn *b)
 }
 
 /* A connection with no complete request in progress: silent since accepted,
- * half a request line or headers, or idle keep-alive. */
+ * half a request line or headers, or idle keep-alive. A live stream is a
+ * response in progress, however quiet, so never evictable. */
 static int evictable(const http_conn *c)
 {
     return !c->closing && !c->limited && !c->lingering && !c->q_head && !c->nwriting &&
-           !c->paused && (!c->cur || !c->cur->headers_done);
+           !c->stream && !c->paused && (!c->cur || !c->cur->headers_done);
 }
 
 /* Closes the evictable connection (of conn's client address when per_ip) that
@@ -713,23 +723,10 @@ int http_server_new(uv_loop_t *loop, const http_config *cfg, http_server **out)
     return 0;
 }
 
-static int route_add(http_server *s, const char *method, const char *path,
-                     http_handler_fn handler, void *ud, int always);
-
-int http_server_route(http_server *s, const char *method, const char *path,
-                      http_handler_fn handler, void *ud)
-{
-    return route_add(s, method, path, handler, ud, 0);
-}
-
-int http_server_route_always(http_server *s, const char *method, const char *path,
-                             http_handler_fn handler, void *ud)
-{
-    return route_add(s, method, path, handler, ud, 1);
-}
-
-static int route_add(http_server *s, const char *method, const char *path,
-                     http_handler_fn handler, void *ud, int always)
+/* Adds or replaces the route (method, path, prefix); always: served on reserve
+ * connections too. */
+static int route_add(http_server *s, const char *method, const char *path, int prefix,
+                     int always, http_handler_fn handler, void *ud)
 {
     if (!method || !*method || !path || path[0] != '/' || !handler)
         return DDM_EINVAL;
@@ -737,7 +734,8 @@ static int route_add(http_server *s, const char *method, const char *path,
         if (*m < 'A' || *m > 'Z')
             return DDM_EINVAL;
     for (size_t i = 0; i < s->nroutes; i++) {
-        if (!strcmp(s->routes[i].method, method) && !strcmp(s->routes[i].path, path)) {
+        if (!strcmp(s->routes[i].method, method) && !strcmp(s->routes[i].path, path) &&
+            s->routes[i].prefix == prefix) {
             s->routes[i].fn = handler;
             s->routes[i].ud = ud;
             s->routes[i].always = always;
@@ -760,11 +758,36 @@ static int route_add(http_server *s, const char *method, const char *path,
         free(r->path);
         return DDM_ENOMEM;
     }
+    r->prefix = prefix;
     r->fn = handler;
     r->ud = ud;
     r->always = always;
     s->nroutes++;
     return 0;
+}
+
+int http_server_route(http_server *s, const char *method, const char *path,
+                      http_handler_fn handler, void *ud)
+{
+    return route_add(s, method, path, 0, 0, handler, ud);
+}
+
+int http_server_route_always(http_server *s, const char *method, const char *path,
+                             http_handler_fn handler, void *ud)
+{
+    return route_add(s, method, path, 0, 1, handler, ud);
+}
+
+int http_server_route_prefix(http_server *s, const char *method, const char *prefix,
+                             http_handler_fn handler, void *ud)
+{
+    return route_add(s, method, prefix, 1, 0, handler, ud);
+}
+
+void http_server_set_filter(http_server *s, int (*fn)(http_req *req, void *ud), void *ud)
+{
+    s->filter = fn;
+    s->filter_ud = ud;
 }
 
 static int parse_hostport(const char *hp, struct sockaddr_storage *ss)
@@ -918,8 +941,8 @@ static void conn_drain(http_conn *conn)
     conn->stop_parse = 1;
     conn_drop_cur(conn); /* a request not fully received: it will not be served */
     conn->saved_len = 0;
-    if (!conn->q_head && !conn->nwriting)
-        conn_begin_linger(conn);
+    if (!conn->q_head && !conn->nwriting && !conn->stream)
+        conn_begin_linger(conn); /* a stream closes when its owner ends it (or at the grace) */
     else
         conn_arm(conn);
 }

@@ -47,6 +47,8 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "common/strbuf.h"
+
 typedef struct http_server http_server;
 typedef struct http_req http_req;
 
@@ -119,6 +121,21 @@ int http_server_route(http_server *s, const char *method, const char *path,
  * answer while the server is full. */
 int http_server_route_always(http_server *s, const char *method, const char *path,
                              http_handler_fn handler, void *ud);
+
+/* Like http_server_route, but the handler gets every path that starts with
+ * prefix (e.g. "/v1/jobs/" for "/v1/jobs/{id}"); it parses the rest itself.
+ * An exact route registered for a path wins when both would match only if it
+ * was registered first (routes are tried in registration order). Paths a
+ * prefix route matches count as known for 405 (wrong method, with Allow). */
+int http_server_route_prefix(http_server *s, const char *method, const char *prefix,
+                             http_handler_fn handler, void *ud);
+
+/* Sets fn to run for every complete request before routing (NULL removes it),
+ * on the loop thread. It may add response headers (http_resp_header) that then
+ * go with whatever answers the request, routes' and the server's own 404/405
+ * alike. It returns nonzero when it finished the request itself (e.g. a CORS
+ * preflight), which then reaches no route; 0 to let routing go on. */
+void http_server_set_filter(http_server *s, int (*fn)(http_req *req, void *ud), void *ud);
 
 /* Binds and listens on "host:port": IPv4 literal ("127.0.0.1:8080"), bracketed
  * IPv6 literal ("[::1]:0"), "localhost:port", or ":port" / "*:port" (all IPv4
@@ -221,6 +238,10 @@ int http_respond(http_req *req, int status, const char *content_type,
 int http_respond_owned(http_req *req, int status, const char *content_type,
                        void *body, size_t len);
 
+/* Like http_respond_owned with the bytes of b, which is emptied (they are
+ * taken); a b that ran out of memory (b->oom) is answered 500 instead. */
+int http_respond_strbuf(http_req *req, int status, const char *content_type, strbuf *b);
+
 /* Sends status with the JSON body {"error": {"code": code, "message": message}}
  * (both JSON-escaped; application/json). Add Retry-After beforehand with
  * http_resp_retry_after when useful (429/503). Returns as http_respond. */
@@ -230,6 +251,43 @@ int http_respond_error(http_req *req, int status, const char *code, const char *
  * connection is closed (nothing else can be sent on it in order). Use when
  * abandoning work, e.g. from on_abort or at shutdown. */
 void http_req_drop(http_req *req);
+
+/* ---- streamed responses (Server-Sent Events and the like) ---------------------------
+ *
+ * A streamed response has no Content-Length: the body is whatever the owner
+ * writes until it ends the stream, and then the connection closes (the response
+ * says "Connection: close"; nothing else is read or answered on the connection).
+ * After http_stream_begin the request stays valid until http_stream_end, which is
+ * then the only way to finish it (http_req_drop ends it without flushing). Writes
+ * never block: they are queued on the connection and http_stream_queued tells how
+ * many bytes wait, so the owner bounds its reader's backlog itself. If the client
+ * goes away, on_abort runs as for any request; writes then return DDM_ECLOSED and
+ * the owner must still call http_stream_end. A stream with nothing written for
+ * the server's idle_timeout_ms is closed (send heartbeats more often than that). */
+
+/* Starts the response: status, content_type, the headers added so far and
+ * "Connection: close" go out once every earlier response on the connection has
+ * been written. Returns 0, DDM_ECLOSED (the client is gone: still end the
+ * stream), DDM_EINVAL (bad status, already started), DDM_ENOMEM. */
+int http_stream_begin(http_req *req, int status, const char *content_type);
+
+/* Queues a copy of data[0..len) for the stream. Returns 0, DDM_ECLOSED (client
+ * gone), DDM_EINVAL (not started, or ended), DDM_ENOMEM. A HEAD request's
+ * stream accepts writes and sends nothing. If the socket refuses the write the
+ * connection closes at once, and on_abort runs before this returns. */
+int http_stream_write(http_req *req, const void *data, size_t len);
+
+/* Bytes written with http_stream_write that the kernel has not taken yet. */
+size_t http_stream_queued(const http_req *req);
+
+/* fn(req, ud) runs on the loop thread each time the queue drains to 0 bytes
+ * (NULL removes it). It may write and may end the stream. */
+void http_stream_on_drain(http_req *req, void (*fn)(http_req *req, void *ud), void *ud);
+
+/* Finishes the stream (req is invalid afterwards). abort 0: what was queued is
+ * written, then the connection closes; abort 1: the connection closes now and
+ * queued bytes are dropped (e.g. for a reader that fell too far behind). */
+void http_stream_end(http_req *req, int abort);
 
 /* Writes the JSON string literal for s (with quotes, escaped) into buf; returns the
  * length it needs (excluding the NUL), like snprintf. Bytes that are not valid

@@ -64,6 +64,15 @@ struct http_req {
     size_t rbody_len;
     void *rbody_owned;         /* malloc'd body to free, or NULL */
     uv_write_t wr;
+
+    /* streamed response (http_stream.c) */
+    unsigned streaming : 1;    /* http_stream_begin was called */
+    unsigned stream_live : 1;  /* head written: this is conn->stream */
+    unsigned stream_ended : 1; /* the owner called http_stream_end */
+    char *sbuf;                /* body bytes written before the head went out */
+    size_t sbuf_len, sbuf_cap;
+    void (*drain_fn)(http_req *req, void *ud);
+    void *drain_ud;
 };
 
 struct http_conn {
@@ -99,10 +108,13 @@ struct http_conn {
     size_t saved_len, saved_cap;
     uv_write_t cont_wr;
     uv_shutdown_t shut;
+    http_req *stream;          /* streamed response being written, owns the connection */
+    size_t stream_queued;      /* its bytes handed to uv_write and not yet written */
 };
 
 typedef struct route {
     char *method, *path;
+    int prefix;                /* matches every path that starts with path */
     http_handler_fn fn;
     void *ud;
     int always;                /* served on reserve connections too */
@@ -125,6 +137,8 @@ struct http_server {
     void *close_ud;
     route *routes;
     size_t nroutes, croutes;
+    int (*filter)(http_req *req, void *ud); /* runs before routing; nonzero: it answered */
+    void *filter_ud;
     http_conn *conns;
     llhttp_settings_t settings;
     http_stats stats;
@@ -159,5 +173,17 @@ void conn_drop_cur(http_conn *conn);
 /* The request being parsed stops receiving (complete, or answered with an error):
  * its body no longer counts as arriving. */
 void conn_cur_received(http_conn *conn, http_req *req);
+/* Re-arms conn's timer from its state. */
+void conn_arm(http_conn *conn);
+/* Shuts the write side down and drains input for a while, then closes. */
+void conn_begin_linger(http_conn *conn);
+
+/* http_stream.c */
+/* The head of streamed response req was written (status from uv_write): req
+ * becomes conn->stream, or is detached/aborted when the connection is closing. */
+void stream_head_written(http_req *req, int status);
+/* conn is closing: detaches its stream (if any) onto *tail for the abort callbacks,
+ * or frees it when its owner had already ended it. Returns the new tail. */
+http_req **stream_detach(http_conn *conn, http_req **tail);
 
 #endif

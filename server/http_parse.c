@@ -265,6 +265,12 @@ static int cb_body(llhttp_t *p, const char *at, size_t len)
     return 0;
 }
 
+/* Exact routes match the whole path, prefix routes any path that starts with theirs. */
+static int route_matches(const route *r, const char *path)
+{
+    return r->prefix ? !strncmp(r->path, path, strlen(r->path)) : !strcmp(r->path, path);
+}
+
 static void dispatch(http_conn *conn, http_req *req)
 {
     http_server *s = conn->srv;
@@ -273,7 +279,7 @@ static void dispatch(http_conn *conn, http_req *req)
     int path_known = 0;
     for (size_t i = 0; i < s->nroutes && !hit; i++) {
         route *r = &s->routes[i];
-        if (strcmp(r->path, path) != 0)
+        if (!route_matches(r, path))
             continue;
         path_known = 1;
         if (strcmp(r->method, req->method) == 0)
@@ -291,6 +297,8 @@ static void dispatch(http_conn *conn, http_req *req)
                              "server has too many connections, retry later", NULL);
         return;
     }
+    if (s->filter && s->filter(req, s->filter_ud))
+        return; /* answered by the filter (e.g. a CORS preflight) */
     if (hit) {
         s->stats.requests_total++;
         hit->fn(req, hit->ud);
@@ -310,7 +318,7 @@ static void dispatch(http_conn *conn, http_req *req)
     char allow[256] = "";
     size_t n = 0;
     for (size_t i = 0; i < s->nroutes; i++) {
-        if (strcmp(s->routes[i].path, path) != 0)
+        if (!route_matches(&s->routes[i], path))
             continue;
         n += (size_t)snprintf(allow + n, n < sizeof(allow) ? sizeof(allow) - n : 0, "%s%s",
                               n ? ", " : "", s->routes[i].method);

@@ -6,6 +6,7 @@
  * ddm-router, plus one replica whose weights have another image shape), and
  * asks /v1/samples for images by class name: they must come back as RGB PNGs
  * of 16x16, in JSON, protobuf and as a server grid, and through ddm-client.
+ * Jobs and event streams give RGB too: previews and the result grid.
  * The misfit replica must be refused, and an in-process set whose expert
  * names its classes differently must be refused with the file named. */
 #define _GNU_SOURCE /* memmem */
@@ -34,6 +35,7 @@
 #include "server/httpc.h"
 #include "tests/support/proc.h"
 #include "tests/support/toyset.h"
+#include "tools/client/sse_client.h"
 
 #define SIDE 16
 #define K 4
@@ -221,6 +223,17 @@ static void assert_rgb_png(const uint8_t *png, size_t len, int w, int h)
     pngio_image_free(&img);
 }
 
+/* A base64 PNG (JSON string) is an RGB PNG of w x h. */
+static void assert_rgb_b64(const char *b64, int w, int h)
+{
+    size_t sl = strlen(b64);
+    uint8_t *png = malloc(sl);
+    long n = base64_decode(b64, sl, png);
+    assert_true(n > 0);
+    assert_rgb_png(png, (size_t)n, w, h);
+    free(png);
+}
+
 /* ---- tests --------------------------------------------------------------------------------- */
 
 static void test_training_wrote_shape_and_manifest(void **state)
@@ -337,6 +350,63 @@ static void test_protobuf_and_grid(void **state)
     httpc_response_free(&r);
 }
 
+static void test_previews_and_job_results_rgb(void **state)
+{
+    (void)state;
+    /* a streamed sample: its previews are RGB grids, its result RGB images */
+    char hp[64];
+    snprintf(hp, sizeof hp, "127.0.0.1:%d", router_port);
+    const char *body = "{\"n\": 4, \"steps\": 8, \"label\": \"red-disc\", \"preview_every\": 2}";
+    httpc_header h[2] = { { "Content-Type", "application/json" },
+                          { "Accept", "text/event-stream" } };
+    ssec *s;
+    int status;
+    assert_int_equal(ssec_open(hp, "POST", "/v1/samples", h, 2, body, strlen(body), 60000, &s,
+                               &status, NULL), 0);
+    ssec_event ev;
+    int previews = 0, done = 0;
+    const int grid = 2 * SIDE + PNGIO_GRID_SEP; /* 4 images: 2 x 2 */
+    while (ssec_next(s, &ev, 60000) == 1) {
+        cJSON *d = cJSON_Parse(ev.data);
+        assert_non_null(d);
+        if (!strcmp(ev.event, "preview")) {
+            assert_rgb_b64(cJSON_GetObjectItem(d, "png")->valuestring, grid, grid);
+            previews++;
+        } else if (!strcmp(ev.event, "done")) {
+            assert_int_equal(cJSON_GetObjectItem(d, "channels")->valueint, 3);
+            cJSON *it;
+            cJSON_ArrayForEach(it, cJSON_GetObjectItem(d, "images"))
+                assert_rgb_b64(it->valuestring, SIDE, SIDE);
+            done = 1;
+        }
+        cJSON_Delete(d);
+    }
+    ssec_close(s);
+    assert_true(previews >= 1);
+    assert_true(done);
+
+    /* a job: its result as one grid is an RGB PNG */
+    httpc_response r;
+    assert_int_equal(request("POST", "/v1/jobs", "application/json", NULL, body, strlen(body), &r),
+                     202);
+    cJSON *j = cJSON_ParseWithLength(r.body, r.body_len);
+    char path[120];
+    snprintf(path, sizeof path, "/v1/jobs/%s", cJSON_GetObjectItem(j, "id")->valuestring);
+    cJSON_Delete(j);
+    httpc_response_free(&r);
+    int st = 409;
+    for (int i = 0; i < 3000 && st == 409; i++) { /* 409 until it has a result */
+        st = request("GET", path, "application/json", "image/png", NULL, 0, &r);
+        if (st == 409) {
+            httpc_response_free(&r);
+            usleep(20000);
+        }
+    }
+    assert_int_equal(st, 200);
+    assert_rgb_png((const uint8_t *)r.body, r.body_len, grid, grid);
+    httpc_response_free(&r);
+}
+
 static void test_experts_show_shape_and_refuse_misfit(void **state)
 {
     (void)state;
@@ -431,6 +501,7 @@ int main(void)
         cmocka_unit_test(test_training_wrote_shape_and_manifest),
         cmocka_unit_test(test_samples_rgb_by_class_name),
         cmocka_unit_test(test_protobuf_and_grid),
+        cmocka_unit_test(test_previews_and_job_results_rgb),
         cmocka_unit_test(test_experts_show_shape_and_refuse_misfit),
         cmocka_unit_test(test_client_writes_rgb_grid),
         cmocka_unit_test(test_in_process_set_refuses_other_names),

@@ -203,10 +203,19 @@ static void test_health_ready_experts(void **state)
     httpc_response_free(&r);
     assert_int_equal(get("/readyz", &r), 200);
     httpc_response_free(&r);
-    usleep(300000); /* ready means one replica per expert; give the second a probe round */
-    assert_int_equal(get("/v1/experts", &r), 200);
-    cJSON *root = cJSON_Parse(r.body);
-    httpc_response_free(&r);
+    /* ready means one replica per expert: wait for the second one's handshake
+     * (a probe round or more on a loaded machine) */
+    cJSON *root = NULL;
+    for (int i = 0; i < 500; i++) {
+        assert_int_equal(get("/v1/experts", &r), 200);
+        cJSON_Delete(root);
+        root = cJSON_Parse(r.body);
+        httpc_response_free(&r);
+        cJSON *e = cJSON_GetArrayItem(cJSON_GetObjectItem(root, "experts"), 0);
+        if (e && (int)num(e, "live_replicas") == 2)
+            break;
+        usleep(20000);
+    }
     cJSON *ex = cJSON_GetObjectItem(root, "experts");
     assert_int_equal(cJSON_GetArraySize(ex), K);
     cJSON *e0 = cJSON_GetArrayItem(ex, 0);

@@ -60,7 +60,8 @@ static void test_help_has_every_default(void **state)
         N("request-timeout-ms", request_timeout_ms), N("max-connections", max_connections),
         N("max-connections-per-ip", max_connections_per_ip), N("max-body-bytes", max_body_bytes),
         N("drain-timeout-ms", drain_timeout_ms), N("token-concurrency", token_concurrency),
-        N("token-queue", token_queue),
+        N("token-queue", token_queue), N("job-ttl-s", job_ttl_s), N("job-store-mb", job_store_mb),
+        N("max-subscribers", max_subscribers), N("sse-heartbeat-ms", sse_heartbeat_ms),
 #undef N
     };
     char *help = help_text();
@@ -81,6 +82,7 @@ static void test_help_has_every_default(void **state)
                                           "--router-weights PATH", "--auth-token-file FILE",
                                           "--public-metrics", "--public-experts",
                                           "--log-level LEVEL", "(default info)", "--help",
+                                          "--cors-origin ORIGIN", "default: none, CORS off",
                                           "--version", "127.0.0.1:8080" };
     for (size_t i = 0; i < sizeof others / sizeof others[0]; i++)
         if (!strstr(help, others[i]))
@@ -98,19 +100,25 @@ static void test_flags(void **state)
     char err[256];
     assert_int_equal(parse(&o, err, sizeof err, "-c", "a.conf", "--max-images", "12",
                            "--public-experts", "--listen", "0.0.0.0:1", "--auth-token-file", "t",
-                           "--log-level", "warn", NULL), ROUTER_ARGS_RUN);
+                           "--log-level", "warn", "--cors-origin", "http://a.test:3000",
+                           "--cors-origin", "*", "--job-ttl-s", "7", NULL), ROUTER_ARGS_RUN);
     assert_string_equal(o.cluster, "a.conf");
     assert_int_equal(o.max_images, 12);
     assert_int_equal(o.public_experts, 1);
     assert_string_equal(o.listen, "0.0.0.0:1");
     assert_string_equal(o.auth_file, "t");
     assert_string_equal(o.log_level, "warn");
+    assert_int_equal(o.cors.n, 2); /* repeatable */
+    assert_string_equal(o.cors.origins[0], "http://a.test:3000");
+    assert_int_equal(o.job_ttl_s, 7);
     log_set_level(LOG_INFO);
     static const struct { const char *a, *b, *msg; } bad[] = {
         { "--ticks", "9", "--ticks \"9\": expected an integer 1..8" },
         { "--ticks", "2x", "expected an integer" },
         { "--max-request-cost", "0", "1..1000000000000" },
         { "--log-level", "loud", "debug, info, warn, error or off" },
+        { "--cors-origin", "http://a.test/path", "scheme://host[:port], no path" },
+        { "--max-subscribers", "0", "--max-subscribers \"0\": expected an integer 1..1024" },
         { "--bogus", NULL, "unknown option \"--bogus\"" },
         { "stray", NULL, "unexpected argument \"stray\"" },
     };
@@ -147,7 +155,8 @@ static void test_settings(void **state)
                      ROUTER_ARGS_RUN);
     cluster cl;
     load(&cl, "set max-images 512\nset ticks 5\nset public-metrics yes\nset auth-token-file /t\n"
-              "set max-request-cost 99\nset bogus 1\nset other 2\n");
+              "set max-request-cost 99\nset bogus 1\nset other 2\nset job-store-mb 3\n"
+              "set cors-origin http://a.test\nset cors-origin http://b.test:8000\n");
     int unknown = -1;
     assert_int_equal(router_args_settings(&o, &cl, &unknown, err, sizeof err), 0);
     assert_int_equal(o.max_images, 512);
@@ -155,7 +164,18 @@ static void test_settings(void **state)
     assert_int_equal(o.public_metrics, 1);
     assert_string_equal(o.auth_file, "/t");
     assert_int_equal(o.max_request_cost, 99);
+    assert_int_equal(o.job_store_mb, 3);
+    assert_int_equal(o.cors.n, 2); /* both lines */
+    assert_string_equal(o.cors.origins[1], "http://b.test:8000");
     assert_int_equal(unknown, 2);
+    cluster_free(&cl);
+    /* a --cors-origin flag wins over the file's */
+    assert_int_equal(parse(&o, err, sizeof err, "--cluster", "c.conf", "--cors-origin", "*", NULL),
+                     ROUTER_ARGS_RUN);
+    load(&cl, "set cors-origin http://a.test\n");
+    assert_int_equal(router_args_settings(&o, &cl, &unknown, err, sizeof err), 0);
+    assert_int_equal(o.cors.n, 1);
+    assert_string_equal(o.cors.origins[0], "*");
     cluster_free(&cl);
     static const struct { const char *set, *msg; } bad[] = {
         { "set ticks 0\n", "in c.conf: setting ticks: --ticks \"0\": expected an integer 1..8" },

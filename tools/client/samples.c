@@ -13,6 +13,7 @@
 
 #include "common/base64.h"
 #include "common/err.h"
+#include "common/fsutil.h"
 #include "common/png.h"
 #include "ddm/v1/api.pb-c.h"
 
@@ -469,24 +470,6 @@ int samples_write_grid(const samples_resp *r, const char *path, int cols, char *
     return rc;
 }
 
-static int write_file(const char *path, const uint8_t *data, size_t len, char *err,
-                      size_t errlen)
-{
-    FILE *f = fopen(path, "wb");
-    if (!f) {
-        int e = errno;
-        snprintf(err, errlen, "cannot write %s: %s", path, strerror(e));
-        return -e;
-    }
-    size_t w = fwrite(data, 1, len, f);
-    int bad = w != len || ferror(f);
-    if (fclose(f) || bad) {
-        snprintf(err, errlen, "cannot write %s: short write (disk full?)", path);
-        return DDM_EIO;
-    }
-    return 0;
-}
-
 int samples_write_dir(const samples_resp *r, const char *dir, const char *prefix, char *err,
                       size_t errlen)
 {
@@ -501,7 +484,7 @@ int samples_write_dir(const samples_resp *r, const char *dir, const char *prefix
             snprintf(err, errlen, "output path under %s is too long", dir);
             return DDM_EINVAL;
         }
-        int rc = write_file(path, r->png[i], r->png_len[i], err, errlen);
+        int rc = fs_write_file(path, r->png[i], r->png_len[i], err, errlen);
         if (rc)
             return rc;
     }
