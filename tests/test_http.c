@@ -897,7 +897,7 @@ static void test_per_ip_cap(void **state)
 {
     fx *f = *state;
     httpc *a = busy_client(f, 1000), *b = busy_client(f, 1000);
-    assert_int_equal(wait_atomic(&f->slow_started, 2, 10000), 2);
+    assert_int_equal(wait_atomic(&f->slow_started, 2, 30000), 2);
     httpc *c = client(f);
     httpc_response r;
     assert_int_equal(httpc_request(c, "GET", "/hello", NULL, 0, NULL, 0, &r), 0);
@@ -984,9 +984,9 @@ static void test_disconnect_with_pending_response(void **state)
     c = client(f);
     const char *two = "GET /slow?ms=200 HTTP/1.1\r\nHost: t\r\n\r\nGET /hello HTTP/1.1\r\nHost: t\r\n\r\n";
     assert_int_equal(httpc_send_raw(c, two, strlen(two)), 0);
-    assert_int_equal(wait_atomic(&f->slow_started, 2, 10000), 2);
+    assert_int_equal(wait_atomic(&f->slow_started, 2, 30000), 2);
     httpc_close(c);
-    assert_int_equal(wait_atomic(&f->late_done, 2, 10000), 2);
+    assert_int_equal(wait_atomic(&f->late_done, 2, 30000), 2);
     assert_int_equal(atomic_load(&f->late_rc), DDM_ECLOSED);
 
     c = client(f);

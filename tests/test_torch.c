@@ -102,7 +102,7 @@ static pid_t start_prog(const char *prog, const char *name, ...)
 /* SIGTERM; the worker must exit 0. */
 static void stop_clean(pid_t pid)
 {
-    int st = proc_stop(pid, SIGTERM, 20000);
+    int st = proc_stop(pid, SIGTERM, 60000);
     if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != 0) {
         proc_dump_log(kid_log(pid));
         forget_kid(pid);
