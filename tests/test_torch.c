@@ -843,6 +843,7 @@ static void test_cluster_key(void **state)
     assert_non_null(rep);
     assert_int_equal(ok, 0);
     assert_int_equal(rep->kind_case, DDM__V1__WORKER_REPLY__KIND_ERROR);
+    assert_int_equal(rep->error->code, DDM_EMISMATCH);
     assert_non_null(strstr(rep->error->message, "MAC does not verify"));
     ddm__v1__worker_reply__free_unpacked(rep, NULL);
     wclient_close(c);
