@@ -119,6 +119,44 @@ static void run_until(uv_loop_t *loop, const int *flag, int want, double secs)
         uv_run(loop, UV_RUN_ONCE);
 }
 
+static pool_replica_stats rstats(pool *p, int r)
+{
+    pool_replica_stats st;
+    pool_get_replica_stats(p, 0, r, &st);
+    return st;
+}
+
+/* n one-row calls at once; waits for them all; every one must succeed with
+ * the zeros the fakes answer. */
+static void calls_ok(uv_loop_t *loop, pool *p, int n)
+{
+    enum { MAX = 16 };
+    static float x[MAX][DIM], t[MAX], out[MAX][DIM];
+    assert_true(n <= MAX);
+    memset(out, 0x7f, sizeof out);
+    result r = { 0 };
+    for (int i = 0; i < n; i++) {
+        t[i] = 0.5f;
+        assert_int_equal(pool_call(p, 0, 1, x[i], &t[i], NULL, out[i], on_done, &r), 0);
+    }
+    run_until(loop, &r.calls, n, 20);
+    assert_int_equal(r.calls, n);
+    if (r.status)
+        fail_msg("a call failed: %s", r.msg);
+    for (int i = 0; i < n; i++)
+        for (int d = 0; d < DIM; d++)
+            assert_true(out[i][d] == 0.0f);
+}
+
+/* Runs the loop until replica r's slow flag is want (up to 20 s). */
+static void wait_slow(uv_loop_t *loop, pool *p, int r, int want)
+{
+    double t0 = proc_now_s();
+    while (!rstats(p, r).slow != !want && proc_now_s() - t0 < 20)
+        uv_run(loop, UV_RUN_ONCE);
+    assert_int_equal(rstats(p, r).slow, want);
+}
+
 /* pool_close with a call pending: nothing is called back before it returns;
  * then the call ends with DDM_ECLOSED, and only after that the close callback. */
 static void test_close_calls_back_later(void **state)
@@ -158,22 +196,7 @@ static void test_deadline_moves_message(void **state)
     fake_worker *f[2];
     fake_mode m[2] = { FAKE_SILENT, FAKE_ZEROS };
     pool *p = make_pool(&loop, &cl, f, 2, m, 200, 2);
-    enum { N = 6 };
-    float x[N][DIM], t[N], out[N][DIM];
-    memset(x, 0, sizeof x);
-    for (int i = 0; i < N; i++)
-        t[i] = 0.5f;
-    memset(out, 0x7f, sizeof out);
-    result r = { 0 };
-    for (int i = 0; i < N; i++)
-        assert_int_equal(pool_call(p, 0, 1, x[i], &t[i], NULL, out[i], on_done, &r), 0);
-    run_until(&loop, &r.calls, N, 10);
-    assert_int_equal(r.calls, N);
-    if (r.status)
-        fail_msg("a call failed: %s", r.msg);
-    for (int i = 0; i < N; i++)
-        for (int d = 0; d < DIM; d++)
-            assert_true(out[i][d] == 0.0f);
+    calls_ok(&loop, p, 6);
     assert_true(fake_worker_denoise_count(f[0]) >= 1); /* some went to the silent one */
     pool_expert_stats st;
     pool_get_stats(p, 0, &st);
@@ -240,30 +263,6 @@ static void test_bad_only_replica(void **state)
     finish(&loop, p, &cl, f, 1);
 }
 
-static pool_replica_stats rstats(pool *p, int r)
-{
-    pool_replica_stats st;
-    pool_get_replica_stats(p, 0, r, &st);
-    return st;
-}
-
-/* n one-row calls at once; waits for them all; every one must succeed. */
-static void calls_ok(uv_loop_t *loop, pool *p, int n)
-{
-    enum { MAX = 16 };
-    static float x[MAX][DIM], t[MAX], out[MAX][DIM];
-    assert_true(n <= MAX);
-    result r = { 0 };
-    for (int i = 0; i < n; i++) {
-        t[i] = 0.5f;
-        assert_int_equal(pool_call(p, 0, 1, x[i], &t[i], NULL, out[i], on_done, &r), 0);
-    }
-    run_until(loop, &r.calls, n, 20);
-    assert_int_equal(r.calls, n);
-    if (r.status)
-        fail_msg("a call failed: %s", r.msg);
-}
-
 /* Replica 0 stops (reads nothing, as under SIGSTOP) beside a good replica 1,
  * and the probes are slow to notice (30 s). The message that went to it
  * times out and is retried on replica 1, not on it again; from then on it
@@ -303,10 +302,7 @@ static void test_stopped_replica_gets_no_new_work(void **state)
     assert_int_equal(es.failures, 0);
 
     fake_worker_pause(f[0], 0); /* it answers its queue (late), then work again */
-    double t0 = proc_now_s();
-    while (rstats(p, 0).slow && proc_now_s() - t0 < 20)
-        uv_run(&loop, UV_RUN_ONCE);
-    assert_false(rstats(p, 0).slow);
+    wait_slow(&loop, p, 0, 0);
     calls_ok(&loop, p, 12);
     assert_true(rstats(p, 0).messages > 1);
     finish(&loop, p, &cl, f, 2);
@@ -324,10 +320,7 @@ static void test_probe_miss_gets_no_new_work(void **state)
     fake_mode m[2] = { FAKE_ZEROS, FAKE_ZEROS };
     pool *p = make_pool_probes(&loop, &cl, f, 2, m, 5000, 2, 200, 1000);
     fake_worker_pause(f[1], 1);
-    double t0 = proc_now_s();
-    while (!rstats(p, 1).slow && proc_now_s() - t0 < 20)
-        uv_run(&loop, UV_RUN_ONCE);
-    assert_true(rstats(p, 1).slow);
+    wait_slow(&loop, p, 1, 1);
     const char *url, *st, *detail;
     pool_replica_info(p, 0, 1, &url, &st, &detail);
     assert_string_equal(st, "up");

@@ -192,20 +192,34 @@ static void run_handshake(suite *s, check *k)
 
 /* A good request of one latent must still be answered (any DenoiseReply with
  * v counts: its content is judged by other checks). Marks s dead if not. */
+/* A good request for one fresh latent (in r, d), packed into a new buffer
+ * (free()) with room for extra bytes after its len; NULL when out of memory
+ * (r is then empty). */
+static uint8_t *one_latent(suite *s, rows *r, dreq *d, size_t extra, size_t *len)
+{
+    if (rows_make(s, r, 1))
+        return NULL;
+    dreq_rows(s, d, r);
+    uint8_t *buf = dreq_pack(d, len), *b = buf ? realloc(buf, *len + extra) : NULL;
+    if (!b) {
+        free(buf);
+        rows_free(r);
+    }
+    return b;
+}
+
 static void still_serving(suite *s, check *k)
 {
     rows r;
-    if (rows_make(s, &r, 1)) {
+    dreq d;
+    size_t len;
+    uint8_t *buf = one_latent(s, &r, &d, 0, &len);
+    if (!buf) {
         chk_fail(k, "out of memory");
         return;
     }
-    dreq d;
-    dreq_rows(s, &d, &r);
-    size_t len;
-    uint8_t *buf = dreq_pack(&d, &len);
     reply rp = { .rc = DDM_ENOMEM };
-    if (buf)
-        call_bytes(s, s->c, buf, len, &rp);
+    call_bytes(s, s->c, buf, len, &rp);
     free(buf);
     rows_free(&r);
     int ok = rp.wr && rp.wr->kind_case == DDM__V1__WORKER_REPLY__KIND_DENOISE &&
@@ -385,22 +399,13 @@ static void run_truncated(suite *s, check *k)
 static void run_auth(suite *s, check *k, int wrong)
 {
     rows r;
-    if (rows_make(s, &r, 1)) {
-        chk_fail(k, "out of memory");
-        return;
-    }
     dreq d;
-    dreq_rows(s, &d, &r);
     size_t len;
-    uint8_t *buf = dreq_pack(&d, &len);
-    uint8_t *msg = buf ? malloc(len + HMAC_TRAILER_SIZE) : NULL;
+    uint8_t *msg = one_latent(s, &r, &d, HMAC_TRAILER_SIZE, &len);
     if (!msg) {
-        free(buf);
-        rows_free(&r);
         chk_fail(k, "out of memory");
         return;
     }
-    memcpy(msg, buf, len);
     char desc[CONFORM_TEXT - 120];
     dreq_describe(&d, desc, sizeof desc);
     size_t n = len;
@@ -440,7 +445,6 @@ static void run_auth(suite *s, check *k, int wrong)
         err_ok(k, w->error);
     reply_free(&rp);
     free(msg);
-    free(buf);
     rows_free(&r);
     still_serving(s, k);
 }
