@@ -936,6 +936,55 @@ static void on_reply(nnuv *s, void *body, size_t len, const nnuv_hdr *hdr, void 
 
 /* ---- the sweep -------------------------------------------------------------------------- */
 
+/* How long a message may wait before its replica counts as slow:
+ * suspect_ns, or four times the expert's mean message latency when that is
+ * longer (a slow model is not a stopped worker). */
+static uint64_t overdue_ns(const pool *p, int k)
+{
+    const pool_expert_stats *st = &p->ex[k].st;
+    double mean4 = st->messages ? 4e6 * st->latency_ms_sum / (double)st->messages : 0;
+    return mean4 > (double)p->suspect_ns ? (uint64_t)mean4 : p->suspect_ns;
+}
+
+/* 1 if another replica of rp's expert is live and not slow. */
+static int sibling_answers(const replica *rp)
+{
+    const expert *e = &rp->p->ex[rp->k];
+    for (int r = 0; r < e->n_reps; r++) {
+        const replica *o = &e->reps[r];
+        if (o != rp && o->state == REP_UP && !o->stale && !o->slow)
+            return 1;
+    }
+    return 0;
+}
+
+/* Message slot, in flight and within its deadline: marks its replica slow
+ * when the message is overdue with nothing from the replica meanwhile; and
+ * while the replica is slow and a sibling answers, gives up this attempt
+ * (when it is not the last) so that the message goes there now rather than
+ * at its deadline. Returns 1 if it did (the lists may have changed). */
+static int moved_off_slow(pool *p, int slot, uint64_t now)
+{
+    msg *m = &p->msgs[slot];
+    replica *rp = m->rep;
+    uint64_t thr = overdue_ns(p, rp->k);
+    int overdue = m->sent_ns + thr < now;
+    char why[160];
+    if (!(rp->slow & SLOW_OVERDUE) && overdue && rp->last_data_ns + thr < now) {
+        snprintf(why, sizeof why, "a message unanswered for %llu ms",
+                 (unsigned long long)(thr / 1000000ull));
+        slow_set(rp, SLOW_OVERDUE, why);
+    }
+    if (!rp->slow || !(overdue || (rp->slow & SLOW_PROBE)) || m->attempts >= p->cfg.attempts ||
+        !sibling_answers(rp))
+        return 0;
+    snprintf(why, sizeof why, "replica %s is slow: sent to another replica before the deadline",
+             rp->url);
+    rp->st.timeouts++;
+    msg_failed(p, slot, DDM_ETIMEDOUT, why);
+    return 1;
+}
+
 static void sweep_replica(replica *rp, uint64_t now)
 {
     pool *p = rp->p;
@@ -992,15 +1041,7 @@ static void on_sweep(uv_timer_t *t)
                      p->cfg.call_timeout_ms);
             m->rep->st.timeouts++;
             msg_failed(p, s, DDM_ETIMEDOUT, why);
-        } else {
-            replica *rp = m->rep;
-            if (!(rp->slow & SLOW_OVERDUE) && m->sent_ns + p->suspect_ns < now &&
-                rp->last_data_ns + p->suspect_ns < now) {
-                char why[96];
-                snprintf(why, sizeof why, "a message unanswered for %llu ms",
-                         (unsigned long long)(p->suspect_ns / 1000000ull));
-                slow_set(rp, SLOW_OVERDUE, why);
-            }
+        } else if (!moved_off_slow(p, s, now)) {
             i++;
             continue;
         }

@@ -31,11 +31,14 @@
  *
  * A stopped worker (SIGSTOP, a stalled host) keeps its connection, so only
  * silence shows it. A replica is "slow" while a message on it has waited
- * suspect_ms (a quarter of the deadline by default) with no denoise reply
- * from it meanwhile, or after it missed a probe; a slow replica gets no new
- * work while another live replica of the expert is not slow, until it
- * answers again. So one message pays the deadline, not every message sent
- * there before the probes mark it down.
+ * suspect_ms (a quarter of the deadline by default; four times the expert's
+ * mean message latency when that is longer) with no denoise reply from it
+ * meanwhile, or after it missed a probe. While another live replica of the
+ * expert is not slow, a slow one gets no new work, and what waits on it is
+ * sent there at once (an attempt given up, unless it was the last) instead
+ * of at its deadline -- until it answers again. So a stopped worker costs
+ * its messages about suspect_ms, not the deadline, and not once per message
+ * sent there before the probes mark it down.
  *
  * Steady state allocates nothing per call: calls and messages live in tables
  * reused through free lists, and a reply finds its message by id (the id
@@ -112,7 +115,8 @@ int pool_n_replicas(const pool *p, int k);
 
 typedef struct pool_replica_stats {
     uint64_t messages;          /* attempts sent to it */
-    uint64_t timeouts;          /* of which unanswered within the deadline */
+    uint64_t timeouts;          /* of which given up unanswered: past the deadline, or
+                                   moved elsewhere while it was slow */
     uint64_t bad_replies;       /* replies refused; each one quarantined it */
     int slow;                   /* now getting no new work: an overdue message or a missed
                                    probe (pool.h, above) */

@@ -49,11 +49,15 @@ static void on_closed(void *ud)
     closed = 1;
 }
 
-/* A pool over the given fakes (all expert 0); waits until want replicas are
- * live. probe_timeout_ms and down_after: 0 for the defaults. */
-static pool *make_pool_probes(uv_loop_t *loop, cluster *cl, fake_worker **fakes, int n,
-                              const fake_mode *modes, uint32_t timeout_ms, int want_live,
-                              uint32_t probe_timeout_ms, int down_after)
+/* Timings of a test pool; 0 for the defaults (probes every 100 ms). */
+typedef struct timing {
+    uint32_t call_timeout_ms, probe_timeout_ms, suspect_ms;
+    int down_after;
+} timing;
+
+/* A pool over the given fakes (all expert 0); waits until want replicas are live. */
+static pool *make_pool_timing(uv_loop_t *loop, cluster *cl, fake_worker **fakes, int n,
+                              const fake_mode *modes, const timing *tm, int want_live)
 {
     memset(cl, 0, sizeof *cl);
     cl->n_experts = 1;
@@ -77,12 +81,14 @@ static pool *make_pool_probes(uv_loop_t *loop, cluster *cl, fake_worker **fakes,
     pc.channels = 1;
     pc.n_experts = 1;
     pc.n_classes = 3;
-    pc.call_timeout_ms = timeout_ms;
     pc.probe_interval_ms = 100;
-    if (probe_timeout_ms)
-        pc.probe_timeout_ms = probe_timeout_ms;
-    if (down_after)
-        pc.down_after = down_after;
+    if (tm->call_timeout_ms)
+        pc.call_timeout_ms = tm->call_timeout_ms;
+    if (tm->probe_timeout_ms)
+        pc.probe_timeout_ms = tm->probe_timeout_ms;
+    if (tm->down_after)
+        pc.down_after = tm->down_after;
+    pc.suspect_ms = tm->suspect_ms;
     pool *p;
     char err[256];
     if (pool_new(loop, cl, &pc, &p, err, sizeof err))
@@ -97,7 +103,8 @@ static pool *make_pool_probes(uv_loop_t *loop, cluster *cl, fake_worker **fakes,
 static pool *make_pool(uv_loop_t *loop, cluster *cl, fake_worker **fakes, int n,
                        const fake_mode *modes, uint32_t timeout_ms, int want_live)
 {
-    return make_pool_probes(loop, cl, fakes, n, modes, timeout_ms, want_live, 0, 0);
+    timing tm = { .call_timeout_ms = timeout_ms };
+    return make_pool_timing(loop, cl, fakes, n, modes, &tm, want_live);
 }
 
 static void finish(uv_loop_t *loop, pool *p, cluster *cl, fake_worker **fakes, int n)
@@ -263,12 +270,13 @@ static void test_bad_only_replica(void **state)
     finish(&loop, p, &cl, f, 1);
 }
 
-/* Replica 0 stops (reads nothing, as under SIGSTOP) beside a good replica 1,
- * and the probes are slow to notice (30 s). The message that went to it
- * times out and is retried on replica 1, not on it again; from then on it
- * is "slow" (a message unanswered for a quarter of the deadline, nothing
- * from it since) and gets no new work although it is still up; once it
- * answers again (SIGCONT), it gets work again. */
+/* Replica 0 stops (reads nothing, as under SIGSTOP) beside a good replica 1;
+ * the deadline is 60 s and the probes are slow to notice (60 s). The message
+ * that went to it is unanswered for 100 ms (suspect_ms): the replica is
+ * "slow", and the message is sent to replica 1 (not to it again) long before
+ * its deadline -- the calls end within calls_ok's 20 s. From then on the
+ * stopped replica gets no new work although it is still up; once it answers
+ * again (SIGCONT), it gets work again. */
 static void test_stopped_replica_gets_no_new_work(void **state)
 {
     (void)state;
@@ -277,7 +285,8 @@ static void test_stopped_replica_gets_no_new_work(void **state)
     cluster cl;
     fake_worker *f[2];
     fake_mode m[2] = { FAKE_ZEROS, FAKE_ZEROS };
-    pool *p = make_pool_probes(&loop, &cl, f, 2, m, 400, 2, 30000, 0);
+    timing tm = { .call_timeout_ms = 60000, .probe_timeout_ms = 60000, .suspect_ms = 100 };
+    pool *p = make_pool_timing(&loop, &cl, f, 2, m, &tm, 2);
     fake_worker_pause(f[0], 1);
     calls_ok(&loop, p, 2); /* equal load: one message to each replica */
     pool_replica_stats a = rstats(p, 0), b = rstats(p, 1);
@@ -318,7 +327,8 @@ static void test_probe_miss_gets_no_new_work(void **state)
     cluster cl;
     fake_worker *f[2];
     fake_mode m[2] = { FAKE_ZEROS, FAKE_ZEROS };
-    pool *p = make_pool_probes(&loop, &cl, f, 2, m, 5000, 2, 200, 1000);
+    timing tm = { .call_timeout_ms = 5000, .probe_timeout_ms = 200, .down_after = 1000 };
+    pool *p = make_pool_timing(&loop, &cl, f, 2, m, &tm, 2);
     fake_worker_pause(f[1], 1);
     wait_slow(&loop, p, 1, 1);
     const char *url, *st, *detail;
