@@ -38,7 +38,16 @@ typedef struct shared {
     char last_error[256];
     double *lat;            /* seconds of the successful requests */
     long nlat;
+    double t0;              /* when the measured run started (0: warming up) */
+    double slowest, slowest_at; /* the slowest request: seconds, and its start in the run */
 } shared;
+
+#define MAX_EVENTS 4096
+typedef struct event {
+    double at;              /* seconds into the run */
+    int worker;
+    const char *what;       /* "killed", "restarted", "stopped", "continued" */
+} event;
 
 static const char *const BODIES[] = {
     "{\"n\": 1, \"steps\": 20, \"strategy\": \"top-2\"}",
@@ -69,6 +78,10 @@ static void *client_main(void *arg)
             s->ok++;
             if (s->nlat < MAX_LAT)
                 s->lat[s->nlat++] = dt;
+            if (dt > s->slowest) {
+                s->slowest = dt;
+                s->slowest_at = s->t0 > 0 ? t0 - s->t0 : 0;
+            }
         } else {
             s->failed++;
             s->by_status[rc == 0 && r.status > 0 && r.status < 600 ? r.status : 0]++;
@@ -228,6 +241,12 @@ int main(int argc, char **argv)
     sleep(2); /* warm: the first requests allocate what the steady state keeps */
     usage u0 = measure(&cl);
     double t0 = proc_now_s(), next_event = t0 + interval;
+    pthread_mutex_lock(&s.mu);
+    s.t0 = t0;
+    pthread_mutex_unlock(&s.mu);
+    static event ev[MAX_EVENTS];
+    int nev = 0;
+#define EVENT(w, name) (nev < MAX_EVENTS ? (void)(ev[nev++] = (event){ proc_now_s() - t0, (w), (name) }) : (void)0)
     int out = -1, kills = 0, stops = 0;  /* the replica now out, or -1 */
     int out_killed = 0;
     double back_at = 0;
@@ -243,6 +262,7 @@ int main(int argc, char **argv)
                 tcluster_start_worker(&cl, out);
             else
                 kill(cl.workers[out], SIGCONT);
+            EVENT(out, out_killed ? "restarted" : "continued");
             out = -1;
         }
         if (out < 0 && now >= next_event) {
@@ -256,6 +276,7 @@ int main(int argc, char **argv)
                 kill(cl.workers[out], SIGSTOP);
                 stops++;
             }
+            EVENT(out, out_killed ? "killed" : "stopped");
             back_at = now + down;
             next_event += interval;
         }
@@ -287,6 +308,14 @@ int main(int argc, char **argv)
     printf("| %.0f | %d (%d / %d) | %ld | %ld | %.1f | %.1f | %.1f | %.1f | %.1f | %ld |\n\n",
            elapsed, kills + stops, kills, stops, s.ok, s.failed, s.ok / elapsed, p50 * 1e3,
            p99 * 1e3, p999 * 1e3, max * 1e3, over);
+    /* what happened around the slowest request (for reading the tail) */
+    printf("slowest request: %.2f s, from %.1f s into the run; events from 10 s before:",
+           s.slowest, s.slowest_at);
+    for (int i = 0; i < nev; i++)
+        if (ev[i].at >= s.slowest_at - 10 && ev[i].at <= s.slowest_at + s.slowest)
+            printf(" %.1f s worker %d (expert %d) %s;", ev[i].at, ev[i].worker, ev[i].worker % K,
+                   ev[i].what);
+    printf("\n\n");
     printf("| process | RSS start MB | RSS end MB | fds start | fds end |\n|---|---|---|---|---|\n");
     printf("| router | %.1f | %.1f | %ld | %ld |\n", u0.router_rss / 1024.0, u1.router_rss / 1024.0,
            u0.router_fds, u1.router_fds);
