@@ -522,6 +522,19 @@ static void refuse(replica *rp, const char *why)
     fail_replica_msgs(rp, DDM_EUNAVAIL, d);
 }
 
+/* 1 if body (an unauthenticated reply: trusted for a log line only) is a
+ * WorkerReply.error with code DDM_EMISMATCH, a keyed worker's answer to a
+ * request under another key (docs/protocol.md, Authentication). */
+static int refused_our_mac(const uint8_t *body, size_t len)
+{
+    Ddm__V1__WorkerReply *wr = ddm__v1__worker_reply__unpack(NULL, len, body);
+    int yes = wr && wr->kind_case == DDM__V1__WORKER_REPLY__KIND_ERROR && wr->error &&
+              wr->error->has_code && wr->error->code == DDM_EMISMATCH;
+    if (wr)
+        ddm__v1__worker_reply__free_unpacked(wr, NULL);
+    return yes;
+}
+
 static void on_handshake(replica *rp, uint32_t id, const uint8_t *body, size_t len)
 {
     pool *p = rp->p;
@@ -537,11 +550,14 @@ static void on_handshake(replica *rp, uint32_t id, const uint8_t *body, size_t l
     int mac_rc;
     Ddm__V1__WorkerReply *wr = open_reply(p, rp->hs_mac, body, len, &mac_rc);
     if (mac_rc) {
-        refuse(rp, mac_rc == DDM_EPROTO
-                       ? "its handshake reply carries no MAC: start the worker with the "
-                         "router's --cluster-key-file"
-                       : "its handshake reply has a wrong MAC: it does not hold the router's "
-                         "cluster key");
+        refuse(rp, mac_rc == DDM_EMISMATCH
+                       ? "its handshake reply has a wrong MAC: it does not hold the router's "
+                         "cluster key"
+                   : refused_our_mac(body, len)
+                       ? "it refuses our MAC (an unauthenticated error, code -1005): its "
+                         "--cluster-key-file is not the router's"
+                       : "its handshake reply carries no MAC: start the worker with the "
+                         "router's --cluster-key-file");
         return;
     }
     const Ddm__V1__InfoReply *ir =

@@ -709,6 +709,19 @@ static void test_cluster_key(void **state)
     int port3 = start_router(conf, NULL, rlog3, sizeof rlog3, &rp3);
     wait_state(port3, 1, u1, "refused", rlog3);
     assert_log_has(rlog3, u1, "MAC", NULL);
+
+    /* a router under another key: refused, and the log says the keys differ */
+    char otherkey[256], rlog4[256];
+    snprintf(otherkey, sizeof otherkey, "%s/other.key", dir);
+    FILE *kf = fopen(otherkey, "w");
+    assert_non_null(kf);
+    fputs("another cluster key, 32 bytes ok\n", kf);
+    fclose(kf);
+    chmod(otherkey, 0600);
+    pid_t rp4;
+    int port4 = start_router(conf, otherkey, rlog4, sizeof rlog4, &rp4);
+    wait_state(port4, 1, u1, "refused", rlog4);
+    assert_log_has(rlog4, u1, "is not the router's", NULL);
 }
 
 /* Thousands of garbage messages a second: the worker answers each (with an
