@@ -1,0 +1,111 @@
+/* fuzz_api.c -- libFuzzer target: a POST /v1/samples request as the router's
+ * handler sees it: router/api_decode.c api_decode_sample (JSON and protobuf
+ * bodies), api_response_format (Accept) and the cost check that follows
+ * (sample_cost, sample_cost_explain).
+ *
+ * Input: one selector byte, the Accept header up to the first '\n', then the
+ * body. The selector picks the Content-Type (bits 0-2; 7 = the Accept text
+ * itself, so arbitrary types are tried too) and the served model: K (bits
+ * 3-4: 1, 2, 8 or 64 experts), classes (bit 5: none or 10) and class names
+ * (bit 6). Checks beyond "no crash, leak or UB": a refused request gets 400
+ * or 415 with a code and a message; an accepted one passes
+ * sample_params_check (the one validation); Accept gives 0 or 406. */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "router/api.h"
+#include "router/sampler.h"
+
+int LLVMFuzzerInitialize(int *argc, char ***argv);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+    (void)argc;
+    (void)argv;
+    log_set_level(LOG_OFF);
+    return 0;
+}
+
+static void check(int ok, const char *what)
+{
+    if (!ok) {
+        fprintf(stderr, "fuzz_api: broken promise: %s\n", what);
+        abort();
+    }
+}
+
+static const char *const CTYPES[7] = {
+    "application/json", NULL, "application/x-protobuf",
+    "application/protobuf; proto=ddm.v1.SampleRequest", "application/json; charset=utf-8",
+    "Application/JSON", "text/plain",
+};
+
+static const int KS[4] = { 1, 2, 8, 64 };
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    if (size < 1)
+        return 0;
+    uint8_t sel = data[0];
+    data++, size--;
+    const uint8_t *nl = memchr(data, '\n', size);
+    size_t alen = nl ? (size_t)(nl - data) : size;
+    char *accept = malloc(alen + 1);
+    if (!accept)
+        return 0;
+    memcpy(accept, data, alen);
+    accept[alen] = '\0';
+    const uint8_t *body = nl ? nl + 1 : data + size;
+    size_t blen = (size_t)(data + size - body);
+    /* the body in its own allocation, so that reading past it is caught */
+    uint8_t *b = malloc(blen ? blen : 1);
+    if (!b) {
+        free(accept);
+        return 0;
+    }
+    memcpy(b, body, blen);
+
+    const char *ctype = (sel & 7) == 7 ? accept : CTYPES[sel & 7];
+    int K = KS[(sel >> 3) & 3];
+    int n_classes = sel & 0x20 ? 10 : 0;
+    static char n0[] = "zero", n1[] = "one", n2[] = "two", n3[] = "three", n4[] = "four",
+                n5[] = "five", n6[] = "six", n7[] = "seven", n8[] = "eight", n9[] = "nine";
+    static char *names[10] = { n0, n1, n2, n3, n4, n5, n6, n7, n8, n9 };
+    model_shape shape = { .height = 28, .width = 28, .channels = 1 };
+    if ((sel & 0x40) && n_classes) {
+        shape.n_class_names = n_classes;
+        shape.class_names = names;
+    }
+    uint64_t seed_state = 12345;
+    sample_params p;
+    const char *code = NULL;
+    char err[384] = "";
+    int st = api_decode_sample(ctype, b, blen, K, n_classes, sel & 0x80 ? NULL : &shape,
+                               &seed_state, &p, &code, err, sizeof err);
+    if (st) {
+        check(st == 400 || st == 415, "a refused request gets 400 or 415");
+        check(code && *code, "a refused request gets an error code");
+        check(err[0] != '\0', "a refused request gets a message");
+    } else {
+        char again[384];
+        check(sample_params_check(&p, n_classes, again, sizeof again) == 0,
+              "an accepted request passes sample_params_check");
+        check(p.n >= 1 && p.n <= SAMPLE_MAX_N && p.steps >= 1 && p.steps <= SAMPLE_MAX_STEPS,
+              "n and steps in range");
+        uint64_t cost = sample_cost(&p, K);
+        check(cost >= (uint64_t)p.n * (uint64_t)p.steps, "cost counts images x steps at least");
+        char how[160];
+        sample_cost_explain(&p, K, how, sizeof how);
+    }
+    api_format fmt;
+    int fr = api_response_format(accept, ctype, &fmt);
+    check(fr == 0 || fr == 406, "Accept gives 0 or 406");
+    check(fmt == API_JSON || fmt == API_PROTO || fmt == API_PNG, "a known format");
+    free(b);
+    free(accept);
+    return 0;
+}

@@ -1,0 +1,398 @@
+/* fuzz_http.c -- libFuzzer target: the HTTP server (server/http.c, http_parse.c,
+ * http_req.c) reading one connection: llhttp and the request callbacks, the
+ * limits (411/413/414/431/501), pipelining with responses given out of
+ * order, 100-continue, backpressure (max_pipelined), handlers that answer
+ * later, drop the request or close the connection, and the ways a connection
+ * ends (client EOF, reset, server close or graceful shutdown).
+ *
+ * No listener: the server adopts one end of a socketpair
+ * (http_server_adopt) and the harness plays the client on the other end,
+ * driving the real libuv loop with UV_RUN_NOWAIT, so a run takes tens of
+ * microseconds and never waits for a timer.
+ *
+ * Input: two control bytes, then the bytes the client sends.
+ *   byte 0, bits 0-2: chunk size (all at once, 1, 2, 3, 7, 16, 61, 512 bytes),
+ *           each chunk read by the server on its own;
+ *           bit 3: answer every deferred request before the client half-closes
+ *           (else they are pending at EOF: aborted);
+ *           bits 4-5: the end: client half-close, client reset, server close
+ *           right after the input, graceful server shutdown;
+ *           bit 6: deferred requests are dropped (http_req_drop) instead of
+ *           answered.
+ *   byte 1: the limits: bit 0 max_header_bytes 512, bit 1 max_body_bytes 256,
+ *           bits 2-3 max_pipelined 1, 2, 4 or 16, bit 4 allow_no_length,
+ *           bit 5 max_headers 8.
+ * Routes: GET /healthz (always), GET|POST /v1/samples (answers at once with
+ * the body's length), GET|POST /defer (answered later, newest first), GET
+ * /drop, POST /close (Connection: close), PUT /error (an error echoing the
+ * body, JSON-escaped). Every handler's answer carries X-Seq: <arrival index>.
+ *
+ * Checks beyond "no crash, leak or UB": the server writes only HTTP/1.1
+ * responses; X-Seq values leave in arrival order (pipelined responses never
+ * overtake); the connection is closed within a bounded number of loop
+ * iterations once the client has sent everything (no wedge); every request
+ * handed to a handler is finished exactly once. */
+#define _GNU_SOURCE
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "common/err.h"
+#include "common/log.h"
+#include "server/http.h"
+
+#define MAX_DEFERRED 64
+#define SETTLE_ITERS 2000 /* loop iterations allowed after the input ends */
+
+static uv_loop_t loop;
+
+/* one input's state */
+static struct {
+    http_server *srv;
+    int freed;                   /* close_cb ran */
+    int client;                  /* our end of the socketpair, or -1 */
+    http_req *deferred[MAX_DEFERRED];
+    int ndeferred;
+    int drop_deferred;
+    unsigned seq;                /* handler calls so far */
+    char *out;                   /* what the server wrote, NUL-terminated */
+    size_t out_len, out_cap;
+} st;
+
+int LLVMFuzzerInitialize(int *argc, char ***argv);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+static void check(int ok, const char *what)
+{
+    if (!ok) {
+        fprintf(stderr, "fuzz_http: broken promise: %s\n", what);
+        abort();
+    }
+}
+
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+    (void)argc;
+    (void)argv;
+    log_set_level(LOG_OFF);
+    signal(SIGPIPE, SIG_IGN);
+    if (uv_loop_init(&loop) != 0)
+        abort();
+    return 0;
+}
+
+/* ---- handlers ---------------------------------------------------------------------- */
+
+static void seq_header(http_req *req)
+{
+    char v[16];
+    snprintf(v, sizeof v, "%u", st.seq++);
+    http_resp_header(req, "X-Seq", v);
+}
+
+/* Reads everything a handler may read (the accessors must hold up). */
+static void touch(http_req *req)
+{
+    size_t n = http_req_header_count(req), len;
+    for (size_t i = 0; i < n; i++) {
+        const char *k, *v;
+        check(http_req_header_at(req, i, &k, &v) == 0 && k && v, "header i of count");
+        check(http_req_header(req, k) != NULL, "a header found by its name");
+    }
+    check(http_req_header_at(req, n, NULL, NULL) == DDM_ERANGE, "no header past the count");
+    const uint8_t *b = http_req_body(req, &len);
+    check(b != NULL && b[len] == '\0', "a NUL-terminated body");
+    check(http_req_path(req) != NULL && http_req_query(req) != NULL, "a path and a query");
+    (void)http_req_method(req);
+    (void)http_req_version_minor(req);
+}
+
+static void on_samples(http_req *req, void *ud)
+{
+    (void)ud;
+    touch(req);
+    size_t len;
+    http_req_body(req, &len);
+    char body[64];
+    int n = snprintf(body, sizeof body, "{\"bytes\": %zu}", len);
+    seq_header(req);
+    http_respond(req, 200, "application/json", body, (size_t)n);
+}
+
+static void on_healthz(http_req *req, void *ud)
+{
+    (void)ud;
+    seq_header(req);
+    http_respond(req, 200, "text/plain", "ok\n", 3);
+}
+
+static void on_abort(http_req *req, void *ud)
+{
+    (void)ud;
+    for (int i = 0; i < st.ndeferred; i++) {
+        if (st.deferred[i] != req)
+            continue;
+        st.deferred[i] = st.deferred[--st.ndeferred];
+        check(http_req_aborted(req), "aborted inside on_abort");
+        if (i & 1)
+            http_req_drop(req);
+        else
+            check(http_respond(req, 200, "text/plain", "late", 4) == DDM_ECLOSED,
+                  "answering an aborted request is DDM_ECLOSED");
+        return;
+    }
+    check(0, "on_abort for a request that is not pending");
+}
+
+static void on_defer(http_req *req, void *ud)
+{
+    (void)ud;
+    touch(req);
+    if (st.ndeferred == MAX_DEFERRED) {
+        seq_header(req);
+        http_respond_error(req, 503, "busy", "too many deferred requests");
+        return;
+    }
+    char v[16];
+    snprintf(v, sizeof v, "%u", st.seq++);
+    http_resp_header(req, "X-Seq", v); /* numbered on arrival, answered later */
+    http_req_on_abort(req, on_abort, NULL);
+    st.deferred[st.ndeferred++] = req;
+}
+
+static void on_drop(http_req *req, void *ud)
+{
+    (void)ud;
+    http_req_drop(req);
+}
+
+static void on_close(http_req *req, void *ud)
+{
+    (void)ud;
+    touch(req);
+    seq_header(req);
+    http_resp_header(req, "Connection", "close");
+    http_respond(req, 200, "text/plain", "bye\n", 4);
+}
+
+static void on_error(http_req *req, void *ud)
+{
+    (void)ud;
+    size_t len;
+    const uint8_t *b = http_req_body(req, &len);
+    seq_header(req);
+    http_respond_error(req, 422, "echo", (const char *)b); /* up to the first NUL */
+}
+
+/* Answers (or drops) the deferred requests, newest first: the server must
+ * still send the responses in arrival order. */
+static void answer_deferred(void)
+{
+    while (st.ndeferred) {
+        http_req *req = st.deferred[--st.ndeferred];
+        http_req_on_abort(req, NULL, NULL);
+        if (st.drop_deferred) {
+            http_req_drop(req);
+        } else {
+            int rc = http_respond(req, 200, "text/plain", "later\n", 6);
+            check(rc == 0 || rc == DDM_ECLOSED, "a deferred answer is sent or the client is gone");
+        }
+    }
+}
+
+/* ---- the client side ---------------------------------------------------------------- */
+
+static void keep_output(const char *buf, size_t n)
+{
+    if (st.out_len + n > st.out_cap) {
+        size_t cap = st.out_cap ? st.out_cap * 2 : 4096;
+        while (cap < st.out_len + n)
+            cap *= 2;
+        char *p = realloc(st.out, cap + 1);
+        if (!p)
+            abort();
+        st.out = p;
+        st.out_cap = cap;
+    }
+    memcpy(st.out + st.out_len, buf, n);
+    st.out_len += n;
+    st.out[st.out_len] = '\0';
+}
+
+/* The whole output: HTTP/1.1 responses, and "\r\nX-Seq: N" (only in headers:
+ * bodies echo client bytes only JSON-escaped, where CR LF cannot appear) in
+ * increasing order. */
+static void check_output(void)
+{
+    if (!st.out_len)
+        return;
+    check(st.out_len >= 9 && !memcmp(st.out, "HTTP/1.1 ", 9), "the server writes HTTP/1.1");
+    static const char marker[] = "\r\nX-Seq: ";
+    long last = -1;
+    for (const char *m = st.out; (m = memmem(m, st.out_len - (size_t)(m - st.out), marker,
+                                              sizeof marker - 1)) != NULL;) {
+        m += sizeof marker - 1;
+        char *end;
+        long v = strtol(m, &end, 10);
+        check(end != m && v > last, "responses leave in arrival order");
+        last = v;
+    }
+}
+
+static void read_client(void)
+{
+    if (st.client < 0)
+        return;
+    char buf[8192];
+    for (;;) {
+        ssize_t r = read(st.client, buf, sizeof buf);
+        if (r <= 0)
+            return;
+        keep_output(buf, (size_t)r);
+    }
+}
+
+/* One loop iteration, then our side's work. */
+static void pump(void)
+{
+    uv_run(&loop, UV_RUN_NOWAIT);
+    read_client();
+}
+
+static int conn_open(void)
+{
+    if (st.freed)
+        return 0;
+    http_stats s;
+    http_server_stats(st.srv, &s);
+    return s.connections_open > 0;
+}
+
+static void send_all(const uint8_t *data, size_t size, size_t chunk)
+{
+    size_t off = 0;
+    while (off < size) {
+        size_t n = chunk && chunk < size - off ? chunk : size - off;
+        ssize_t w = write(st.client, data + off, n);
+        if (w < 0) {
+            /* full (the server stopped reading: backpressure) or gone */
+            int stuck = 0;
+            while (conn_open() && stuck++ < 50) {
+                pump();
+                answer_deferred();
+                w = write(st.client, data + off, n);
+                if (w >= 0)
+                    break;
+            }
+            if (w < 0)
+                return; /* the server does not read any more: that is its right */
+        }
+        off += (size_t)w;
+        pump();
+    }
+}
+
+static void on_server_freed(void *ud)
+{
+    (void)ud;
+    st.freed = 1;
+}
+
+static void settle(const char *what)
+{
+    for (int i = 0; i < SETTLE_ITERS && conn_open(); i++) {
+        pump();
+        answer_deferred();
+    }
+    if (conn_open()) {
+        fprintf(stderr, "fuzz_http: the connection is still open %d loop iterations after %s\n",
+                SETTLE_ITERS, what);
+        abort();
+    }
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    if (size < 2)
+        return 0;
+    static const size_t CHUNKS[8] = { 0, 1, 2, 3, 7, 16, 61, 512 };
+    uint8_t ctl = data[0], lim = data[1];
+    data += 2, size -= 2;
+
+    memset(&st, 0, sizeof st);
+    st.client = -1;
+    st.drop_deferred = (ctl >> 6) & 1;
+    http_config cfg;
+    http_config_default(&cfg);
+    if (lim & 1)
+        cfg.max_header_bytes = 512;
+    cfg.max_body_bytes = lim & 2 ? 256 : 65536;
+    static const uint32_t PIPE[4] = { 1, 2, 4, 16 };
+    cfg.max_pipelined = PIPE[(lim >> 2) & 3];
+    cfg.allow_no_length = (lim >> 4) & 1;
+    if (lim & 0x20)
+        cfg.max_headers = 8;
+    check(http_server_new(&loop, &cfg, &st.srv) == 0, "a server");
+    http_server_route_always(st.srv, "GET", "/healthz", on_healthz, NULL);
+    http_server_route(st.srv, "GET", "/v1/samples", on_samples, NULL);
+    http_server_route(st.srv, "POST", "/v1/samples", on_samples, NULL);
+    http_server_route(st.srv, "GET", "/defer", on_defer, NULL);
+    http_server_route(st.srv, "POST", "/defer", on_defer, NULL);
+    http_server_route(st.srv, "GET", "/drop", on_drop, NULL);
+    http_server_route(st.srv, "POST", "/close", on_close, NULL);
+    http_server_route(st.srv, "PUT", "/error", on_error, NULL);
+
+    int sv[2];
+    check(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) == 0,
+          "a socketpair");
+    check(http_server_adopt(st.srv, sv[0]) == 0, "the server adopts the socket");
+    st.client = sv[1];
+    pump();
+
+    send_all(data, size, CHUNKS[ctl & 7]);
+    if (ctl & 8) { /* let every handler answer before the client goes */
+        for (int i = 0; i < 4; i++) {
+            pump();
+            answer_deferred();
+        }
+    }
+    switch ((ctl >> 4) & 3) {
+    case 0: /* the client half-closes and reads to the end */
+        shutdown(st.client, SHUT_WR);
+        settle("the client's EOF");
+        break;
+    case 1: /* the client resets: unread input makes close(2) send RST */
+        close(st.client);
+        st.client = -1;
+        settle("the client's reset");
+        break;
+    case 2: /* the server closes at once: pending requests aborted */
+        http_server_close(st.srv, on_server_freed, NULL);
+        break;
+    case 3: /* graceful shutdown: owed responses go out, then everything closes */
+        http_server_shutdown(st.srv, 60000, on_server_freed, NULL);
+        shutdown(st.client, SHUT_WR);
+        settle("a graceful shutdown and the client's EOF");
+        break;
+    }
+    if (!st.freed) /* ends a graceful shutdown's grace too */
+        http_server_close(st.srv, on_server_freed, NULL);
+    for (int i = 0; i < SETTLE_ITERS && !st.freed; i++) {
+        pump();
+        answer_deferred();
+    }
+    check(st.freed, "the server is freed after http_server_close");
+    check(st.ndeferred == 0, "every deferred request finished");
+    if (st.client >= 0)
+        read_client();
+    check_output();
+    if (st.client >= 0)
+        close(st.client);
+    free(st.out);
+    return 0;
+}
