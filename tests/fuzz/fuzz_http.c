@@ -27,11 +27,15 @@
  * /drop, POST /close (Connection: close), PUT /error (an error echoing the
  * body, JSON-escaped). Every handler's answer carries X-Seq: <arrival index>.
  *
+ * A server per set of limits is kept from one input to the next (until an
+ * input closes it), so its books are checked after every input.
+ *
  * Checks beyond "no crash, leak or UB": the server writes only HTTP/1.1
  * responses; X-Seq values leave in arrival order (pipelined responses never
  * overtake); the connection is closed within a bounded number of loop
  * iterations once the client has sent everything (no wedge); every request
- * handed to a handler is finished exactly once. */
+ * handed to a handler is finished exactly once; with the connection gone the
+ * server counts no connection open and no body bytes arriving. */
 #define _GNU_SOURCE
 #include <signal.h>
 #include <stdint.h>
@@ -316,17 +320,15 @@ static void settle(const char *what)
     }
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
-{
-    if (size < 2)
-        return 0;
-    static const size_t CHUNKS[8] = { 0, 1, 2, 3, 7, 16, 61, 512 };
-    uint8_t ctl = data[0], lim = data[1];
-    data += 2, size -= 2;
+/* A server with the limits of control byte 1, kept between inputs (making one
+ * costs more than a short input's whole run) until an input closes it. */
+static http_server *servers[64];
 
-    memset(&st, 0, sizeof st);
-    st.client = -1;
-    st.drop_deferred = (ctl >> 6) & 1;
+static http_server *server_for(uint8_t lim)
+{
+    http_server **slot = &servers[lim & 63];
+    if (*slot)
+        return *slot;
     http_config cfg;
     http_config_default(&cfg);
     if (lim & 1)
@@ -337,15 +339,32 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     cfg.allow_no_length = (lim >> 4) & 1;
     if (lim & 0x20)
         cfg.max_headers = 8;
-    check(http_server_new(&loop, &cfg, &st.srv) == 0, "a server");
-    http_server_route_always(st.srv, "GET", "/healthz", on_healthz, NULL);
-    http_server_route(st.srv, "GET", "/v1/samples", on_samples, NULL);
-    http_server_route(st.srv, "POST", "/v1/samples", on_samples, NULL);
-    http_server_route(st.srv, "GET", "/defer", on_defer, NULL);
-    http_server_route(st.srv, "POST", "/defer", on_defer, NULL);
-    http_server_route(st.srv, "GET", "/drop", on_drop, NULL);
-    http_server_route(st.srv, "POST", "/close", on_close, NULL);
-    http_server_route(st.srv, "PUT", "/error", on_error, NULL);
+    http_server *s;
+    check(http_server_new(&loop, &cfg, &s) == 0, "a server");
+    http_server_route_always(s, "GET", "/healthz", on_healthz, NULL);
+    http_server_route(s, "GET", "/v1/samples", on_samples, NULL);
+    http_server_route(s, "POST", "/v1/samples", on_samples, NULL);
+    http_server_route(s, "GET", "/defer", on_defer, NULL);
+    http_server_route(s, "POST", "/defer", on_defer, NULL);
+    http_server_route(s, "GET", "/drop", on_drop, NULL);
+    http_server_route(s, "POST", "/close", on_close, NULL);
+    http_server_route(s, "PUT", "/error", on_error, NULL);
+    return *slot = s;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    if (size < 2)
+        return 0;
+    static const size_t CHUNKS[8] = { 0, 1, 2, 3, 7, 16, 61, 512 };
+    uint8_t ctl = data[0], lim = data[1];
+    int end = (ctl >> 4) & 3;
+    data += 2, size -= 2;
+
+    memset(&st, 0, sizeof st);
+    st.client = -1;
+    st.drop_deferred = (ctl >> 6) & 1;
+    st.srv = server_for(lim);
 
     int sv[2];
     check(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) == 0,
@@ -361,7 +380,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             answer_deferred();
         }
     }
-    switch ((ctl >> 4) & 3) {
+    switch (end) {
     case 0: /* the client half-closes and reads to the end */
         shutdown(st.client, SHUT_WR);
         settle("the client's EOF");
@@ -378,15 +397,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         http_server_shutdown(st.srv, 60000, on_server_freed, NULL);
         shutdown(st.client, SHUT_WR);
         settle("a graceful shutdown and the client's EOF");
+        if (!st.freed) /* ends the grace */
+            http_server_close(st.srv, on_server_freed, NULL);
         break;
     }
-    if (!st.freed) /* ends a graceful shutdown's grace too */
-        http_server_close(st.srv, on_server_freed, NULL);
-    for (int i = 0; i < SETTLE_ITERS && !st.freed; i++) {
-        pump();
-        answer_deferred();
+    if (end >= 2) { /* the server is going: the next input with these limits makes a new one */
+        for (int i = 0; i < SETTLE_ITERS && !st.freed; i++) {
+            pump();
+            answer_deferred();
+        }
+        check(st.freed, "the server is freed after http_server_close");
+        servers[lim & 63] = NULL;
+    } else { /* the server stays: its books must balance with no connection open */
+        http_stats hs;
+        http_server_stats(st.srv, &hs);
+        check(hs.connections_open == 0, "no connection counted open");
+        check(hs.body_bytes_receiving == 0, "no body bytes counted as arriving");
     }
-    check(st.freed, "the server is freed after http_server_close");
     check(st.ndeferred == 0, "every deferred request finished");
     if (st.client >= 0)
         read_client();
