@@ -3,30 +3,55 @@
  * bodies), api_response_format (Accept) and the cost check that follows
  * (sample_cost, sample_cost_explain).
  *
- * Input: one selector byte, the Accept header up to the first '\n', then the
- * body. The selector picks the Content-Type (bits 0-2; 7 = the Accept text
+ * Input: one selector byte, a header value up to the first '\n' (taken as
+ * Accept, and as Authorization for router/auth.c auth_check), then the body. The selector picks the Content-Type (bits 0-2; 7 = the Accept text
  * itself, so arbitrary types are tried too) and the served model: K (bits
  * 3-4: 1, 2, 8 or 64 experts), classes (bit 5: none or 10) and class names
  * (bit 6). Checks beyond "no crash, leak or UB": a refused request gets 400
  * or 415 with a code and a message; an accepted one passes
- * sample_params_check (the one validation); Accept gives 0 or 406. */
+ * sample_params_check (the one validation); Accept gives 0 or 406; a token
+ * is accepted only as "Bearer <a token of the file>". */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <unistd.h>
 
 #include "common/log.h"
 #include "router/api.h"
+#include "router/auth.h"
 #include "router/sampler.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+#define TOKEN "fuzzing-token-0123456789abcdef"
+
+static auth *tokens;
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc;
     (void)argv;
     log_set_level(LOG_OFF);
+    char path[] = "/tmp/ddm-fuzz-tokens-XXXXXX", warn[256], err[256];
+    int fd = mkstemp(path);
+    static const char file[] = "# fuzz_api\nfuzz:" TOKEN " concurrency=2\n"
+                               "0123456789abcdef0123456789abcdef== queue=0\n";
+    if (fd < 0 || write(fd, file, sizeof file - 1) != (ssize_t)(sizeof file - 1)) {
+        perror("fuzz_api: token file");
+        abort();
+    }
+    close(fd);
+    auth_defaults d;
+    auth_defaults_init(&d);
+    int rc = auth_load(path, &d, &tokens, warn, sizeof warn, err, sizeof err);
+    unlink(path);
+    if (rc) {
+        fprintf(stderr, "fuzz_api: %s\n", err);
+        abort();
+    }
     return 0;
 }
 
@@ -100,6 +125,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         check(cost >= (uint64_t)p.n * (uint64_t)p.steps, "cost counts images x steps at least");
         char how[160];
         sample_cost_explain(&p, K, how, sizeof how);
+    }
+    auth_token *tok = auth_check(tokens, accept);
+    if (tok) {
+        const char *t = accept + 6;
+        t += strspn(t, " \t");
+        check(!strncasecmp(accept, "Bearer", 6) && (!strcmp(t, TOKEN) ||
+              !strcmp(t, "0123456789abcdef0123456789abcdef==")), "only a token of the file");
     }
     api_format fmt;
     int fr = api_response_format(accept, ctype, &fmt);

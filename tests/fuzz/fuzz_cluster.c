@@ -25,7 +25,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     (void)argc;
     (void)argv;
     log_set_level(LOG_OFF);
-    char a0[] = "ddm-router", a1[] = "--cluster", a2[] = "fuzz.conf";
+    static char a0[] = "ddm-router", a1[] = "--cluster", a2[] = "fuzz.conf"; /* o points in */
     char *av[] = { a0, a1, a2, NULL };
     char err[256];
     if (router_args_parse(3, av, &defaults, stderr, err, sizeof err) != ROUTER_ARGS_RUN) {
@@ -89,6 +89,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     err[0] = '\0';
     if (router_args_settings(&o, &c, &unknown, err, sizeof err))
         check(err[0] != '\0', "a refused setting says why");
+    log_set_level(LOG_OFF); /* "set log-level ..." applies at once */
     cluster_free(&c);
     return 0;
 }
