@@ -1,11 +1,12 @@
 /* fuzz_http.c -- libFuzzer target: the HTTP server (server/http.c, http_parse.c,
- * http_req.c) reading one connection: llhttp and the request callbacks, the
- * limits (411/413/414/431/501), pipelining with responses given out of
- * order, 100-continue, backpressure (max_pipelined), handlers that answer
- * later, drop the request or close the connection, and the ways a connection
+ * http_req.c) reading up to four connections: llhttp and the request
+ * callbacks, the limits (411/413/414/431/501), pipelining with responses
+ * given out of order, 100-continue, backpressure (max_pipelined), handlers
+ * that answer later, drop the request or close the connection, the
+ * connection caps (eviction, reserve connections), and the ways a connection
  * ends (client EOF, reset, server close or graceful shutdown).
  *
- * No listener: the server adopts one end of a socketpair
+ * No listener: the server adopts one end of a socketpair per connection
  * (http_server_adopt) and the harness plays the client on the other end,
  * driving the real libuv loop with UV_RUN_NOWAIT, so a run takes tens of
  * microseconds and never waits for a timer.
@@ -21,7 +22,11 @@
  *           answered.
  *   byte 1: the limits: bit 0 max_header_bytes 512, bit 1 max_body_bytes 256,
  *           bits 2-3 max_pipelined 1, 2, 4 or 16, bit 4 allow_no_length,
- *           bit 5 max_headers 8.
+ *           bit 5 max_headers 8; bits 6-7: 1 to 4 connections, chunk k going
+ *           to connection k mod n, each connected at its first chunk; with
+ *           more than one, max_connections is 2 and reserve_connections 1,
+ *           so that later connections evict idle ones or become reserve
+ *           connections (health only, 503 for the rest) or are refused.
  * Routes: GET /healthz (always), GET|POST /v1/samples (answers at once with
  * the body's length), GET|POST /defer (answered later, newest first), GET
  * /drop, POST /close (Connection: close), PUT /error (an error echoing the
@@ -55,17 +60,27 @@
 
 static uv_loop_t loop;
 
+#define MAX_CONNS 4
+
+/* our end of one connection */
+typedef struct client {
+    int fd;                      /* -1 before the server adopts its other end, or after close */
+    int started;
+    int stalled;                 /* the server stopped reading it: nothing more is sent */
+    char *out;                   /* what the server wrote to it, NUL-terminated */
+    size_t out_len, out_cap;
+} client;
+
 /* one input's state */
 static struct {
     http_server *srv;
     int freed;                   /* close_cb ran */
-    int client;                  /* our end of the socketpair, or -1 */
+    client c[MAX_CONNS];
+    int nconns;
     http_req *deferred[MAX_DEFERRED];
     int ndeferred;
     int drop_deferred;
     unsigned seq;                /* handler calls so far */
-    char *out;                   /* what the server wrote, NUL-terminated */
-    size_t out_len, out_cap;
 } st;
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
@@ -211,34 +226,34 @@ static void answer_deferred(void)
 
 /* ---- the client side ---------------------------------------------------------------- */
 
-static void keep_output(const char *buf, size_t n)
+static void keep_output(client *c, const char *buf, size_t n)
 {
-    if (st.out_len + n > st.out_cap) {
-        size_t cap = st.out_cap ? st.out_cap * 2 : 4096;
-        while (cap < st.out_len + n)
+    if (c->out_len + n > c->out_cap) {
+        size_t cap = c->out_cap ? c->out_cap * 2 : 4096;
+        while (cap < c->out_len + n)
             cap *= 2;
-        char *p = realloc(st.out, cap + 1);
+        char *p = realloc(c->out, cap + 1);
         if (!p)
             abort();
-        st.out = p;
-        st.out_cap = cap;
+        c->out = p;
+        c->out_cap = cap;
     }
-    memcpy(st.out + st.out_len, buf, n);
-    st.out_len += n;
-    st.out[st.out_len] = '\0';
+    memcpy(c->out + c->out_len, buf, n);
+    c->out_len += n;
+    c->out[c->out_len] = '\0';
 }
 
-/* The whole output: HTTP/1.1 responses, and "\r\nX-Seq: N" (only in headers:
- * bodies echo client bytes only JSON-escaped, where CR LF cannot appear) in
- * increasing order. */
-static void check_output(void)
+/* A connection's whole output: HTTP/1.1 responses, and "\r\nX-Seq: N" (only
+ * in headers: bodies echo client bytes only JSON-escaped, where CR LF cannot
+ * appear) in increasing order. */
+static void check_output(const client *c)
 {
-    if (!st.out_len)
+    if (!c->out_len)
         return;
-    check(st.out_len >= 9 && !memcmp(st.out, "HTTP/1.1 ", 9), "the server writes HTTP/1.1");
+    check(c->out_len >= 9 && !memcmp(c->out, "HTTP/1.1 ", 9), "the server writes HTTP/1.1");
     static const char marker[] = "\r\nX-Seq: ";
     long last = -1;
-    for (const char *m = st.out; (m = memmem(m, st.out_len - (size_t)(m - st.out), marker,
+    for (const char *m = c->out; (m = memmem(m, c->out_len - (size_t)(m - c->out), marker,
                                               sizeof marker - 1)) != NULL;) {
         m += sizeof marker - 1;
         char *end;
@@ -248,16 +263,17 @@ static void check_output(void)
     }
 }
 
-static void read_client(void)
+static void read_clients(void)
 {
-    if (st.client < 0)
-        return;
     char buf[8192];
-    for (;;) {
-        ssize_t r = read(st.client, buf, sizeof buf);
-        if (r <= 0)
-            return;
-        keep_output(buf, (size_t)r);
+    for (int i = 0; i < st.nconns; i++) {
+        client *c = &st.c[i];
+        while (c->fd >= 0) {
+            ssize_t r = read(c->fd, buf, sizeof buf);
+            if (r <= 0)
+                break;
+            keep_output(c, buf, (size_t)r);
+        }
     }
 }
 
@@ -265,10 +281,10 @@ static void read_client(void)
 static void pump(void)
 {
     uv_run(&loop, UV_RUN_NOWAIT);
-    read_client();
+    read_clients();
 }
 
-static int conn_open(void)
+static int conns_open(void)
 {
     if (st.freed)
         return 0;
@@ -277,24 +293,48 @@ static int conn_open(void)
     return s.connections_open > 0;
 }
 
+/* Connects client i: the server adopts the other end of a new socketpair. */
+static void connect_client(int i)
+{
+    client *c = &st.c[i];
+    int sv[2];
+    check(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) == 0,
+          "a socketpair");
+    check(http_server_adopt(st.srv, sv[0]) == 0, "the server adopts the socket");
+    c->fd = sv[1];
+    c->started = 1;
+    pump();
+}
+
+/* Sends the input in chunks, chunk k on connection k % nconns (connected on
+ * its first chunk, so that earlier ones may be busy by then). */
 static void send_all(const uint8_t *data, size_t size, size_t chunk)
 {
     size_t off = 0;
-    while (off < size) {
+    for (int k = 0; off < size; k++) {
         size_t n = chunk && chunk < size - off ? chunk : size - off;
-        ssize_t w = write(st.client, data + off, n);
+        client *c = &st.c[k % st.nconns];
+        if (!c->started)
+            connect_client(k % st.nconns);
+        if (c->fd < 0 || c->stalled) { /* its bytes are lost */
+            off += n;
+            continue;
+        }
+        ssize_t w = write(c->fd, data + off, n);
         if (w < 0) {
             /* full (the server stopped reading: backpressure) or gone */
             int stuck = 0;
-            while (conn_open() && stuck++ < 50) {
+            while (conns_open() && stuck++ < 50) {
                 pump();
                 answer_deferred();
-                w = write(st.client, data + off, n);
+                w = write(c->fd, data + off, n);
                 if (w >= 0)
                     break;
             }
-            if (w < 0)
-                return; /* the server does not read any more: that is its right */
+            if (w < 0) { /* the server does not read any more: that is its right */
+                c->stalled = 1;
+                w = (ssize_t)n;
+            }
         }
         off += (size_t)w;
         pump();
@@ -309,12 +349,12 @@ static void on_server_freed(void *ud)
 
 static void settle(const char *what)
 {
-    for (int i = 0; i < SETTLE_ITERS && conn_open(); i++) {
+    for (int i = 0; i < SETTLE_ITERS && conns_open(); i++) {
         pump();
         answer_deferred();
     }
-    if (conn_open()) {
-        fprintf(stderr, "fuzz_http: the connection is still open %d loop iterations after %s\n",
+    if (conns_open()) {
+        fprintf(stderr, "fuzz_http: a connection is still open %d loop iterations after %s\n",
                 SETTLE_ITERS, what);
         abort();
     }
@@ -322,11 +362,11 @@ static void settle(const char *what)
 
 /* A server with the limits of control byte 1, kept between inputs (making one
  * costs more than a short input's whole run) until an input closes it. */
-static http_server *servers[64];
+static http_server *servers[256];
 
 static http_server *server_for(uint8_t lim)
 {
-    http_server **slot = &servers[lim & 63];
+    http_server **slot = &servers[lim];
     if (*slot)
         return *slot;
     http_config cfg;
@@ -339,6 +379,10 @@ static http_server *server_for(uint8_t lim)
     cfg.allow_no_length = (lim >> 4) & 1;
     if (lim & 0x20)
         cfg.max_headers = 8;
+    if (lim >> 6) { /* several connections: over a cap of 2, with 1 reserve connection */
+        cfg.max_connections = 2;
+        cfg.reserve_connections = 1;
+    }
     http_server *s;
     check(http_server_new(&loop, &cfg, &s) == 0, "a server");
     http_server_route_always(s, "GET", "/healthz", on_healthz, NULL);
@@ -352,6 +396,13 @@ static http_server *server_for(uint8_t lim)
     return *slot = s;
 }
 
+static void half_close_all(void)
+{
+    for (int i = 0; i < st.nconns; i++)
+        if (st.c[i].fd >= 0)
+            shutdown(st.c[i].fd, SHUT_WR);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 2)
@@ -362,41 +413,40 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     data += 2, size -= 2;
 
     memset(&st, 0, sizeof st);
-    st.client = -1;
+    st.nconns = 1 + (lim >> 6);
+    for (int i = 0; i < MAX_CONNS; i++)
+        st.c[i].fd = -1;
     st.drop_deferred = (ctl >> 6) & 1;
     st.srv = server_for(lim);
 
-    int sv[2];
-    check(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) == 0,
-          "a socketpair");
-    check(http_server_adopt(st.srv, sv[0]) == 0, "the server adopts the socket");
-    st.client = sv[1];
-    pump();
-
+    connect_client(0);
     send_all(data, size, CHUNKS[ctl & 7]);
-    if (ctl & 8) { /* let every handler answer before the client goes */
+    if (ctl & 8) { /* let every handler answer before the clients go */
         for (int i = 0; i < 4; i++) {
             pump();
             answer_deferred();
         }
     }
     switch (end) {
-    case 0: /* the client half-closes and reads to the end */
-        shutdown(st.client, SHUT_WR);
-        settle("the client's EOF");
+    case 0: /* the clients half-close and read to the end */
+        half_close_all();
+        settle("the clients' EOF");
         break;
-    case 1: /* the client resets: unread input makes close(2) send RST */
-        close(st.client);
-        st.client = -1;
-        settle("the client's reset");
+    case 1: /* the clients reset: unread input makes close(2) send RST */
+        for (int i = 0; i < st.nconns; i++) {
+            if (st.c[i].fd >= 0)
+                close(st.c[i].fd);
+            st.c[i].fd = -1;
+        }
+        settle("the clients' reset");
         break;
     case 2: /* the server closes at once: pending requests aborted */
         http_server_close(st.srv, on_server_freed, NULL);
         break;
     case 3: /* graceful shutdown: owed responses go out, then everything closes */
         http_server_shutdown(st.srv, 60000, on_server_freed, NULL);
-        shutdown(st.client, SHUT_WR);
-        settle("a graceful shutdown and the client's EOF");
+        half_close_all();
+        settle("a graceful shutdown and the clients' EOF");
         if (!st.freed) /* ends the grace */
             http_server_close(st.srv, on_server_freed, NULL);
         break;
@@ -407,7 +457,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             answer_deferred();
         }
         check(st.freed, "the server is freed after http_server_close");
-        servers[lim & 63] = NULL;
+        servers[lim] = NULL;
     } else { /* the server stays: its books must balance with no connection open */
         http_stats hs;
         http_server_stats(st.srv, &hs);
@@ -415,11 +465,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         check(hs.body_bytes_receiving == 0, "no body bytes counted as arriving");
     }
     check(st.ndeferred == 0, "every deferred request finished");
-    if (st.client >= 0)
-        read_client();
-    check_output();
-    if (st.client >= 0)
-        close(st.client);
-    free(st.out);
+    read_clients();
+    for (int i = 0; i < st.nconns; i++) {
+        client *c = &st.c[i];
+        check_output(c);
+        if (c->fd >= 0)
+            close(c->fd);
+        free(c->out);
+    }
     return 0;
 }
