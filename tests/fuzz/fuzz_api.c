@@ -9,8 +9,10 @@
  * 3-4: 1, 2, 8 or 64 experts), classes (bit 5: none or 10) and class names
  * (bit 6). Checks beyond "no crash, leak or UB": a refused request gets 400
  * or 415 with a code and a message; an accepted one passes
- * sample_params_check (the one validation); Accept gives 0 or 406; a token
+ * sample_params_check (the one validation) and, sent again as protobuf,
+ * decodes to the same parameters; Accept gives 0 or 406; a token
  * is accepted only as "Bearer <a token of the file>". */
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +23,8 @@
 #include "common/log.h"
 #include "router/api.h"
 #include "router/auth.h"
+#include "router/strategy.h"
+#include "ddm/v1/api.pb-c.h"
 #include "router/sampler.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
@@ -69,7 +73,60 @@ static const char *const CTYPES[7] = {
     "Application/JSON", "text/plain",
 };
 
+static int is_proto_type(const char *ct)
+{
+    return ct && (!strncasecmp(ct, "application/x-protobuf", 22) ||
+                  !strncasecmp(ct, "application/protobuf", 20));
+}
+
 static const int KS[4] = { 1, 2, 8, 64 };
+
+static int same_float(float a, float b) { return a == b || (isnan(a) && isnan(b)); }
+
+/* The two decoders agree: p (accepted from JSON) sent as protobuf decodes to p. */
+static void check_as_proto(const sample_params *p, int K, int n_classes, const model_shape *shape)
+{
+    Ddm__V1__SampleRequest m = DDM__V1__SAMPLE_REQUEST__INIT;
+    char strat[64];
+    strategy_name(&p->strat, strat, sizeof strat);
+    m.has_n = 1, m.n = (uint32_t)p->n;
+    m.has_steps = 1, m.steps = (uint32_t)p->steps;
+    m.has_seed = 1, m.seed = p->seed;
+    m.strategy = strat;
+    if (p->strat.kind == STRAT_THRESHOLD || p->strat.kind == STRAT_NUCLEUS)
+        m.has_threshold = 1, m.threshold = p->strat.threshold;
+    m.has_temperature = 1, m.temperature = p->strat.temperature;
+    if (p->label >= 0)
+        m.has_label = 1, m.label = p->label;
+    m.has_guidance = 1, m.guidance = p->guidance;
+    m.sampler = (char *)sampler_name(p->sampler);
+    m.has_trace = 1, m.trace = p->trace != 0;
+    size_t len = ddm__v1__sample_request__get_packed_size(&m);
+    uint8_t *buf = malloc(len ? len : 1);
+    if (!buf)
+        return;
+    ddm__v1__sample_request__pack(&m, buf);
+    sample_params q;
+    const char *code = NULL;
+    char err[384] = "";
+    uint64_t seed_state = 1;
+    int st = api_decode_sample("application/x-protobuf", buf, len, K, n_classes, shape,
+                               &seed_state, &q, &code, err, sizeof err);
+    free(buf);
+    if (st) {
+        fprintf(stderr, "fuzz_api: the protobuf form of an accepted JSON request is refused: "
+                        "%s\n", err);
+        abort();
+    }
+    check(q.n == p->n && q.steps == p->steps && q.seed == p->seed && q.label == p->label &&
+          q.sampler == p->sampler && q.trace == p->trace && same_float(q.guidance, p->guidance),
+          "JSON and protobuf decode the same request alike (n, steps, seed, label, sampler, "
+          "trace, guidance)");
+    check(q.strat.kind == p->strat.kind && q.strat.k == p->strat.k &&
+          same_float(q.strat.threshold, p->strat.threshold) &&
+          same_float(q.strat.temperature, p->strat.temperature),
+          "JSON and protobuf decode the same strategy alike");
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -125,6 +182,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         check(cost >= (uint64_t)p.n * (uint64_t)p.steps, "cost counts images x steps at least");
         char how[160];
         sample_cost_explain(&p, K, how, sizeof how);
+        if (!is_proto_type(ctype))
+            check_as_proto(&p, K, n_classes, sel & 0x80 ? NULL : &shape);
     }
     auth_token *tok = auth_check(tokens, accept);
     if (tok) {
