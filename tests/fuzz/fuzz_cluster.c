@@ -25,10 +25,13 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     (void)argc;
     (void)argv;
     log_set_level(LOG_OFF);
-    static char a0[] = "ddm-router", a1[] = "--cluster", a2[] = "fuzz.conf"; /* o points in */
-    char *av[] = { a0, a1, a2, NULL };
+    /* the strings outlive this function: the options point into them. --log-level
+     * as a flag wins over the files' "set log-level": logging stays off */
+    static char a0[] = "ddm-router", a1[] = "--cluster", a2[] = "fuzz.conf",
+                a3[] = "--log-level", a4[] = "off";
+    char *av[] = { a0, a1, a2, a3, a4, NULL };
     char err[256];
-    if (router_args_parse(3, av, &defaults, stderr, err, sizeof err) != ROUTER_ARGS_RUN) {
+    if (router_args_parse(5, av, &defaults, stderr, err, sizeof err) != ROUTER_ARGS_RUN) {
         fprintf(stderr, "fuzz_cluster: default options: %s\n", err);
         abort();
     }
@@ -89,7 +92,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     err[0] = '\0';
     if (router_args_settings(&o, &c, &unknown, err, sizeof err))
         check(err[0] != '\0', "a refused setting says why");
-    log_set_level(LOG_OFF); /* "set log-level ..." applies at once */
     cluster_free(&c);
     return 0;
 }
