@@ -38,7 +38,8 @@
  * Checks beyond "no crash, leak or UB": the server writes only HTTP/1.1
  * responses; X-Seq values leave in arrival order (pipelined responses never
  * overtake); the connection is closed within a bounded number of loop
- * iterations once the client has sent everything (no wedge); every request
+ * iterations once the client has sent everything (no wedge); what the server
+ * writes is valid UTF-8 (client bytes in error messages are escaped); every request
  * handed to a handler is finished exactly once; with the connection gone the
  * server counts no connection open and no body bytes arriving. */
 #define _GNU_SOURCE
@@ -53,6 +54,7 @@
 
 #include "common/err.h"
 #include "common/log.h"
+#include "common/utf8.h"
 #include "server/http.h"
 
 #define MAX_DEFERRED 64
@@ -251,6 +253,8 @@ static void check_output(const client *c)
     if (!c->out_len)
         return;
     check(c->out_len >= 9 && !memcmp(c->out, "HTTP/1.1 ", 9), "the server writes HTTP/1.1");
+    /* client bytes are echoed only JSON-escaped, invalid UTF-8 as U+FFFD */
+    check(utf8_valid_prefix(c->out, c->out_len) == c->out_len, "the output is valid UTF-8");
     static const char marker[] = "\r\nX-Seq: ";
     long last = -1;
     for (const char *m = c->out; (m = memmem(m, c->out_len - (size_t)(m - c->out), marker,
