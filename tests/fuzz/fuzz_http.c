@@ -19,7 +19,9 @@
  *           bits 4-5: the end: client half-close, client reset, server close
  *           right after the input, graceful server shutdown;
  *           bit 6: deferred requests are dropped (http_req_drop) instead of
- *           answered.
+ *           answered; bit 7: a deferred request whose client went away is
+ *           finished later (detached, maybe after the server is freed) rather
+ *           than inside its on_abort.
  *   byte 1: the limits: bit 0 max_header_bytes 512, bit 1 max_body_bytes 256,
  *           bits 2-3 max_pipelined 1, 2, 4 or 16, bit 4 allow_no_length,
  *           bit 5 max_headers 8; bits 6-7: 1 to 4 connections, chunk k going
@@ -83,6 +85,7 @@ static struct {
     http_req *deferred[MAX_DEFERRED];
     int ndeferred;
     int drop_deferred;
+    int abort_later;             /* aborted requests are finished later, not in on_abort */
     unsigned seq;                /* handler calls so far */
 } st;
 
@@ -130,6 +133,8 @@ static void touch(http_req *req)
     const uint8_t *b = http_req_body(req, &len);
     check(b != NULL && b[len] == '\0', "a NUL-terminated body");
     check(http_req_path(req) != NULL && http_req_query(req) != NULL, "a path and a query");
+    http_req_set_user(req, &st);
+    check(http_req_user(req) == &st && http_req_start_ns(req) > 0, "user pointer, start time");
     (void)http_req_method(req);
     (void)http_req_version_minor(req);
 }
@@ -159,13 +164,26 @@ static void on_abort(http_req *req, void *ud)
     for (int i = 0; i < st.ndeferred; i++) {
         if (st.deferred[i] != req)
             continue;
-        st.deferred[i] = st.deferred[--st.ndeferred];
         check(http_req_aborted(req), "aborted inside on_abort");
+        if (st.abort_later)
+            return; /* stays valid, detached, until answer_deferred finishes it */
+        st.deferred[i] = st.deferred[--st.ndeferred];
         if (i & 1)
             http_req_drop(req);
         else
             check(http_respond(req, 200, "text/plain", "late", 4) == DDM_ECLOSED,
                   "answering an aborted request is DDM_ECLOSED");
+        if (i & 2) { /* finish the other aborted ones too: their on_abort must not run */
+            for (int k = 0; k < st.ndeferred;) {
+                http_req *r = st.deferred[k];
+                if (!http_req_aborted(r)) {
+                    k++;
+                    continue;
+                }
+                st.deferred[k] = st.deferred[--st.ndeferred];
+                http_req_drop(r);
+            }
+        }
         return;
     }
     check(0, "on_abort for a request that is not pending");
@@ -431,6 +449,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     for (int i = 0; i < MAX_CONNS; i++)
         st.c[i].fd = -1;
     st.drop_deferred = (ctl >> 6) & 1;
+    st.abort_later = ctl >> 7;
     st.srv = server_for(lim);
     http_stats hs0;
     http_server_stats(st.srv, &hs0);
@@ -481,6 +500,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         check(hs.connections_open == 0, "no connection counted open");
         check(hs.body_bytes_receiving == 0, "no body bytes counted as arriving");
     }
+    answer_deferred(); /* aborted ones left for later (bit 7), after the server is gone too */
     check(st.ndeferred == 0, "every deferred request finished");
     read_clients();
     for (int i = 0; i < st.nconns; i++) {
