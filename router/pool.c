@@ -837,25 +837,6 @@ int pool_call(pool *p, int k, int rows, const float *x, const float *t, const in
     return 0;
 }
 
-/* 1 if the n little-endian floats at v (4-byte aligned: protobuf-c's copy of
- * the bytes field) are all finite, i.e. no exponent field has every bit set.
- * Adding one to the exponent field carries into the sign bit only when it is
- * all ones: and, add and or, which the compiler vectorises. */
-static int all_finite(const uint32_t *v, size_t n)
-{
-    uint32_t lanes[8] = { 0 }; /* eight at a time: vectorised at -O2 too */
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int j = 0; j < 8; j++)
-            lanes[j] |= (v[i + j] & 0x7f800000u) + 0x00800000u;
-    uint32_t carry = 0;
-    for (int j = 0; j < 8; j++)
-        carry |= lanes[j];
-    for (; i < n; i++)
-        carry |= (v[i] & 0x7f800000u) + 0x00800000u;
-    return !(carry & 0x80000000u);
-}
-
 static void on_data(replica *rp, uint32_t id, const uint8_t *body, size_t len)
 {
     pool *p = rp->p;
@@ -872,48 +853,24 @@ static void on_data(replica *rp, uint32_t id, const uint8_t *body, size_t len)
         replica_bad(rp, mac_rc == DDM_EPROTO ? "reply without a MAC" : "reply with a wrong MAC");
         return;
     }
-    const Ddm__V1__DenoiseReply *dr =
-        wr && wr->kind_case == DDM__V1__WORKER_REPLY__KIND_DENOISE ? wr->denoise : NULL;
     char why[300];
     size_t want = (size_t)m->rows * D * sizeof(float);
-    why[0] = 0;
-    if (!wr) {
-        snprintf(why, sizeof why, "undecodable reply (%zu bytes)", len);
-    } else if (!dr) {
-        if (wr->kind_case == DDM__V1__WORKER_REPLY__KIND_ERROR && wr->error) {
-            /* the worker could not decode our request: its fault or ours, not garbage */
-            snprintf(why, sizeof why, "worker error: %.200s",
-                     wr->error->message ? wr->error->message : "(no message)");
+    int verdict = pool_check_reply(wr, len, m->id, m->rows, D, why, sizeof why);
+    if (verdict != POOL_REPLY_OK) {
+        if (wr)
             ddm__v1__worker_reply__free_unpacked(wr, NULL);
+        if (verdict == POOL_REPLY_WORKER_ERROR) {
+            /* the worker could not serve it: its fault or ours, not garbage */
             log_limited(&rp->warn, LOG_WARN, "expert %d replica %s: %s", rp->k, rp->url, why);
             msg_failed(p, (int)slot, DDM_EPROTO, why);
             return;
         }
-        snprintf(why, sizeof why, "answered a denoise request with another kind of reply");
-    } else if (!dr->has_id || dr->id != m->id) {
-        snprintf(why, sizeof why, "reply names request %llu, not %u",
-                 (unsigned long long)dr->id, m->id);
-    } else if (dr->error) {
-        snprintf(why, sizeof why, "worker error: %.200s",
-                 dr->error->message ? dr->error->message : "(no message)");
-        ddm__v1__worker_reply__free_unpacked(wr, NULL);
-        log_limited(&rp->warn, LOG_WARN, "expert %d replica %s: %s", rp->k, rp->url, why);
-        msg_failed(p, (int)slot, DDM_EPROTO, why);
-        return;
-    } else if (!dr->has_v || dr->v.len != want) {
-        snprintf(why, sizeof why, "reply holds %zu bytes of velocities, expected %zu (%d rows "
-                 "of dim %zu)", dr->has_v ? dr->v.len : 0, want, m->rows, D);
-    } else if (!all_finite((const uint32_t *)(const void *)dr->v.data, want / 4)) {
-        snprintf(why, sizeof why, "reply values not finite (NaN or inf) for %d rows", m->rows);
-    }
-    if (why[0]) {
-        if (wr)
-            ddm__v1__worker_reply__free_unpacked(wr, NULL);
         log_limited(&rp->warn, LOG_WARN, "expert %d replica %s: bad reply: %s", rp->k, rp->url,
                     why);
         replica_bad(rp, why);
         return;
     }
+    const Ddm__V1__DenoiseReply *dr = wr->denoise;
     memcpy(c->out + (size_t)m->row0 * D, dr->v.data, want);
     e->st.latency_ms_sum += (double)(uv_hrtime() - m->sent_ns) / 1e6;
     if (dr->has_batch_size) {
