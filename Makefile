@@ -4,11 +4,21 @@
 # its *.c files except *_main.c; each *_main.c is the main of one binary.
 # `make SANITIZE=1 ...` builds everything with ASan+UBSan into build/san/.
 
+# The first rule is the default goal: plain `make` builds the binaries (bin/).
+.PHONY: all
+all:
+
 CC      ?= gcc
 SANITIZE ?= 0
 PKGS    := libuv libprotobuf-c nanomsg libcjson libpng openblas
 
-ifeq ($(SANITIZE),1)
+ifeq ($(FUZZ),1)
+# the libFuzzer build (`make fuzz`, tests/fuzz/): clang, coverage + ASan + UBSan
+CC      := clang
+BUILD   := build/fuzz
+BIN     := $(BUILD)/bin
+SANFLAGS := -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+else ifeq ($(SANITIZE),1)
 BUILD   ?= build/san
 BIN     ?= $(BUILD)/bin
 SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
@@ -42,14 +52,57 @@ $(BUILD)/gen/%.pb-c.c $(BUILD)/gen/%.pb-c.h: proto/%.proto
 $(BUILD)/gen/%.pb-c.o: $(BUILD)/gen/%.pb-c.c $(PROTO_H)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
 
+# ---- the PyTorch worker (expert-worker/python) ----------------------------------
+# protoc writes the Python protobuf code into $(BUILD)/py (ddm/v1/worker_pb2.py);
+# bin/ddm-torch-worker and bin/ddm-torch-train are small launchers that run the
+# scripts in expert-worker/python with Debian's /usr/bin/python3 and that code.
+PY_DIR    := expert-worker/python
+PY_GEN    := $(patsubst proto/%.proto,$(BUILD)/py/%_pb2.py,$(PROTOS))
+PY_TOOLS  := $(BIN)/ddm-torch-worker $(BIN)/ddm-torch-train
+empty    :=
+space    := $(empty) $(empty)
+# the repository root and $(BUILD)/py as the launcher finds them from its own folder
+PY_ROOT   := $(if $(filter /%,$(BIN)),$(CURDIR),$$here/$(subst $(space),/,$(patsubst %,..,$(subst /, ,$(BIN)))))
+PY_GENDIR := $(if $(filter /%,$(BUILD)),$(BUILD)/py,$(PY_ROOT)/$(BUILD)/py)
+
+$(BUILD)/py/%_pb2.py: proto/%.proto
+	@mkdir -p $(BUILD)/py
+	protoc --proto_path=proto --python_out=$(BUILD)/py $<
+
+$(BIN)/ddm-torch-%: $(PY_DIR)/ddm-torch-% $(PY_GEN) Makefile
+	@mkdir -p $(dir $@)
+	@printf '%s\n' '#!/bin/sh' \
+	    '# $(notdir $@) -- written by make: runs $(PY_DIR)/$(notdir $@) with Debian'"'"'s python3' \
+	    'here=$$(cd "$$(dirname "$$0")" && pwd)' \
+	    'DDM_PY_GEN="$(PY_GENDIR)" exec /usr/bin/python3 "$(PY_ROOT)/$(PY_DIR)/$(notdir $@)" "$$@"' >$@.tmp
+	@chmod +x $@.tmp && mv $@.tmp $@
+
 # ---- llhttp, compiled from Debian's node-llhttp sources (not vendored) --------
 LLHTTP_O := $(patsubst %,$(BUILD)/llhttp/%.o,api http llhttp)
 $(BUILD)/llhttp/%.o: $(LLHTTP_DIR)/%.c
 	@mkdir -p $(dir $@)
 	$(CC) -O2 -g $(SANFLAGS) -I$(LLHTTP_INC) -w -c -o $@ $<
 
+# ---- files the router serves from its binary -----------------------------------
+# The playground (router/playground/*) and the OpenAPI document (docs/openapi.yaml,
+# turned into JSON by Debian's yq) become C arrays (mk/embed.sh) that
+# router/playground.c includes. Nothing is fetched at build time.
+YQ ?= /usr/bin/yq
+PLAYGROUND_FILES := router/playground/index.html router/playground/playground.js \
+                    router/playground/playground.css
+$(BUILD)/gen/playground_assets.h: $(PLAYGROUND_FILES) mk/embed.sh
+	@mkdir -p $(dir $@)
+	sh mk/embed.sh $@ pg_index_html=router/playground/index.html \
+	    pg_js=router/playground/playground.js pg_css=router/playground/playground.css
+$(BUILD)/gen/openapi.json: docs/openapi.yaml
+	@mkdir -p $(dir $@)
+	$(YQ) -c . $< > $@.tmp && mv $@.tmp $@
+$(BUILD)/gen/openapi_json.h: $(BUILD)/gen/openapi.json mk/embed.sh
+	sh mk/embed.sh $@ openapi_json=$(BUILD)/gen/openapi.json
+$(BUILD)/obj/router/playground.o: $(BUILD)/gen/playground_assets.h $(BUILD)/gen/openapi_json.h
+
 # ---- project libraries ---------------------------------------------------------
-LIBDIRS := tools/eval tools/client tools/train expert-worker router server common
+LIBDIRS := $(if $(filter 1,$(FUZZ)),,tools/eval tools/client tools/train) expert-worker router server common
 libname  = $(BUILD)/lib/lib$(subst /,_,$(1)).a
 libsrcs  = $(filter-out %_main.c,$(wildcard $(1)/*.c))
 LIBS     := $(foreach d,$(LIBDIRS),$(if $(call libsrcs,$(d)),$(call libname,$(d))))
@@ -97,6 +150,12 @@ $(BUILD)/bench/%: $(BUILD)/obj/tools/bench/%_main.o $(TEST_SUPPORT) $(ALL_LIBS)
 	@mkdir -p $(dir $@)
 	$(LINK)
 
+# ---- chaos soak: tests/soak/soak_main.c -> $(BUILD)/soak/soak ------------------------
+SOAK_BIN := $(BUILD)/soak/soak
+$(SOAK_BIN): $(BUILD)/obj/tests/soak/soak_main.o $(TEST_SUPPORT) $(ALL_LIBS)
+	@mkdir -p $(dir $@)
+	$(LINK)
+
 # ---- tests -------------------------------------------------------------------------
 TEST_SRCS := $(wildcard tests/test_*.c)
 TEST_BINS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRCS))
@@ -104,9 +163,19 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_SUPPORT) $(ALL_LIBS)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $< $(TEST_SUPPORT) -Wl,--start-group $(ALL_LIBS) -Wl,--end-group $(LDLIBS) -lcmocka
 
+# ---- fuzz targets: tests/fuzz/fuzz_<name>.c -> build/fuzz/bin/fuzz_<name> (FUZZ=1) ---
+FUZZ_NAMES := $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_BINS  := $(patsubst %,build/fuzz/bin/fuzz_%,$(FUZZ_NAMES))
+ifeq ($(FUZZ),1)
+build/fuzz/bin/fuzz_%: $(BUILD)/obj/tests/fuzz/fuzz_%.o $(ALL_LIBS)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -fsanitize=fuzzer -o $@ $< -Wl,--start-group $(ALL_LIBS) -Wl,--end-group $(LDLIBS)
+fuzz-bins: $(FUZZ_BINS)
+endif
+
 # ---- entry points --------------------------------------------------------------------
 .SECONDARY:
-.PHONY: all deps build test test-build clean demo data models bench load eval
+.PHONY: all deps build test test-build clean demo data models bench load eval soak fuzz fuzz-build fuzz-bins
 all:
 	@sh mk/deps.sh
 	@$(MAKE) --no-print-directory build
@@ -114,27 +183,62 @@ all:
 deps:
 	@sh mk/deps.sh
 
-data: ; @sh mk/data.sh
+# the emoji rasteriser (FreeType) that `make data` runs on Noto Color Emoji
+EMOJI_RASTER := $(BUILD)/tools/emoji-raster
+$(EMOJI_RASTER): $(BUILD)/obj/tools/data/emoji_raster.o $(ALL_LIBS)
+	@mkdir -p $(dir $@)
+	$(LINK) $(shell pkg-config --libs freetype2)
+$(BUILD)/obj/tools/data/emoji_raster.o: CPPFLAGS += $(shell pkg-config --cflags freetype2)
+
+data:
+	@sh mk/deps.sh
+	@$(MAKE) --no-print-directory $(EMOJI_RASTER)
+	@EMOJI_RASTER=$(EMOJI_RASTER) sh mk/data.sh
 
 # `make models DATASET=digits|fashion`: the whole training pipeline (k-means
 # shards, experts two at a time, router, classifier, monolith, verify) into
 # models/$(DATASET)/ with its MANIFEST, and sample grids docs/samples-$(DATASET)-*.png.
 # Restartable: finished steps are kept (FORCE=1 redoes everything). See docs/training.md.
+# DATASET=emoji is the RGB demonstration set (data/png/emoji, made by `make
+# data`): 32x32 RGB on white, K = 8, settings sized to fit well within 45
+# minutes on 2 cores (docs/results.md, "Emoji": the measured time).
 DATASET ?= digits
+TRAIN_DATA_digits  := digits
+TRAIN_DATA_fashion := fashion
+TRAIN_DATA_emoji   := data/png/emoji --size 32 --channels 3 --background ffffff \
+    --hidden 256 --rank 32 --steps 600 --router-steps 600 --cls-steps 600 \
+    --mono-steps 300 --mono-batch 256 --samples 200
 models: all data
-	$(BIN)/ddm-train all --data $(DATASET) --out models/$(DATASET) \
+	$(BIN)/ddm-train all --data $(or $(TRAIN_DATA_$(DATASET)),$(DATASET)) --out models/$(DATASET) \
 	    --grids docs/samples-$(DATASET) $(if $(filter 1,$(FORCE)),--force)
 
-build: $(BINS)
+build: $(BINS) $(PY_TOOLS)
 
-test-build: $(BINS) $(TEST_BINS) $(BENCH_BINS)
+test-build: $(BINS) $(PY_TOOLS) $(TEST_BINS) $(BENCH_BINS) $(SOAK_BIN) fuzz-build
 
 # `make test` installs what is missing, builds, then runs every tests/test_* binary
-# (each under a timeout) and ends with "N passed, N failed".
+# (each under a timeout) and ends with "N passed, N failed". tests/test_fuzz runs
+# each fuzz target for FUZZ_TEST_SECONDS (20) and replays its regression inputs;
+# under SANITIZE=1 it only replays (the fuzz build is sanitized already: a second
+# pass would repeat the first).
+FUZZ_TEST_SECONDS ?= $(if $(filter 1,$(SANITIZE)),0,20)
 test:
 	@sh mk/deps.sh
 	@$(MAKE) --no-print-directory test-build
-	@DDM_BIN_DIR=$(abspath $(BIN)) sh tests/run.sh $(BUILD)/tests $(TESTS)
+	@DDM_BIN_DIR=$(abspath $(BIN)) DDM_FUZZ_DIR=$(abspath build/fuzz/bin) \
+	    DDM_FUZZ_SECONDS=$(FUZZ_TEST_SECONDS) sh tests/run.sh $(BUILD)/tests $(TESTS)
+
+# The libFuzzer harnesses (tests/fuzz/, clang with ASan + UBSan; docs/fuzzing.md).
+# `make fuzz` runs each target for FUZZ_SECONDS (60); FUZZ_TARGETS picks some
+# (default all: $(FUZZ_NAMES)); FUZZ_ARGS go to every fuzzer. The growing corpus
+# is kept in build/fuzz/corpus/<target>, crashes in build/fuzz/artifacts/<target>.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= $(FUZZ_NAMES)
+fuzz-build:
+	@$(MAKE) --no-print-directory FUZZ=1 fuzz-bins
+fuzz: deps
+	@$(MAKE) --no-print-directory fuzz-build
+	@sh tests/fuzz/run.sh --seconds $(FUZZ_SECONDS) $(FUZZ_TARGETS) -- $(FUZZ_ARGS)
 
 # Benchmarks: each tools/bench/<name>.sh is run by `make bench-<name>` after a build.
 bench-%: all
@@ -191,6 +295,15 @@ demo:
 	else \
 	    echo; echo "Stopping the cluster (make demo KEEP=1 leaves it running)."; \
 	fi
+
+# `make soak`: a bounded chaos run on loopback (tests/soak/soak_main.c): the digits
+# experts with 2 replicas each and a router under 32 connections, a random replica
+# killed or stopped every 10 s and brought back; reports served, failed, p99, RSS
+# and fds at start and end. SOAK_SECONDS (default 600) and SOAK_ARGS (soak --help).
+SOAK_SECONDS ?= 600
+soak: all
+	@$(MAKE) --no-print-directory $(SOAK_BIN)
+	$(SOAK_BIN) --bin $(BIN) --seconds $(SOAK_SECONDS) $(SOAK_ARGS)
 
 # Load test: the demo cluster under 60 s of POST /v1/samples at 64 connections
 # (wrk, tests/load/samples.lua): images/s, latency percentiles, errors (must be

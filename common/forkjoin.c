@@ -80,8 +80,8 @@ static fj_helper *take_helper(void)
 void forkjoin_run(int n, void *(*fn)(void *), void *jobs, size_t stride)
 {
     char *job = jobs;
-    if (n > FORKJOIN_MAX)
-        n = FORKJOIN_MAX;
+    if (n < 1)
+        return;
     fj_join j = { .left = 0 };
     pthread_cond_init(&j.done, NULL);
     int handed = 1; /* jobs 1..handed-1 went to helpers */

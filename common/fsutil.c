@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -26,4 +27,62 @@ int fs_mkdirs(const char *path, char *err, size_t errlen)
         if (!keep)
             return 0;
     }
+}
+
+int fs_read_file(const char *path, size_t max_bytes, unsigned char **buf, size_t *len, char *err,
+                 size_t errlen)
+{
+    *buf = NULL;
+    *len = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        int e = errno;
+        return ddm_errf(err, errlen, e == ENOENT ? DDM_ENOTFOUND : -e, "%s: %s", path,
+                        e == ENOENT ? "no such file" : strerror(e));
+    }
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
+        fclose(f);
+        return ddm_errf(err, errlen, DDM_EINVAL, "%s: not a regular file", path);
+    }
+    if ((unsigned long long)st.st_size > max_bytes) {
+        fclose(f);
+        return ddm_errf(err, errlen, DDM_ERANGE, "%s: %lld bytes, more than the %zu allowed",
+                        path, (long long)st.st_size, max_bytes);
+    }
+    size_t n = (size_t)st.st_size;
+    unsigned char *b = malloc(n + 1);
+    if (!b) {
+        fclose(f);
+        return ddm_errf(err, errlen, DDM_ENOMEM, "%s: out of memory reading %zu bytes", path, n);
+    }
+    size_t got = fread(b, 1, n, f);
+    int bad = ferror(f) || got != n;
+    fclose(f);
+    if (bad) {
+        free(b);
+        return ddm_errf(err, errlen, DDM_EIO, "%s: read error (file changed while reading?)", path);
+    }
+    b[n] = 0;
+    *buf = b;
+    *len = n;
+    return 0;
+}
+
+int fs_write_file(const char *path, const void *data, size_t len, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f) {
+        int e = errno;
+        snprintf(err, errlen, "cannot write %s: %s (check the folder exists and is writable)",
+                 path, strerror(e));
+        return -e;
+    }
+    size_t w = fwrite(data, 1, len, f);
+    int bad = w != len || ferror(f);
+    if (fclose(f) || bad) {
+        snprintf(err, errlen, "cannot write %s: short write (disk full?)", path);
+        return DDM_EIO;
+    }
+    return 0;
 }

@@ -2,21 +2,30 @@
  *
  * Serving multiplies a handful of latents by an expert's weights on every
  * call, and those weights (5 MB per expert in fp32) come from L3 each time:
- * at 1-20 rows a layer spends most of its time streaming them. The shipped
+ * at a few rows a layer spends most of its time streaming them. The shipped
  * weights files are fp16, so a copy in half precision holds exactly the same
  * values in half the bytes; half_gemm converts them back on the fly
- * (vcvtph2ps) and multiplies in fp32, 1.25-1.9x faster than OpenBLAS at these
- * sizes on this machine (docs/benchmarks.md). Every output is one fp32 FMA
- * chain over k in order, so a row's result does not depend on the other rows
- * of the batch. */
+ * (vcvtph2ps) and multiplies in fp32: faster than OpenBLAS up to a row count
+ * measured on each machine (half_gemm_rows(), common/blas.h). Every output is
+ * one fp32 FMA chain over k in order, so a row's result does not depend on
+ * the other rows of the batch. */
 #ifndef DDM_HALF_GEMM_H
 #define DDM_HALF_GEMM_H
 
 #include <stddef.h>
 #include <stdint.h>
 
-/* Rows up to which half_gemm beats OpenBLAS here (even from 24 on). */
-#define HALF_GEMM_MAX_ROWS 20
+/* Rows up to which net_forward multiplies by the half copies when nothing
+ * measured says otherwise (one Xeon's crossover; common/blas.h measures each
+ * machine's and sets it with half_gemm_set_rows). */
+#define HALF_GEMM_DEFAULT_ROWS 20
+
+/* The row count up to which net_forward uses half_gemm (where half copies
+ * exist); HALF_GEMM_DEFAULT_ROWS until set. 0 = never. */
+int half_gemm_rows(void);
+/* Sets it (negative values count as 0). Call at startup, before the threads
+ * that run forward passes. */
+void half_gemm_set_rows(int rows);
 
 /* 1 if this CPU can run half_gemm (AVX-512F), read once. */
 int half_gemm_supported(void);

@@ -7,6 +7,7 @@
  * mapping stays open for metadata and the file's sha256. */
 #include "common/model.h"
 
+#include <cjson/cJSON.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -216,6 +217,10 @@ static int read_meta(model *m, const char *path, char *err, size_t errlen)
         return -1;
     }
     snprintf(m->dataset, sizeof m->dataset, "%s", v ? v : "");
+    /* a classifier's classes are its outputs */
+    int classes = m->kind == MODEL_CLASSIFIER ? m->cfg.out_dim : m->cfg.n_classes;
+    if (model_shape_read(f, m->cfg.in_dim, classes, &m->shape, err, errlen))
+        return -1;
     return 0;
 }
 
@@ -240,13 +245,9 @@ static int read_tensors(model *m, const char *path, char *err, size_t errlen)
         }
     }
 
-    /* the parameters, then their transposed copies for net_forward */
-    m->params = malloc((net_param_count(&m->cfg) + net_transposed_count(&m->cfg)) *
-                       sizeof *m->params + 1);
-    if (!m->params) {
-        fail(path, err, errlen, "out of memory for %zu parameters", net_param_count(&m->cfg));
-        return -1;
-    }
+    /* Every tensor present with the shape the metadata implies, before anything is
+     * allocated: the sizes then come from bytes the file holds, not from its
+     * metadata alone (a small file claiming hidden 8192 must not cost gigabytes). */
     for (int i = 0; i < n; i++) {
         const net_tensor_info *ti = &info[i];
         const st_tensor *t = st_get(m->file, ti->name);
@@ -271,6 +272,18 @@ static int read_tensors(model *m, const char *path, char *err, size_t errlen)
                  "expected %s", ti->name, got, src, want);
             return -1;
         }
+    }
+
+    /* the parameters, then their transposed copies for net_forward */
+    m->params = malloc((net_param_count(&m->cfg) + net_transposed_count(&m->cfg)) *
+                       sizeof *m->params + 1);
+    if (!m->params) {
+        fail(path, err, errlen, "out of memory for %zu parameters", net_param_count(&m->cfg));
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        const net_tensor_info *ti = &info[i];
+        const st_tensor *t = st_get(m->file, ti->name);
         float *dst = m->params + ti->offset;
         if (st_read_f32(t, dst, ti->numel, msg, sizeof msg)) {
             fail(path, err, errlen, "%s", msg);
@@ -334,6 +347,7 @@ void model_close(model *m)
     if (!m)
         return;
     st_close(m->file);
+    model_shape_free(&m->shape);
     free(m->params);
     free(m->halves);
     free(m);
@@ -376,4 +390,227 @@ int model_write(st_writer *w, model_kind kind, const net_config *c, const float 
     if (!rc)
         rc = st_writer_meta(w, "num_experts", num);
     return rc;
+}
+
+/* ---- image shape and class names ------------------------------------------------ */
+
+void model_shape_default(model_shape *s, int in_dim)
+{
+    memset(s, 0, sizeof *s);
+    int side = 1;
+    while ((long)side * side < in_dim)
+        side++;
+    s->channels = 1;
+    if ((long)side * side == in_dim) {
+        s->height = s->width = side;
+    } else {
+        s->height = 1;
+        s->width = in_dim;
+    }
+}
+
+void model_shape_free(model_shape *s)
+{
+    if (!s)
+        return;
+    free(s->class_names);
+    s->class_names = NULL;
+    s->n_class_names = 0;
+}
+
+/* One allocation: n pointers, then the strings; names[i] taken from get(i). */
+static char **names_alloc(int n, const char *(*get)(const void *, int), const void *ud)
+{
+    size_t bytes = (size_t)n * sizeof(char *);
+    for (int i = 0; i < n; i++)
+        bytes += strlen(get(ud, i)) + 1;
+    char **names = malloc(bytes ? bytes : 1);
+    if (!names)
+        return NULL;
+    char *at = (char *)(names + n);
+    for (int i = 0; i < n; i++) {
+        size_t len = strlen(get(ud, i)) + 1;
+        memcpy(at, get(ud, i), len);
+        names[i] = at;
+        at += len;
+    }
+    return names;
+}
+
+static const char *json_name(const void *ud, int i)
+{
+    return cJSON_GetArrayItem((const cJSON *)ud, i)->valuestring;
+}
+
+static const char *shape_name(const void *ud, int i)
+{
+    return ((const model_shape *)ud)->class_names[i];
+}
+
+int model_shape_copy(model_shape *dst, const model_shape *src)
+{
+    *dst = *src;
+    dst->class_names = NULL;
+    if (src->n_class_names > 0) {
+        dst->class_names = names_alloc(src->n_class_names, shape_name, src);
+        if (!dst->class_names) {
+            dst->n_class_names = 0;
+            return DDM_ENOMEM;
+        }
+    }
+    return 0;
+}
+
+/* NULL when name is usable as a class name, else why not. */
+static const char *bad_name(const char *name)
+{
+    size_t n = strlen(name);
+    if (n == 0)
+        return "is empty";
+    if (n >= MODEL_MAX_CLASS_NAME)
+        return "is too long";
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)name[i] < 0x20 || name[i] == 0x7f)
+            return "holds a control character";
+    return NULL;
+}
+
+static int read_names(const st_file *f, const char *v, int n_classes, model_shape *out,
+                      char *err, size_t errlen)
+{
+    const char *path = st_path(f);
+    char b[48];
+    cJSON *arr = cJSON_Parse(v);
+    int rc = 0, n = cJSON_IsArray(arr) ? cJSON_GetArraySize(arr) : -1;
+    if (n < 0) {
+        fail(path, err, errlen, "metadata class_names = \"%s\" is not a JSON array of strings",
+             show(v, b));
+        rc = DDM_EFORMAT;
+    } else if (n != n_classes) {
+        fail(path, err, errlen, "metadata class_names has %d names, the network has n_classes = %d",
+             n, n_classes);
+        rc = DDM_EMISMATCH;
+    }
+    for (int i = 0; i < n && !rc; i++) {
+        const cJSON *it = cJSON_GetArrayItem(arr, i);
+        const char *why = cJSON_IsString(it) ? bad_name(it->valuestring) : "is not a string";
+        for (int j = 0; j < i && !why; j++)
+            if (!strcmp(cJSON_GetArrayItem(arr, j)->valuestring, it->valuestring))
+                why = "repeats an earlier name";
+        if (why) {
+            fail(path, err, errlen, "metadata class_names: entry %d %s", i, why);
+            rc = DDM_EFORMAT;
+        }
+    }
+    if (!rc && n > 0) {
+        out->class_names = names_alloc(n, json_name, arr);
+        if (!out->class_names) {
+            fail(path, err, errlen, "out of memory for the class names");
+            rc = DDM_ENOMEM;
+        } else {
+            out->n_class_names = n;
+        }
+    }
+    cJSON_Delete(arr);
+    return rc;
+}
+
+int model_shape_read(const st_file *f, int in_dim, int n_classes, model_shape *out, char *err,
+                     size_t errlen)
+{
+    static const char *keys[3] = { "height", "width", "channels" };
+    const char *path = st_path(f);
+    char b[48];
+    int v[3], have = 0;
+    model_shape_default(out, in_dim);
+    if (in_dim == 784)
+        out->height = out->width = 28; /* the files from before the shape keys */
+    for (int i = 0; i < 3; i++) {
+        const char *s = st_meta(f, keys[i]);
+        if (!s)
+            continue;
+        have++;
+        if (parse_int(s, 0, &v[i]) || v[i] < 1 || v[i] > 1 << 20) {
+            fail(path, err, errlen, "metadata %s = \"%s\" is not a positive decimal integer",
+                 keys[i], show(s, b));
+            return DDM_EFORMAT;
+        }
+    }
+    if (have != 0 && have != 3) {
+        fail(path, err, errlen, "metadata has only some of height, width, channels: give all "
+             "three (or none for 28x28x1)");
+        return DDM_EFORMAT;
+    }
+    if (have == 3) {
+        if (v[2] != 1 && v[2] != 3) {
+            fail(path, err, errlen, "metadata channels = %d: 1 (grey) or 3 (RGB)", v[2]);
+            return DDM_EFORMAT;
+        }
+        if ((long)v[0] * v[1] * v[2] != in_dim) {
+            fail(path, err, errlen, "metadata height x width x channels = %dx%dx%d = %ld, but "
+                 "in_dim = %d", v[0], v[1], v[2], (long)v[0] * v[1] * v[2], in_dim);
+            return DDM_EMISMATCH;
+        }
+        out->height = v[0], out->width = v[1], out->channels = v[2];
+    }
+    const char *names = st_meta(f, "class_names");
+    return names ? read_names(f, names, n_classes, out, err, errlen) : 0;
+}
+
+int model_shape_write(st_writer *w, const model_shape *s)
+{
+    if ((s->channels != 1 && s->channels != 3) || s->height < 1 || s->width < 1)
+        return DDM_EINVAL;
+    char num[16];
+    const int v[3] = { s->height, s->width, s->channels };
+    static const char *keys[3] = { "height", "width", "channels" };
+    for (int i = 0; i < 3; i++) {
+        snprintf(num, sizeof num, "%d", v[i]);
+        int rc = st_writer_meta(w, keys[i], num);
+        if (rc)
+            return rc;
+    }
+    if (s->n_class_names <= 0)
+        return 0;
+    cJSON *arr = cJSON_CreateArray();
+    int rc = arr ? 0 : DDM_ENOMEM;
+    for (int i = 0; i < s->n_class_names && !rc; i++) {
+        if (bad_name(s->class_names[i]))
+            rc = DDM_EINVAL;
+        else if (!cJSON_AddItemToArray(arr, cJSON_CreateString(s->class_names[i])))
+            rc = DDM_ENOMEM;
+    }
+    char *text = rc ? NULL : cJSON_PrintUnformatted(arr);
+    if (!rc && !text)
+        rc = DDM_ENOMEM;
+    if (!rc)
+        rc = st_writer_meta(w, "class_names", text);
+    free(text);
+    cJSON_Delete(arr);
+    return rc;
+}
+
+int model_shape_equal(const model_shape *a, const model_shape *b)
+{
+    if (a->height != b->height || a->width != b->width || a->channels != b->channels ||
+        a->n_class_names != b->n_class_names)
+        return 0;
+    for (int i = 0; i < a->n_class_names; i++)
+        if (strcmp(a->class_names[i], b->class_names[i]))
+            return 0;
+    return 1;
+}
+
+int model_class_index(const model_shape *s, const char *name)
+{
+    for (int i = 0; name && i < s->n_class_names; i++)
+        if (!strcmp(s->class_names[i], name))
+            return i;
+    return -1;
+}
+
+const char *model_shape_str(const model_shape *s, char *buf, size_t len)
+{
+    snprintf(buf, len, "%dx%dx%d", s->height, s->width, s->channels);
+    return buf;
 }

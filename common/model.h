@@ -23,6 +23,16 @@
 #include "common/st.h"
 
 #define MODEL_FORMAT "ddm-mlp-v1"
+#define MODEL_MAX_CLASS_NAME 64   /* bytes of a class name, NUL included */
+
+/* The image a network's in_dim is: height x width x channels, HWC order,
+ * and the names of its classes. Filled by model_shape_read (owned: free
+ * with model_shape_free) or set by hand as a view (then not freed). */
+typedef struct model_shape {
+    int height, width, channels;  /* channels 1 (grey) or 3 (RGB) */
+    int n_class_names;            /* 0 when the file names no classes */
+    char **class_names;           /* [n_class_names], one allocation with the strings */
+} model_shape;
 
 typedef enum model_kind { MODEL_DENOISER = 0, MODEL_ROUTER, MODEL_CLASSIFIER } model_kind;
 
@@ -37,12 +47,13 @@ typedef struct model {
     int expert_id;        /* cluster id, -1 when not an expert */
     int num_experts;      /* K of the set, 0 if unknown */
     char dataset[32];
+    model_shape shape;    /* image shape (28x28x1 default, see model_shape_read) */
 } model;
 
 /* Opens and validates a weights file: metadata present and sane (config ints
  * are plain decimals passing net_config_check; a denoiser has out_dim ==
  * in_dim; a router with num_experts > 0 has out_dim == num_experts;
- * -1 <= expert_id < num_experts), every tensor of the layout present as
+ * -1 <= expert_id < num_experts; the image shape as model_shape_read checks it), every tensor of the layout present as
  * F32/F16/BF16 with exactly the expected shape, no layout tensor the config
  * rules out, finite values, Gaussian variances g_lam >= 0 and g_sig2 > 0.
  * Returns the model (caller closes it) or NULL with a one-line message in err
@@ -62,5 +73,34 @@ const char *model_meta(const model *m, const char *key);
  * or a name already in w) or DDM_ENOMEM. */
 int model_write(st_writer *w, model_kind kind, const net_config *c, const float *params,
                 st_dtype dtype, const char *dataset, int expert_id, int num_experts);
+
+/* Reads the shape keys of f's metadata for a network of in_dim inputs and
+ * n_classes classes (a classifier's: its out_dim) into *out (free with model_shape_free):
+ *   height, width, channels: all three or none; decimals; channels 1 or 3;
+ *     height * width * channels == in_dim. None: 28 x 28 x 1 when in_dim is
+ *     784 -- the files from before these keys -- else model_shape_default.
+ *   class_names: absent, or a JSON array of exactly n_classes distinct,
+ *     non-empty strings of at most MODEL_MAX_CLASS_NAME - 1 printable bytes.
+ * Returns 0, or DDM_EFORMAT / DDM_EMISMATCH / DDM_ENOMEM with a message
+ * naming the file (st_path) and the key. */
+int model_shape_read(const st_file *f, int in_dim, int n_classes, model_shape *out, char *err,
+                     size_t errlen);
+/* The shape of a file without the keys: side x side x 1 when in_dim is a
+ * square, else in_dim x 1 x 1; no class names. */
+void model_shape_default(model_shape *s, int in_dim);
+/* Adds height, width, channels and (when s has names) class_names to w.
+ * Returns 0, DDM_EINVAL (channels not 1 or 3, a bad name) or DDM_ENOMEM. */
+int model_shape_write(st_writer *w, const model_shape *s);
+/* A deep copy of src into *dst (free with model_shape_free); 0 or DDM_ENOMEM. */
+int model_shape_copy(model_shape *dst, const model_shape *src);
+/* Frees the names and zeroes *s. */
+void model_shape_free(model_shape *s);
+/* 1 when a and b have the same height, width, channels and class names
+ * (a shape without names matches any names only if both have none). */
+int model_shape_equal(const model_shape *a, const model_shape *b);
+/* Index of class `name` in s, or -1. */
+int model_class_index(const model_shape *s, const char *name);
+/* "32x32x3" into buf. */
+const char *model_shape_str(const model_shape *s, char *buf, size_t len);
 
 #endif

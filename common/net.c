@@ -26,7 +26,8 @@ struct net_scratch {
     int training;
     int n;          /* rows of the last successful net_forward, -1 if none */
     double *freq;   /* [T/2] time-embedding frequencies */
-    float *temb;    /* [max][T] time embedding of the batch */
+    float *temb;    /* [max][T] time embedding of each row (kept for backward) */
+    float *trun;    /* [max][T] time embedding of each run of rows with equal t */
     float *h;       /* [max][H] residual stream */
     float *f;       /* [max][H] features silu(LN(h) * g_out) */
     /* Per block tensors; L = n_blocks when training (one slab per block,
@@ -71,8 +72,13 @@ static void *alloc_array(size_t n, size_t size, int *fail)
 #define VL 16
 
 /* The kernels below also get AVX2 and AVX-512 builds, picked at load time by
- * the CPU (gcc's target_clones): the binaries stay portable x86-64. */
+ * the CPU (gcc's target_clones): the binaries stay portable x86-64. Not with
+ * clang (the fuzz build): clang 14 does not export a cloned function's name. */
+#if defined(__clang__)
+#define VECTOR_CLONES
+#else
 #define VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
 
 /* dst[0..VL) = p[0..m), the rest pad. */
 static inline void load_lanes(float *restrict dst, const float *restrict p, int m, float pad)
@@ -288,7 +294,7 @@ static void gemm_nt(int m, int n, int k, const float *a, const float *b, float b
 static void layer(const net_scratch *s, int m, int n, int k, const float *a, const float *w,
                   const float *wt, const uint16_t *wh, float beta, float *c)
 {
-    if (wh && m <= HALF_GEMM_MAX_ROWS) {
+    if (wh && m <= half_gemm_rows()) {
         half_gemm(m, n, k, a, wh, beta, c);
         return;
     }
@@ -375,7 +381,8 @@ net_scratch *net_scratch_new(const net_config *c, int max_batch, int training)
     size_t L = s->training ? B : (B > 0 ? 1 : 0);
     int fail = 0;
     s->freq = alloc_array(T / 2, sizeof(double), &fail);
-    s->temb = alloc_array(m * T, sizeof(float), &fail);
+    s->temb = alloc_array(s->training ? m * T : 0, sizeof(float), &fail);
+    s->trun = alloc_array(m * T, sizeof(float), &fail);
     s->h = alloc_array(m * H, sizeof(float), &fail);
     s->f = alloc_array(m * H, sizeof(float), &fail);
     s->u = alloc_array(L * m * H, sizeof(float), &fail);
@@ -409,7 +416,7 @@ void net_scratch_free(net_scratch *s)
         return;
     if (s->sact != s->act)
         free(s->sact);
-    free(s->freq); free(s->temb); free(s->h); free(s->f); free(s->u); free(s->act);
+    free(s->freq); free(s->temb); free(s->trun); free(s->h); free(s->f); free(s->u); free(s->act);
     free(s->xhat); free(s->rstd); free(s->x); free(s->lab);
     free(s->dh); free(s->d1); free(s->d2); free(s->gd); free(s->gz); free(s->ggain);
     free(s);
@@ -481,23 +488,37 @@ int net_forward(const net_config *c, const net_weights *w, net_scratch *s, int n
 
     /* input layer: h = x W_in^T + temb W_t^T + b_in + emb[label] */
     layer(s, n, H, D, x, w->w_in, w->w_in_t, w->w_in_h, 0.0f, h);
+    const float *tw = NULL; /* [runs][H] temb W_t^T, one row per run of equal t */
     if (T > 0) {
+        /* batches often share a timestep: the embedding and its product with
+         * W_t are computed once per run of rows with equal t
+         * (net_forward_flops counts them so) */
+        int runs = 0;
         for (int i = 0; i < n; i++) {
-            float *e = s->temb + (size_t)i * T;
-            if (i > 0 && t[i] == t[i - 1]) { /* batches often share a timestep */
-                memcpy(e, e - T, (size_t)T * sizeof *e);
+            if (i > 0 && t[i] == t[i - 1])
                 continue;
-            }
+            float *e = s->trun + (size_t)runs++ * T;
             for (int k = 0; k < half; k++) {
                 double arg = 1000.0 * (double)t[i] * s->freq[k];
                 e[k] = (float)sin(arg);
                 e[half + k] = (float)cos(arg);
             }
         }
-        gemm_nt(n, H, T, s->temb, w->w_t, 1.0f, h);
+        gemm_nt(runs, H, T, s->trun, w->w_t, 0.0f, s->f); /* f is free until the features */
+        tw = s->f;
     }
-    for (int i = 0; i < n; i++) {
+    for (int i = 0, run = -1; i < n; i++) {
         float *hi = h + (size_t)i * H;
+        if (T > 0) {
+            if (i == 0 || t[i] != t[i - 1])
+                run++;
+            const float *ti = tw + (size_t)run * H;
+            for (int j = 0; j < H; j++)
+                hi[j] += ti[j];
+            if (s->training)
+                memcpy(s->temb + (size_t)i * T, s->trun + (size_t)run * T,
+                       (size_t)T * sizeof(float));
+        }
         int row = C > 0 ? (labels && labels[i] >= 0 ? labels[i] : C) : 0;
         if (C > 0) {
             const float *e = w->emb + (size_t)row * H;

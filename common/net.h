@@ -76,7 +76,7 @@ typedef struct net_weights {
     /* Optional IEEE-half copies set by net_half(): the transposed matrices
      * above and g_u, each only when every value is exactly a half (as in the
      * fp16 weights files we ship) and its output width is a multiple of 16.
-     * net_forward multiplies up to HALF_GEMM_MAX_ROWS rows by them
+     * net_forward multiplies up to half_gemm_rows() rows by them
      * (common/half_gemm.h): half the bytes to stream per call. */
     const uint16_t *w_in_h;  /* [D][H] */
     const uint16_t *w1_h;    /* [n_blocks][H][H] */
@@ -175,7 +175,20 @@ const float *net_features(const net_scratch *s);
 int net_backward(const net_config *c, const net_weights *w, net_weights *grad,
                  net_scratch *s, int n, const float *dout);
 
-/* Floating-point operations of one forward pass over n rows (2 per MAC). */
-double net_forward_flops(const net_config *c, int n);
+/* Floating-point operations one net_forward over n rows executes in its
+ * matrix products, 2 per multiply-add: the time embedding's product with W_t
+ * once per run of consecutive rows with equal t (t_runs of them: 1 when the
+ * batch shares one t, n when every t differs; see net_t_runs), everything
+ * else once per row. Elementwise work (LayerNorm, SiLU, biases, the
+ * baseline's diagonal) is not counted. */
+double net_forward_flops(const net_config *c, int n, int t_runs);
+/* Runs of consecutive equal values in t[n] (0 when n is 0). */
+int net_t_runs(int n, const float *t);
+/* Bytes of weights one net_forward over n rows must read at least once: every
+ * matrix in the precision the forward multiplies by at n rows (its half copy
+ * up to half_gemm_rows(), else fp32), the vectors, one embedding row. The
+ * weight-streaming bound of a pass is these bytes over the bandwidth they
+ * come at. */
+double net_forward_weight_bytes(const net_config *c, const net_weights *w, int n);
 
 #endif

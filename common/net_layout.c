@@ -236,10 +236,37 @@ void net_init(const net_config *c, float *buf, uint64_t seed)
     }
 }
 
-double net_forward_flops(const net_config *c, int n)
+double net_forward_flops(const net_config *c, int n, int t_runs)
 {
     double D = c->in_dim, H = c->hidden, B = c->n_blocks, O = c->out_dim;
     double T = c->time_dim, R = c->gauss_rank;
-    double macs = H * D + H * T + B * 2 * H * H + O * H + 2 * R * D;
-    return 2.0 * macs * n;
+    double per_row = H * D + B * 2 * H * H + O * H + 2 * R * D;
+    return 2.0 * (per_row * n + H * T * (T > 0 ? t_runs : 0));
+}
+
+int net_t_runs(int n, const float *t)
+{
+    int runs = 0;
+    for (int i = 0; i < n; i++)
+        runs += i == 0 || t[i] != t[i - 1];
+    return runs;
+}
+
+/* Bytes of one matrix of n values: its half copy's when the forward uses it. */
+static double matrix_bytes(const uint16_t *half, int rows, size_t n)
+{
+    return (double)n * (half && rows <= half_gemm_rows() ? 2 : 4);
+}
+
+double net_forward_weight_bytes(const net_config *c, const net_weights *w, int n)
+{
+    const size_t D = (size_t)c->in_dim, H = (size_t)c->hidden, B = (size_t)c->n_blocks;
+    const size_t O = (size_t)c->out_dim, T = (size_t)c->time_dim, R = (size_t)c->gauss_rank;
+    double bytes = matrix_bytes(w->w_in_h, n, D * H) + matrix_bytes(w->w1_h, n, B * H * H) +
+                   matrix_bytes(w->w2_h, n, B * H * H) + matrix_bytes(w->w_out_h, n, H * O) +
+                   matrix_bytes(w->g_u_th, n, D * R) + matrix_bytes(w->g_u_h, n, R * D);
+    /* w_t, then the vectors: b_in, one emb row, gains, b1, b2, b_out, mu, lam, sig2 */
+    size_t floats = H * T + H + (c->n_classes > 0 ? H : 0) + (B + 1) * H + 2 * B * H + O +
+                    (R > 0 ? D + R + 1 : 0);
+    return bytes + 4.0 * (double)floats;
 }

@@ -23,7 +23,7 @@ void net_par_free(net_par *p);
 /* net_forward over n rows, the rows split evenly over at most `threads`
  * parts of at least NET_PAR_MIN_ROWS, each a net_forward of its own. Its rows
  * equal the whole batch's where both take the same GEMM path; a part of at
- * most HALF_GEMM_MAX_ROWS rows of a batch above that differs by rounding
+ * most half_gemm_rows() rows of a batch above that differs by rounding
  * (half_gemm instead of OpenBLAS). Returns net_forward's error (the first
  * part's that failed). A part that finds no helper thread free runs on the
  * caller's thread. */

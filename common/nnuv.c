@@ -123,6 +123,49 @@ static int parse_hdr(const nnuv_ctrl *ctrl, nnuv_hdr *h)
     return 0;
 }
 
+int nnuv_recvmsg(int sock, int flags, void **body, nnuv_hdr *hdr)
+{
+    nnuv_ctrl ctrl;
+    ((struct nn_cmsghdr *)ctrl.b)->cmsg_len = 0;
+    *body = NULL;
+    struct nn_iovec iov = { .iov_base = body, .iov_len = NN_MSG };
+    struct nn_msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
+                            .msg_control = ctrl.b, .msg_controllen = sizeof ctrl.b };
+    int n = nn_recvmsg(sock, &mh, flags);
+    if (n < 0)
+        return -nn_errno();
+    if (parse_hdr(&ctrl, hdr) != 0) {
+        nn_freemsg(*body);
+        *body = NULL;
+        return DDM_ERANGE;
+    }
+    return n;
+}
+
+int nnuv_sendmsg(int sock, int flags, void *body, const nnuv_hdr *hdr)
+{
+    nnuv_ctrl ctrl;
+    struct nn_iovec iov = { .iov_base = &body, .iov_len = NN_MSG };
+    struct nn_msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+    if (hdr && hdr->len > 0) {
+        if (hdr->len > NNUV_MAX_HDR)
+            return DDM_EINVAL;
+        struct nn_cmsghdr *cm = (struct nn_cmsghdr *)ctrl.b;
+        size_t n = hdr->len;
+        cm->cmsg_len = NN_CMSG_SPACE(sizeof n + n);
+        cm->cmsg_level = PROTO_SP;
+        cm->cmsg_type = SP_HDR;
+        unsigned char *p = NN_CMSG_DATA(cm);
+        memcpy(p, &n, sizeof n);
+        memcpy(p + sizeof n, hdr->b, n);
+        mh.msg_control = ctrl.b;
+        mh.msg_controllen = cm->cmsg_len;
+    }
+    if (nn_sendmsg(sock, &mh, flags) < 0)
+        return -nn_errno();
+    return 0;
+}
+
 static void on_readable(uv_poll_t *p, int status, int events)
 {
     (void)events;
@@ -134,29 +177,22 @@ static void on_readable(uv_poll_t *p, int status, int events)
         return;
     }
     for (int i = 0; i < NNUV_RECV_BURST && s->receiving && !s->closing; i++) {
-        void *body = NULL;
-        nnuv_ctrl ctrl;
-        ((struct nn_cmsghdr *)ctrl.b)->cmsg_len = 0;
-        struct nn_iovec iov = { .iov_base = &body, .iov_len = NN_MSG };
-        struct nn_msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
-                                .msg_control = ctrl.b, .msg_controllen = sizeof ctrl.b };
-        int n = nn_recvmsg(s->sock, &mh, NN_DONTWAIT);
+        void *body;
+        nnuv_hdr h;
+        int n = nnuv_recvmsg(s->sock, NN_DONTWAIT, &body, &h);
+        if (n == DDM_ERANGE) {
+            s->st.dropped++;
+            log_warn_limited("nnuv: socket %d: dropped a message whose SP header is over %d "
+                             "bytes (too many device hops)", s->sock, NNUV_MAX_HDR);
+            continue;
+        }
         if (n < 0) {
-            int e = nn_errno();
-            if (e != EAGAIN && e != EINTR) {
+            if (n != -EAGAIN && n != -EINTR) {
                 log_error("nnuv: socket %d: receive failed: %s; receiving stopped", s->sock,
-                          nn_strerror(e));
+                          nn_strerror(-n));
                 nnuv_recv_stop(s);
             }
             return;
-        }
-        nnuv_hdr h;
-        if (parse_hdr(&ctrl, &h) != 0) {
-            s->st.dropped++;
-            log_warn("nnuv: socket %d: dropped a message whose SP header is over %d bytes "
-                     "(too many device hops)", s->sock, NNUV_MAX_HDR);
-            nn_freemsg(body);
-            continue;
         }
         s->st.received++;
         s->fn(s, body, (size_t)n, &h, s->ud);
@@ -189,23 +225,9 @@ void nnuv_recv_stop(nnuv *s)
  * *body) or -errno (caller keeps *body). */
 static int try_send(nnuv *s, void **body, const nnuv_hdr *hdr)
 {
-    nnuv_ctrl ctrl;
-    struct nn_iovec iov = { .iov_base = body, .iov_len = NN_MSG };
-    struct nn_msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
-    if (hdr && hdr->len > 0) {
-        struct nn_cmsghdr *cm = (struct nn_cmsghdr *)ctrl.b;
-        size_t n = hdr->len;
-        cm->cmsg_len = NN_CMSG_SPACE(sizeof n + n);
-        cm->cmsg_level = PROTO_SP;
-        cm->cmsg_type = SP_HDR;
-        unsigned char *p = NN_CMSG_DATA(cm);
-        memcpy(p, &n, sizeof n);
-        memcpy(p + sizeof n, hdr->b, n);
-        mh.msg_control = ctrl.b;
-        mh.msg_controllen = cm->cmsg_len;
-    }
-    if (nn_sendmsg(s->sock, &mh, NN_DONTWAIT) < 0)
-        return -nn_errno();
+    int rc = nnuv_sendmsg(s->sock, NN_DONTWAIT, *body, hdr);
+    if (rc < 0)
+        return rc;
     s->st.sent++;
     return 0;
 }
@@ -220,7 +242,8 @@ static void flush(nnuv *s)
         if (rc == -EAGAIN)
             return;
         if (rc < 0) {
-            log_warn("nnuv: socket %d: queued message dropped: %s", s->sock, nn_strerror(-rc));
+            log_warn_limited("nnuv: socket %d: queued message dropped: %s", s->sock,
+                             nn_strerror(-rc));
             nn_freemsg(o->body);
             s->st.dropped++;
         }

@@ -103,6 +103,19 @@ void nnuv_get_stats(const nnuv *s, nnuv_stats *out);
  * the receive callback. */
 void nnuv_close(nnuv *s, void (*close_cb)(void *ud), void *ud);
 
+/* The single-message steps nnuv is built on, for code without a loop
+ * (ddm-client conform, tests): flags 0 blocks (up to the socket's
+ * NN_RCVTIMEO / NN_SNDTIMEO), NN_DONTWAIT does not.
+ * nnuv_recvmsg receives one message: returns its length (>= 0) with *body
+ * (an NN_MSG buffer the caller owns) and its SP header in *hdr; or -errno
+ * from nn_recvmsg (-EAGAIN, -ETIMEDOUT, ...), or DDM_ERANGE when the header
+ * was over NNUV_MAX_HDR (the message is dropped); *body is NULL then.
+ * nnuv_sendmsg sends the NN_MSG buffer body with header hdr (NULL or len 0:
+ * none): 0 and ownership of body passes to nanomsg, or DDM_EINVAL / -errno
+ * and the caller keeps body. */
+int nnuv_recvmsg(int sock, int flags, void **body, nnuv_hdr *hdr);
+int nnuv_sendmsg(int sock, int flags, void *body, const nnuv_hdr *hdr);
+
 /* Raw REQ helpers. Sets h to the single-word header of request id (31 bits;
  * the top bit, which marks the end of a backtrace, is set by this call). */
 void nnuv_hdr_set_id(nnuv_hdr *h, uint32_t id);

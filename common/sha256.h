@@ -1,7 +1,9 @@
 /* sha256.h -- SHA-256 (FIPS 180-4): incremental hashing and a one-shot hex helper.
  *
  * Used to fingerprint weights files, so a worker and the router can agree on
- * exactly which model bytes are being served. */
+ * exactly which model bytes are being served, and under HMAC-SHA256
+ * (common/hmac.h) to authenticate router <-> worker messages. Uses the CPU's
+ * SHA extensions when it has them (chosen at run time). */
 #ifndef DDM_SHA256_H
 #define DDM_SHA256_H
 
@@ -29,5 +31,12 @@ void sha256_final(sha256_ctx *ctx, uint8_t out[SHA256_DIGEST_SIZE]);
 void sha256_hex(const void *data, size_t len, char hex[SHA256_HEX_SIZE]);
 /* Lowercase hex of an already computed digest. */
 void sha256_to_hex(const uint8_t digest[SHA256_DIGEST_SIZE], char hex[SHA256_HEX_SIZE]);
+
+/* 1 if this CPU has the SHA extensions (then they are used by default). */
+int sha256_hw_available(void);
+/* For tests and benchmarks: use the SHA extensions (on, when available) or
+ * the portable code (0) from now on. Not thread-safe against hashing in
+ * progress. Returns 1 if the SHA extensions are now in use. */
+int sha256_use_hw(int on);
 
 #endif

@@ -530,7 +530,9 @@ st_file *st_open(const char *path, char *err, size_t errlen)
         free(f);
         return NULL;
     }
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: opening a FIFO would otherwise wait for a writer forever (it is
+     * refused below as not a regular file); regular files ignore the flag */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
         fail(&c, "cannot open: %s", strerror(errno));
         goto fail;
@@ -542,7 +544,7 @@ st_file *st_open(const char *path, char *err, size_t errlen)
         goto fail;
     }
     if (!S_ISREG(sb.st_mode)) {
-        fail(&c, "not a regular file");
+        fail(&c, "not a regular file (a directory, FIFO or device): give a .safetensors file");
         close(fd);
         goto fail;
     }

@@ -30,9 +30,14 @@ void expert_args_usage(FILE *f)
         "      --inline-rows N      a forward pass of at most N latents with nothing queued\n"
         "                           behind it runs on the event-loop thread, others on a pool\n"
         "                           thread (default 20; 0 = all on the pool)\n"
+        "      --blas-core NAME     OpenBLAS kernels (default: the fastest measured on this CPU)\n"
+        "      --half-rows N        fp16 weight copies up to N rows (default: measured here)\n"
         "      --metrics HOST:PORT  serve Prometheus text on GET /metrics (default off)\n"
         "      --linger-ms N        on SIGTERM/SIGINT, after the last reply, time given to\n"
         "                           nanomsg to send it before exiting (default 200)\n"
+        "      --cluster-key-file FILE  HMAC key shared with the routers (their\n"
+        "                           --cluster-key-file): requests without a valid MAC get an\n"
+        "                           error and no work, replies carry a MAC (default: none)\n"
         "      --log-level LEVEL    debug, info, warn, error or off (default info)\n"
         "  -h, --help               this text\n"
         "  -V, --version            version\n"
@@ -60,7 +65,7 @@ expert_args_result expert_args_parse(int argc, char **argv, expert_config *cfg, 
                                      char *err, size_t errlen)
 {
     enum { OPT_MAX_BATCH = 1000, OPT_MAX_DELAY, OPT_MAX_QUEUE, OPT_THREADS, OPT_METRICS,
-           OPT_LINGER, OPT_LOG, OPT_INLINE };
+           OPT_LINGER, OPT_LOG, OPT_INLINE, OPT_KEY };
     static const struct option longopts[] = {
         { "weights", required_argument, 0, 'w' },
         { "listen", required_argument, 0, 'l' },
@@ -72,6 +77,7 @@ expert_args_result expert_args_parse(int argc, char **argv, expert_config *cfg, 
         { "metrics", required_argument, 0, OPT_METRICS },
         { "linger-ms", required_argument, 0, OPT_LINGER },
         { "log-level", required_argument, 0, OPT_LOG },
+        { "cluster-key-file", required_argument, 0, OPT_KEY },
         { "help", no_argument, 0, 'h' },
         { "version", no_argument, 0, 'V' },
         { 0, 0, 0, 0 },
@@ -118,6 +124,7 @@ expert_args_result expert_args_parse(int argc, char **argv, expert_config *cfg, 
             cfg->inline_rows = (int)v;
             break;
         case OPT_METRICS: cfg->metrics = optarg; break;
+        case OPT_KEY: cfg->cluster_key_file = optarg; break;
         case OPT_LINGER:
             if (parse_num("linger-ms", optarg, 0, 60000, &v, err, errlen))
                 return EXPERT_ARGS_USAGE;

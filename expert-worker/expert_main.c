@@ -12,6 +12,7 @@
 int main(int argc, char **argv)
 {
     log_set_name("ddm-expert");
+    blas_select(&argc, argv); /* may re-execute with the kernels measured fastest here */
     expert_config cfg;
     char err[512];
     switch (expert_args_parse(argc, argv, &cfg, stdout, err, sizeof err)) {
@@ -21,7 +22,6 @@ int main(int argc, char **argv)
         return 2;
     case EXPERT_ARGS_RUN: break;
     }
-    blas_fix_core(argv); /* may re-execute this program */
     signal(SIGPIPE, SIG_IGN);
     uv_loop_t *loop = uv_default_loop();
     expert_worker *w;

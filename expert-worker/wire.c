@@ -119,7 +119,12 @@ int wire_check_denoise(const Ddm__V1__DenoiseRequest *r, const wire_limits *lim,
         snprintf(err, errlen, "dim %u does not match this expert's dim %d", r->dim, lim->dim);
         return DDM_EMISMATCH;
     }
-    if (!r->has_batch || r->batch == 0) {
+    if (!r->has_batch) {
+        snprintf(err, errlen, "batch missing: set batch = the number of latents in x (1..%d)",
+                 lim->max_batch);
+        return DDM_EINVAL;
+    }
+    if (r->batch == 0) {
         snprintf(err, errlen, "batch must be 1..%d latents", lim->max_batch);
         return DDM_ERANGE;
     }

@@ -16,6 +16,10 @@
 
 #include "ddm/v1/worker.pb-c.h"
 
+/* InfoReply.protocol_version: the version of docs/protocol.md this worker
+ * speaks ("MAJOR.MINOR"; a router refuses an unknown major). */
+#define WIRE_PROTOCOL_VERSION "1.0"
+
 typedef struct wire_big wire_big;
 
 typedef struct wire_arena {
@@ -48,8 +52,9 @@ typedef struct wire_limits {
 /* Checks a DenoiseRequest against lim: dim, batch 1..max_batch, x exactly
  * dim x batch x 4 bytes of finite floats, labels empty or one per latent in
  * -1..n_classes-1, ts empty or one per latent in [0, 1], else t present and
- * in [0, 1]. Returns 0, or DDM_EINVAL / DDM_ERANGE / DDM_EMISMATCH with a
- * one-line message in err saying what to fix. */
+ * in [0, 1]. Returns 0, or with a one-line message in err saying what to
+ * fix: DDM_EINVAL (dim, batch or t missing), DDM_ERANGE (a value out of its
+ * range) or DDM_EMISMATCH (sizes that disagree), as docs/protocol.md lists. */
 int wire_check_denoise(const Ddm__V1__DenoiseRequest *r, const wire_limits *lim, char *err,
                        size_t errlen);
 

@@ -19,7 +19,12 @@
  *
  * Replies leave a raw REP socket, which silently drops a reply when the
  * requester's pipe is still busy writing an earlier one (nnuv.h): the socket
- * gets an NN_SNDBUF big enough for a whole batch of replies. */
+ * gets an NN_SNDBUF big enough for a whole batch of replies.
+ *
+ * With a cluster key (--cluster-key-file), a request must end with a valid
+ * MAC trailer (common/hmac.h) or it gets an unauthenticated error reply and
+ * nothing is computed; every other reply carries a MAC chained to its
+ * request's. Warnings a peer can trigger per message are rate-limited. */
 #include "expert-worker/worker.h"
 
 #include <errno.h>
@@ -35,6 +40,7 @@
 #include <nanomsg/reqrep.h>
 
 #include "common/err.h"
+#include "common/hmac.h"
 #include "common/log.h"
 #include "common/nnuv.h"
 #include "common/version.h"
@@ -50,6 +56,7 @@ typedef struct job {
     batcher_item bi;                     /* first member: the batcher links jobs */
     struct job *next_free;
     nnuv_hdr hdr;                        /* the requester's SP header, for the reply */
+    uint8_t mac[HMAC_SIZE];              /* the request's MAC (with a cluster key) */
     const Ddm__V1__DenoiseRequest *req;  /* decoded, inside arena */
     wire_arena arena;
     int off;                             /* first row in the batch buffers */
@@ -74,7 +81,10 @@ struct expert_worker {
     uv_check_t check;          /* schedule after a receive burst */
     int check_active;
     uv_timer_t linger;
+    uv_timer_t log_timer;      /* reports suppressed warnings (4 looks a second) */
     uv_signal_t sig[2];
+    int has_key;
+    hmac_key key;
     http_server *http;
 
     /* the forward pass in flight: the pool thread owns x, t, labels,
@@ -158,26 +168,41 @@ static void job_put(expert_worker *w, job *j)
 
 /* ---- replies ----------------------------------------------------------------- */
 
-static void send_reply(expert_worker *w, const nnuv_hdr *hdr, const Ddm__V1__WorkerReply *r)
+/* Sends r to the requester of hdr; with a cluster key and req_mac (the
+ * request's MAC) it ends with the reply's MAC trailer. req_mac NULL: an
+ * unauthenticated reply (to a request without a valid MAC). */
+static void send_reply(expert_worker *w, const nnuv_hdr *hdr, const Ddm__V1__WorkerReply *r,
+                       const uint8_t *req_mac)
 {
     size_t len;
     void *msg = wire_pack_reply(r, &len);
+    if (msg && w->has_key && req_mac) {
+        void *grown = nn_reallocmsg(msg, len + HMAC_TRAILER_SIZE);
+        if (!grown) {
+            nn_freemsg(msg);
+            msg = NULL;
+        } else {
+            msg = grown;
+            hmac_trailer_rep(&w->key, req_mac, msg, len, (uint8_t *)msg + len);
+        }
+    }
     if (!msg) {
         w->met.replies_unsent++;
-        log_error("out of memory packing a %zu-byte reply; it is lost",
-                  ddm__v1__worker_reply__get_packed_size(r));
+        log_error_limited("out of memory packing a %zu-byte reply; it is lost",
+                          ddm__v1__worker_reply__get_packed_size(r));
         return;
     }
     int rc = nnuv_send(w->sock, msg, hdr);
     if (rc < 0) {
         nn_freemsg(msg);
         w->met.replies_unsent++;
-        log_warn("reply to peer %08x not sent: %s", nnuv_hdr_peer(hdr), ddm_strerror(rc));
+        log_warn_limited("reply to peer %08x not sent: %s", nnuv_hdr_peer(hdr),
+                         ddm_strerror(rc));
     }
 }
 
 /* A DenoiseReply carrying an error (the request was a decodable denoise). */
-static void reply_denoise_error(expert_worker *w, const nnuv_hdr *hdr,
+static void reply_denoise_error(expert_worker *w, const nnuv_hdr *hdr, const uint8_t *req_mac,
                                 const Ddm__V1__DenoiseRequest *req, int code, const char *msg,
                                 emetrics_reason why)
 {
@@ -193,13 +218,15 @@ static void reply_denoise_error(expert_worker *w, const nnuv_hdr *hdr,
     r.kind_case = DDM__V1__WORKER_REPLY__KIND_DENOISE;
     r.denoise = &d;
     w->met.errors[why]++;
-    log_warn("denoise request %llu from peer %08x refused: %s",
-             (unsigned long long)req->id, nnuv_hdr_peer(hdr), msg);
-    send_reply(w, hdr, &r);
+    log_warn_limited("denoise request %llu from peer %08x refused: %s",
+                     (unsigned long long)req->id, nnuv_hdr_peer(hdr), msg);
+    send_reply(w, hdr, &r, req_mac);
 }
 
-/* WorkerReply.error: the message was not a usable WorkerRequest. */
-static void reply_decode_error(expert_worker *w, const nnuv_hdr *hdr, int code, const char *msg)
+/* WorkerReply.error: the message was not a usable WorkerRequest (or, with a
+ * cluster key and req_mac NULL, carried no valid MAC). */
+static void reply_decode_error(expert_worker *w, const nnuv_hdr *hdr, const uint8_t *req_mac,
+                               int code, const char *msg)
 {
     Ddm__V1__Error e = DDM__V1__ERROR__INIT;
     e.has_code = 1;
@@ -209,15 +236,17 @@ static void reply_decode_error(expert_worker *w, const nnuv_hdr *hdr, int code, 
     r.kind_case = DDM__V1__WORKER_REPLY__KIND_ERROR;
     r.error = &e;
     w->met.errors[EM_ERR_DECODE]++;
-    log_warn("message from peer %08x refused: %s", nnuv_hdr_peer(hdr), msg);
-    send_reply(w, hdr, &r);
+    log_warn_limited("message from peer %08x refused: %s", nnuv_hdr_peer(hdr), msg);
+    send_reply(w, hdr, &r, req_mac);
 }
 
-static void reply_info(expert_worker *w, const nnuv_hdr *hdr, const Ddm__V1__InfoRequest *req)
+static void reply_info(expert_worker *w, const nnuv_hdr *hdr, const uint8_t *req_mac,
+                       const Ddm__V1__InfoRequest *req)
 {
     Ddm__V1__InfoReply i = DDM__V1__INFO_REPLY__INIT;
     i.has_id = req->has_id;
     i.id = req->id;
+    i.protocol_version = (char *)WIRE_PROTOCOL_VERSION;
     i.has_expert_id = 1;
     i.expert_id = w->m->expert_id;
     i.has_dim = 1;
@@ -231,10 +260,17 @@ static void reply_info(expert_worker *w, const nnuv_hdr *hdr, const Ddm__V1__Inf
     i.max_batch = (uint32_t)w->cfg.max_batch;
     i.has_num_classes = 1;
     i.num_classes = (uint32_t)w->m->cfg.n_classes;
+    const model_shape *sh = &w->m->shape; /* image shape and class names (rgb, #15) */
+    i.has_height = i.has_width = i.has_channels = 1;
+    i.height = (uint32_t)sh->height;
+    i.width = (uint32_t)sh->width;
+    i.channels = (uint32_t)sh->channels;
+    i.n_class_names = (size_t)sh->n_class_names;
+    i.class_names = sh->class_names;
     Ddm__V1__WorkerReply r = DDM__V1__WORKER_REPLY__INIT;
     r.kind_case = DDM__V1__WORKER_REPLY__KIND_INFO;
     r.info = &i;
-    send_reply(w, hdr, &r);
+    send_reply(w, hdr, &r, req_mac);
 }
 
 /* ---- batching and compute ---------------------------------------------------------- */
@@ -285,7 +321,7 @@ static void finish_pass(expert_worker *w, int rc, int was_inline)
         emetrics_observe(&w->met.batch_size, n);
         emetrics_observe(&w->met.compute_s, (double)w->compute_ns * 1e-9);
     } else {
-        log_error("forward pass over %d latents failed: %s", n, ddm_strerror(rc));
+        log_error_limited("forward pass over %d latents failed: %s", n, ddm_strerror(rc));
     }
     w->replying = 1; /* a pass started now goes to the pool, not ahead of these replies */
     if (!was_inline && (!w->stopping || w->q.count > 0))
@@ -297,7 +333,7 @@ static void finish_pass(expert_worker *w, int rc, int was_inline)
         it = it->next;
         const Ddm__V1__DenoiseRequest *r = j->req;
         if (rc != 0) {
-            reply_denoise_error(w, &j->hdr, r, rc, "forward pass failed on this worker",
+            reply_denoise_error(w, &j->hdr, j->mac, r, rc, "forward pass failed on this worker",
                                 EM_ERR_INTERNAL);
         } else {
             Ddm__V1__DenoiseReply d = DDM__V1__DENOISE_REPLY__INIT;
@@ -315,7 +351,7 @@ static void finish_pass(expert_worker *w, int rc, int was_inline)
             Ddm__V1__WorkerReply wr = DDM__V1__WORKER_REPLY__INIT;
             wr.kind_case = DDM__V1__WORKER_REPLY__KIND_DENOISE;
             wr.denoise = &d;
-            send_reply(w, &j->hdr, &wr);
+            send_reply(w, &j->hdr, &wr, j->mac);
         }
         job_put(w, j);
     }
@@ -433,28 +469,47 @@ static void on_request(nnuv *s, void *body, size_t len, const nnuv_hdr *hdr, voi
     job *j = job_get(w);
     if (!j) {
         nn_freemsg(body);
-        log_error("out of memory for a request from peer %08x; dropped", nnuv_hdr_peer(hdr));
+        log_error_limited("out of memory for a request from peer %08x; dropped",
+                          nnuv_hdr_peer(hdr));
         return;
     }
     uint64_t now = uv_hrtime();
+    if (w->has_key) {
+        int rc = hmac_trailer_check_req(&w->key, body, len, j->mac);
+        if (rc < 0) {
+            nn_freemsg(body);
+            /* rc: DDM_EPROTO (no trailer) or DDM_EMISMATCH (wrong MAC), the codes
+             * docs/protocol.md gives for them */
+            reply_decode_error(w, hdr, NULL, rc,
+                               rc == DDM_EPROTO
+                                   ? "message without a MAC: this worker has a cluster key; "
+                                     "start the router with the same --cluster-key-file"
+                                   : "message with a wrong MAC: the sender does not hold this "
+                                     "worker's cluster key (--cluster-key-file)");
+            job_put(w, j);
+            return;
+        }
+        len -= HMAC_TRAILER_SIZE;
+    }
+    const uint8_t *mac = w->has_key ? j->mac : NULL;
     Ddm__V1__WorkerRequest *wr;
     int rc = wire_decode(&j->arena, body, len, &wr, err, sizeof err);
     nn_freemsg(body);
     if (rc < 0) {
-        reply_decode_error(w, hdr, rc, err);
+        reply_decode_error(w, hdr, mac, rc, err);
         job_put(w, j);
         return;
     }
     switch (wr->kind_case) {
     case DDM__V1__WORKER_REQUEST__KIND_INFO:
         w->met.info_requests++;
-        reply_info(w, hdr, wr->info);
+        reply_info(w, hdr, mac, wr->info);
         job_put(w, j);
         return;
     case DDM__V1__WORKER_REQUEST__KIND_DENOISE:
         break;
     default:
-        reply_decode_error(w, hdr, DDM_EINVAL,
+        reply_decode_error(w, hdr, mac, DDM_EINVAL,
                            "empty WorkerRequest: set denoise or info");
         job_put(w, j);
         return;
@@ -462,21 +517,21 @@ static void on_request(nnuv *s, void *body, size_t len, const nnuv_hdr *hdr, voi
     const Ddm__V1__DenoiseRequest *r = wr->denoise;
     w->met.denoise_requests++;
     if (w->stopping) {
-        reply_denoise_error(w, hdr, r, DDM_ECLOSED,
+        reply_denoise_error(w, hdr, mac, r, DDM_ECLOSED,
                             "worker is shutting down: send to another replica", EM_ERR_SHUTDOWN);
         job_put(w, j);
         return;
     }
     rc = wire_check_denoise(r, &w->lim, err, sizeof err);
     if (rc < 0) {
-        reply_denoise_error(w, hdr, r, rc, err, EM_ERR_INVALID);
+        reply_denoise_error(w, hdr, mac, r, rc, err, EM_ERR_INVALID);
         job_put(w, j);
         return;
     }
     if (w->q.latents + (long)r->batch > w->cfg.max_queue) {
         snprintf(err, sizeof err, "queue full (%ld latents waiting, --max-queue %ld): retry "
                  "later or add replicas", w->q.latents, w->cfg.max_queue);
-        reply_denoise_error(w, hdr, r, DDM_EBUSY, err, EM_ERR_BUSY);
+        reply_denoise_error(w, hdr, mac, r, DDM_EBUSY, err, EM_ERR_BUSY);
         job_put(w, j);
         return;
     }
@@ -543,16 +598,23 @@ static void close_all(expert_worker *w)
         w->http = NULL;
     }
     uv_handle_t *hs[] = { (uv_handle_t *)&w->timer_poll, (uv_handle_t *)&w->check,
-                          (uv_handle_t *)&w->linger, (uv_handle_t *)&w->sig[0],
-                          (uv_handle_t *)&w->sig[1] };
+                          (uv_handle_t *)&w->linger, (uv_handle_t *)&w->log_timer,
+                          (uv_handle_t *)&w->sig[0], (uv_handle_t *)&w->sig[1] };
     for (size_t i = 0; i < sizeof hs / sizeof hs[0]; i++)
         if (hs[i]->loop && !uv_is_closing(hs[i]))
             uv_close(hs[i], on_handle_closed);
 }
 
+static void on_log_timer(uv_timer_t *t)
+{
+    (void)t;
+    log_flush_suppressed();
+}
+
 static void on_linger(uv_timer_t *t)
 {
     expert_worker *w = t->data;
+    log_flush_suppressed();
     log_info("stopped: %llu denoise requests, %llu latents in %llu batches",
              (unsigned long long)w->met.denoise_requests, (unsigned long long)w->met.latents,
              (unsigned long long)w->met.batches);
@@ -614,6 +676,11 @@ static int init_handles(expert_worker *w, char *err, size_t errlen)
         goto uv_fail;
     w->handles++;
     w->linger.data = w;
+    if ((rc = uv_timer_init(w->loop, &w->log_timer)) < 0)
+        goto uv_fail;
+    w->handles++;
+    w->log_timer.data = w;
+    uv_timer_start(&w->log_timer, on_log_timer, 250, 250);
     if (w->cfg.handle_signals) {
         int sigs[2] = { SIGTERM, SIGINT };
         for (int i = 0; i < 2; i++) {
@@ -757,6 +824,14 @@ int expert_worker_new(uv_loop_t *loop, const expert_config *cfg, expert_worker *
         w->cfg.max_queue = cfg->max_batch;
     if (cfg->threads > 0)
         openblas_set_num_threads(cfg->threads);
+    if (cfg->cluster_key_file) {
+        int rc = hmac_key_load(cfg->cluster_key_file, &w->key, err, errlen);
+        if (rc < 0) {
+            free_buffers(w);
+            return rc;
+        }
+        w->has_key = 1;
+    }
 
     w->m = model_open(cfg->weights, err, errlen);
     if (!w->m) {
@@ -811,10 +886,11 @@ int expert_worker_new(uv_loop_t *loop, const expert_config *cfg, expert_worker *
         return rc;
     }
     log_info("serving expert %d of %s (%s, sha256 %.16s) on %d URL(s) from %s; max-batch %d, "
-             "max-delay %d us, inline up to %d rows, %d BLAS thread(s), %s kernels%s",
-             w->m->expert_id, w->m->dataset, w->arch, st_sha256(w->m->file), cfg->n_listen,
-             cfg->weights, cfg->max_batch, cfg->max_delay_us, cfg->inline_rows, cfg->threads,
-             blas_core(), w->m->halves ? ", fp16 weight copies for small batches" : "");
+             "max-delay %d us, inline up to %d rows, %d BLAS thread(s), %s kernels%s; protocol "
+             "%s%s", w->m->expert_id, w->m->dataset, w->arch, st_sha256(w->m->file),
+             cfg->n_listen, cfg->weights, cfg->max_batch, cfg->max_delay_us, cfg->inline_rows,
+             cfg->threads, blas_core(), w->m->halves ? ", fp16 weight copies for small batches" : "",
+             WIRE_PROTOCOL_VERSION, w->has_key ? ", cluster key: every message needs a MAC" : "");
     *out = w;
     return 0;
 }

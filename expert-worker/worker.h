@@ -5,7 +5,8 @@
  * validated, queued, and stacked into one forward pass (dynamic batching,
  * see batcher.h) that runs on a libuv thread-pool thread while the loop
  * keeps receiving; each reply goes back to its own requester. InfoRequests
- * are answered at once. Optional Prometheus metrics over HTTP.
+ * are answered at once. Optional Prometheus metrics over HTTP. With a cluster
+ * key every message in both directions carries an HMAC (common/hmac.h).
  *
  * Everything here runs on one uv loop thread, except the forward pass. */
 #ifndef DDM_EXPERT_WORKER_H
@@ -30,6 +31,7 @@ typedef struct expert_config {
     const char *metrics; /* "host:port" serving GET /metrics, NULL = none */
     int linger_ms;       /* after draining, time nanomsg gets to write the last replies (200) */
     int handle_signals;  /* SIGTERM/SIGINT start a graceful stop */
+    const char *cluster_key_file; /* HMAC key shared with the routers, NULL = none */
 } expert_config;
 
 /* Fills c with the defaults above (no weights, no listen URL). */

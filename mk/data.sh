@@ -1,9 +1,13 @@
 #!/bin/sh
-# data.sh -- `make data`: fetch the digits and fashion datasets into data/.
+# data.sh -- `make data`: fetch the digits, fashion and emoji datasets into data/.
 #
-# Both come from Debian packages that are downloaded, never installed:
+# All come from Debian packages that are downloaded, never installed:
 #   opencv-doc            -> data/digits/digits.png   (2000x1000 grey, 100x50 tiles of 20x20)
 #   dataset-fashion-mnist -> data/fashion/*-idx?-ubyte.gz (IDX, 60000 train + 10000 test)
+#   fonts-noto-color-emoji + unicode-data
+#                         -> data/png/emoji/<group>/<codepoint>.png (RGBA 136x128, one
+#                            folder per Unicode emoji group), drawn by $EMOJI_RASTER
+#                            (tools/data/emoji_raster.c; skipped when it is not set)
 # When a package is installed, its files are copied instead of downloaded.
 # Each dataset is checked (size, IDX headers and lengths) and skipped when it is
 # already there and valid. Work happens in data/.fetch.* (removed on exit, .deb
@@ -143,6 +147,21 @@ else
     [ -d "$DATA/fashion" ] && echo "data: fashion incomplete ($why), fetching again"
     need="$need fashion"
 fi
+# check_emoji DIR: DIR holds the rasterised emoji (at least 1000 PNGs).
+check_emoji() {
+    [ -d "$1" ] || { echo "missing $1"; return 1; }
+    n=$(find "$1" -name '*.png' | wc -l | tr -d ' ')
+    [ "$n" -ge 1000 ] || { echo "$1 holds $n PNGs, expected over 1000"; return 1; }
+    return 0
+}
+if [ -z "${EMOJI_RASTER:-}" ]; then
+    echo "data: emoji skipped (run through make data, which builds the rasteriser)"
+elif why=$(check_emoji "$DATA/png/emoji"); then
+    echo "data: emoji ok ($DATA/png/emoji)"
+else
+    [ -d "$DATA/png/emoji" ] && echo "data: emoji incomplete ($why), drawing again"
+    need="$need emoji"
+fi
 [ -z "$need" ] && exit 0
 
 if ! command -v apt-get >/dev/null || ! command -v dpkg-deb >/dev/null; then
@@ -183,6 +202,21 @@ for dset in $need; do
         rm -rf "$DATA/fashion"
         mv "$TMP/fashion" "$DATA/fashion"
         echo "data: fashion ready ($DATA/fashion, 60000 train + 10000 test)"
+        ;;
+    emoji)
+        download fonts-noto-color-emoji
+        extract "$DEB" '/NotoColorEmoji\.ttf$' "$TMP/src"
+        rm -f "$DEB"
+        download unicode-data
+        extract "$DEB" '/emoji/emoji-test\.txt$' "$TMP/src"
+        rm -f "$DEB"
+        "$EMOJI_RASTER" "$TMP/src/NotoColorEmoji.ttf" "$TMP/src/emoji-test.txt" "$TMP/emoji" ||
+            die "drawing the emoji failed"
+        why=$(check_emoji "$TMP/emoji") || die "drawn emoji are bad: $why"
+        mkdir -p "$DATA/png"
+        rm -rf "$DATA/png/emoji"
+        mv "$TMP/emoji" "$DATA/png/emoji"
+        echo "data: emoji ready ($DATA/png/emoji: RGBA 136x128, one folder per Unicode group)"
         ;;
     esac
 done

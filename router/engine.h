@@ -1,14 +1,36 @@
 /* engine.h -- ddm-router's scheduler: step-level continuous batching over remote experts.
  *
- * Admitted requests become trajectories in one FIFO of "ready" latents. A
- * tick takes up to its capacity from the front (whatever request and step
- * they belong to), plans it on the libuv threadpool (router network +
- * selection, tick_plan), sends each selected expert one call with its rows
- * (pool_call), and when every expert has answered combines and steps on the
- * threadpool (tick_finish). Unfinished trajectories go to the back of the
- * FIFO; requests that arrive meanwhile join the next tick. Several ticks may
- * be in flight at once over disjoint trajectories, so router work overlaps
- * expert work. The loop thread only moves pointers and bytes. */
+ * Admitted requests ("jobs") become trajectories, one per image. A tick takes
+ * ready trajectories of any jobs, at any step, plans them on the libuv
+ * threadpool (router network + selection, tick_plan), sends each selected
+ * expert one call with its rows (pool_call), and when every expert has
+ * answered combines and steps on the threadpool (tick_finish). Unfinished
+ * trajectories become ready again; requests that arrive meanwhile join the
+ * next tick. Several ticks may be in flight at once over disjoint
+ * trajectories, so router work overlaps expert work. The loop thread only
+ * moves pointers and bytes.
+ *
+ * Scheduling (who gets into a tick), per tick:
+ *   - Jobs are taken level by level of effective priority
+ *     (sample_params.priority, plus one for every age_ms a job has waited since
+ *     a tick last took any of it: ageing, so no job starves), highest first.
+ *     Within a level, round robin: each job first gets its even share of the
+ *     tick's capacity left, the job served longest ago first, then what is
+ *     still free goes out in the same order.
+ *   - A job with another live job at its level or above keeps at most
+ *     max(share_rows, the largest demand among those others) expert rows in
+ *     flight, over all ticks (but always at least one trajectory). A tick
+ *     lasts as long as its rows take, and a small request needs one tick per
+ *     step: this keeps its latency near its idle latency while a big one runs,
+ *     and holds a job back only for smaller ones (two big jobs share ticks
+ *     whole).
+ *   - A tick holds at most tick_capacity trajectories and tick_rows rows (but
+ *     at least one trajectory): that also bounds how long a request arriving
+ *     while a big one runs alone waits for its first tick.
+ * A request's cost is its expert evaluations (sample_cost: images x
+ * evaluations x experts per evaluation x 2 with guidance); one over
+ * max_request_cost, or with more images than max_images, is refused
+ * (engine_check) rather than queued. */
 #ifndef DDM_ENGINE_H
 #define DDM_ENGINE_H
 
@@ -23,12 +45,21 @@
 typedef struct engine engine;
 typedef struct engine_job engine_job;
 
+/* Defaults (docs/benchmarks.md, "Fairness and the cost cap", says how they were chosen). */
+#define ENGINE_DEFAULT_MAX_COST 400000ull
+#define ENGINE_DEFAULT_TICK_ROWS 512
+#define ENGINE_DEFAULT_SHARE_ROWS 32
+
 typedef struct engine_config {
     int max_images;             /* images admitted at once; past it submit says busy (1024) */
     int tick_capacity;          /* trajectories per tick (256) */
     int ticks_in_flight;        /* (2) */
     int router_threads;         /* threads the router network's rows are split over (1) */
     uint32_t request_timeout_ms; /* a request older than this fails with 504 (300000) */
+    uint64_t max_request_cost;  /* expert evaluations per request (ENGINE_DEFAULT_MAX_COST) */
+    int tick_rows;              /* expert rows per tick (ENGINE_DEFAULT_TICK_ROWS) */
+    int share_rows;             /* rows per tick of a job that shares (ENGINE_DEFAULT_SHARE_ROWS) */
+    uint32_t age_ms;            /* waiting this long raises a job's priority by one (1000) */
 } engine_config;
 
 void engine_config_default(engine_config *c);
@@ -48,26 +79,69 @@ typedef struct engine_stats {
     int images_in_flight, ready, ticks_running;
 } engine_stats;
 
-/* router may not be NULL when any strategy reads it (the daemon always has one). */
+/* router may not be NULL when any strategy reads it (the daemon always has one).
+ * width x height is the image size of results; dim must be a multiple of it
+ * (dim / (width x height) channels, HWC), else DDM_EINVAL with err set. */
 int engine_new(uv_loop_t *loop, pool *pl, const model *router, int K, int dim, int width,
                int height, const engine_config *cfg, engine **out, char *err, size_t errlen);
 
+/* Whether p could ever be admitted: returns 0, or DDM_ERANGE with a message
+ * naming the limit in err and its code in *code (may be NULL):
+ * "too_many_images" (more than max_images) or "too_much_work" (a cost over
+ * max_request_cost; the message has the cost, how it came about and the cap). */
+int engine_check(const engine *e, const sample_params *p, const char **code, char *err,
+                 size_t errlen);
+
 /* Admits a request (p is copied). Returns 0 and *job (done will be called
- * exactly once unless the job is cancelled first), or DDM_EBUSY when the
- * images in flight would exceed max_images, or DDM_ENOMEM. */
+ * exactly once unless the job is cancelled first), DDM_ERANGE when
+ * engine_check refuses it, DDM_EBUSY when the images in flight would exceed
+ * max_images (try again later), DDM_ECLOSED after engine_close, or DDM_ENOMEM. */
 int engine_submit(engine *e, const sample_params *p, engine_done_fn done, void *ud,
                   engine_job **job);
 
-/* The client went away before done: stop work on the job; done is not called.
- * The job must not be used afterwards. */
+/* The client went away, or cancelled, before done: stop work on the job at the
+ * next step boundary (its trajectories in a tick finish that evaluation; no
+ * expert is called for it after that, nor for a tick planned meanwhile that
+ * holds only cancelled or failed jobs); done is not called. The job must not
+ * be used afterwards. */
 void engine_job_cancel(engine_job *job);
-/* After done: the caller is finished with the result; frees the job. */
+/* After done: the caller is finished with the result; frees the job (its
+ * trajectories, which the result points to). */
 void engine_job_release(engine_job *job);
 
 void engine_get_stats(const engine *e, engine_stats *out);
 
-/* Stops scheduling; pending jobs fail with 503; frees once running ticks
- * returned, then calls cb(ud). */
+/* ---- watching progress (jobs, streamed events, routing metrics) --------------------- */
+
+/* Runs on the loop thread right after each evaluation of a trajectory of a job
+ * that is still live (neither failed nor cancelled), and before that job's done
+ * when it was its last: tr->evals counts the evaluation, tr->sel / w / n_sel
+ * are the routing it used, tr->x and tr->v the state and velocity after it.
+ * The trajectory is in no tick at that moment. The callback must not submit,
+ * cancel or release jobs, and should be quick (it runs per image per step). */
+typedef void (*engine_eval_fn)(void *ud, const traj *tr);
+
+/* Observer of every job's evaluations (e.g. metrics); fn NULL removes it. */
+void engine_set_eval_observer(engine *e, engine_eval_fn fn, void *ud);
+/* Observer of one job's evaluations (runs after the engine-wide one). */
+void engine_job_observe(engine_job *job, engine_eval_fn fn, void *ud);
+/* How many jobs would get a tick before this one, in the scheduler's order as
+ * of now (effective priority with ageing, then round robin): the live jobs
+ * that have not started either and come first (0: it is next), or -1 once a
+ * tick has taken one of its trajectories. Jobs already running are not
+ * counted: they share ticks with a job that starts. */
+int engine_job_queue_position(const engine_job *job);
+/* Live jobs no tick has taken any of yet. */
+int engine_jobs_queued(const engine *e);
+
+/* Stops scheduling and returns without calling anything. From a later loop
+ * iteration on, every job whose done has not run gets done with 503
+ * "shutting_down". Results already handed to done stay valid until their
+ * engine_job_release. Once the last tick has returned and every job was
+ * released or cancelled, the engine is freed and cb(ud) runs (cb may be NULL).
+ * From this call on the engine never calls the pool again, so the caller may
+ * close the pool right after (its outstanding calls complete with an error).
+ * engine_submit then returns DDM_ECLOSED. A second call does nothing. */
 void engine_close(engine *e, void (*cb)(void *ud), void *ud);
 
 #endif

@@ -51,6 +51,7 @@ ensemble *ensemble_open(const char *dir, char *err, size_t errlen)
     }
     e->K = e->router->cfg.out_dim;
     e->dim = e->router->cfg.in_dim;
+    e->shape = &e->router->shape;
     if (e->K > STRAT_MAX_EXPERTS) {
         snprintf(err, errlen, "%s routes over %d experts; at most %d are supported", path, e->K,
                  STRAT_MAX_EXPERTS);
@@ -74,6 +75,15 @@ ensemble *ensemble_open(const char *dir, char *err, size_t errlen)
         if (k > 0 && m->cfg.n_classes != e->n_classes) {
             snprintf(err, errlen, "%s has %d classes, expert-0 has %d", path, m->cfg.n_classes,
                      e->n_classes);
+            goto fail;
+        }
+        if (!model_shape_equal(&m->shape, &e->router->shape)) {
+            char a[32], b[32];
+            snprintf(err, errlen, "%s: its images (%s, %d class names) differ from "
+                     "%s/router.safetensors's (%s, %d class names): the set must come from one "
+                     "training run", path, model_shape_str(&m->shape, a, sizeof a),
+                     m->shape.n_class_names, dir, model_shape_str(&e->router->shape, b, sizeof b),
+                     e->router->shape.n_class_names);
             goto fail;
         }
         e->n_classes = m->cfg.n_classes;
@@ -104,6 +114,7 @@ ensemble *ensemble_open_single(const char *path, char *err, size_t errlen)
     }
     e->dim = e->experts[0]->cfg.in_dim;
     e->n_classes = e->experts[0]->cfg.n_classes;
+    e->shape = &e->experts[0]->shape;
     if (finish_open(e, err, errlen))
         goto fail;
     return e;

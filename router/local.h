@@ -16,6 +16,7 @@ typedef struct ensemble {
     int K;                 /* experts */
     int dim;
     int n_classes;         /* label classes of the experts (0 = unconditional) */
+    const model_shape *shape; /* image shape and class names (the router's; all experts agree) */
     model *router;         /* router network, NULL for a single-model set */
     model **experts;       /* [K] */
     net_scratch **scratch; /* [K], for up to chunk rows */
@@ -28,8 +29,9 @@ typedef struct ensemble {
 #define ENSEMBLE_MAX_THREADS FORKJOIN_MAX
 
 /* Loads dir/router.safetensors and dir/expert-0..K-1.safetensors (K from
- * the router's out_dim). Checks that every expert has the same dim and
- * classes and that expert-k's metadata says expert_id k. NULL on error. */
+ * the router's out_dim). Checks that every expert has the same dim,
+ * classes, image shape and class names as the router, and that expert-k's
+ * metadata says expert_id k. NULL on error, the message naming the file. */
 ensemble *ensemble_open(const char *dir, char *err, size_t errlen);
 /* A "set" of one denoiser (the monolith): strategies reduce to expert:0. */
 ensemble *ensemble_open_single(const char *path, char *err, size_t errlen);

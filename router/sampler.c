@@ -26,34 +26,49 @@ void sample_params_default(sample_params *p, int K)
     p->sampler = SAMPLER_EULER;
 }
 
+const char *sample_field_range(const char *field, int n_classes, char *buf, size_t len)
+{
+    if (!strcmp(field, "n"))
+        snprintf(buf, len, "1..%d", SAMPLE_MAX_N);
+    else if (!strcmp(field, "steps"))
+        snprintf(buf, len, "1..%d", SAMPLE_MAX_STEPS);
+    else if (!strcmp(field, "priority"))
+        snprintf(buf, len, "%d..%d", SAMPLE_PRIORITY_MIN, SAMPLE_PRIORITY_MAX);
+    else if (!strcmp(field, "preview_every"))
+        snprintf(buf, len, "0..%d (0: no previews)", SAMPLE_MAX_STEPS);
+    else if (!strcmp(field, "label") && n_classes > 0)
+        snprintf(buf, len, "0..%d", n_classes - 1);
+    else if (!strcmp(field, "label"))
+        snprintf(buf, len, "none (this model is unconditional: omit label)");
+    else
+        snprintf(buf, len, "%s", "");
+    return buf;
+}
+
 int sample_params_check(const sample_params *p, int n_classes, char *err, size_t errlen)
 {
-    if (p->n < 1 || p->n > SAMPLE_MAX_N) {
-        snprintf(err, errlen, "n = %d is out of range: allowed 1..%d", p->n, SAMPLE_MAX_N);
-        return DDM_EINVAL;
-    }
-    if (p->steps < 1 || p->steps > SAMPLE_MAX_STEPS) {
-        snprintf(err, errlen, "steps = %d is out of range: allowed 1..%d", p->steps,
-                 SAMPLE_MAX_STEPS);
-        return DDM_EINVAL;
-    }
-    if (p->label < -1 || p->label >= n_classes) {
-        if (n_classes == 0)
-            snprintf(err, errlen, "label = %d: this model is unconditional, omit label", p->label);
-        else
-            snprintf(err, errlen, "label = %d is out of range: allowed 0..%d", p->label,
-                     n_classes - 1);
-        return DDM_EINVAL;
-    }
-    if (!(p->guidance >= 0.0f && p->guidance <= 20.0f)) {
-        snprintf(err, errlen, "guidance = %g is out of range: allowed 0..20", p->guidance);
-        return DDM_EINVAL;
-    }
-    if (p->sampler != SAMPLER_EULER && p->sampler != SAMPLER_HEUN) {
-        snprintf(err, errlen, "sampler: allowed euler or heun");
-        return DDM_EINVAL;
-    }
-    return 0;
+    char r[64];
+    if (p->n < 1 || p->n > SAMPLE_MAX_N)
+        return ddm_errf(err, errlen, DDM_EINVAL, "field \"n\" = %d is out of range: allowed %s",
+                        p->n, sample_field_range("n", n_classes, r, sizeof r));
+    if (p->steps < 1 || p->steps > SAMPLE_MAX_STEPS)
+        return ddm_errf(err, errlen, DDM_EINVAL,
+                        "field \"steps\" = %d is out of range: allowed %s", p->steps,
+                        sample_field_range("steps", n_classes, r, sizeof r));
+    if (p->label < -1 || p->label >= n_classes)
+        return ddm_errf(err, errlen, DDM_EINVAL,
+                        "field \"label\" = %d is out of range: allowed %s", p->label,
+                        sample_field_range("label", n_classes, r, sizeof r));
+    if (!(p->guidance >= 0.0f && p->guidance <= 20.0f))
+        return ddm_errf(err, errlen, DDM_EINVAL,
+                        "field \"guidance\" = %g is out of range: allowed 0..20", p->guidance);
+    if (p->sampler != SAMPLER_EULER && p->sampler != SAMPLER_HEUN)
+        return ddm_errf(err, errlen, DDM_EINVAL, "field \"sampler\": allowed euler or heun");
+    if (p->priority < SAMPLE_PRIORITY_MIN || p->priority > SAMPLE_PRIORITY_MAX)
+        return ddm_errf(err, errlen, DDM_EINVAL,
+                        "field \"priority\" = %d is out of range: allowed %s", p->priority,
+                        sample_field_range("priority", n_classes, r, sizeof r));
+    return strategy_check(&p->strat, err, errlen);
 }
 
 const char *sampler_name(sampler_kind k) { return k == SAMPLER_HEUN ? "heun" : "euler"; }
@@ -80,6 +95,29 @@ void sample_route_noise(const sample_params *p, int image, int K, float *noise)
 int sample_evals(const sample_params *p)
 {
     return p->sampler == SAMPLER_HEUN ? 2 * p->steps : p->steps;
+}
+
+int sample_rows_per_eval(const sample_params *p, int K)
+{
+    int guided = p->label >= 0 && p->guidance != 1.0f;
+    return strategy_experts_bound(&p->strat, K) * (guided ? 2 : 1);
+}
+
+uint64_t sample_cost(const sample_params *p, int K)
+{
+    return (uint64_t)p->n * (uint64_t)sample_evals(p) * (uint64_t)sample_rows_per_eval(p, K);
+}
+
+void sample_cost_explain(const sample_params *p, int K, char *buf, size_t len)
+{
+    char sname[32];
+    strategy_name(&p->strat, sname, sizeof sname);
+    int ex = strategy_experts_bound(&p->strat, K);
+    int bound = p->strat.kind == STRAT_THRESHOLD || p->strat.kind == STRAT_NUCLEUS;
+    snprintf(buf, len, "%d image%s x %d steps%s x %d expert%s (%s%s)%s", p->n, p->n == 1 ? "" : "s",
+             p->steps, p->sampler == SAMPLER_HEUN ? " x 2 (heun)" : "", ex, ex == 1 ? "" : "s",
+             sname, bound ? ", at most" : "",
+             p->label >= 0 && p->guidance != 1.0f ? " x 2 (guidance with a label)" : "");
 }
 
 traj *traj_new(const sample_params *p, int image, int dim)

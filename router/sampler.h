@@ -29,6 +29,8 @@
 
 #define SAMPLE_MAX_N 256
 #define SAMPLE_MAX_STEPS 1000
+#define SAMPLE_PRIORITY_MIN (-100)
+#define SAMPLE_PRIORITY_MAX 100
 /* rng stream of the "sample" strategy's draws for image i: this + i */
 #define SAMPLE_STREAM_ROUTING (1ull << 32)
 /* rng stream of image i's routing noise (top-k's drawn set): this + i */
@@ -45,13 +47,21 @@ typedef struct sample_params {
     float guidance;       /* classifier-free guidance scale; 1 = none */
     sampler_kind sampler;
     int trace;            /* record selected experts and weights per evaluation */
+    int priority;         /* scheduling: higher first, SAMPLE_PRIORITY_MIN..MAX (default 0;
+                           * see engine.h) */
 } sample_params;
 
 /* Defaults: n 1, steps 50, top-2, unconditional, guidance 1, euler. */
 void sample_params_default(sample_params *p, int K);
-/* Range checks against the model (n_classes 0 = no labels). Returns 0 or
- * DDM_EINVAL with a message naming the field and its allowed range. */
+/* Range checks against the model (n_classes 0 = no labels), strategy
+ * parameters included (strategy_check): the one validation of a request.
+ * Returns 0 or DDM_EINVAL with a message naming the field and its allowed range
+ * ("field \"n\" = 300 is out of range: allowed 1..256"). */
 int sample_params_check(const sample_params *p, int n_classes, char *err, size_t errlen);
+/* The allowed range of an integer field ("n", "steps", "label", "priority",
+ * "preview_every") as text ("1..256"), the one the checks name; "" for other
+ * fields. */
+const char *sample_field_range(const char *field, int n_classes, char *buf, size_t len);
 const char *sampler_name(sampler_kind k);
 /* "euler" / "heun" -> kind; returns 0 or DDM_EINVAL. */
 int sampler_parse(const char *s, sampler_kind *out);
@@ -63,6 +73,16 @@ int sampler_parse(const char *s, sampler_kind *out);
 void sample_route_noise(const sample_params *p, int image, int K, float *noise);
 /* Evaluations per image: steps (euler) or 2 * steps (heun). */
 int sample_evals(const sample_params *p);
+/* Expert rows one evaluation of one image costs at most: the strategy's
+ * experts (strategy_experts_bound), twice with guidance != 1 and a label
+ * (conditional and null rows). */
+int sample_rows_per_eval(const sample_params *p, int K);
+/* A request's cost in expert evaluations (rows), an upper bound:
+ * n x evaluations (steps, x2 for heun) x sample_rows_per_eval. */
+uint64_t sample_cost(const sample_params *p, int K);
+/* "256 images x 500 steps x 2 (heun) x 8 experts (full) x 2 (guidance with a
+ * label)": how sample_cost came about, into buf. */
+void sample_cost_explain(const sample_params *p, int K, char *buf, size_t len);
 
 /* One evaluation's routing, kept when tracing. */
 typedef struct trace_entry {

@@ -57,25 +57,25 @@ int strategy_parse(const char *name, int K, float threshold, float temperature,
                  "threshold, sample, nucleus, uniform or expert:0..%d", name, K, K - 1);
         return DDM_EINVAL;
     }
-    if (!isnan(threshold)) {
-        if (out->kind == STRAT_THRESHOLD && !(threshold > 0.0f && threshold <= 1.0f)) {
-            snprintf(err, errlen, "threshold = %g is out of range: allowed (0, 1]", threshold);
-            return DDM_EINVAL;
-        }
-        if (out->kind == STRAT_NUCLEUS && !(threshold > 0.0f && threshold <= 1.0f)) {
-            snprintf(err, errlen, "threshold (nucleus top_p) = %g is out of range: allowed (0, 1]",
-                     threshold);
-            return DDM_EINVAL;
-        }
-        if (out->kind == STRAT_THRESHOLD || out->kind == STRAT_NUCLEUS)
-            out->threshold = threshold;
-    }
-    if (!isnan(temperature)) {
-        if (!(temperature >= 0.01f && temperature <= 100.0f)) {
-            snprintf(err, errlen, "temperature = %g is out of range: allowed 0.01..100", temperature);
-            return DDM_EINVAL;
-        }
+    if (!isnan(threshold) && (out->kind == STRAT_THRESHOLD || out->kind == STRAT_NUCLEUS))
+        out->threshold = threshold;
+    if (!isnan(temperature))
         out->temperature = temperature;
+    return strategy_check(out, err, errlen);
+}
+
+int strategy_check(const strategy *s, char *err, size_t errlen)
+{
+    if ((s->kind == STRAT_THRESHOLD || s->kind == STRAT_NUCLEUS) &&
+        !(s->threshold > 0.0f && s->threshold <= 1.0f)) {
+        snprintf(err, errlen, "field \"threshold\" = %g is out of range: allowed (0, 1]%s",
+                 s->threshold, s->kind == STRAT_NUCLEUS ? " (top_p of nucleus)" : "");
+        return DDM_EINVAL;
+    }
+    if (!(s->temperature >= 0.01f && s->temperature <= 100.0f)) {
+        snprintf(err, errlen, "field \"temperature\" = %g is out of range: allowed 0.01..100",
+                 s->temperature);
+        return DDM_EINVAL;
     }
     return 0;
 }
@@ -90,6 +90,16 @@ void strategy_name(const strategy *s, char *buf, size_t len)
     case STRAT_NUCLEUS:   snprintf(buf, len, "nucleus"); break;
     case STRAT_UNIFORM:   snprintf(buf, len, "uniform"); break;
     case STRAT_EXPERT:    snprintf(buf, len, "expert:%d", s->k); break;
+    }
+}
+
+int strategy_experts_bound(const strategy *s, int K)
+{
+    switch (s->kind) {
+    case STRAT_TOPK:    return s->k < K ? s->k : K;
+    case STRAT_SAMPLE:
+    case STRAT_EXPERT:  return 1;
+    default:            return K;
     }
 }
 

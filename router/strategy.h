@@ -55,8 +55,18 @@ typedef struct strategy {
 int strategy_parse(const char *name, int K, float threshold, float temperature,
                    strategy *out, char *err, size_t errlen);
 
+/* Range checks of the strategy's parameters: threshold in (0, 1] for
+ * threshold and nucleus, temperature in 0.01..100. Returns 0, or DDM_EINVAL with
+ * a message naming the field ("field \"threshold\" = 5 is out of range: ..."). */
+int strategy_check(const strategy *s, char *err, size_t errlen);
+
 /* Canonical name ("top-2", "expert:3", ...) into buf. */
 void strategy_name(const strategy *s, char *buf, size_t len);
+
+/* Experts the strategy calls per evaluation at most: k for top-k, K for full,
+ * uniform, threshold and nucleus (their count varies: K bounds it), 1 for
+ * sample and expert:N. */
+int strategy_experts_bound(const strategy *s, int K);
 
 /* 1 if the strategy reads the router network's output. */
 int strategy_uses_router(const strategy *s);

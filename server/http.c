@@ -28,8 +28,6 @@
 
 #define LINGER_MS 2000
 
-static void conn_arm(http_conn *conn);
-static void conn_begin_linger(http_conn *conn);
 static void conn_parse(http_conn *conn, const char *data, size_t len);
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf);
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
@@ -45,6 +43,9 @@ void http_config_default(http_config *cfg)
     cfg->body_timeout_ms = 30000;
     cfg->idle_timeout_ms = 60000;
     cfg->max_connections = 1024;
+    cfg->max_connections_per_ip = 256;
+    cfg->reserve_connections = 32;
+    cfg->near_cap_timeout_ms = 1000;
     cfg->max_pipelined = 16;
     cfg->retry_after_s = 1;
     cfg->allow_no_length = 0;
@@ -63,6 +64,7 @@ static void config_fill(http_config *c, const http_config *in)
     DEF(max_header_bytes); DEF(max_headers); DEF(max_body_bytes);
     DEF(header_timeout_ms); DEF(body_timeout_ms); DEF(idle_timeout_ms);
     DEF(max_connections); DEF(max_pipelined); DEF(retry_after_s);
+    DEF(max_connections_per_ip); DEF(reserve_connections); DEF(near_cap_timeout_ms);
 #undef DEF
 }
 
@@ -110,7 +112,10 @@ static void on_written(uv_write_t *w, int status)
     conn->nwriting--;
     if (status == 0)
         conn->srv->stats.bytes_out += req->head_len + req->rbody_len;
-    req_free(req);
+    if (req->streaming)
+        stream_head_written(req, status); /* req lives on as the connection's stream */
+    else
+        req_free(req);
     if (conn->closing)
         return;
     if (status < 0) {
@@ -124,6 +129,10 @@ static void on_written(uv_write_t *w, int status)
 static void conn_after_write(http_conn *conn)
 {
     conn->t_activity = conn->t_write = uv_now(conn->srv->loop);
+    if (conn->srv->draining && !conn->nwriting && !conn->q_head && !conn->stream) {
+        conn_begin_linger(conn); /* shutting down: it owes nothing more */
+        return;
+    }
     if (conn->close_after_write && !conn->nwriting) {
         if (conn->q_head)
             conn_close_hard(conn); /* requests behind a closing response can't be answered */
@@ -166,8 +175,8 @@ void conn_send_continue(http_conn *conn)
 
 void conn_flush(http_conn *conn)
 {
-    if (conn->closing)
-        return;
+    if (conn->closing || conn->stream)
+        return; /* a streamed response owns the connection to its end */
     while (conn->q_head && conn->q_head->state == REQ_READY && !conn->close_after_write) {
         http_req *req = conn->q_head;
         conn->q_head = req->next;
@@ -195,6 +204,8 @@ void conn_flush(http_conn *conn)
             conn->close_after_write = 1;
             conn->stop_parse = 1;
         }
+        if (req->streaming)
+            break; /* nothing may follow a streamed response on this connection */
     }
     conn_arm(conn);
 }
@@ -208,7 +219,9 @@ static void conn_fail(http_conn *conn, int status, const char *code, const char 
     conn->stop_parse = 1;
     http_req *req = conn->cur;
     conn->cur = NULL;
-    if (!req)
+    if (req)
+        conn_cur_received(conn, req);
+    else
         req = req_new(conn);
     if (!req) {
         conn_close_hard(conn);
@@ -222,7 +235,7 @@ static void conn_fail(http_conn *conn, int status, const char *code, const char 
         conn->q_head = req;
     conn->q_tail = req;
     conn->nqueued++;
-    if (status == 503 && conn->rejected)
+    if (status == 503 && conn->limited)
         http_resp_retry_after(req, conn->srv->cfg.retry_after_s);
     req_respond_internal(req, status, code, msg, NULL);
 }
@@ -243,8 +256,8 @@ static void on_conn_closed(uv_handle_t *h)
         s->conns = conn->next;
     if (conn->next)
         conn->next->prev = conn->prev;
-    if (conn->rejected)
-        s->nrejecting--;
+    if (conn->limited)
+        s->nlimited--;
     s->stats.connections_open--;
     free(conn->saved);
     free(conn);
@@ -259,18 +272,20 @@ void conn_close_hard(http_conn *conn)
     http_server *s = conn->srv;
     conn->closing = 1;
     conn->stop_parse = 1;
+    if (!conn->limited)
+        s->nactive--;
     if (conn->reading)
         uv_read_stop((uv_stream_t *)&conn->tcp);
     conn->reading = 0;
     uv_timer_stop(&conn->timer);
-    req_free(conn->cur);
-    conn->cur = NULL;
+    conn_drop_cur(conn);
     /* detach pending requests first, then tell their owners (who may finish any of them) */
     http_req *aborted = NULL, **tail = &aborted;
     for (http_req *r = conn->q_head, *next; r; r = next) {
         next = r->next;
         r->next = NULL;
-        if (r->state == REQ_PENDING) {
+        /* a stream is its owner's until ended, even once its head is ready */
+        if ((r->state == REQ_PENDING || r->streaming) && !r->stream_ended) {
             r->conn = NULL;
             r->aborted = 1;
             r->abort_pending = 1;
@@ -283,6 +298,7 @@ void conn_close_hard(http_conn *conn)
     }
     conn->q_head = conn->q_tail = NULL;
     conn->nqueued = 0;
+    tail = stream_detach(conn, tail);
     uv_close((uv_handle_t *)&conn->tcp, on_conn_closed);
     uv_close((uv_handle_t *)&conn->timer, on_conn_closed);
     while (aborted) {
@@ -310,7 +326,7 @@ static void on_shutdown(uv_shutdown_t *sr, int status)
         conn_close_hard(conn);
 }
 
-static void conn_begin_linger(http_conn *conn)
+void conn_begin_linger(http_conn *conn)
 {
     if (conn->lingering || conn->closing)
         return;
@@ -332,9 +348,20 @@ static void conn_begin_linger(http_conn *conn)
 
 enum { T_NONE, T_HEADER, T_BODY, T_IDLE, T_WRITE, T_LINGER };
 
+/* From 7/8 of max_connections on, connections without a complete request get
+ * near_cap_timeout_ms instead of the header and idle timeouts. */
+static int near_cap(const http_server *s)
+{
+    return (uint64_t)s->nactive * 8 >= (uint64_t)s->cfg.max_connections * 7;
+}
+
+static uint64_t shorter(uint64_t a, uint64_t b) { return a < b ? a : b; }
+
 static uint64_t conn_deadline(const http_conn *conn, int *kind)
 {
     const http_config *c = &conn->srv->cfg;
+    const uint64_t quick = near_cap(conn->srv) || conn->limited ? c->near_cap_timeout_ms
+                                                                : UINT64_MAX;
     if (conn->lingering) {
         *kind = T_LINGER;
         uint32_t l = c->header_timeout_ms < LINGER_MS ? c->header_timeout_ms : LINGER_MS;
@@ -344,20 +371,25 @@ static uint64_t conn_deadline(const http_conn *conn, int *kind)
         *kind = T_WRITE;
         return conn->t_write + c->idle_timeout_ms;
     }
+    if (conn->stream) { /* a live stream is a request in progress: only silence ends it */
+        *kind = T_IDLE;
+        return conn->t_activity + c->idle_timeout_ms;
+    }
     if (conn->cur) {
         if (conn->cur->headers_done) {
             *kind = T_BODY;
             return conn->t_headers + c->body_timeout_ms;
         }
         *kind = T_HEADER;
-        return conn->t_begin + c->header_timeout_ms;
+        return conn->t_begin + shorter(c->header_timeout_ms, quick);
     }
     if (conn->q_head || conn->paused) { /* waiting for handlers: their business */
         *kind = T_NONE;
         return 0;
     }
     *kind = T_IDLE;
-    return conn->t_activity + (conn->had_request ? c->idle_timeout_ms : c->header_timeout_ms);
+    return conn->t_activity +
+           shorter(conn->had_request ? c->idle_timeout_ms : c->header_timeout_ms, quick);
 }
 
 static void on_timer(uv_timer_t *t)
@@ -386,7 +418,7 @@ static void on_timer(uv_timer_t *t)
     }
 }
 
-static void conn_arm(http_conn *conn)
+void conn_arm(http_conn *conn)
 {
     if (conn->closing)
         return;
@@ -404,7 +436,8 @@ static void conn_arm(http_conn *conn)
 
 static int save_rest(http_conn *conn, const char *rest, size_t n)
 {
-    if (rest >= conn->saved && rest < conn->saved + conn->saved_len) {
+    /* rest inside saved (a resumed parse paused again): integers, as saved may be NULL */
+    if (conn->saved_len && (uintptr_t)rest - (uintptr_t)conn->saved < conn->saved_len) {
         memmove(conn->saved, rest, n);
         conn->saved_len = n;
         return 0;
@@ -552,19 +585,66 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 
 /* ---- server ---------------------------------------------------------------------- */
 
-static void on_connection(uv_stream_t *ls, int status)
+static int same_peer(const http_conn *a, const http_conn *b)
 {
-    http_server *s = ls->data;
-    if (status < 0 || s->closing) {
-        if (status < 0)
-            log_warn("http: accept failed: %s", uv_strerror(status));
-        return;
-    }
+    if (!a->has_peer || !b->has_peer || a->peer.ss_family != b->peer.ss_family)
+        return 0;
+    if (a->peer.ss_family == AF_INET)
+        return ((const struct sockaddr_in *)&a->peer)->sin_addr.s_addr ==
+               ((const struct sockaddr_in *)&b->peer)->sin_addr.s_addr;
+    if (a->peer.ss_family == AF_INET6)
+        return !memcmp(&((const struct sockaddr_in6 *)&a->peer)->sin6_addr,
+                       &((const struct sockaddr_in6 *)&b->peer)->sin6_addr,
+                       sizeof(struct in6_addr));
+    return 0;
+}
+
+/* A connection with no complete request in progress: silent since accepted,
+ * half a request line or headers, or idle keep-alive. A live stream is a
+ * response in progress, however quiet, so never evictable. */
+static int evictable(const http_conn *c)
+{
+    return !c->closing && !c->limited && !c->lingering && !c->q_head && !c->nwriting &&
+           !c->stream && !c->paused && (!c->cur || !c->cur->headers_done);
+}
+
+/* Closes the evictable connection (of conn's client address when per_ip) that
+ * has gone longest without activity; returns 1 if there was one. */
+static int evict_one(http_server *s, const http_conn *conn, int per_ip)
+{
+    http_conn *victim = NULL;
+    for (http_conn *c = s->conns; c; c = c->next)
+        if (c != conn && evictable(c) && (!per_ip || same_peer(c, conn)) &&
+            (!victim || c->t_activity < victim->t_activity))
+            victim = c;
+    if (!victim)
+        return 0;
+    s->stats.connections_evicted++;
+    conn_close_hard(victim);
+    return 1;
+}
+
+/* Whether a new connection (counted in nactive) fits under the caps, making
+ * room by eviction where it can. */
+static int admit(http_server *s, http_conn *conn)
+{
+    uint32_t same = 0;
+    for (http_conn *c = s->conns; c; c = c->next)
+        same += c != conn && !c->closing && !c->limited && same_peer(c, conn);
+    if (same >= s->cfg.max_connections_per_ip && !evict_one(s, conn, 1))
+        return 0;
+    if (s->nactive > s->cfg.max_connections && !evict_one(s, conn, 0))
+        return 0;
+    return 1;
+}
+
+/* A new connection of s: handles initialised and counted (in nactive too),
+ * not connected yet. NULL when out of memory. */
+static http_conn *conn_new(http_server *s)
+{
     http_conn *conn = calloc(1, sizeof(*conn));
-    if (!conn) {
-        log_error("http: out of memory accepting a connection");
-        return;
-    }
+    if (!conn)
+        return NULL;
     conn->srv = s;
     uv_tcp_init(s->loop, &conn->tcp);
     uv_timer_init(s->loop, &conn->timer);
@@ -576,35 +656,80 @@ static void on_connection(uv_stream_t *ls, int status)
     s->conns = conn;
     s->nhandles++;
     s->stats.connections_open++;
+    s->nactive++; /* conn_close_hard takes it back */
     conn->t_activity = uv_now(s->loop);
-    if (uv_accept(ls, (uv_stream_t *)&conn->tcp) < 0) {
-        conn_close_hard(conn);
-        return;
-    }
+    return conn;
+}
+
+/* Serves conn, now connected: the caps, the parser, reading, the timer. */
+static void conn_start(http_server *s, http_conn *conn)
+{
     s->stats.connections_total++;
     uv_tcp_nodelay(&conn->tcp, 1);
     llhttp_init(&conn->parser, HTTP_REQUEST, &s->settings);
     conn->parser.data = conn;
-    uint64_t active = s->stats.connections_open - s->nrejecting - 1;
-    if (active >= s->cfg.max_connections) {
+    int plen = sizeof(conn->peer);
+    conn->has_peer = uv_tcp_getpeername(&conn->tcp, (struct sockaddr *)&conn->peer, &plen) == 0;
+    if (!admit(s, conn)) {
+        s->nactive--;
         s->stats.connections_rejected++;
-        if (s->nrejecting >= s->cfg.max_connections) { /* far over: no courtesy */
+        if (s->nlimited >= s->cfg.reserve_connections) { /* far over: no courtesy */
+            conn->limited = 1; /* not counted in nactive */
+            s->nlimited++;
             conn_close_hard(conn);
             return;
         }
-        conn->rejected = 1;
-        s->nrejecting++;
-        conn_fail(conn, 503, "overloaded", "server has too many connections, retry later");
-        if (!conn->closing && uv_read_start((uv_stream_t *)&conn->tcp, on_alloc, on_read) == 0)
-            conn->reading = 1;
-        return;
+        conn->limited = 1; /* read, but only "always" routes are served (dispatch) */
+        s->nlimited++;
     }
     if (uv_read_start((uv_stream_t *)&conn->tcp, on_alloc, on_read) < 0) {
         conn_close_hard(conn);
         return;
     }
     conn->reading = 1;
-    conn_arm(conn);
+    int near = near_cap(s);
+    if (near && !s->was_near) /* the short timeouts start now for every connection */
+        for (http_conn *c = s->conns; c; c = c->next)
+            conn_arm(c);
+    else
+        conn_arm(conn);
+    s->was_near = near;
+}
+
+static void on_connection(uv_stream_t *ls, int status)
+{
+    http_server *s = ls->data;
+    if (status < 0 || s->closing) {
+        if (status < 0)
+            log_warn("http: accept failed: %s", uv_strerror(status));
+        return;
+    }
+    http_conn *conn = conn_new(s);
+    if (!conn) {
+        log_error("http: out of memory accepting a connection");
+        return;
+    }
+    if (uv_accept(ls, (uv_stream_t *)&conn->tcp) < 0) {
+        conn_close_hard(conn);
+        return;
+    }
+    conn_start(s, conn);
+}
+
+int http_server_adopt(http_server *s, uv_os_sock_t fd)
+{
+    if (s->closing)
+        return DDM_ECLOSED;
+    http_conn *conn = conn_new(s);
+    if (!conn)
+        return DDM_ENOMEM;
+    int rc = uv_tcp_open(&conn->tcp, fd);
+    if (rc < 0) {
+        conn_close_hard(conn);
+        return rc;
+    }
+    conn_start(s, conn);
+    return 0;
 }
 
 int http_server_new(uv_loop_t *loop, const http_config *cfg, http_server **out)
@@ -631,8 +756,10 @@ int http_server_new(uv_loop_t *loop, const http_config *cfg, http_server **out)
     return 0;
 }
 
-int http_server_route(http_server *s, const char *method, const char *path,
-                      http_handler_fn handler, void *ud)
+/* Adds or replaces the route (method, path, prefix); always: served on reserve
+ * connections too. */
+static int route_add(http_server *s, const char *method, const char *path, int prefix,
+                     int always, http_handler_fn handler, void *ud)
 {
     if (!method || !*method || !path || path[0] != '/' || !handler)
         return DDM_EINVAL;
@@ -640,9 +767,11 @@ int http_server_route(http_server *s, const char *method, const char *path,
         if (*m < 'A' || *m > 'Z')
             return DDM_EINVAL;
     for (size_t i = 0; i < s->nroutes; i++) {
-        if (!strcmp(s->routes[i].method, method) && !strcmp(s->routes[i].path, path)) {
+        if (!strcmp(s->routes[i].method, method) && !strcmp(s->routes[i].path, path) &&
+            s->routes[i].prefix == prefix) {
             s->routes[i].fn = handler;
             s->routes[i].ud = ud;
+            s->routes[i].always = always;
             return 0;
         }
     }
@@ -662,10 +791,36 @@ int http_server_route(http_server *s, const char *method, const char *path,
         free(r->path);
         return DDM_ENOMEM;
     }
+    r->prefix = prefix;
     r->fn = handler;
     r->ud = ud;
+    r->always = always;
     s->nroutes++;
     return 0;
+}
+
+int http_server_route(http_server *s, const char *method, const char *path,
+                      http_handler_fn handler, void *ud)
+{
+    return route_add(s, method, path, 0, 0, handler, ud);
+}
+
+int http_server_route_always(http_server *s, const char *method, const char *path,
+                             http_handler_fn handler, void *ud)
+{
+    return route_add(s, method, path, 0, 1, handler, ud);
+}
+
+int http_server_route_prefix(http_server *s, const char *method, const char *prefix,
+                             http_handler_fn handler, void *ud)
+{
+    return route_add(s, method, prefix, 1, 0, handler, ud);
+}
+
+void http_server_set_filter(http_server *s, int (*fn)(http_req *req, void *ud), void *ud)
+{
+    s->filter = fn;
+    s->filter_ud = ud;
 }
 
 static int parse_hostport(const char *hp, struct sockaddr_storage *ss)
@@ -738,8 +893,20 @@ int http_server_port(const http_server *s)
     return ntohs(((struct sockaddr_in *)&ss)->sin_port);
 }
 
+static void on_grace_closed(uv_handle_t *h)
+{
+    http_server *s = h->data;
+    s->nhandles--;
+    server_maybe_free(s);
+}
+
 static void server_maybe_free(http_server *s)
 {
+    if (s->closing && s->grace_open && s->nhandles == 1) { /* only the grace timer left */
+        s->grace_open = 0;
+        uv_close((uv_handle_t *)&s->grace, on_grace_closed);
+        return;
+    }
     if (!s->closing || s->nhandles > 0)
         return;
     void (*cb)(void *) = s->close_cb;
@@ -761,18 +928,92 @@ static void on_listener_closed(uv_handle_t *h)
     server_maybe_free(s);
 }
 
+static void close_all(http_server *s)
+{
+    /* connections are unlinked only in their close callbacks, so walking is safe
+     * even though abort callbacks run inside conn_close_hard */
+    for (http_conn *c = s->conns; c; c = c->next)
+        conn_close_hard(c);
+    if (s->grace_open && s->nhandles == 1) /* nothing else left: end now */
+        server_maybe_free(s);
+}
+
 void http_server_close(http_server *s, void (*close_cb)(void *ud), void *ud)
 {
-    if (!s || s->closing)
+    if (!s)
+        return;
+    if (s->draining && s->grace_open) { /* ends the grace of http_server_shutdown */
+        if (close_cb) {
+            s->close_cb = close_cb;
+            s->close_ud = ud;
+        }
+        uv_timer_stop(&s->grace);
+        close_all(s);
+        return;
+    }
+    if (s->closing)
         return;
     s->closing = 1;
     s->close_cb = close_cb;
     s->close_ud = ud;
     uv_close((uv_handle_t *)&s->listener, on_listener_closed);
-    /* connections are unlinked only in their close callbacks, so walking is safe
-     * even though abort callbacks run inside conn_close_hard */
+    close_all(s);
+}
+
+static void on_grace(uv_timer_t *t)
+{
+    close_all(t->data);
+}
+
+/* A connection when the server starts draining: stop taking requests, and
+ * close it now if it owes nothing (else conn_after_write does, later). */
+static void conn_drain(http_conn *conn)
+{
+    if (conn->closing || conn->lingering)
+        return;
+    conn->stop_parse = 1;
+    conn_drop_cur(conn); /* a request not fully received: it will not be served */
+    conn->saved_len = 0;
+    if (!conn->q_head && !conn->nwriting && !conn->stream)
+        conn_begin_linger(conn); /* a stream closes when its owner ends it (or at the grace) */
+    else
+        conn_arm(conn);
+}
+
+void http_server_shutdown(http_server *s, uint32_t grace_ms, void (*close_cb)(void *ud),
+                          void *ud)
+{
+    if (!s || s->closing)
+        return;
+    s->closing = 1;
+    s->draining = 1;
+    s->close_cb = close_cb;
+    s->close_ud = ud;
+    uv_timer_init(s->loop, &s->grace);
+    s->grace.data = s;
+    s->grace_open = 1;
+    s->nhandles++;
+    uv_timer_start(&s->grace, on_grace, grace_ms ? grace_ms : 1, 0);
+    uv_close((uv_handle_t *)&s->listener, on_listener_closed);
     for (http_conn *c = s->conns; c; c = c->next)
-        conn_close_hard(c);
+        conn_drain(c);
+}
+
+void conn_drop_cur(http_conn *conn)
+{
+    if (!conn->cur)
+        return;
+    conn_cur_received(conn, conn->cur);
+    req_free(conn->cur);
+    conn->cur = NULL;
+}
+
+void conn_cur_received(http_conn *conn, http_req *req)
+{
+    if (req->receiving) {
+        conn->srv->stats.body_bytes_receiving -= req->bcap;
+        req->receiving = 0;
+    }
 }
 
 void http_server_stats(const http_server *s, http_stats *out)

@@ -34,6 +34,7 @@ struct http_req {
     unsigned is_head : 1;
     unsigned url_open : 1, field_open : 1, value_open : 1, headers_done : 1;
     unsigned resp_close : 1;   /* handler asked for Connection: close */
+    unsigned receiving : 1;    /* being parsed: bcap counts in body_bytes_receiving */
     int minor;                 /* HTTP/1.minor */
     const char *method;        /* static string from llhttp */
     uint64_t start_ns;
@@ -48,6 +49,7 @@ struct http_req {
 
     uint8_t *body;             /* [blen] + NUL, NULL when empty */
     size_t blen, bcap;
+    size_t blimit;             /* Content-Length when given (the buffer grows to it), else 0 */
 
     void *user;
     void (*abort_fn)(http_req *req, void *ud);
@@ -62,6 +64,15 @@ struct http_req {
     size_t rbody_len;
     void *rbody_owned;         /* malloc'd body to free, or NULL */
     uv_write_t wr;
+
+    /* streamed response (http_stream.c) */
+    unsigned streaming : 1;    /* http_stream_begin was called */
+    unsigned stream_live : 1;  /* head written: this is conn->stream */
+    unsigned stream_ended : 1; /* the owner called http_stream_end */
+    char *sbuf;                /* body bytes written before the head went out */
+    size_t sbuf_len, sbuf_cap;
+    void (*drain_fn)(http_req *req, void *ud);
+    void *drain_ud;
 };
 
 struct http_conn {
@@ -81,7 +92,7 @@ struct http_conn {
     unsigned close_after_write : 1;
     unsigned lingering : 1;    /* final response sent: draining input before close */
     unsigned paused : 1;       /* parser paused: pipeline full */
-    unsigned rejected : 1;     /* over max_connections */
+    unsigned limited : 1;      /* a reserve connection: "always" routes only */
     unsigned cont_busy : 1;    /* 100 Continue write in flight */
     unsigned had_request : 1;
     int in_parse;
@@ -91,16 +102,22 @@ struct http_conn {
     uint64_t t_activity;           /* last read or write progress */
     uint64_t t_write;              /* last write progress (stall detection) */
     uint64_t t_linger;             /* lingering close began */
+    struct sockaddr_storage peer;  /* client address (per-address cap) */
+    int has_peer;
     char *saved;               /* unparsed input while paused */
     size_t saved_len, saved_cap;
     uv_write_t cont_wr;
     uv_shutdown_t shut;
+    http_req *stream;          /* streamed response being written, owns the connection */
+    size_t stream_queued;      /* its bytes handed to uv_write and not yet written */
 };
 
 typedef struct route {
     char *method, *path;
+    int prefix;                /* matches every path that starts with path */
     http_handler_fn fn;
     void *ud;
+    int always;                /* served on reserve connections too */
 } route;
 
 struct http_server {
@@ -109,12 +126,19 @@ struct http_server {
     uv_tcp_t listener;
     int listening;
     int closing;
+    int draining;              /* http_server_shutdown: no new requests, close when done */
+    int grace_open;            /* grace timer initialised and not closed yet */
+    uv_timer_t grace;          /* http_server_shutdown's deadline */
     int nhandles;              /* listener + connections not yet freed */
-    uint32_t nrejecting;       /* open connections that are rejected */
+    uint32_t nlimited;         /* open reserve connections */
+    uint32_t nactive;          /* connections neither reserve nor closing */
+    int was_near;              /* near the cap at the last accept */
     void (*close_cb)(void *ud);
     void *close_ud;
     route *routes;
     size_t nroutes, croutes;
+    int (*filter)(http_req *req, void *ud); /* runs before routing; nonzero: it answered */
+    void *filter_ud;
     http_conn *conns;
     llhttp_settings_t settings;
     http_stats stats;
@@ -144,5 +168,22 @@ void conn_flush(http_conn *conn);
 void conn_close_hard(http_conn *conn);
 /* Removes req from conn's queue (it must be there). */
 void conn_unlink_req(http_conn *conn, http_req *req);
+/* Frees the request being parsed (if any), releasing its body's accounting. */
+void conn_drop_cur(http_conn *conn);
+/* The request being parsed stops receiving (complete, or answered with an error):
+ * its body no longer counts as arriving. */
+void conn_cur_received(http_conn *conn, http_req *req);
+/* Re-arms conn's timer from its state. */
+void conn_arm(http_conn *conn);
+/* Shuts the write side down and drains input for a while, then closes. */
+void conn_begin_linger(http_conn *conn);
+
+/* http_stream.c */
+/* The head of streamed response req was written (status from uv_write): req
+ * becomes conn->stream, or is detached/aborted when the connection is closing. */
+void stream_head_written(http_req *req, int status);
+/* conn is closing: detaches its stream (if any) onto *tail for the abort callbacks,
+ * or frees it when its owner had already ended it. Returns the new tail. */
+http_req **stream_detach(http_conn *conn, http_req **tail);
 
 #endif

@@ -13,6 +13,7 @@
 #include <strings.h>
 
 #define ARENA_MIN 512
+#define BODY_FIRST 16384 /* a body's first buffer, whatever Content-Length says */
 
 /* ---- request arena (url, header names/values) -------------------------------- */
 
@@ -63,11 +64,11 @@ static int count_bytes(http_conn *conn, http_req *req, size_t len, int is_url)
 static int cb_message_begin(llhttp_t *p)
 {
     http_conn *conn = pconn(p);
-    if (conn->cur) /* cannot happen: message_complete always takes it */
-        req_free(conn->cur);
+    conn_drop_cur(conn); /* cannot be there: message_complete always takes it */
     conn->cur = req_new(conn);
     if (!conn->cur)
         return fail(conn, 503, "out_of_memory", "server is out of memory");
+    conn->cur->receiving = 1;
     conn->t_begin = uv_now(conn->srv->loop);
     conn->had_request = 1;
     return 0;
@@ -202,6 +203,15 @@ static int cb_headers_complete(llhttp_t *p)
     if (!req->arena && arena_put(req, "", 0) < 0)
         return fail(conn, 503, "out_of_memory", "out of memory");
 
+    if (req->minor >= 1 && p->http_major == 1) { /* RFC 9112 3.2: exactly one Host */
+        int hosts = 0;
+        for (uint32_t i = 0; i < req->nhdrs; i++)
+            hosts += strcasecmp(req->arena + req->hdrs[i].name, "Host") == 0;
+        if (hosts != 1)
+            return fail(conn, 400, "bad_request",
+                        hosts ? "more than one Host header"
+                              : "HTTP/1.1 requests need a Host header (e.g. Host: localhost)");
+    }
     const char *te = http_req_header(req, "Transfer-Encoding");
     if (te && strcasecmp(te, "chunked") != 0)
         return fail(conn, 501, "not_implemented",
@@ -213,11 +223,14 @@ static int cb_headers_complete(llhttp_t *p)
                     "send the body with Content-Length or chunked Transfer-Encoding");
     if (has_len && p->content_length > cfg->max_body_bytes)
         return fail(conn, 413, "body_too_large", "request body is larger than the server allows");
-    if (has_len && p->content_length > 0) {
-        req->body = malloc(p->content_length + 1);
+    if (has_len && p->content_length > 0) { /* grows as bytes arrive (cb_body) */
+        size_t cap = p->content_length < BODY_FIRST ? p->content_length + 1 : BODY_FIRST;
+        req->body = malloc(cap);
         if (!req->body)
             return fail(conn, 503, "out_of_memory", "out of memory");
-        req->bcap = p->content_length + 1;
+        req->bcap = cap;
+        req->blimit = p->content_length;
+        conn->srv->stats.body_bytes_receiving += cap;
     }
     /* 100-continue only when nothing earlier is still owed (order) */
     const char *expect = http_req_header(req, "Expect");
@@ -237,11 +250,13 @@ static int cb_body(llhttp_t *p, const char *at, size_t len)
         size_t cap = req->bcap ? req->bcap * 2 : 4096;
         while (cap < req->blen + len + 1)
             cap *= 2;
-        if (cap > conn->srv->cfg.max_body_bytes + 1)
-            cap = conn->srv->cfg.max_body_bytes + 1;
+        size_t most = (req->blimit ? req->blimit : conn->srv->cfg.max_body_bytes) + 1;
+        if (cap > most)
+            cap = most;
         uint8_t *b = realloc(req->body, cap);
         if (!b)
             return fail(conn, 503, "out_of_memory", "out of memory");
+        conn->srv->stats.body_bytes_receiving += cap - req->bcap;
         req->body = b;
         req->bcap = cap;
     }
@@ -250,24 +265,44 @@ static int cb_body(llhttp_t *p, const char *at, size_t len)
     return 0;
 }
 
+/* Exact routes match the whole path, prefix routes any path that starts with theirs. */
+static int route_matches(const route *r, const char *path)
+{
+    return r->prefix ? !strncmp(r->path, path, strlen(r->path)) : !strcmp(r->path, path);
+}
+
 static void dispatch(http_conn *conn, http_req *req)
 {
     http_server *s = conn->srv;
     const char *path = http_req_path(req);
-    route *get = NULL;
+    route *get = NULL, *hit = NULL;
     int path_known = 0;
-    for (size_t i = 0; i < s->nroutes; i++) {
+    for (size_t i = 0; i < s->nroutes && !hit; i++) {
         route *r = &s->routes[i];
-        if (strcmp(r->path, path) != 0)
+        if (!route_matches(r, path))
             continue;
         path_known = 1;
-        if (strcmp(r->method, req->method) == 0) {
-            s->stats.requests_total++;
-            r->fn(req, r->ud);
-            return;
-        }
-        if (!strcmp(r->method, "GET"))
+        if (strcmp(r->method, req->method) == 0)
+            hit = r;
+        else if (!strcmp(r->method, "GET"))
             get = r;
+    }
+    if (!hit && get && req->is_head)
+        hit = get;
+    if (conn->limited && !(hit && hit->always)) { /* a reserve connection: health only */
+        req->keep_alive = 0;
+        conn->stop_parse = 1;
+        http_resp_retry_after(req, s->cfg.retry_after_s);
+        req_respond_internal(req, 503, "overloaded",
+                             "server has too many connections, retry later", NULL);
+        return;
+    }
+    if (s->filter && s->filter(req, s->filter_ud))
+        return; /* answered by the filter (e.g. a CORS preflight) */
+    if (hit) {
+        s->stats.requests_total++;
+        hit->fn(req, hit->ud);
+        return;
     }
     if (get && req->is_head) {
         s->stats.requests_total++;
@@ -283,7 +318,7 @@ static void dispatch(http_conn *conn, http_req *req)
     char allow[256] = "";
     size_t n = 0;
     for (size_t i = 0; i < s->nroutes; i++) {
-        if (strcmp(s->routes[i].path, path) != 0)
+        if (!route_matches(&s->routes[i], path))
             continue;
         n += (size_t)snprintf(allow + n, n < sizeof(allow) ? sizeof(allow) - n : 0, "%s%s",
                               n ? ", " : "", s->routes[i].method);
@@ -302,6 +337,7 @@ static int cb_message_complete(llhttp_t *p)
     http_conn *conn = pconn(p);
     http_req *req = conn->cur;
     conn->cur = NULL;
+    conn_cur_received(conn, req);
     if (req->body)
         req->body[req->blen] = '\0';
     req->keep_alive = llhttp_should_keep_alive(p) && !p->upgrade;

@@ -3,6 +3,7 @@
 #include "server/http_internal.h"
 
 #include "common/err.h"
+#include "common/utf8.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +36,7 @@ void req_free(http_req *req)
     free(req->rhdrs);
     free(req->head);
     free(req->rbody_owned);
+    free(req->sbuf);
     free(req);
 }
 
@@ -218,33 +220,7 @@ const char *http_status_reason(int status)
 
 size_t http_json_escape(char *buf, size_t size, const char *s)
 {
-    size_t n = 0;
-#define PUT(c) do { if (n + 1 < size) buf[n] = (c); n++; } while (0)
-    PUT('"');
-    for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
-        unsigned char c = *p;
-        if (c == '"' || c == '\\') {
-            PUT('\\');
-            PUT((char)c);
-        } else if (c == '\n') {
-            PUT('\\'); PUT('n');
-        } else if (c == '\r') {
-            PUT('\\'); PUT('r');
-        } else if (c == '\t') {
-            PUT('\\'); PUT('t');
-        } else if (c < 0x20 || c == 0x7f) {
-            static const char hex[] = "0123456789abcdef";
-            PUT('\\'); PUT('u'); PUT('0'); PUT('0');
-            PUT(hex[c >> 4]); PUT(hex[c & 15]);
-        } else {
-            PUT((char)c);
-        }
-    }
-    PUT('"');
-#undef PUT
-    if (size)
-        buf[n < size ? n : size - 1] = '\0';
-    return n;
+    return utf8_json_quote(buf, size, s);
 }
 
 /* Builds the response head (and copies body when copy_body) and queues it.
@@ -340,6 +316,17 @@ int http_respond_owned(http_req *req, int status, const char *content_type, void
     return respond(req, status, content_type, body, len, body);
 }
 
+int http_respond_strbuf(http_req *req, int status, const char *content_type, strbuf *b)
+{
+    if (b->oom) {
+        strbuf_free(b);
+        return http_respond_error(req, 500, "internal", "out of memory building the response");
+    }
+    size_t len;
+    char *body = strbuf_take(b, &len);
+    return http_respond_owned(req, status, content_type, body, len);
+}
+
 int http_respond_error(http_req *req, int status, const char *code, const char *message)
 {
     char ec[128], em[1024];
@@ -378,6 +365,10 @@ int req_respond_internal(http_req *req, int status, const char *code, const char
 
 void http_req_drop(http_req *req)
 {
+    if (req->streaming) { /* a streamed response: end it without flushing */
+        http_stream_end(req, 1);
+        return;
+    }
     if (!req->conn) {
         req_release_detached(req);
         return;

@@ -11,6 +11,13 @@ export CMOCKA_MESSAGE_OUTPUT=TAP
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
 export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$(pwd)/tests/lsan.supp:print_suppressions=0}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+# ddm binaries measure their BLAS kernels once per CPU and cache the choice
+# (common/blas.h): do it now, so that no test's startup deadline includes it
+bin_dir=${DDM_BIN_DIR:-bin}
+if [ -x "$bin_dir/ddm-expert" ]; then
+    timeout 300 "$bin_dir/ddm-expert" --blas-table 2>/dev/null | tail -1 ||
+        echo "warning: $bin_dir/ddm-expert --blas-table failed" >&2
+fi
 for t in "$dir"/test_*; do
     name=$(basename "$t")
     if [ -n "$only" ] && ! echo " $only " | grep -q " ${name#test_} \| $name "; then continue; fi

@@ -281,7 +281,7 @@ static void test_judge_learns_squares(void **state)
     train_result res;
     char err[256];
     train_data d = { N, 144, x, y, NULL };
-    assert_int_equal(classifier_train_net(&net, p, avg, &d, 12, 1, &o, &res, err, sizeof err), 0);
+    assert_int_equal(classifier_train_net(&net, p, avg, &d, 12, 1, 1, &o, &res, err, sizeof err), 0);
     fit_net_free(&net);
     conv_weights w;
     conv_bind(&c, avg, &w);

@@ -3,7 +3,8 @@
  * (and the router's own cluster-file parser on its ConfigMap), the Dockerfile's
  * runtime packages against the binaries' shared libraries, and the multi-host
  * test (tests/multihost/run.sh: three network namespaces, a host cut under
- * load). Each test skips with a message saying what is missing when its tool
+ * load), and the weights pins of the shipped cluster files against the
+ * MANIFEST. Each test skips with a message saying what is missing when its tool
  * is absent or it needs root. Run from the repository root. */
 #define _GNU_SOURCE /* memmem */
 #include <cjson/cJSON.h>
@@ -426,6 +427,75 @@ static void test_dockerfile_runtime_packages(void **state)
     free(docker);
 }
 
+/* ---- weights pins ------------------------------------------------------------------------ */
+
+/* The sha256 MANIFEST lists for expert-k.safetensors, into hex (65 bytes). */
+static void manifest_hash(const char *manifest, int k, char *hex)
+{
+    char *m = slurp(manifest);
+    assert_non_null(m);
+    char name[64];
+    snprintf(name, sizeof name, "\nexpert-%d.safetensors ", k);
+    const char *at = strstr(m, name);
+    if (!at)
+        fail_msg("%s has no line for expert-%d.safetensors", manifest, k);
+    at += strlen(name);
+    assert_int_equal(strspn(at, "0123456789abcdef"), 64);
+    memcpy(hex, at, 64);
+    hex[64] = 0;
+    free(m);
+}
+
+/* The shipped cluster files pin every replica to models/digits/MANIFEST
+ * (deploy/local/digits.conf, the Kubernetes ConfigMap's cluster.conf), and
+ * `ddm-cluster pin` is what writes them: pins removed from a copy come back
+ * byte for byte. */
+static void test_pins_match_manifest(void **state)
+{
+    (void)state;
+    static const char *const confs[] = { "deploy/local/digits.conf", "deploy/k8s/cluster.conf" };
+    const char *manifest = "models/digits/MANIFEST";
+    char dir[128], err[256];
+    assert_int_equal(toyset_tempdir(dir, sizeof dir, "deploy-pins"), 0);
+    for (int i = 0; i < 2; i++) {
+        cluster cl;
+        if (cluster_load(confs[i], &cl, err, sizeof err))
+            fail_msg("%s", err);
+        assert_int_equal(cl.n_experts, 8);
+        for (int k = 0; k < cl.n_experts; k++) {
+            char want[65];
+            manifest_hash(manifest, k, want);
+            for (int r = 0; r < cl.experts[k].n_replicas; r++)
+                if (strcmp(cl.experts[k].sha256[r], want))
+                    fail_msg("%s: expert %d replica %s pins \"%s\", %s says %s: run "
+                             "deploy/local/ddm-cluster pin %s%s%s", confs[i], k,
+                             cl.experts[k].urls[r], cl.experts[k].sha256[r], manifest, want,
+                             confs[i], i ? " --manifest " : "", i ? manifest : "");
+        }
+        cluster_free(&cl);
+        char *out;
+        int rc = run(&out, "sed '/^expert/s/ sha256=[0-9a-f]*//' %s > %s/c.conf && "
+                     "sh deploy/local/ddm-cluster pin %s/c.conf --manifest %s && cmp %s %s/c.conf",
+                     confs[i], dir, dir, manifest, confs[i], dir);
+        if (rc != 0)
+            fail_msg("ddm-cluster pin does not rewrite %s as committed (exit %d):\n%s", confs[i],
+                     rc, out);
+        free(out);
+    }
+    /* a MANIFEST without the expert: refused, the file unchanged */
+    char *out;
+    int rc = run(&out, "printf 'models %s\\nexpert 0 tcp://127.0.0.1:1\\nexpert 9 tcp://127.0.0.1:2\\n' "
+                 "> %s/bad.conf && cp %s/bad.conf %s/bad.orig && "
+                 "sh deploy/local/ddm-cluster pin %s/bad.conf --manifest %s", dir, dir, dir, dir,
+                 dir, manifest);
+    assert_int_equal(rc, 1);
+    assert_non_null(strstr(out, "expert-9.safetensors"));
+    free(out);
+    assert_int_equal(run(&out, "cmp %s/bad.conf %s/bad.orig", dir, dir), 0);
+    free(out);
+    toyset_rmdir(dir);
+}
+
 /* ---- multi-host ------------------------------------------------------------------------- */
 
 #define MH_K 4
@@ -505,14 +575,46 @@ static void test_multihost(void **state)
     toyset_rmdir(dir);
 }
 
+/* ---- make --------------------------------------------------------------------------- */
+
+/* Plain `make` (the default goal) installs what is missing and builds every
+ * binary into bin/, as README says: a dry run into scratch directories must
+ * link each of them (the default goal was once a generated library rule). */
+static void test_make_default_goal(void **state)
+{
+    (void)state;
+    if (!have("make"))
+        SKIP("make is not installed");
+    char dir[128], *out;
+    assert_int_equal(toyset_tempdir(dir, sizeof dir, "deploy-make"), 0);
+    int rc = run(&out, "env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -n BUILD=%s/build BIN=%s/bin",
+                 dir, dir);
+    if (rc != 0)
+        fail_msg("make -n failed (exit %d): %.2000s", rc, out);
+    if (!strstr(out, "mk/deps.sh"))
+        fail_msg("plain make does not run mk/deps.sh first: %.2000s", out);
+    static const char *const bins[] = { "router", "expert", "train", "eval", "client" };
+    for (int i = 0; i < 5; i++) {
+        char want[256];
+        snprintf(want, sizeof want, "-o %s/bin/ddm-%s ", dir, bins[i]);
+        if (!strstr(out, want))
+            fail_msg("plain make does not build bin/ddm-%s (no \"%s\" in its dry run)", bins[i],
+                     want);
+    }
+    free(out);
+    toyset_rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_make_default_goal),
         cmocka_unit_test(test_systemd_units_verify),
         cmocka_unit_test(test_systemd_units_hardening),
         cmocka_unit_test(test_systemd_examples),
         cmocka_unit_test(test_k8s_kustomize),
         cmocka_unit_test(test_dockerfile_runtime_packages),
+        cmocka_unit_test(test_pins_match_manifest),
         cmocka_unit_test(test_multihost),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -109,9 +109,13 @@ static int group_setup(void **state)
 {
     (void)state;
     openblas_set_num_threads(1); /* the worker runs with --threads 1 */
-    /* and the same kernels as this process, so replies can match bit for bit
-     * (ddm-expert would otherwise pick its own, see expert-worker/blas.h) */
+    /* and the same kernels and half_gemm crossover as this process, so replies
+     * can match bit for bit (ddm-expert would otherwise pick its own, see
+     * common/blas.h) */
     setenv("OPENBLAS_CORETYPE", openblas_get_corename(), 1);
+    char rows[16];
+    snprintf(rows, sizeof rows, "%d", half_gemm_rows());
+    setenv("DDM_HALF_ROWS", rows, 1);
     snprintf(g_dir, sizeof g_dir, "/tmp/ddm-test-expert-XXXXXX");
     if (!mkdtemp(g_dir))
         return -1;
@@ -677,6 +681,7 @@ static void test_bad_inputs(void **state)
         { "labels has", DDM_EMISMATCH }, /* 11: labels count mismatch */
         { "not finite", DDM_ERANGE },    /* 12: NaN in x */
         { "dim missing", DDM_EINVAL },   /* 13: no dim */
+        { "batch missing", DDM_EINVAL }, /* 14: no batch */
     };
     for (int c = 0; c < (int)(sizeof cases / sizeof cases[0]); c++) {
         set_bad(&r, c == 2 ? &big : &d, lab);
@@ -700,6 +705,7 @@ static void test_bad_inputs(void **state)
         case 11: r.n_labels = 2; break;
         case 12: d.x[7] = NAN; break;
         case 13: r.has_dim = 0; break;
+        case 14: r.has_batch = 0; break;
         }
         id = g_next_id++;
         send_denoise_proto(s, id, &r);
@@ -947,6 +953,16 @@ static void test_corrupt_weights_exit_1(void **state)
     char *args2[] = { "--weights", rpath, "--listen", url, NULL };
     assert_int_equal(run_to_exit(args2, out, sizeof out), 1);
     assert_non_null(strstr(out, "not a denoiser"));
+
+    /* a FIFO as the weights: refused at once (opening it once waited for a writer forever) */
+    char fifo[300];
+    snprintf(fifo, sizeof fifo, "%s/weights.fifo", g_dir);
+    unlink(fifo);
+    assert_int_equal(mkfifo(fifo, 0600), 0);
+    char *argsf[] = { "--weights", fifo, "--listen", url, NULL };
+    assert_int_equal(run_to_exit(argsf, out, sizeof out), 1);
+    assert_non_null(strstr(out, "not a regular file"));
+    unlink(fifo);
 
     /* an unusable URL is a runtime error too */
     char *args3[] = { "--weights", g_weights, "--listen", "bogus://x", NULL };

@@ -243,6 +243,7 @@ static int fx_start(void **state, const http_config *cfg)
     assert_int_equal(http_server_route(f->srv, "GET", "/slow", h_slow, f), 0);
     assert_int_equal(http_server_route(f->srv, "GET", "/big", h_big, f), 0);
     assert_int_equal(http_server_route(f->srv, "GET", "/busy", h_busy, f), 0);
+    assert_int_equal(http_server_route_always(f->srv, "GET", "/health", h_hello, f), 0);
     assert_int_equal(http_server_route(f->srv, "get", "/x", h_hello, f), DDM_EINVAL);
     assert_int_equal(http_server_route(f->srv, "GET", "x", h_hello, f), DDM_EINVAL);
     char err[200];
@@ -280,6 +281,7 @@ static int setup_idle(void **state)
 {
     http_config c = test_config();
     c.header_timeout_ms = 10000; /* idle connections must stay for this test */
+    c.max_connections_per_ip = 1024;
     return fx_start(state, &c);
 }
 
@@ -288,6 +290,14 @@ static int setup_maxconn(void **state)
     http_config c = test_config();
     c.max_connections = 4;
     c.header_timeout_ms = 10000;
+    c.near_cap_timeout_ms = 300;
+    return fx_start(state, &c);
+}
+
+static int setup_per_ip(void **state)
+{
+    http_config c = test_config();
+    c.max_connections_per_ip = 2;
     return fx_start(state, &c);
 }
 
@@ -539,7 +549,7 @@ static void test_pipelined_in_order(void **state)
     assert_non_null(many);
     size_t len = 0;
     for (int i = 0; i < N; i++)
-        len += (size_t)sprintf(many + len, "POST /echo?%d HTTP/1.1\r\nContent-Length: 2\r\n\r\n%02d",
+        len += (size_t)sprintf(many + len, "POST /echo?%d HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n%02d",
                                i, i);
     assert_int_equal(httpc_send_raw(c, many, len), 0);
     free(many);
@@ -571,7 +581,7 @@ static void test_chunked_body(void **state)
 
     /* chunked request split into many tiny writes */
     httpc *c = client(f);
-    const char *parts[] = { "POST /echo HTTP/1.1\r\nTransfer-Enc", "oding: chunked\r\n\r\n3\r",
+    const char *parts[] = { "POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Enc", "oding: chunked\r\n\r\n3\r",
                             "\nabc\r\n", "2\r\nde\r\n0\r\n", "\r\n" };
     for (size_t i = 0; i < sizeof parts / sizeof *parts; i++) {
         assert_int_equal(httpc_send_raw(c, parts[i], strlen(parts[i])), 0);
@@ -587,7 +597,7 @@ static void test_chunked_body(void **state)
     size_t chunk = 256 * 1024;
     char *big = malloc(chunk * 5 + 1024);
     assert_non_null(big);
-    size_t n = (size_t)sprintf(big, "POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
+    size_t n = (size_t)sprintf(big, "POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n");
     for (int i = 0; i < 5; i++) {
         n += (size_t)sprintf(big + n, "%zx\r\n", chunk);
         memset(big + n, 'a', chunk);
@@ -672,7 +682,7 @@ static void test_headers_too_large(void **state)
     fx *f = *state;
     size_t n = 20000;
     static char req[20200];
-    size_t len = (size_t)sprintf(req, "GET /hello HTTP/1.1\r\nX-Big: ");
+    size_t len = (size_t)sprintf(req, "GET /hello HTTP/1.1\r\nHost: t\r\nX-Big: ");
     memset(req + len, 'h', n);
     len += n;
     len += (size_t)sprintf(req + len, "\r\n\r\n");
@@ -682,7 +692,7 @@ static void test_headers_too_large(void **state)
     httpc_response_free(&r);
 
     /* too many small headers */
-    len = (size_t)sprintf(req, "GET /hello HTTP/1.1\r\n");
+    len = (size_t)sprintf(req, "GET /hello HTTP/1.1\r\nHost: t\r\n");
     for (int i = 0; i < 150; i++)
         len += (size_t)sprintf(req + len, "X-%d: 1\r\n", i);
     len += (size_t)sprintf(req + len, "\r\n");
@@ -694,7 +704,7 @@ static void test_headers_too_large(void **state)
     len = (size_t)sprintf(req, "GET /");
     memset(req + len, 'u', 10000);
     len += 10000;
-    len += (size_t)sprintf(req + len, " HTTP/1.1\r\n\r\n");
+    len += (size_t)sprintf(req + len, " HTTP/1.1\r\nHost: t\r\n\r\n");
     raw_request(f, req, len, &r);
     assert_int_equal(r.status, 414);
     httpc_response_free(&r);
@@ -711,13 +721,16 @@ static void test_malformed(void **state)
 
     const char *cases[][2] = {
         { "GET /hello HTTP/9.9\r\n\r\n", "400" },
-        { "GET /hello HTTP/1.1\r\nBad Header\r\n\r\n", "400" },
-        { "POST /echo HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", "400" },
-        { "POST /echo HTTP/1.1\r\nContent-Length: -1\r\n\r\n", "400" },
-        { "POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "400" },
-        { "POST /echo HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", "501" },
-        { "POST /echo HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", "501" },
+        { "GET /hello HTTP/1.1\r\nHost: t\r\nBad Header\r\n\r\n", "400" },
+        { "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", "400" },
+        { "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: -1\r\n\r\n", "400" },
+        { "POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "400" },
+        { "POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n", "501" },
+        { "POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", "501" },
         { "POST /echo HTTP/1.1\r\nHost: t\r\n\r\n", "411" },
+        /* HTTP/1.1 needs exactly one Host (they were accepted without) */
+        { "GET /hello HTTP/1.1\r\n\r\n", "400" },
+        { "GET /hello HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "400" },
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         char *out;
@@ -730,10 +743,14 @@ static void test_malformed(void **state)
         assert_non_null(strstr(out, "Connection: close"));
         free(out);
     }
-    /* an earlier good request on the same connection is still answered, in order */
     char *out;
     size_t outlen;
-    const char *mix = "GET /hello HTTP/1.1\r\n\r\nBLAH\x01\r\n\r\n";
+    const char *old = "GET /hello HTTP/1.0\r\n\r\n"; /* HTTP/1.0 needs no Host */
+    assert_int_equal(httpc_raw(f->addr, old, strlen(old), 3000, &out, &outlen), 0);
+    assert_int_equal(status_of(out), 200);
+    free(out);
+    /* an earlier good request on the same connection is still answered, in order */
+    const char *mix = "GET /hello HTTP/1.1\r\nHost: t\r\n\r\nBLAH\x01\r\n\r\n";
     assert_int_equal(httpc_raw(f->addr, mix, strlen(mix), 3000, &out, &outlen), 0);
     assert_int_equal(status_of(out), 200);
     char *second = strstr(out + 1, "HTTP/1.1 ");
@@ -779,7 +796,7 @@ static void test_slow_headers_timeout(void **state)
     free(out);
 
     /* body that stops halfway: 408 after the body timeout */
-    const char *half = "POST /echo HTTP/1.1\r\nContent-Length: 100\r\n\r\nonly-some";
+    const char *half = "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nonly-some";
     assert_int_equal(httpc_raw(f->addr, half, strlen(half), 3000, &out, &outlen), 0);
     assert_int_equal(status_of(out), 408);
     free(out);
@@ -793,17 +810,26 @@ static void test_slow_headers_timeout(void **state)
     assert_true(st.timeouts >= 3);
 }
 
+/* Opens a connection whose request stays in its handler for ms. */
+static httpc *busy_client(fx *f, int ms)
+{
+    httpc *c = client(f);
+    char req[64];
+    snprintf(req, sizeof req, "GET /slow?ms=%d HTTP/1.1\r\nHost: t\r\n\r\n", ms);
+    assert_int_equal(httpc_send_raw(c, req, strlen(req)), 0);
+    return c;
+}
+
+/* At the cap with every connection busy, a new one is a reserve connection:
+ * health routes answer, anything else gets 503 + Retry-After and a close. */
 static void test_max_connections(void **state)
 {
     fx *f = *state;
     httpc *held[4];
     httpc_response r;
-    for (int i = 0; i < 4; i++) {
-        held[i] = client(f);
-        assert_int_equal(httpc_request(held[i], "GET", "/hello", NULL, 0, NULL, 0, &r), 0);
-        assert_int_equal(r.status, 200);
-        httpc_response_free(&r);
-    }
+    for (int i = 0; i < 4; i++)
+        held[i] = busy_client(f, 1500);
+    assert_int_equal(wait_atomic(&f->slow_started, 4, 10000), 4);
     httpc *extra = client(f);
     assert_int_equal(httpc_request(extra, "GET", "/hello", NULL, 0, NULL, 0, &r), 0);
     assert_json_error(&r, 503, "overloaded");
@@ -811,27 +837,120 @@ static void test_max_connections(void **state)
     assert_false(r.keep_alive);
     httpc_response_free(&r);
     httpc_close(extra);
-    /* the held ones still work */
-    assert_int_equal(httpc_request(held[2], "GET", "/hello", NULL, 0, NULL, 0, &r), 0);
+    extra = client(f); /* the health probe still answers */
+    assert_int_equal(httpc_request(extra, "GET", "/health", NULL, 0, NULL, 0, &r), 0);
     assert_int_equal(r.status, 200);
     httpc_response_free(&r);
-    /* free a slot: a new client gets served (after the server noticed) */
-    httpc_close(held[0]);
-    int ok = 0;
-    for (int64_t end = ms_now() + 10000; !ok && ms_now() < end;) {
-        extra = client(f);
-        assert_int_equal(httpc_request(extra, "GET", "/hello", NULL, 0, NULL, 0, &r), 0);
-        ok = r.status == 200;
+    httpc_close(extra);
+    /* the held ones finish; idle now, the oldest makes room for a new client */
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(httpc_read_response(held[i], 0, &r), 0);
+        assert_int_equal(r.status, 200);
         httpc_response_free(&r);
-        httpc_close(extra);
-        if (!ok)
-            sleep_ms(20);
     }
-    assert_true(ok);
-    for (int i = 1; i < 4; i++)
+    extra = client(f);
+    assert_int_equal(httpc_request(extra, "GET", "/hello", NULL, 0, NULL, 0, &r), 0);
+    assert_int_equal(r.status, 200);
+    httpc_response_free(&r);
+    httpc_close(extra);
+    for (int i = 0; i < 4; i++)
         httpc_close(held[i]);
     http_stats st = fx_stats(f);
-    assert_true(st.connections_rejected >= 1);
+    assert_true(st.connections_rejected >= 2);
+}
+
+/* Connections that never send a request do not lock others out: at the cap a
+ * new connection evicts the one silent longest, and near the cap silent ones
+ * are closed after near_cap_timeout_ms (here 300) instead of header_timeout_ms
+ * (10 s). */
+static void test_silent_connections_evicted(void **state)
+{
+    fx *f = *state;
+    httpc *silent[4];
+    for (int i = 0; i < 4; i++) {
+        silent[i] = client(f);
+        assert_int_equal(httpc_connect(silent[i]), 0);
+    }
+    httpc *c = client(f);
+    httpc_response r;
+    assert_int_equal(httpc_request(c, "GET", "/hello", NULL, 0, NULL, 0, &r), 0);
+    assert_int_equal(r.status, 200);
+    httpc_response_free(&r);
+    http_stats st = fx_stats(f);
+    assert_true(st.connections_evicted >= 1);
+    /* 3 silent + c: near the cap (7/8 of 4), so silent ones are closed after 300 ms
+     * (not header_timeout_ms, 10 s) until the count is below it: 2 of the 4 are gone
+     * (one evicted, one timed out) well before 10 s */
+    int closed = 0;
+    for (int i = 0; i < 4; i++)
+        closed += httpc_wait_closed(silent[i], i < 2 ? 3000 : 300) == 1;
+    if (closed < 2)
+        fail_msg("%d of 4 silent connections closed", closed);
+    httpc_close(c);
+    for (int i = 0; i < 4; i++)
+        httpc_close(silent[i]);
+}
+
+/* The per-address cap (2 here): a third busy connection from 127.0.0.1 is a
+ * reserve connection, while the global cap is far away. */
+static void test_per_ip_cap(void **state)
+{
+    fx *f = *state;
+    httpc *a = busy_client(f, 1000), *b = busy_client(f, 1000);
+    assert_int_equal(wait_atomic(&f->slow_started, 2, 30000), 2);
+    httpc *c = client(f);
+    httpc_response r;
+    assert_int_equal(httpc_request(c, "GET", "/hello", NULL, 0, NULL, 0, &r), 0);
+    assert_json_error(&r, 503, "overloaded");
+    httpc_response_free(&r);
+    httpc_close(c);
+    c = client(f);
+    assert_int_equal(httpc_request(c, "GET", "/health", NULL, 0, NULL, 0, &r), 0);
+    assert_int_equal(r.status, 200);
+    httpc_response_free(&r);
+    httpc_close(c);
+    httpc_close(a);
+    httpc_close(b);
+}
+
+/* A declared Content-Length reserves no more than a first buffer: the body's
+ * memory grows with the bytes that arrive (it was allocated whole from the
+ * headers: 16 pipelined requests x every connection x the body limit). */
+static void test_body_grows_as_it_arrives(void **state)
+{
+    fx *f = *state;
+    enum { N = 20 };
+    httpc *c[N];
+    const char *head = "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000\r\n\r\n0123456789";
+    for (int i = 0; i < N; i++) {
+        c[i] = client(f);
+        assert_int_equal(httpc_send_raw(c[i], head, strlen(head)), 0);
+    }
+    http_stats st;
+    int64_t end = ms_now() + 5000;
+    do {
+        st = fx_stats(f);
+    } while (st.bytes_in < N * strlen(head) && ms_now() < end && (sleep_ms(10), 1));
+    assert_true(st.body_bytes_receiving > 0);
+    if (st.body_bytes_receiving > (uint64_t)N * 16384)
+        fail_msg("%llu bytes held for %d bodies of 10 bytes so far",
+                 (unsigned long long)st.body_bytes_receiving, N);
+    /* one body sent whole still arrives whole */
+    static char rest[1000000 - 10];
+    memset(rest, 'x', sizeof rest);
+    assert_int_equal(httpc_send_raw(c[0], rest, sizeof rest), 0);
+    httpc_response r;
+    assert_int_equal(httpc_read_response(c[0], 0, &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_int_equal(r.body_len, 1000000);
+    httpc_response_free(&r);
+    for (int i = 0; i < N; i++)
+        httpc_close(c[i]);
+    end = ms_now() + 5000;
+    do {
+        st = fx_stats(f);
+    } while (st.body_bytes_receiving && ms_now() < end && (sleep_ms(10), 1));
+    assert_int_equal(st.body_bytes_receiving, 0);
 }
 
 static void test_disconnect_with_pending_response(void **state)
@@ -848,13 +967,13 @@ static void test_disconnect_with_pending_response(void **state)
     assert_int_equal(atomic_load(&f->late_rc), DDM_ECLOSED);
 
     /* disconnect mid-body and mid-response: the server carries on */
-    const char *half = "POST /echo HTTP/1.1\r\nContent-Length: 1000\r\n\r\n0123456789";
+    const char *half = "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n0123456789";
     c = client(f);
     assert_int_equal(httpc_send_raw(c, half, strlen(half)), 0);
     httpc_close(c);
     for (int i = 0; i < 3; i++) {
         c = client(f);
-        const char *big = "GET /big HTTP/1.1\r\n\r\n";
+        const char *big = "GET /big HTTP/1.1\r\nHost: t\r\n\r\n";
         assert_int_equal(httpc_send_raw(c, big, strlen(big)), 0);
         char tmp[1000];
         if (i)
@@ -863,11 +982,11 @@ static void test_disconnect_with_pending_response(void **state)
     }
     /* pipelined: slow first, then disconnect; both requests dropped cleanly */
     c = client(f);
-    const char *two = "GET /slow?ms=200 HTTP/1.1\r\n\r\nGET /hello HTTP/1.1\r\n\r\n";
+    const char *two = "GET /slow?ms=200 HTTP/1.1\r\nHost: t\r\n\r\nGET /hello HTTP/1.1\r\nHost: t\r\n\r\n";
     assert_int_equal(httpc_send_raw(c, two, strlen(two)), 0);
-    assert_int_equal(wait_atomic(&f->slow_started, 2, 10000), 2);
+    assert_int_equal(wait_atomic(&f->slow_started, 2, 30000), 2);
     httpc_close(c);
-    assert_int_equal(wait_atomic(&f->late_done, 2, 10000), 2);
+    assert_int_equal(wait_atomic(&f->late_done, 2, 30000), 2);
     assert_int_equal(atomic_load(&f->late_rc), DDM_ECLOSED);
 
     c = client(f);
@@ -936,8 +1055,8 @@ static void test_idle_and_stalled_reader(void **state)
 
     /* a client that asks for 16 MiB and never reads is dropped after the write stalls */
     c = client(f);
-    const char *big = "GET /big HTTP/1.1\r\n\r\nGET /big HTTP/1.1\r\n\r\n"
-                      "GET /big HTTP/1.1\r\n\r\nGET /big HTTP/1.1\r\n\r\n";
+    const char *big = "GET /big HTTP/1.1\r\nHost: t\r\n\r\nGET /big HTTP/1.1\r\nHost: t\r\n\r\n"
+                      "GET /big HTTP/1.1\r\nHost: t\r\n\r\nGET /big HTTP/1.1\r\nHost: t\r\n\r\n";
     http_stats before = fx_stats(f);
     assert_int_equal(httpc_send_raw(c, big, strlen(big)), 0);
     int64_t end = ms_now() + 10000;
@@ -967,13 +1086,13 @@ static void test_fuzz_hostile_mix(void **state)
     fx *f = *state;
     static const char *tmpl[] = {
         "GET /hello HTTP/1.1\r\nHost: a\r\n\r\n",
-        "POST /echo?q=1 HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
-        "POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
-        "GET /slow?ms=30 HTTP/1.1\r\n\r\n",
+        "POST /echo?q=1 HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello",
+        "POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        "GET /slow?ms=30 HTTP/1.1\r\nHost: t\r\n\r\n",
         "HEAD /hello HTTP/1.0\r\n\r\n",
-        "GET /nope HTTP/1.1\r\nConnection: close\r\n\r\n",
-        "PUT /echo HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nok",
-        "GET /big?kb=300 HTTP/1.1\r\n\r\n",
+        "GET /nope HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        "PUT /echo HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nok",
+        "GET /big?kb=300 HTTP/1.1\r\nHost: t\r\n\r\n",
     };
     enum { CONNS = 48, ROUNDS = 16 };
     uint32_t seed = 12345;
@@ -1057,7 +1176,7 @@ static void test_expect_continue(void **state)
 {
     fx *f = *state;
     httpc *c = client(f);
-    const char *hdr = "POST /echo HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n";
+    const char *hdr = "POST /echo HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n";
     assert_int_equal(httpc_send_raw(c, hdr, strlen(hdr)), 0);
     char buf[64] = { 0 };
     int64_t end = ms_now() + 10000;
@@ -1085,9 +1204,9 @@ static void test_close_with_live_connections(void **state)
 {
     fx *f = *state;
     httpc *a = client(f), *b = client(f), *d = client(f);
-    const char *slow = "GET /slow?ms=5000 HTTP/1.1\r\n\r\n";
+    const char *slow = "GET /slow?ms=5000 HTTP/1.1\r\nHost: t\r\n\r\n";
     assert_int_equal(httpc_send_raw(a, slow, strlen(slow)), 0);
-    assert_int_equal(httpc_send_raw(b, "POST /echo HTTP/1.1\r\nContent-Length: 9\r\n\r\nab", 44),
+    assert_int_equal(httpc_send_raw(b, "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 9\r\n\r\nab", 53),
                      0);
     assert_int_equal(httpc_connect(d), 0);
     assert_int_equal(wait_atomic(&f->slow_started, 1, 10000), 1);
@@ -1101,6 +1220,65 @@ static void test_close_with_live_connections(void **state)
     httpc_close(a);
     httpc_close(b);
     httpc_close(d);
+}
+
+/* http_server_shutdown: the loop-thread side (the server is gone for fx_stop). */
+static void shutdown_long(fx *f)
+{
+    http_server_shutdown(f->srv, 5000, on_server_closed, f);
+    f->srv = NULL;
+}
+
+static void shutdown_short(fx *f)
+{
+    http_server_shutdown(f->srv, 200, on_server_closed, f);
+    f->srv = NULL;
+}
+
+/* Graceful shutdown: an idle keep-alive connection is closed at once, a request
+ * in its handler still gets its response (then its connection closes), no new
+ * connection is taken, and the server is freed once nothing is owed. */
+static void test_shutdown_answers_pending(void **state)
+{
+    fx *f = *state;
+    httpc *idle = client(f), *busy = client(f);
+    httpc_response r;
+    assert_int_equal(httpc_request(idle, "GET", "/hello", NULL, 0, NULL, 0, &r), 0);
+    httpc_response_free(&r);
+    const char *slow = "GET /slow?ms=400 HTTP/1.1\r\nHost: t\r\n\r\n";
+    assert_int_equal(httpc_send_raw(busy, slow, strlen(slow)), 0);
+    assert_int_equal(wait_atomic(&f->slow_started, 1, 10000), 1);
+    fx_call(f, shutdown_long);
+    assert_int_equal(atomic_load(&f->server_closed), 0); /* not before it returned */
+    assert_int_equal(httpc_wait_closed(idle, 3000), 1);
+    assert_int_equal(atomic_load(&f->server_closed), 0); /* the slow one is owed */
+    assert_int_equal(httpc_read_response(busy, 0, &r), 0);
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "slow 400");
+    httpc_response_free(&r);
+    assert_int_equal(httpc_wait_closed(busy, 3000), 1);
+    assert_int_equal(wait_atomic(&f->server_closed, 1, 5000), 1);
+    assert_int_equal(atomic_load(&f->aborted), 0);
+    httpc *late = client(f); /* the listener is closed */
+    assert_true(httpc_request(late, "GET", "/hello", NULL, 0, NULL, 0, &r) < 0);
+    httpc_close(late);
+    httpc_close(idle);
+    httpc_close(busy);
+}
+
+/* After the grace, what is still owed is aborted and the server closes. */
+static void test_shutdown_grace_ends(void **state)
+{
+    fx *f = *state;
+    httpc *busy = client(f);
+    const char *slow = "GET /slow?ms=4000 HTTP/1.1\r\nHost: t\r\n\r\n";
+    assert_int_equal(httpc_send_raw(busy, slow, strlen(slow)), 0);
+    assert_int_equal(wait_atomic(&f->slow_started, 1, 10000), 1);
+    fx_call(f, shutdown_short);
+    assert_int_equal(wait_atomic(&f->server_closed, 1, 3000), 1);
+    assert_int_equal(atomic_load(&f->aborted), 1);
+    assert_int_equal(httpc_wait_closed(busy, 3000), 1);
+    httpc_close(busy);
 }
 
 static void set_flag(void *ud) { *(int *)ud = 1; }
@@ -1195,6 +1373,10 @@ static void test_json_escape_and_reason(void **state)
     size_t n = http_json_escape(buf, sizeof buf, "a\"b\\c\n\x01\x7f\xc3\xa9");
     assert_string_equal(buf, "\"a\\\"b\\\\c\\n\\u0001\\u007f\xc3\xa9\"");
     assert_int_equal(n, strlen(buf));
+    /* bytes that are not UTF-8 (they were copied through: invalid JSON text) */
+    n = http_json_escape(buf, sizeof buf, "x\xff\xc3(\xe2\x82\xac\xed\xa0\x80\xf0\x9f\x98\x80");
+    assert_string_equal(buf, "\"x\\ufffd\\ufffd(\xe2\x82\xac\\ufffd\\ufffd\\ufffd\xf0\x9f\x98\x80\"");
+    assert_int_equal(n, strlen(buf));
     char small[4];
     n = http_json_escape(small, sizeof small, "abcdef");
     assert_int_equal(n, 8);
@@ -1248,12 +1430,17 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_malformed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_slow_headers_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_max_connections, setup_maxconn, teardown),
+        cmocka_unit_test_setup_teardown(test_silent_connections_evicted, setup_maxconn, teardown),
+        cmocka_unit_test_setup_teardown(test_per_ip_cap, setup_per_ip, teardown),
+        cmocka_unit_test_setup_teardown(test_body_grows_as_it_arrives, setup, teardown),
         cmocka_unit_test_setup_teardown(test_disconnect_with_pending_response, setup, teardown),
         cmocka_unit_test_setup_teardown(test_many_idle_connections, setup_idle, teardown),
         cmocka_unit_test_setup_teardown(test_idle_and_stalled_reader, setup_short_idle, teardown),
         cmocka_unit_test_setup_teardown(test_expect_continue, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fuzz_hostile_mix, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_with_live_connections, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_shutdown_answers_pending, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_shutdown_grace_ends, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

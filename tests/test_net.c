@@ -295,7 +295,8 @@ static void test_half_copy_exact(void **state)
 
 /* A net whose weights are all halves gets half copies of every matrix
  * half_gemm can take (output width a multiple of 16), and net_forward with
- * them matches the reference at batches on both sides of HALF_GEMM_MAX_ROWS.
+ * them matches the reference at batches on both sides of half_gemm_rows()
+ * (set to 20 here, whatever this machine measured).
  * Up to that many rows the fp32 copies of those matrices are replaced by NaN,
  * so a match shows the half copies were used. */
 static void check_half_vs_ref(fx *f, net_config c, uint64_t seed, int want_copies)
@@ -324,7 +325,9 @@ static void check_half_vs_ref(fx *f, net_config c, uint64_t seed, int want_copie
         if (pairs[i].half)
             *pairs[i].fp32 = nan_buf;
     net_scratch *s = fx_scratch(f, &c, 64, 0);
-    const int batches[] = { 1, 7, HALF_GEMM_MAX_ROWS, HALF_GEMM_MAX_ROWS + 1, 64 };
+    const int saved_rows = half_gemm_rows(), rows = 20;
+    half_gemm_set_rows(rows);
+    const int batches[] = { 1, 7, rows, rows + 1, 64 };
     for (int k = 0; k < 5; k++) {
         int b = batches[k];
         float *x, *t, *out, *ref;
@@ -332,7 +335,7 @@ static void check_half_vs_ref(fx *f, net_config c, uint64_t seed, int want_copie
         inputs(f, &c, b, seed + (uint64_t)k, &x, &t, &lab);
         out = fx_alloc(f, (size_t)b * c.out_dim * sizeof(float));
         ref = fx_alloc(f, (size_t)b * c.out_dim * sizeof(float));
-        const net_weights *wu = b <= HALF_GEMM_MAX_ROWS ? &half_only : &wh;
+        const net_weights *wu = b <= rows ? &half_only : &wh;
         assert_int_equal(net_forward(&c, wu, s, b, x, t, lab, out), 0);
         assert_int_equal(net_forward_ref(&c, &n.w, b, x, t, lab, ref), 0);
         double e = rel_err(out, ref, (size_t)b * c.out_dim);
@@ -340,6 +343,7 @@ static void check_half_vs_ref(fx *f, net_config c, uint64_t seed, int want_copie
             print_message("half copies, batch %d: err %.3g\n", b, e);
         assert_true(e < 1e-5);
     }
+    half_gemm_set_rows(saved_rows);
     /* one weight that is not a half: that matrix gets no copy */
     n.w.w1[3] = 0.1f;
     net_weights w2 = n.w;
@@ -404,7 +408,8 @@ static void test_par_forward(void **state)
 
 /* forkjoin: every job runs exactly once, on distinct threads where helpers
  * are free, also when callers on several threads use it at once (the helpers
- * are shared) and when n is over FORKJOIN_MAX (clamped). */
+ * are shared) and when n is over FORKJOIN_MAX (the jobs beyond the helpers
+ * run on the caller: none is dropped). */
 typedef struct fj_job {
     int runs;
     pthread_t on;
@@ -435,7 +440,7 @@ static void *fj_caller(void *arg)
 static void test_forkjoin(void **state)
 {
     (void)state;
-    fj_job jobs[FORKJOIN_MAX + 2] = { 0 };
+    fj_job jobs[3 * FORKJOIN_MAX] = { 0 };
     forkjoin_run(4, fj_count, jobs, sizeof jobs[0]);
     for (int i = 0; i < 4; i++)
         assert_int_equal(jobs[i].runs, 1);
@@ -443,9 +448,11 @@ static void test_forkjoin(void **state)
     assert_false(pthread_equal(jobs[1].on, pthread_self()));
     assert_false(pthread_equal(jobs[1].on, jobs[2].on));
     memset(jobs, 0, sizeof jobs);
-    forkjoin_run(FORKJOIN_MAX + 2, fj_count, jobs, sizeof jobs[0]);
-    for (int i = 0; i < FORKJOIN_MAX + 2; i++)
-        assert_int_equal(jobs[i].runs, i < FORKJOIN_MAX);
+    forkjoin_run(3 * FORKJOIN_MAX - 1, fj_count, jobs, sizeof jobs[0]);
+    for (int i = 0; i < 3 * FORKJOIN_MAX; i++)
+        assert_int_equal(jobs[i].runs, i < 3 * FORKJOIN_MAX - 1);
+    forkjoin_run(0, fj_count, jobs, sizeof jobs[0]); /* nothing to do */
+    assert_int_equal(jobs[0].runs, 1);
     /* three callers at once: 3 x up to 15 helper jobs for 15 helpers */
     pthread_t th[3];
     int bad[3] = { 0 };
@@ -906,6 +913,43 @@ static void test_errors(void **state)
     net_scratch_free(NULL);
 }
 
+/* FLOPs count the time embedding's product once per run of equal t, as
+ * net_forward computes it; weight bytes follow the copies it multiplies by. */
+static void test_flops_and_bytes(void **state)
+{
+    fx *f = *state;
+    net_config c = { 784, 384, 2, 784, 10, 64, 64 };
+    const float t[5] = { 0.5f, 0.5f, 0.2f, 0.5f, 0.5f };
+    assert_int_equal(net_t_runs(5, t), 3);
+    assert_int_equal(net_t_runs(1, t), 1);
+    assert_int_equal(net_t_runs(0, t), 0);
+    double per_row = 384.0 * 784 + 2 * 2 * 384.0 * 384 + 784.0 * 384 + 2 * 64.0 * 784;
+    assert_true(net_forward_flops(&c, 5, 3) == 2 * (5 * per_row + 3 * 384.0 * 64));
+    assert_true(net_forward_flops(&c, 5, 1) < net_forward_flops(&c, 5, 5));
+    net_config nt = c;
+    nt.time_dim = 0;
+    assert_true(net_forward_flops(&nt, 5, 3) == 2 * 5 * per_row);
+
+    tnet n;
+    tnet_random(f, &n, c, 31);
+    double matrices = 784.0 * 384 + 2 * 2 * 384.0 * 384 + 384.0 * 784 + 2 * 64.0 * 784;
+    double fp32 = net_forward_weight_bytes(&c, &n.w, 4);
+    assert_true(fp32 > 4 * (matrices + 384.0 * 64) && fp32 < 4 * (matrices + 384.0 * 64) + 65536);
+    if (!half_gemm_supported())
+        return;
+    size_t np = net_param_count(&c);
+    for (size_t i = 0; i < np; i++)
+        n.buf[i] = st_f16_to_f32(st_f32_to_f16(n.buf[i]));
+    net_weights wh = n.w;
+    net_transpose(&c, &wh, fx_alloc(f, net_transposed_count(&c) * sizeof(float)));
+    assert_int_equal(net_half(&c, &wh, fx_alloc(f, net_half_count(&c) * sizeof(uint16_t))), 6);
+    const int saved = half_gemm_rows();
+    half_gemm_set_rows(8);
+    assert_true(net_forward_weight_bytes(&c, &wh, 8) == fp32 - 2 * matrices); /* halves */
+    assert_true(net_forward_weight_bytes(&c, &wh, 9) == fp32);                /* OpenBLAS */
+    half_gemm_set_rows(saved);
+}
+
 /* ---- throughput (printed, not asserted) ------------------------------------------------ */
 
 static void test_throughput(void **state)
@@ -938,7 +982,7 @@ static void test_throughput(void **state)
             iters++;
             el = proc_now_s() - t0;
         } while (el < 0.5 && iters < 2000);
-        double per = el / iters, fl = net_forward_flops(&c, ns[k]);
+        double per = el / iters, fl = net_forward_flops(&c, ns[k], net_t_runs(ns[k], t));
         print_message("# forward batch %2d: mean %.3f ms %.2f GFLOP/s, best %.3f ms %.2f GFLOP/s "
                       "(D=784 H=384 blocks=2 T=64 C=10 R=64; OpenBLAS %s kernels, %d threads)\n",
                       ns[k], per * 1e3, fl / per * 1e-9, best * 1e3, fl / best * 1e-9,
@@ -957,10 +1001,9 @@ static void test_throughput(void **state)
 
 int main(int argc, char **argv)
 {
-    (void)argc;
     /* the kernels the binaries use, so that the small-batch slices of
      * net_forward run here too where OpenBLAS has them (common/blas.h) */
-    blas_fix_core(argv);
+    blas_select(&argc, argv);
     print_message("OpenBLAS kernels %s; small-matrix slices %s\n", blas_core(),
                   blas_has_small_gemm() ? "tested" : "not available");
     const struct CMUnitTest tests[] = {
@@ -980,6 +1023,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_setup_teardown(test_grad_classifier, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_backward_accumulates, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_errors, fx_setup, fx_teardown),
+        cmocka_unit_test_setup_teardown(test_flops_and_bytes, fx_setup, fx_teardown),
         cmocka_unit_test_setup_teardown(test_throughput, fx_setup, fx_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

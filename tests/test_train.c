@@ -323,7 +323,7 @@ static void test_classifier_learns_bars(void **state)
     train_result res;
     char err[256];
     train_data d = { N, 64, x, y, NULL };
-    assert_int_equal(classifier_train(&c, p, avg, &d, 8, 1, &o, &res, err, sizeof err), 0);
+    assert_int_equal(classifier_train(&c, p, avg, &d, 8, 1, 1, &o, &res, err, sizeof err), 0);
     train_data h = { NT, 64, xt, yt, NULL };
     double acc = classifier_eval(&c, avg, &h);
     print_message("# classifier: held-out accuracy %.3f\n", acc);
@@ -377,7 +377,9 @@ static int setup_shards(void **state)
         }
     }
     memset(cent, 0, sizeof cent);
-    int rc = shard_write_all(f->shards, "synth", FN, FD, x, y, 5, assign, FK, cent, err,
+    model_shape sh;
+    model_shape_default(&sh, FD);
+    int rc = shard_write_all(f->shards, "synth", &sh, FN, FD, x, y, 5, assign, FK, cent, err,
                              sizeof err);
     free(x);
     if (rc) {

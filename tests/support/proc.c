@@ -7,6 +7,7 @@
 #include <math.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -154,6 +155,40 @@ void proc_dump_log(const char *log)
     snprintf(cmd, sizeof cmd, "tail -n 30 '%s' >&2", log);
     if (system(cmd) != 0)
         fprintf(stderr, "(no log %s)\n", log);
+}
+
+char *proc_sh(int *status, const char *fmt, ...)
+{
+    char cmd[8192];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    *status = -1;
+    size_t cap = 4096, len = 0;
+    char *buf = malloc(cap);
+    char full[8300];
+    snprintf(full, sizeof full, "{ %s ; } 2>&1", cmd);
+    FILE *p = buf ? popen(full, "r") : NULL;
+    if (!p) {
+        free(buf);
+        return NULL;
+    }
+    size_t n;
+    while ((n = fread(buf + len, 1, cap - len - 1, p)) > 0) {
+        len += n;
+        if (cap - len < 2) {
+            char *nb = realloc(buf, 2 * cap);
+            if (!nb)
+                break;
+            buf = nb;
+            cap *= 2;
+        }
+    }
+    buf[len] = '\0';
+    int st = pclose(p);
+    *status = st != -1 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return buf;
 }
 
 const char *proc_stat(pid_t pid, char *buf, size_t len)

@@ -42,6 +42,11 @@ double proc_now_s(void);
 /* CPU seconds this process has used, all its threads (getrusage). */
 double proc_self_cpu_seconds(void);
 
+/* Runs the shell command made from fmt (sh -c, stdout and stderr together)
+ * and returns its output, malloc'd and NUL-terminated (caller frees), or
+ * NULL if it could not run; *status is its exit status 0..255, or -1. */
+char *proc_sh(int *status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 /* Prints the last lines of a log file to stderr (for failing tests). */
 void proc_dump_log(const char *log);
 

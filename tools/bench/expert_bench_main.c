@@ -1,6 +1,10 @@
-/* expert_bench_main.c -- ddm-expert benchmark: single-thread sgemm peak,
- * in-process forward throughput, served throughput through the socket with
- * concurrent clients, and round-trip latency over ipc:// and tcp loopback.
+/* expert_bench_main.c -- ddm-expert benchmark: the physical limits of one
+ * core (FMA peak per vector width, bandwidth), sgemm and the in-process
+ * forward as a share of them, half_gemm vs OpenBLAS at each batch size, the
+ * startup cost of choosing the kernels, served throughput through the socket
+ * with concurrent clients, and round-trip latency over ipc:// and tcp
+ * loopback. `--retune N` measures the OpenBLAS kernels again and prints the
+ * table the choice is made from (common/blas.h).
  *
  * Uses the architecture of the shipped expert (D=784, hidden=384, 2 blocks,
  * time_dim=64, 10 classes, Gaussian rank 64) with random weights, written to
@@ -8,6 +12,7 @@
 #include <arpa/inet.h>
 #include <cblas.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <math.h>
 #include <netinet/in.h>
@@ -16,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -25,6 +31,7 @@
 #include <nanomsg/reqrep.h>
 
 #include "common/blas.h"
+#include "common/cpupeak.h"
 #include "common/half_gemm.h"
 #include "common/model.h"
 #include "common/net.h"
@@ -100,8 +107,9 @@ static void write_weights(const char *path)
 
 /* ---- compute -------------------------------------------------------------------- */
 
-/* The machine may be shared: every rate below is the best of many short runs
- * (the closest to an unloaded core), not a mean. */
+/* The machine may be shared: every figure below is a median over REPS
+ * interleaved rounds (or, for a peak, the best of short runs: interference
+ * only slows a run down). */
 #define REPS 12
 
 /* One sgemm problem C[m][n] = A[m][k] B[k][n] (row-major) with its buffers. */
@@ -128,41 +136,52 @@ static void gemm_case_free(gemm_case *g)
     free(g->c);
 }
 
-/* GFLOP/s (wall) of repeating the GEMM for at least secs (and twice). */
-static double gemm_window(const gemm_case *g, double secs, long *iters)
+/* GFLOP per CPU-second of this thread, repeating the GEMM for at least secs
+ * (and twice). */
+static double gemm_window(const gemm_case *g, double secs)
 {
     long it = 0;
-    double t0 = proc_now_s(), t;
+    double c0 = thread_cpu_s(), t0 = proc_now_s();
     do {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g->m, g->n, g->k, 1.0f, g->a, g->k,
                     g->b, g->n, 0.0f, g->c, g->n);
         it++;
-        t = proc_now_s() - t0;
-    } while (t < secs || it < 2);
-    *iters += it;
-    return 2.0 * g->m * g->n * g->k * (double)it / t * 1e-9;
+    } while (proc_now_s() - t0 < secs || it < 2);
+    return 2.0 * g->m * g->n * g->k * (double)it / (thread_cpu_s() - c0) * 1e-9;
 }
 
-/* GFLOP/s of C[m][n] = A[m][k] B[k][n], best of REPS runs sharing ~secs. */
-typedef struct gemm_result {
-    double best;      /* GFLOP/s, best short run, wall clock */
-    double per_cpu;   /* GFLOP per CPU-second over all runs */
-} gemm_result;
+/* The FMA peak of this core: the widest vectors it has, the best of every
+ * measure this run takes. A peak is an upper bound: interference (other
+ * processes, the hypervisor) only ever makes a measure of it lower, so the
+ * best one is the truest, and a share of it is never overstated. A measure
+ * paired with each round instead was fooled by a round whose peak runs were
+ * all disturbed: 98% "of peak" for a forward doing 32%. */
+typedef struct limits {
+    int bits;    /* widest FMA width */
+    double peak; /* its fp32 GFLOP/s, best so far */
+} limits;
 
-static gemm_result sgemm_rate(int m, int n, int k, double secs)
+/* Measures the peak once more (20 ms) and keeps the best. */
+static void limits_remeasure(limits *lim)
+{
+    double p = cpupeak_fma_gflops(lim->bits, 0.02);
+    if (p > lim->peak)
+        lim->peak = p;
+}
+
+/* sgemm: median over REPS rounds of GFLOP per CPU-second, each round after a
+ * new measure of the peak. */
+static double sgemm_rate(limits *lim, int m, int n, int k)
 {
     gemm_case g = gemm_case_new(m, n, k);
-    double best = 0, cpu0 = thread_cpu_s();
-    long total = 0;
+    double r[REPS];
+    gemm_window(&g, 0.05);
     for (int rep = 0; rep < REPS; rep++) {
-        double r = gemm_window(&g, secs / REPS, &total);
-        if (r > best)
-            best = r;
+        limits_remeasure(lim);
+        r[rep] = gemm_window(&g, 0.1);
     }
-    double cpu = thread_cpu_s() - cpu0;
     gemm_case_free(&g);
-    gemm_result r = { best, 2.0 * m * n * k * (double)total / cpu * 1e-9 };
-    return r;
+    return cli_median(r, REPS);
 }
 
 /* net_forward over one batch of inputs. */
@@ -186,7 +205,7 @@ static fwd_case fwd_case_new(const model *m, int batch)
         die("out of memory");
     rng_normal_fill(4, 1, 0, f.x, (size_t)batch * c->in_dim);
     for (int i = 0; i < batch; i++) {
-        f.t[i] = (float)rng_uniform(4, 2, (uint64_t)i);
+        f.t[i] = 0.5f; /* a batch shares its step, as the router sends it */
         f.lab[i] = i % 11 - 1;
     }
     return f;
@@ -201,74 +220,136 @@ static void fwd_case_free(fwd_case *f)
     free(f->lab);
 }
 
-/* Latents/s (wall) of repeating the forward pass for at least secs (and twice). */
-static double fwd_window(fwd_case *f, double secs, long *latents)
+/* Latents/s (wall) of repeating the forward pass for at least secs (and
+ * twice); the rate per CPU-second of this thread in *cpu_rate (may be NULL). */
+static double fwd_window(fwd_case *f, double secs, double *cpu_rate)
 {
     long it = 0;
-    double t0 = proc_now_s(), el;
+    double c0 = thread_cpu_s(), t0 = proc_now_s(), el;
     do {
         if (net_forward(&f->m->cfg, f->w, f->s, f->batch, f->x, f->t, f->lab, f->out))
             die("net_forward failed");
         it++;
         el = proc_now_s() - t0;
     } while (el < secs || it < 2);
-    *latents += it * f->batch;
+    if (cpu_rate)
+        *cpu_rate = (double)it * f->batch / (thread_cpu_s() - c0);
     return (double)it * f->batch / el;
 }
 
 typedef struct fwd_result {
-    double latents_s, gflops;  /* best short run, wall clock */
-    double per_cpu_s;          /* latents per CPU-second over all runs */
-    double paired;             /* median over REPS rounds of forward / 1024^3 sgemm GFLOP/s,
-                                  each round measuring both back to back */
+    double latents_s;  /* median over REPS rounds, wall clock */
+    double per_cpu_s;  /* median over rounds, per CPU-second of the thread */
+    double gflops;     /* executed GFLOP per CPU-second at per_cpu_s */
+    double bytes;      /* weights one call reads */
+    double gbs;        /* read bandwidth over a buffer of `bytes`: the best of the rounds */
+    double bound_s;    /* weight-streaming bound: batch x gbs / bytes */
 } fwd_result;
 
-static fwd_result forward_rate(const model *m, int batch, double secs)
+/* Each round: the FMA peak (20 ms; the best is kept in lim), the read
+ * bandwidth over a buffer the size of the weights the call reads (20 ms:
+ * from the cache level they sit in, as the forward's are; the best is
+ * kept), then the forward (0.1 s), whose rate is per CPU-second of its
+ * thread: what it does while it has the core. */
+static fwd_result forward_rate(const model *m, limits *lim, int batch)
 {
     fwd_case f = fwd_case_new(m, batch);
-    double best = 0, cpu0 = thread_cpu_s();
-    long total = 0;
+    fwd_result res = { 0 };
+    res.bytes = net_forward_weight_bytes(&m->cfg, &m->w, batch);
+    cpupeak_buf *buf = cpupeak_buf_new((size_t)res.bytes);
+    if (!buf)
+        die("out of memory");
+    double flops = net_forward_flops(&m->cfg, batch, net_t_runs(batch, f.t)) / batch;
+    double rate[REPS], crate[REPS];
+    fwd_window(&f, 0.05, NULL);
     for (int rep = 0; rep < REPS; rep++) {
-        double r = fwd_window(&f, secs / REPS, &total);
-        if (r > best)
-            best = r;
+        limits_remeasure(lim);
+        double gbs = cpupeak_bandwidth(buf, CPUPEAK_READ, 0.02);
+        if (gbs > res.gbs)
+            res.gbs = gbs;
+        rate[rep] = fwd_window(&f, 0.1, &crate[rep]);
     }
-    double cpu = thread_cpu_s() - cpu0;
-    /* The host's speed drifts (shared machine): a forward and the sgemm peak
-     * measured within the same fraction of a second see the same conditions,
-     * so their ratio is steadier than best-of-run rates taken minutes apart. */
-    gemm_case g = gemm_case_new(1024, 1024, 1024);
-    double ratio[REPS], flops = net_forward_flops(&m->cfg, 1);
-    long ignored = 0;
-    for (int rep = 0; rep < REPS; rep++) {
-        double peak = gemm_window(&g, 0.1, &ignored);
-        ratio[rep] = fwd_window(&f, 0.1, &ignored) * flops * 1e-9 / peak;
-    }
-    gemm_case_free(&g);
+    cpupeak_buf_free(buf);
     fwd_case_free(&f);
-    fwd_result res = { best, best * flops * 1e-9, (double)total / cpu, cli_median(ratio, REPS) };
+    res.latents_s = cli_median(rate, REPS);
+    res.per_cpu_s = cli_median(crate, REPS);
+    res.gflops = res.per_cpu_s * flops * 1e-9;
+    res.bound_s = batch * res.gbs * 1e9 / res.bytes;
     return res;
 }
 
-/* Median over REPS rounds of (forward with the fp16 copies) / (forward in
- * fp32 only), both 0.1 s back to back in each round; the median with-copies
- * rate in *latents_s. */
-static double half_speedup(const model *m, int batch, double *latents_s)
+/* Median over REPS rounds of (forward on half_gemm) / (forward on OpenBLAS)
+ * at batch, per CPU-second, both 0.1 s back to back, half_gemm taking every
+ * row count; the medians of both rates in *half_s and *blas_s. */
+static double half_speedup(const model *m, int batch, double *half_s, double *blas_s)
 {
     net_weights plain = m->w;
     plain.w_in_h = plain.w1_h = plain.w2_h = plain.w_out_h = plain.g_u_th = plain.g_u_h = NULL;
+    const int saved = half_gemm_rows();
+    half_gemm_set_rows(1 << 20);
     fwd_case f = fwd_case_new(m, batch);
-    double ratio[REPS], rate[REPS];
-    long ignored = 0;
+    double ratio[REPS], hr[REPS], br[REPS];
     for (int rep = 0; rep < REPS; rep++) {
         f.w = &m->w;
-        rate[rep] = fwd_window(&f, 0.1, &ignored);
+        fwd_window(&f, 0.1, &hr[rep]);
         f.w = &plain;
-        ratio[rep] = rate[rep] / fwd_window(&f, 0.1, &ignored);
+        fwd_window(&f, 0.1, &br[rep]);
+        ratio[rep] = hr[rep] / br[rep];
     }
     fwd_case_free(&f);
-    *latents_s = cli_median(rate, REPS);
+    half_gemm_set_rows(saved);
+    *half_s = cli_median(hr, REPS);
+    *blas_s = cli_median(br, REPS);
     return cli_median(ratio, REPS);
+}
+
+/* ---- startup ------------------------------------------------------------------------------ */
+
+/* Milliseconds from start to exit of `bin --listen ipc:///nonexistent/x`
+ * (a usage error, right after the kernels are chosen) with extra arguments
+ * and environment. */
+static double startup_ms(const char *bin, char *const extra[], const char *core, const char *rows)
+{
+    extern char **environ;
+    size_t ne = 0;
+    while (environ[ne])
+        ne++;
+    char **env = calloc(ne + 3, sizeof *env), ce[64], re[64];
+    if (!env)
+        die("out of memory");
+    size_t k = 0;
+    for (size_t i = 0; i < ne; i++)
+        if (strncmp(environ[i], "OPENBLAS_CORETYPE=", 18) && strncmp(environ[i], "DDM_HALF_ROWS=", 14))
+            env[k++] = environ[i];
+    if (core) {
+        snprintf(ce, sizeof ce, "OPENBLAS_CORETYPE=%s", core);
+        env[k++] = ce;
+    }
+    if (rows) {
+        snprintf(re, sizeof re, "DDM_HALF_ROWS=%s", rows);
+        env[k++] = re;
+    }
+    char *argv[16] = { (char *)bin, "--listen", "ipc:///nonexistent/x" };
+    int a = 3;
+    for (int i = 0; extra && extra[i] && a < 15; i++)
+        argv[a++] = extra[i];
+    argv[a] = NULL;
+    double t0 = proc_now_s();
+    pid_t pid = fork();
+    if (pid == 0) {
+        int devnull = open("/dev/null", O_WRONLY);
+        dup2(devnull, 1);
+        dup2(devnull, 2);
+        execve(bin, argv, env);
+        _exit(127);
+    }
+    int st;
+    waitpid(pid, &st, 0);
+    double ms = (proc_now_s() - t0) * 1e3;
+    free(env);
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 2)
+        die("startup run did not end with its usage error");
+    return ms;
 }
 
 /* ---- workers and clients ------------------------------------------------------------- */
@@ -517,11 +598,10 @@ static double served_paired(const char *url, pid_t worker, const model *m, int n
 {
     fwd_case f = fwd_case_new(m, batch);
     double ratio[16];
-    long ignored = 0;
     if (rounds > 16)
         rounds = 16;
     for (int r = 0; r < rounds; r++) {
-        double in = fwd_window(&f, 0.3, &ignored);
+        double in = fwd_window(&f, 0.3, NULL);
         served_result sr = served_rate(url, worker, nclients, 16, depth, 0.6);
         ratio[r] = sr.latents_s / in;
     }
@@ -572,38 +652,164 @@ static int free_port(void)
     return ntohs(a.sin_port);
 }
 
+/* Prints the physical limits of one core; returns the FMA peak measured so
+ * far (the rounds below raise it to the best of theirs). */
+static limits print_limits(const model *m)
+{
+    limits lim = { 0, 0 };
+    double ghz = cpupeak_clock_ghz(0.1);
+    printf("### The physical limits of one core\n\n"
+           "Clock of scalar code (a chain of dependent integer adds, best of 0.1 s): %.2f GHz. "
+           "fp32 FMA throughput of one thread (independent FMA chains), best of 0.3 s of short "
+           "runs; FMAs per cycle: the median over 0.3 s of short FMA runs each divided by the "
+           "clock measured just before and after (FMA units x lanes x 2 x clock = the peak).\n\n"
+           "| vector width | GFLOP/s | FMAs per cycle (units kept busy) |\n"
+           "|---|---|---|\n", ghz);
+    for (int bits = 128; bits <= 512; bits *= 2) {
+        double gf = cpupeak_fma_gflops(bits, 0.3);
+        if (gf <= 0)
+            continue;
+        printf("| %d-bit | %.1f | %.2f |\n", bits, gf, cpupeak_fma_per_cycle(bits, 0.3));
+        if (gf > lim.peak) {
+            lim.peak = gf;
+            lim.bits = bits;
+        }
+    }
+    if (lim.peak <= 0)
+        die("no FMA unit measured (this bench needs x86-64 with FMA)");
+    printf("\n");
+
+    /* the weights' working sets, then buffers far beyond the caches */
+    size_t llc = cpupeak_llc_bytes(), big = llc > (256u << 20) ? llc : (256u << 20);
+    if (big > (1u << 30))
+        big = 1u << 30;
+    const struct { const char *what; size_t bytes; } sizes[] = {
+        { "weights read by a batch-1 forward", (size_t)net_forward_weight_bytes(&m->cfg, &m->w, 1) },
+        { "weights read by a batch-256 forward", (size_t)net_forward_weight_bytes(&m->cfg, &m->w,
+                                                                                   256) },
+        { "64 MiB", 64u << 20 },
+        { "far beyond the caches", big },
+    };
+    printf("Bandwidth of one thread, GB/s (1e9 bytes), best of 0.3 s of passes; copy and triad "
+           "count bytes as STREAM does (2 and 3 arrays; the write-allocate read not counted). "
+           "Largest cache reported by sysfs: %.0f MiB.\n\n"
+           "| buffer (per array) | MiB | read | copy | triad |\n|---|---|---|---|---|\n",
+           (double)llc / (1 << 20));
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        cpupeak_buf *b = cpupeak_buf_new(sizes[i].bytes);
+        if (!b)
+            die("out of memory for the bandwidth buffers");
+        double r = cpupeak_bandwidth(b, CPUPEAK_READ, 0.3), c = cpupeak_bandwidth(b, CPUPEAK_COPY,
+                                                                                 0.3);
+        double t = cpupeak_bandwidth(b, CPUPEAK_TRIAD, 0.3);
+        printf("| %s | %.1f | %.1f | %.1f | %.1f |\n", sizes[i].what,
+               (double)cpupeak_buf_bytes(b) / (1 << 20), r, c, t);
+        cpupeak_buf_free(b);
+        fflush(stdout);
+    }
+    printf("\n");
+    return lim;
+}
+
+/* The cost of choosing the kernels at startup: ddm-expert to its usage
+ * error with a warm cache, with both choices inherited (no file read: the
+ * floor), and with a restart into other kernels; 30 interleaved rounds. */
+static void print_startup(const char *bin)
+{
+    char rows[16];
+    snprintf(rows, sizeof rows, "%d", half_gemm_rows());
+    const char *other = strcasecmp(blas_core(), "Haswell") ? "Haswell" : "Zen";
+    char *restart[] = { "--blas-core", (char *)other, NULL };
+    enum { N = 30 };
+    double warm[N], inherit[N], re[N];
+    for (int r = 0; r < N; r++) {
+        warm[r] = startup_ms(bin, NULL, NULL, NULL);
+        inherit[r] = startup_ms(bin, NULL, blas_core(), rows);
+        re[r] = startup_ms(bin, restart, NULL, rows);
+    }
+    double mw = cli_median(warm, N), mi = cli_median(inherit, N), mr = cli_median(re, N);
+    cli_sort_doubles(warm, N);
+    cli_sort_doubles(inherit, N);
+    cli_sort_doubles(re, N);
+    printf("### Startup: choosing the kernels\n\n"
+           "`%s --listen ipc:///nonexistent/x` to its usage error (right after the kernels "
+           "are chosen), ms from fork to exit, %d interleaved rounds: median (fastest).\n\n"
+           "| how the choice is made | ms |\n|---|---|\n"
+           "| both inherited (OPENBLAS_CORETYPE, DDM_HALF_ROWS: no file read, no restart) | "
+           "%.1f (%.1f) |\n"
+           "| warm cache (the file read, %s kernels already loaded) | %.1f (%.1f) |\n"
+           "| `--blas-core %s`: one restart into other kernels | %.1f (%.1f) |\n\n",
+           bin, N, mi, inherit[0], blas_core(), mw, warm[0], other, mr, re[0]);
+}
+
 int main(int argc, char **argv)
 {
+    blas_select(&argc, argv); /* the same kernels ddm-expert will use */
     const char *bin = "bin/ddm-expert";
     double secs = 3.0;
-    int gemm_only = 0;
+    int gemm_only = 0, retune = 0;
     static const struct option opts[] = {
         { "bin", required_argument, 0, 'b' },
         { "seconds", required_argument, 0, 's' },
         { "gemm-only", no_argument, 0, 'g' },
+        { "retune", required_argument, 0, 'r' },
         { "help", no_argument, 0, 'h' },
         { 0, 0, 0, 0 },
     };
     int o;
-    while ((o = getopt_long(argc, argv, "b:s:gh", opts, NULL)) != -1) {
+    while ((o = getopt_long(argc, argv, "b:s:gr:h", opts, NULL)) != -1) {
         switch (o) {
         case 'b': bin = optarg; break;
         case 's': secs = atof(optarg); break;
         case 'g': gemm_only = 1; break;
+        case 'r': retune = atoi(optarg); break;
         case 'h':
-            printf("usage: expert_bench [--bin PATH/ddm-expert] [--seconds S] [--gemm-only]\n");
+            printf("usage: expert_bench [--bin PATH/ddm-expert] [--seconds S] [--gemm-only]\n"
+                   "       expert_bench --retune ROUNDS\n"
+                   "--retune measures this CPU's OpenBLAS kernels and half_gemm crossover again\n"
+                   "(ROUNDS interleaved rounds), writes the cache every ddm binary reads\n"
+                   "(common/blas.h) and prints the table. --blas-core NAME and --half-rows N\n"
+                   "override the choice.\n");
             return 0;
         default: return 2;
         }
     }
     if (secs <= 0)
         die("--seconds must be > 0");
-    blas_fix_core(argv); /* the same kernels ddm-expert will use */
+    if (optind < argc)
+        die("unexpected argument (see --help)");
     openblas_set_num_threads(1);
+    if (retune > 0) {
+        blas_table t;
+        blas_choice ch;
+        char err[512];
+        if (blas_measure(retune, 0.003, &t, &ch, err, sizeof err) != 0)
+            die(err);
+        blas_ident id;
+        blas_ident_get(&id);
+        printf("Latents/s of the shipped expert's forward (random fp16 weights, one t per batch) "
+               "on OpenBLAS with each core type this CPU (%s) can run, at the batch sizes "
+               "workers see; median over %d interleaved rounds of the fastest call in a 3 ms "
+               "window; %s; measured in %.1f s. Error: L2 norm of the difference from "
+               "net_forward_ref over its norm, worst over the row counts (refused above %.0e). "
+               "The crossover is the row count up to which half_gemm beats OpenBLAS "
+               "(net_forward uses it up to there).\n\n",
+               id.cpu, t.rounds, id.openblas, t.seconds, BLAS_TUNE_MAX_ERR);
+        blas_tune_print(stdout, &t, &ch);
+        printf("\nChosen: **%s** kernels, half_gemm up to **%d** rows%s.\n", ch.core, ch.half_rows,
+               ch.kept_own ? " (OpenBLAS's own pick, within 3% of the fastest: no restart)" : "");
+        return 0;
+    }
     if (gemm_only) {
-        gemm_result a = sgemm_rate(256, 384, 784, 1.5), b = sgemm_rate(1024, 1024, 1024, 3.0);
-        printf("| %s | %.1f (%.1f) | %.1f (%.1f) |\n", blas_core(), a.best, a.per_cpu,
-               b.best, b.per_cpu);
+        gemm_case a = gemm_case_new(256, 384, 784), b = gemm_case_new(1024, 1024, 1024);
+        double ra[REPS], rb[REPS];
+        for (int rep = 0; rep < REPS; rep++) {
+            ra[rep] = gemm_window(&a, 0.1);
+            rb[rep] = gemm_window(&b, 0.2);
+        }
+        printf("| %s | %.1f | %.1f |\n", blas_core(), cli_median(ra, REPS), cli_median(rb, REPS));
+        gemm_case_free(&a);
+        gemm_case_free(&b);
         return 0;
     }
     char dir[] = "/tmp/ddm-bench-expert-XXXXXX";
@@ -619,57 +825,70 @@ int main(int argc, char **argv)
 
     printf("## ddm-expert\n\n");
     printf("Architecture: D=%d, hidden=%d, n_blocks=%d, time_dim=%d, n_classes=%d, "
-           "gauss_rank=%d (%.2f MFLOP per latent), random weights, OpenBLAS 1 thread, "
-           "%s kernels.\n\n",
+           "gauss_rank=%d (%.2f MFLOP per latent executed when a batch shares its t), random "
+           "fp16 weights, OpenBLAS 1 thread, %s kernels (%s), half_gemm up to %d rows (%s).\n\n",
            ARCH.in_dim, ARCH.hidden, ARCH.n_blocks, ARCH.time_dim, ARCH.n_classes,
-           ARCH.gauss_rank, net_forward_flops(&ARCH, 1) * 1e-6, blas_core());
+           ARCH.gauss_rank, net_forward_flops(&ARCH, 256, 1) / 256 * 1e-6, blas_core(),
+           blas_core_source(), half_gemm_rows(), blas_rows_source());
+    fflush(stdout);
+    limits lim = print_limits(m);
 
-    gemm_result g_shape = sgemm_rate(256, 384, 784, 1.5);
-    gemm_result g_sq = sgemm_rate(1024, 1024, 1024, 3.0);
-    double peak = g_sq.best > g_shape.best ? g_sq.best : g_shape.best;
-    double peak_cpu = g_sq.per_cpu > g_shape.per_cpu ? g_sq.per_cpu : g_shape.per_cpu;
-    printf("### cblas_sgemm peak (single thread)\n\n"
-           "Wall clock: best of %d short runs. Per CPU-second: FLOPs over the CPU time the "
-           "thread actually got (what a core delivers when this process runs; robust to other "
-           "load on the machine).\n\n"
-           "| GEMM (M x N x K) | GFLOP/s (wall, best) | GFLOP per CPU-second |\n|---|---|---|\n",
-           REPS);
-    printf("| 256 x 384 x 784 | %.1f | %.1f |\n| 1024 x 1024 x 1024 | %.1f | %.1f |\n\n",
-           g_shape.best, g_shape.per_cpu, g_sq.best, g_sq.per_cpu);
-    printf("Peak used below: %.1f GFLOP/s wall, %.1f GFLOP per CPU-second.\n\n", peak, peak_cpu);
-
-    static const int batches[] = { 1, 16, 64, 256 };
-    fwd_result fr[4];
-    printf("### In-process forward (net_forward)\n\n"
-           "\"paired\": the median over %d rounds of the forward's GFLOP/s divided by the "
-           "1024^3 sgemm's, both measured back to back (0.1 s each) in the round: the "
-           "steadiest figure when the host's speed drifts.\n\n"
-           "| batch | latents/s (wall) | GFLOP/s (wall) | %% of peak (wall) | latents per "
-           "CPU-s | GFLOP per CPU-s | %% of peak (CPU) | %% of peak (paired) |\n"
-           "|---|---|---|---|---|---|---|---|\n", REPS);
-    for (int i = 0; i < 4; i++) {
-        fr[i] = forward_rate(m, batches[i], batches[i] == 1 ? 1.5 : 2.0);
-        double gcpu = fr[i].per_cpu_s * net_forward_flops(&ARCH, 1) * 1e-9;
-        printf("| %d | %.0f | %.1f | %.0f%% | %.0f | %.1f | %.0f%% | %.0f%% |\n", batches[i],
-               fr[i].latents_s, fr[i].gflops, 100.0 * fr[i].gflops / peak, fr[i].per_cpu_s, gcpu,
-               100.0 * gcpu / peak_cpu, 100.0 * fr[i].paired);
+    /* everything measured first, printed after: the peak they are shared
+     * of is the best measure of the whole run */
+    double g1 = sgemm_rate(&lim, 256, 384, 784), g2 = sgemm_rate(&lim, 1024, 1024, 1024);
+    static const int batches[] = { 1, 4, 16, 32, 64, 128, 256 };
+    enum { NB = sizeof batches / sizeof batches[0] };
+    fwd_result fr[NB];
+    for (int i = 0; i < NB; i++)
+        fr[i] = forward_rate(m, &lim, batches[i]);
+    printf("FMA peak used for every share below: **%.1f GFLOP/s** (%d-bit), the best of the "
+           "measures above and of one more before each of the %d rounds of every row below.\n\n",
+           lim.peak, lim.bits, REPS);
+    printf("### cblas_sgemm, single thread\n\n"
+           "GFLOP per CPU-second, median over %d rounds of 0.1 s.\n\n"
+           "| GEMM (M x N x K) | GFLOP per CPU-s | %% of the FMA peak |\n|---|---|---|\n"
+           "| 256 x 384 x 784 | %.1f | %.0f%% |\n| 1024 x 1024 x 1024 | %.1f | %.0f%% |\n\n",
+           REPS, g1, 100 * g1 / lim.peak, g2, 100 * g2 / lim.peak);
+    printf("### In-process forward (net_forward), single thread\n\n"
+           "One t per batch (as the router sends a step). GFLOP counts the matrix products "
+           "as executed: the time embedding's once per batch, the rest per latent; "
+           "elementwise work is not counted. Rates: medians over %d rounds of 0.1 s, per "
+           "CPU-second of the thread (wall clock beside it: on a busy machine it is lower "
+           "by the time the thread waited for a core). Weight-streaming bound: batch x the "
+           "read bandwidth over a buffer the size of the weights a call reads (best of 20 ms "
+           "before each round; from the cache level those weights sit in, as the "
+           "forward's do) / those bytes: every weight is read at least once per call.\n\n"
+           "| batch | path | latents/s (wall) | latents per CPU-s | GFLOP per CPU-s | %% of FMA "
+           "peak | weight MB per call | read GB/s at that size | streaming bound, latents/s | "
+           "%% of bound |\n"
+           "|---|---|---|---|---|---|---|---|---|---|\n", REPS);
+    for (int i = 0; i < NB; i++) {
+        int half = m->halves && batches[i] <= half_gemm_rows();
+        printf("| %d | %s | %.0f | %.0f | %.1f | %.0f%% | %.2f | %.1f | %.0f | %.0f%% |\n",
+               batches[i], half ? "half_gemm" : "OpenBLAS", fr[i].latents_s, fr[i].per_cpu_s,
+               fr[i].gflops, 100 * fr[i].gflops / lim.peak, fr[i].bytes * 1e-6, fr[i].gbs,
+               fr[i].bound_s, 100 * fr[i].per_cpu_s / fr[i].bound_s);
     }
     fflush(stdout);
 
     if (m->halves) {
-        printf("\n### fp16 weight copies (half_gemm) vs fp32 only, in-process\n\n"
-               "The weights are stored as fp16 (as the shipped experts), so model_open keeps "
-               "half copies and net_forward uses half_gemm up to %d rows. Median over %d "
-               "rounds of the two back to back (0.1 s each).\n\n"
-               "| batch | latents/s with copies | speed-up over fp32 only |\n|---|---|---|\n",
-               HALF_GEMM_MAX_ROWS, REPS);
-        static const int hb[] = { 1, 2, 4, 8, 12, 16, 20, 24, 32 };
+        printf("\n### half_gemm vs OpenBLAS at each batch size (the crossover)\n\n"
+               "The forward with half_gemm at every layer it can take vs on OpenBLAS (%s) "
+               "alone, latents per CPU-second, median over %d rounds of the two back to back "
+               "(0.1 s each). "
+               "net_forward uses half_gemm up to %d rows here (%s).\n\n"
+               "| batch | half_gemm latents per CPU-s | OpenBLAS | half_gemm / OpenBLAS |\n"
+               "|---|---|---|---|\n", blas_core(), REPS, half_gemm_rows(), blas_rows_source());
+        static const int hb[] = { 1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256 };
         for (size_t i = 0; i < sizeof hb / sizeof hb[0]; i++) {
-            double rate, x = half_speedup(m, hb[i], &rate);
-            printf("| %d | %.0f | %.2fx |\n", hb[i], rate, x);
+            double h, o2, x = half_speedup(m, hb[i], &h, &o2);
+            printf("| %d | %.0f | %.0f | %.2fx |\n", hb[i], h, o2, x);
+            fflush(stdout);
         }
-        fflush(stdout);
+        printf("\n");
     }
+    print_startup(bin);
+    fflush(stdout);
 
     char ipc[160];
     snprintf(ipc, sizeof ipc, "ipc://%s/bench.ipc", dir);
@@ -695,7 +914,9 @@ int main(int argc, char **argv)
         served_result sr = served_rate(ipc, w, nclients[i], 16, depth[i], secs);
         int nominal = 16 * nclients[i] * depth[i]; /* latents the clients keep in flight */
         nominal = nominal > 256 ? 256 : nominal;
-        int bi = nominal >= 256 ? 3 : nominal >= 64 ? 2 : 1;
+        int want = nominal >= 256 ? 256 : nominal >= 64 ? 64 : 16, bi = 0;
+        while (batches[bi] != want)
+            bi++;
         char who[32];
         snprintf(who, sizeof who, depth[i] == 2 ? "%d" : "%d (%d in flight)", nclients[i],
                  depth[i]);

@@ -212,7 +212,7 @@ static served_result served(const char *hostport, const pid_t *pids, int K,
 
 int main(int argc, char **argv)
 {
-    blas_fix_core(argv); /* the workers do the same: compare like with like */
+    blas_select(&argc, argv); /* the workers do the same: compare like with like */
     const char *models = NULL, *bindir = "bin", *delay = "0", *ticks = "1", *rthreads = "2";
     int steps = 50, duration = 15, per_request = 1, only_clients = 0, pairs = 1, hidden = 0;
     const char *only_strategy = NULL;
@@ -251,7 +251,9 @@ int main(int argc, char **argv)
                    "                    [--hidden N]\n"
                    "Without --models, uses models/digits. --hidden N benchmarks a random set\n"
                    "shaped like models/digits (fp16, 8 experts) with experts N wide instead of\n"
-                   "384: how serving's cost compares with an expert's compute.\n");
+                   "384: how serving's cost compares with an expert's compute.\n"
+                   "--blas-core NAME and --half-rows N override the kernels measured here\n"
+                   "(common/blas.h); the workers started inherit them.\n");
             return 0;
         default: return 2;
         }

@@ -225,3 +225,22 @@ void cli_error_message(const httpc_response *resp, char *buf, size_t len)
     }
     snprintf(buf, len, "(empty body)");
 }
+
+void cli_report_http_error(const httpc_response *resp)
+{
+    char msg[1024];
+    cli_error_message(resp, msg, sizeof msg);
+    fprintf(stderr, "ddm-client: HTTP %d: %s\n", resp->status, msg);
+}
+
+double cli_jnum(const cJSON *o, const char *k)
+{
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, k);
+    return cJSON_IsNumber(it) ? it->valuedouble : 0;
+}
+
+const char *cli_jstr(const cJSON *o, const char *k)
+{
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, k);
+    return cJSON_IsString(it) ? it->valuestring : "";
+}

@@ -6,6 +6,7 @@
 #ifndef DDM_CLIENT_CLI_H
 #define DDM_CLIENT_CLI_H
 
+#include <cjson/cJSON.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -43,5 +44,12 @@ double cli_median(const double *v, size_t n);
  * ddm error body {"error": {"code", "message"}}, else the body's first line
  * (cut to fit), else the reason "(empty body)". Always NUL-terminates buf. */
 void cli_error_message(const httpc_response *resp, char *buf, size_t len);
+/* Prints "ddm-client: HTTP <status>: <that message>" on stderr. */
+void cli_report_http_error(const httpc_response *resp);
+
+/* Member k of a JSON object o (o may be NULL): its number (0 when absent or
+ * not a number), its string ("" when absent or not a string). */
+double cli_jnum(const cJSON *o, const char *k);
+const char *cli_jstr(const cJSON *o, const char *k);
 
 #endif

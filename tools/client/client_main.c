@@ -4,6 +4,8 @@
  *   ddm-client experts  GET /v1/experts as a table
  *   ddm-client bench    closed-loop load on POST /v1/samples, latency percentiles
  *   ddm-client ready    GET /readyz, optionally waiting until it says 200
+ *   ddm-client conform  check a worker against worker protocol v1 (tools/client/conform.h)
+ *   ddm-client jobs     submit, status, cancel and watch asynchronous jobs (/v1/jobs)
  * Exit 0 on success, 1 on a runtime failure (an HTTP error included), 2 on a
  * usage error. */
 #include <cjson/cJSON.h>
@@ -15,9 +17,12 @@
 #include <unistd.h>
 
 #include "common/err.h"
+#include "common/fsutil.h"
 #include "common/version.h"
 #include "server/httpc.h"
 #include "tools/client/cli.h"
+#include "tools/client/conform.h"
+#include "tools/client/jobwatch.h"
 #include "tools/client/loadgen.h"
 #include "tools/client/samples.h"
 
@@ -37,11 +42,13 @@ static void usage_main(FILE *f)
 "  experts    list the experts, their replicas and statistics (GET /v1/experts)\n"
 "  bench      closed-loop load test of POST /v1/samples: images/s, latency percentiles\n"
 "  ready      check GET /readyz (optionally wait for it); exit 0 when ready\n"
+"  conform    check a worker (ddm-expert or your own) against worker protocol v1\n"
+"  jobs       asynchronous jobs: submit, status, cancel, watch (with a progress bar)\n"
 "\n"
 "  -h, --help       this text (COMMAND --help: that command's options)\n"
 "  -V, --version    print the version\n"
 "\n"
-"Every command takes --url URL (default $DDM_URL, else " DEFAULT_URL ").\n"
+"sample, experts, bench and ready take --url URL (default $DDM_URL, else " DEFAULT_URL ").\n"
 "Exit status: 0 success, 1 runtime failure (HTTP errors included), 2 usage error.\n"
 "Example: ddm-client sample -n 16 --strategy top-2 --seed 7 -o grid.png\n");
 }
@@ -61,7 +68,7 @@ static void usage_sample(FILE *f)
 "  -S, --strategy NAME     top-K, full, threshold, sample, nucleus, uniform, expert:N\n"
 "                          (server default top-2)\n"
 "      --seed N            noise seed, 0..2^64-1 (server draws one when absent; echoed)\n"
-"      --label N           class to draw (absent: unconditional)\n"
+"      --label N|NAME      class to draw, by number or by name (absent: unconditional)\n"
 "      --guidance G        classifier-free guidance scale (server default 1)\n"
 "      --sampler NAME      euler or heun (server default euler)\n"
 "      --threshold X       tau of threshold (top_p of nucleus)\n"
@@ -74,6 +81,8 @@ static void usage_sample(FILE *f)
 "      --server-grid       let the server render the grid (Accept: image/png); needs -o,\n"
 "                          prints no stats\n"
 "      --json              print the response as JSON (without the images) on stdout\n"
+"      --progress          stream the call (Server-Sent Events) and draw a progress bar\n"
+"                          on stderr from its step events (JSON only)\n"
 "  -t, --timeout DUR       deadline of the request (default 300s; units ms, s, m, h)\n"
 "  -q, --quiet             print nothing but errors\n"
 "  -h, --help              this text\n");
@@ -111,7 +120,7 @@ static void usage_bench(FILE *f)
 "  -s, --steps N          steps per image (server default 50)\n"
 "  -S, --strategy NAME    routing strategy (server default top-2)\n"
 "      --seed N           fixed seed for every request (default: the server draws)\n"
-"      --label N          class to draw\n"
+"      --label N|NAME     class to draw, by number or by name\n"
 "      --guidance G       classifier-free guidance scale\n"
 "      --sampler NAME     euler or heun\n"
 "      --proto            send protobuf instead of JSON\n"
@@ -121,6 +130,33 @@ static void usage_bench(FILE *f)
 "  -q, --quiet            no progress lines on stderr\n"
 "  -h, --help             this text\n",
             LOADGEN_MAX_CONNECTIONS);
+}
+
+static void usage_jobs(FILE *f)
+{
+    fprintf(f,
+"usage: ddm-client jobs submit [request options] [--priority N] [--preview-every N] [--wait]\n"
+"       ddm-client jobs status ID [-o FILE]\n"
+"       ddm-client jobs cancel ID\n"
+"       ddm-client jobs watch ID [--events] [-o FILE]\n"
+"\n"
+"Asynchronous jobs (POST /v1/jobs): submit prints the job's id; status shows where\n"
+"it is (and writes the result's PNG grid with -o once it succeeded); cancel stops it\n"
+"at the next step; watch draws a progress bar from its event stream until it ends\n"
+"(exit 0 only if it succeeded), resuming if the stream drops.\n"
+"\n"
+"  -u, --url URL           server (default $DDM_URL, else " DEFAULT_URL ")\n"
+"  request options         as for sample: -n, -s/--steps, -S/--strategy, --seed, --label,\n"
+"                          --guidance, --sampler, --threshold, --temperature, --trace\n"
+"      --priority N        higher runs first, -100..100 (default 0)\n"
+"      --preview-every N   a preview event every N steps (watch --events shows them)\n"
+"      --wait              submit, then watch\n"
+"      --events            watch: print every event (\"NAME DATA\") on stdout\n"
+"  -o, --output FILE       the result as one PNG grid (status, watch, submit --wait)\n"
+"      --json              print the server's JSON\n"
+"  -t, --timeout DUR       connect and request deadline (default 30s)\n"
+"  -q, --quiet             no progress bar or summary\n"
+"  -h, --help              this text\n");
 }
 
 static void usage_ready(FILE *f)
@@ -137,6 +173,41 @@ static void usage_ready(FILE *f)
 "  -h, --help         this text\n");
 }
 
+static void usage_conform(FILE *f)
+{
+    fprintf(f,
+"usage: ddm-client conform URL [options]\n"
+"\n"
+"Checks the worker at URL (tcp://host:port or ipc:///path, what you would give it\n"
+"as --listen) against worker protocol v1 (docs/protocol.md), talking to it the\n"
+"way ddm-router does (a raw nanomsg REQ socket). Checks: the handshake's fields;\n"
+"an error reply, never a crash or a hang, to garbage, empty and truncated\n"
+"messages, x/dim/batch that disagree, a batch over max_batch, NaN and Inf in x,\n"
+"t outside [0, 1] or NaN, bad ts and labels (after each, a good request must\n"
+"still be answered); answers of batch x dim x 4 bytes, all finite, id echoed;\n"
+"packed repeated fields; unknown fields; batch invariance (a row alone and in a\n"
+"batch of 64 agree within 1e-4: |a - b| <= 1e-4 (1 + |b|)); determinism (same\n"
+"bytes twice); %d clients at once; with --weights, agreement with the file's\n"
+"reference forward within 1e-4. Each check prints PASS, FAIL or SKIP (not\n"
+"applicable, e.g. no --weights; or not run after the worker stopped answering)\n"
+"with what was sent and what came back.\n"
+"\n"
+"      --weights FILE          the expert weights the worker serves (a ddm safetensors\n"
+"                              denoiser): compare its answers with their reference forward\n"
+"      --timeout-ms N          deadline of each reply, 1..600000 (default %d, the\n"
+"                              router's --expert-timeout-ms)\n"
+"      --cluster-key-file FILE the cluster key the worker runs with: every request\n"
+"                              carries a MAC, every reply's MAC is checked, and two more\n"
+"                              checks send a request without a MAC and one with a wrong\n"
+"                              MAC (each must get an error, the worker still serving)\n"
+"  -h, --help                  this text\n"
+"\n"
+"Exit status: 0 every check passed, 1 a check failed, 2 usage error (bad flags,\n"
+"bad URL, unreadable --weights or --cluster-key-file).\n"
+"Example: ddm-client conform tcp://127.0.0.1:7103 --weights models/digits/expert-3.safetensors\n",
+            CONFORM_CLIENTS, CONFORM_TIMEOUT_MS);
+}
+
 /* After getopt's own one-line complaint: where to look. */
 static int usage_hint(const char *cmd)
 {
@@ -148,8 +219,19 @@ static int usage_hint(const char *cmd)
 
 enum {
     O_SEED = 1000, O_LABEL, O_GUIDANCE, O_SAMPLER, O_THRESHOLD, O_TEMPERATURE, O_TRACE,
-    O_PROTO, O_COLS, O_OUTDIR, O_SERVERGRID, O_JSON, O_REQUESTS, O_PNG
+    O_PROTO, O_COLS, O_OUTDIR, O_SERVERGRID, O_JSON, O_REQUESTS, O_PNG, O_WEIGHTS,
+    O_TIMEOUT_MS, O_CLUSTER_KEY, O_PROGRESS, O_PRIORITY, O_PREVIEW, O_WAIT, O_EVENTS
 };
+
+/* getopt entries of the request fields parse_req_opt handles (sample, bench, jobs) */
+#define REQ_LONGOPTS                                                                     \
+    { "n", required_argument, 0, 'n' }, { "steps", required_argument, 0, 's' },           \
+    { "strategy", required_argument, 0, 'S' }, { "seed", required_argument, 0, O_SEED },  \
+    { "label", required_argument, 0, O_LABEL },                                           \
+    { "guidance", required_argument, 0, O_GUIDANCE },                                     \
+    { "sampler", required_argument, 0, O_SAMPLER },                                       \
+    { "threshold", required_argument, 0, O_THRESHOLD },                                   \
+    { "temperature", required_argument, 0, O_TEMPERATURE }
 
 typedef struct common_opts {
     const char *url;
@@ -239,9 +321,7 @@ static int http_failed(const httpc_response *resp)
 {
     if (resp->status == 200)
         return 0;
-    char msg[1024];
-    cli_error_message(resp, msg, sizeof msg);
-    fprintf(stderr, "ddm-client: HTTP %d: %s\n", resp->status, msg);
+    cli_report_http_error(resp);
     return 1;
 }
 
@@ -250,6 +330,20 @@ static double mono_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/* Parses the options every command that calls the router shares (--url,
+ * --timeout, --quiet, --json). Returns 0 if c was one of them (and handled),
+ * -1 if it is not one of them, 2 on a bad value. */
+static int parse_common_opt(int c, const char *arg, common_opts *co)
+{
+    switch (c) {
+    case 'u': co->url = arg; return 0;
+    case 't': return opt_duration("--timeout", arg, &co->timeout_ms) ? 2 : 0;
+    case 'q': co->quiet = 1; return 0;
+    case O_JSON: co->json = 1; return 0;
+    default: return -1;
+    }
 }
 
 /* Parses the request fields sample and bench share. Returns 0 if c was one of
@@ -273,7 +367,11 @@ static int parse_req_opt(int c, const char *arg, samples_req *r)
             return bad_value("--seed", arg, "an integer 0..18446744073709551615");
         r->has_seed = 1;
         return 0;
-    case O_LABEL:
+    case O_LABEL: /* a class number, or a class name the server resolves */
+        if (arg[0] && strspn(arg, "0123456789") != strlen(arg)) {
+            r->label_name = arg;
+            return 0;
+        }
         if (opt_long("--label", arg, 0, 1000000, &v))
             return 2;
         r->has_label = 1, r->label = v;
@@ -308,9 +406,9 @@ static void print_trace(const samples_resp *r)
 
 static void print_stats(FILE *f, const samples_resp *r, double rtt_ms)
 {
-    fprintf(f, "seed %llu, strategy %s, sampler %s, %d steps, %d images %dx%d\n",
+    fprintf(f, "seed %llu, strategy %s, sampler %s, %d steps, %d images %dx%d%s\n",
             (unsigned long long)r->seed, r->strategy, r->sampler, r->steps, r->n_images,
-            r->width, r->height);
+            r->width, r->height, r->channels == 3 ? " RGB" : "");
     fprintf(f, "expert calls %llu; by expert:", (unsigned long long)r->expert_calls);
     for (int k = 0; k < r->K; k++)
         fprintf(f, " %d:%llu", k, (unsigned long long)r->calls_by_expert[k]);
@@ -320,47 +418,95 @@ static void print_stats(FILE *f, const samples_resp *r, double rtt_ms)
             rtt_ms);
 }
 
+/* Writes the images and prints what `sample` prints, from a decoded response. */
+static int sample_outputs(const common_opts *co, const samples_req *rq, samples_resp *sr,
+                          const char *out, const char *out_dir, int cols, double rtt)
+{
+    char err[512];
+    int rc = 0;
+    /* with --json, stdout carries only the JSON; the rest goes to stderr */
+    FILE *info = co->json ? stderr : stdout;
+    if (out && (rc = samples_write_grid(sr, out, cols, err, sizeof err)) == 0 && !co->quiet)
+        fprintf(info, "wrote %s: %d images in a %d-column grid\n", out, sr->n_images,
+                cols ? cols : samples_grid_cols(sr->n_images));
+    if (!rc && out_dir && (rc = samples_write_dir(sr, out_dir, "sample-", err, sizeof err)) == 0 &&
+        !co->quiet)
+        fprintf(info, "wrote %s/sample-000.png .. sample-%03d.png\n", out_dir, sr->n_images - 1);
+    if (rc) {
+        fprintf(stderr, "ddm-client: %s\n", err);
+        return 1;
+    }
+    if (co->json)
+        printf("%s\n", sr->meta_json);
+    else if (!co->quiet && rq->trace)
+        print_trace(sr);
+    if (!co->quiet)
+        print_stats(info, sr, rtt);
+    return 0;
+}
+
+/* sample --progress: the same call as an event stream, a progress bar from its steps. */
+static int sample_streamed(const common_opts *co, const samples_req *rq, uint8_t *body,
+                           size_t blen, const char *out, const char *out_dir, int cols)
+{
+    jw_opts jo = { .url = co->url, .hostport = co->hostport, .timeout_ms = (int)co->timeout_ms,
+                   .quiet = co->quiet };
+    char *json;
+    size_t jlen;
+    double t0 = mono_ms();
+    int rc = jw_stream_sample(&jo, body, blen, &json, &jlen);
+    double rtt = mono_ms() - t0;
+    free(body);
+    if (rc)
+        return 1;
+    samples_resp sr;
+    char err[512];
+    rc = samples_decode(CT_JSON, (const uint8_t *)json, jlen, &sr, err, sizeof err);
+    free(json);
+    if (rc) {
+        fprintf(stderr, "ddm-client: %s\n", err);
+        return 1;
+    }
+    rc = sample_outputs(co, rq, &sr, out, out_dir, cols, rtt);
+    samples_resp_free(&sr);
+    return rc;
+}
+
 static int cmd_sample(int argc, char **argv)
 {
     static const struct option lo[] = {
-        { "url", required_argument, 0, 'u' },       { "n", required_argument, 0, 'n' },
-        { "steps", required_argument, 0, 's' },     { "strategy", required_argument, 0, 'S' },
-        { "seed", required_argument, 0, O_SEED },   { "label", required_argument, 0, O_LABEL },
-        { "guidance", required_argument, 0, O_GUIDANCE },
-        { "sampler", required_argument, 0, O_SAMPLER },
-        { "threshold", required_argument, 0, O_THRESHOLD },
-        { "temperature", required_argument, 0, O_TEMPERATURE },
+        { "url", required_argument, 0, 'u' },       REQ_LONGOPTS,
         { "trace", no_argument, 0, O_TRACE },       { "proto", no_argument, 0, O_PROTO },
         { "output", required_argument, 0, 'o' },    { "cols", required_argument, 0, O_COLS },
         { "out-dir", required_argument, 0, O_OUTDIR },
         { "server-grid", no_argument, 0, O_SERVERGRID },
         { "json", no_argument, 0, O_JSON },         { "timeout", required_argument, 0, 't' },
         { "quiet", no_argument, 0, 'q' },           { "help", no_argument, 0, 'h' },
+        { "progress", no_argument, 0, O_PROGRESS },
         { 0, 0, 0, 0 },
     };
     common_opts co = { .timeout_ms = 300000 };
     samples_req rq = { 0 };
-    int proto = 0, server_grid = 0;
+    int proto = 0, server_grid = 0, progress = 0;
     long cols = 0;
     const char *out = NULL, *out_dir = NULL;
     int c;
     while ((c = getopt_long(argc, argv, "u:n:s:S:o:t:qh", lo, NULL)) != -1) {
         int st = parse_req_opt(c, optarg, &rq);
+        if (st < 0)
+            st = parse_common_opt(c, optarg, &co);
         if (st == 2)
             return 2;
         if (st == 0)
             continue;
         switch (c) {
-        case 'u': co.url = optarg; break;
         case 'o': out = optarg; break;
-        case 't': if (opt_duration("--timeout", optarg, &co.timeout_ms)) return 2; break;
-        case 'q': co.quiet = 1; break;
         case O_TRACE: rq.trace = 1; break;
         case O_PROTO: proto = 1; break;
         case O_COLS: if (opt_long("--cols", optarg, 1, 1024, &cols)) return 2; break;
         case O_OUTDIR: out_dir = optarg; break;
         case O_SERVERGRID: server_grid = 1; break;
-        case O_JSON: co.json = 1; break;
+        case O_PROGRESS: progress = 1; break;
         case 'h': usage_sample(stdout); return 0;
         default: return usage_hint("sample");
         }
@@ -374,6 +520,10 @@ static int cmd_sample(int argc, char **argv)
                         "and none of --out-dir, --json, --trace, --cols\n");
         return 2;
     }
+    if (progress && (proto || server_grid)) {
+        fprintf(stderr, "ddm-client: --progress streams JSON events: drop --proto and --server-grid\n");
+        return 2;
+    }
 
     uint8_t *body;
     size_t blen;
@@ -381,6 +531,8 @@ static int cmd_sample(int argc, char **argv)
         fprintf(stderr, "ddm-client: out of memory\n");
         return 1;
     }
+    if (progress)
+        return sample_streamed(&co, &rq, body, blen, out, out_dir, (int)cols);
     const char *ctype = proto ? CT_PROTO : CT_JSON;
     httpc_header h[2] = { { "Content-Type", ctype },
                           { "Accept", server_grid ? "image/png" : ctype } };
@@ -397,14 +549,10 @@ static int cmd_sample(int argc, char **argv)
     }
     char err[512];
     if (server_grid) {
-        FILE *f = fopen(out, "wb");
-        int bad = !f || fwrite(resp.body, 1, resp.body_len, f) != resp.body_len;
-        if (f && fclose(f))
-            bad = 1;
+        rc = fs_write_file(out, resp.body, resp.body_len, err, sizeof err);
         httpc_response_free(&resp);
-        if (bad) {
-            fprintf(stderr, "ddm-client: cannot write %s (check the folder exists and is writable)\n",
-                    out);
+        if (rc) {
+            fprintf(stderr, "ddm-client: %s\n", err);
             return 1;
         }
         if (!co.quiet)
@@ -419,42 +567,12 @@ static int cmd_sample(int argc, char **argv)
         fprintf(stderr, "ddm-client: %s\n", err);
         return 1;
     }
-    /* with --json, stdout carries only the JSON; the rest goes to stderr */
-    FILE *info = co.json ? stderr : stdout;
-    if (out && (rc = samples_write_grid(&sr, out, (int)cols, err, sizeof err)) == 0 && !co.quiet)
-        fprintf(info, "wrote %s: %d images in a %d-column grid\n", out, sr.n_images,
-                cols ? (int)cols : samples_grid_cols(sr.n_images));
-    if (!rc && out_dir && (rc = samples_write_dir(&sr, out_dir, "sample-", err, sizeof err)) == 0 &&
-        !co.quiet)
-        fprintf(info, "wrote %s/sample-000.png .. sample-%03d.png\n", out_dir, sr.n_images - 1);
-    if (rc) {
-        fprintf(stderr, "ddm-client: %s\n", err);
-        samples_resp_free(&sr);
-        return 1;
-    }
-    if (co.json)
-        printf("%s\n", sr.meta_json);
-    else if (!co.quiet && rq.trace)
-        print_trace(&sr);
-    if (!co.quiet)
-        print_stats(info, &sr, rtt);
+    rc = sample_outputs(&co, &rq, &sr, out, out_dir, (int)cols, rtt);
     samples_resp_free(&sr);
-    return 0;
+    return rc;
 }
 
 /* ---- experts ------------------------------------------------------------------------- */
-
-static double jnum(const cJSON *o, const char *k)
-{
-    const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, k);
-    return cJSON_IsNumber(it) ? it->valuedouble : 0;
-}
-
-static const char *jstr(const cJSON *o, const char *k)
-{
-    const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, k);
-    return cJSON_IsString(it) ? it->valuestring : "";
-}
 
 static int print_experts(const char *body, size_t len)
 {
@@ -466,28 +584,40 @@ static int print_experts(const char *body, size_t len)
         cJSON_Delete(root);
         return 1;
     }
-    printf("%d experts, dim %d, %d classes, %s\n", (int)jnum(root, "num_experts"),
-           (int)jnum(root, "dim"), (int)jnum(root, "num_classes"),
+    printf("%d experts, dim %d, %d classes, %s\n", (int)cli_jnum(root, "num_experts"),
+           (int)cli_jnum(root, "dim"), (int)cli_jnum(root, "num_classes"),
            cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(root, "ready")) ? "ready"
                                                                         : "NOT ready");
+    if (cJSON_GetObjectItemCaseSensitive(root, "channels")) { /* image shape (routers since #15) */
+        int ch = (int)cli_jnum(root, "channels");
+        printf("images %dx%d %s, dataset %s, classes:", (int)cli_jnum(root, "width"),
+               (int)cli_jnum(root, "height"), ch == 3 ? "RGB" : "grey", cli_jstr(root, "dataset"));
+        const cJSON *nm, *names = cJSON_GetObjectItemCaseSensitive(root, "class_names");
+        int any = 0;
+        cJSON_ArrayForEach(nm, names) {
+            printf("%s %s", any ? "," : "", cJSON_IsString(nm) ? nm->valuestring : "?");
+            any = 1;
+        }
+        printf("%s\n", any ? "" : " (unnamed)");
+    }
     printf("%-3s %-5s %10s %12s %9s %8s %8s %8s  %s\n", "id", "live", "calls", "rows",
            "lat ms", "batch", "retries", "failures", "replicas (state)");
     const cJSON *e;
     cJSON_ArrayForEach(e, experts) {
         const cJSON *reps = cJSON_GetObjectItemCaseSensitive(e, "replicas");
         char live[16];
-        snprintf(live, sizeof live, "%d/%d", (int)jnum(e, "live_replicas"),
+        snprintf(live, sizeof live, "%d/%d", (int)cli_jnum(e, "live_replicas"),
                  cJSON_GetArraySize(reps));
-        printf("%-3d %-5s %10.0f %12.0f %9.3f %8.2f %8.0f %8.0f ", (int)jnum(e, "id"), live,
-               jnum(e, "calls"), jnum(e, "rows"), jnum(e, "mean_latency_ms"),
-               jnum(e, "mean_batch"), jnum(e, "retries"), jnum(e, "failures"));
+        printf("%-3d %-5s %10.0f %12.0f %9.3f %8.2f %8.0f %8.0f ", (int)cli_jnum(e, "id"), live,
+               cli_jnum(e, "calls"), cli_jnum(e, "rows"), cli_jnum(e, "mean_latency_ms"),
+               cli_jnum(e, "mean_batch"), cli_jnum(e, "retries"), cli_jnum(e, "failures"));
         const cJSON *r;
         int first = 1;
         cJSON_ArrayForEach(r, reps) {
             /* the detail of a healthy replica (weights hash, batch) is in --json */
-            const char *state = jstr(r, "state"), *detail = jstr(r, "detail");
+            const char *state = cli_jstr(r, "state"), *detail = cli_jstr(r, "detail");
             int show = *detail && strcmp(state, "up");
-            printf("%s %s (%s%s%s)", first ? "" : ",", jstr(r, "url"), state, show ? ": " : "",
+            printf("%s %s (%s%s%s)", first ? "" : ",", cli_jstr(r, "url"), state, show ? ": " : "",
                    show ? detail : "");
             first = 0;
         }
@@ -507,10 +637,12 @@ static int cmd_experts(int argc, char **argv)
     common_opts co = { .timeout_ms = 10000 };
     int c;
     while ((c = getopt_long(argc, argv, "u:t:h", lo, NULL)) != -1) {
+        int st = parse_common_opt(c, optarg, &co);
+        if (st == 2)
+            return 2;
+        if (st == 0)
+            continue;
         switch (c) {
-        case 'u': co.url = optarg; break;
-        case 't': if (opt_duration("--timeout", optarg, &co.timeout_ms)) return 2; break;
-        case O_JSON: co.json = 1; break;
         case 'h': usage_experts(stdout); return 0;
         default: return usage_hint("experts");
         }
@@ -608,12 +740,13 @@ static int cmd_bench(int argc, char **argv)
     int c;
     while ((c = getopt_long(argc, argv, "u:c:d:n:s:S:t:qh", lo, NULL)) != -1) {
         int st = parse_req_opt(c, optarg, &rq);
+        if (st < 0)
+            st = parse_common_opt(c, optarg, &co);
         if (st == 2)
             return 2;
         if (st == 0)
             continue;
         switch (c) {
-        case 'u': co.url = optarg; break;
         case 'c':
             if (opt_long("--connections", optarg, 1, LOADGEN_MAX_CONNECTIONS, &conns))
                 return 2;
@@ -627,9 +760,6 @@ static int cmd_bench(int argc, char **argv)
         case O_REQUESTS: if (opt_long("--requests", optarg, 1, 1000000000L, &max_req)) return 2; break;
         case O_PROTO: proto = 1; break;
         case O_PNG: png = 1; break;
-        case 't': if (opt_duration("--timeout", optarg, &co.timeout_ms)) return 2; break;
-        case O_JSON: co.json = 1; break;
-        case 'q': co.quiet = 1; break;
         case 'h': usage_bench(stdout); return 0;
         default: return usage_hint("bench");
         }
@@ -715,10 +845,13 @@ static int cmd_ready(int argc, char **argv)
     long wait_ms = 0;
     int c;
     while ((c = getopt_long(argc, argv, "u:w:qh", lo, NULL)) != -1) {
+        int st = parse_common_opt(c, optarg, &co);
+        if (st == 2)
+            return 2;
+        if (st == 0)
+            continue;
         switch (c) {
-        case 'u': co.url = optarg; break;
         case 'w': if (opt_duration("--wait", optarg, &wait_ms)) return 2; break;
-        case 'q': co.quiet = 1; break;
         case 'h': usage_ready(stdout); return 0;
         default: return usage_hint("ready");
         }
@@ -762,6 +895,167 @@ static int cmd_ready(int argc, char **argv)
     return 1;
 }
 
+/* ---- conform ------------------------------------------------------------------------ */
+
+static int cmd_conform(int argc, char **argv)
+{
+    static const struct option lo[] = {
+        { "weights", required_argument, 0, O_WEIGHTS },
+        { "timeout-ms", required_argument, 0, O_TIMEOUT_MS },
+        { "cluster-key-file", required_argument, 0, O_CLUSTER_KEY },
+        { "help", no_argument, 0, 'h' },
+        { 0, 0, 0, 0 },
+    };
+    conform_opts o = { .timeout_ms = CONFORM_TIMEOUT_MS, .out = stdout };
+    long ms;
+    int c;
+    while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
+        switch (c) {
+        case O_WEIGHTS: o.weights = optarg; break;
+        case O_TIMEOUT_MS:
+            if (opt_long("--timeout-ms", optarg, 1, 600000, &ms))
+                return 2;
+            o.timeout_ms = (int)ms;
+            break;
+        case O_CLUSTER_KEY: o.cluster_key_file = optarg; break;
+        case 'h': usage_conform(stdout); return 0;
+        default: return usage_hint("conform");
+        }
+    }
+    if (optind >= argc) {
+        fprintf(stderr, "ddm-client: conform: give the worker's URL, e.g. "
+                        "ddm-client conform tcp://127.0.0.1:7103\n");
+        return 2;
+    }
+    o.url = argv[optind++];
+    if (extra_args(argc, argv))
+        return 2;
+    conform_result res;
+    char err[768];
+    if (conform_run(&o, &res, err, sizeof err)) {
+        fprintf(stderr, "ddm-client: conform: %s\n", err);
+        return 2;
+    }
+    return res.failed ? 1 : 0;
+}
+
+/* ---- jobs ----------------------------------------------------------------------------- */
+
+/* Adds priority and preview_every to a JSON request body (takes body). */
+static char *job_body(uint8_t *body, size_t len, int has_prio, long prio, long preview)
+{
+    cJSON *o = cJSON_ParseWithLength((const char *)body, len);
+    free(body);
+    if (!o)
+        return NULL;
+    if (has_prio)
+        cJSON_AddNumberToObject(o, "priority", (double)prio);
+    if (preview)
+        cJSON_AddNumberToObject(o, "preview_every", (double)preview);
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    return s;
+}
+
+static int cmd_jobs(int argc, char **argv)
+{
+    static const struct option lo[] = {
+        { "url", required_argument, 0, 'u' },       REQ_LONGOPTS,
+        { "trace", no_argument, 0, O_TRACE },       { "priority", required_argument, 0, O_PRIORITY },
+        { "preview-every", required_argument, 0, O_PREVIEW },
+        { "wait", no_argument, 0, O_WAIT },         { "events", no_argument, 0, O_EVENTS },
+        { "output", required_argument, 0, 'o' },    { "json", no_argument, 0, O_JSON },
+        { "timeout", required_argument, 0, 't' },   { "quiet", no_argument, 0, 'q' },
+        { "help", no_argument, 0, 'h' },
+        { 0, 0, 0, 0 },
+    };
+    if (argc >= 2 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help"))) {
+        usage_jobs(stdout);
+        return 0;
+    }
+    if (argc < 2 || argv[1][0] == '-') {
+        fprintf(stderr, "ddm-client: jobs needs a subcommand: submit, status, cancel or watch\n");
+        return usage_hint("jobs");
+    }
+    const char *sub = argv[1];
+    argv[1] = "ddm-client";
+    argc--;
+    argv++;
+    common_opts co = { .timeout_ms = 30000 };
+    samples_req rq = { 0 };
+    long prio = 0, preview = 0;
+    int has_prio = 0, wait = 0, events = 0;
+    const char *out = NULL;
+    int c;
+    while ((c = getopt_long(argc, argv, "u:n:s:S:o:t:qh", lo, NULL)) != -1) {
+        int st = parse_req_opt(c, optarg, &rq);
+        if (st < 0)
+            st = parse_common_opt(c, optarg, &co);
+        if (st == 2)
+            return 2;
+        if (st == 0)
+            continue;
+        switch (c) {
+        case 'o': out = optarg; break;
+        case O_TRACE: rq.trace = 1; break;
+        case O_PRIORITY:
+            if (opt_long("--priority", optarg, -100, 100, &prio))
+                return 2;
+            has_prio = 1;
+            break;
+        case O_PREVIEW: if (opt_long("--preview-every", optarg, 0, 1000, &preview)) return 2; break;
+        case O_WAIT: wait = 1; break;
+        case O_EVENTS: events = 1; break;
+        case 'h': usage_jobs(stdout); return 0;
+        default: return usage_hint("jobs");
+        }
+    }
+    if (resolve_url(&co))
+        return 2;
+    if (co.timeout_ms > 0x7fffffff)
+        co.timeout_ms = 0x7fffffff;
+    jw_opts jo = { .url = co.url, .hostport = co.hostport, .timeout_ms = (int)co.timeout_ms,
+                   .quiet = co.quiet, .json = co.json, .events = events, .out = out };
+    if (!strcmp(sub, "submit")) {
+        if (extra_args(argc, argv))
+            return 2;
+        uint8_t *body;
+        size_t blen;
+        if (samples_encode(&rq, 0, &body, &blen)) {
+            fprintf(stderr, "ddm-client: out of memory\n");
+            return 1;
+        }
+        char *json = job_body(body, blen, has_prio, prio, preview);
+        if (!json) {
+            fprintf(stderr, "ddm-client: out of memory\n");
+            return 1;
+        }
+        if (out && !wait) {
+            fprintf(stderr, "ddm-client: jobs submit -o needs --wait (or use jobs status ID -o)\n");
+            free(json);
+            return 2;
+        }
+        int rc = jw_submit(&jo, json, strlen(json), wait);
+        free(json);
+        return rc;
+    }
+    if (strcmp(sub, "status") && strcmp(sub, "cancel") && strcmp(sub, "watch")) {
+        fprintf(stderr, "ddm-client: unknown jobs subcommand \"%s\": use submit, status, cancel "
+                        "or watch\n", sub);
+        return 2;
+    }
+    if (optind + 1 != argc) {
+        fprintf(stderr, "ddm-client: jobs %s needs exactly one job id\n", sub);
+        return 2;
+    }
+    const char *id = argv[optind];
+    if (!strcmp(sub, "status"))
+        return jw_status(&jo, id);
+    if (!strcmp(sub, "cancel"))
+        return jw_cancel(&jo, id);
+    return jw_watch(&jo, id);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -789,7 +1083,11 @@ int main(int argc, char **argv)
         return cmd_bench(argc, argv);
     if (!strcmp(cmd, "ready"))
         return cmd_ready(argc, argv);
-    fprintf(stderr, "ddm-client: unknown command \"%s\": use sample, experts, bench or ready "
-                    "(see --help)\n", cmd);
+    if (!strcmp(cmd, "conform"))
+        return cmd_conform(argc, argv);
+    if (!strcmp(cmd, "jobs"))
+        return cmd_jobs(argc, argv);
+    fprintf(stderr, "ddm-client: unknown command \"%s\": use sample, experts, bench, ready, "
+                    "jobs or conform (see --help)\n", cmd);
     return 2;
 }

@@ -13,6 +13,7 @@
 
 #include "common/base64.h"
 #include "common/err.h"
+#include "common/fsutil.h"
 #include "common/png.h"
 #include "ddm/v1/api.pb-c.h"
 
@@ -45,7 +46,9 @@ static int encode_json(const samples_req *r, uint8_t **body, size_t *len)
         ok &= !!cJSON_AddNumberToObject(o, "threshold", r->threshold);
     if (r->has_temperature)
         ok &= !!cJSON_AddNumberToObject(o, "temperature", r->temperature);
-    if (r->has_label)
+    if (r->label_name)
+        ok &= !!cJSON_AddStringToObject(o, "label", r->label_name);
+    else if (r->has_label)
         ok &= !!cJSON_AddNumberToObject(o, "label", (double)r->label);
     if (r->has_guidance)
         ok &= !!cJSON_AddNumberToObject(o, "guidance", r->guidance);
@@ -75,7 +78,9 @@ static int encode_proto(const samples_req *r, uint8_t **body, size_t *len)
         m.has_threshold = 1, m.threshold = (float)r->threshold;
     if (r->has_temperature)
         m.has_temperature = 1, m.temperature = (float)r->temperature;
-    if (r->has_label)
+    if (r->label_name)
+        m.label_name = (char *)r->label_name;
+    else if (r->has_label)
         m.has_label = 1, m.label = (int32_t)r->label;
     if (r->has_guidance)
         m.has_guidance = 1, m.guidance = (float)r->guidance;
@@ -232,6 +237,7 @@ static int decode_json(const uint8_t *body, size_t len, samples_resp *r, char *e
     r->steps = (int)num(root, "steps", 0);
     r->width = (int)num(root, "width", 0);
     r->height = (int)num(root, "height", 0);
+    r->channels = (int)num(root, "channels", 1);
     const cJSON *trace = cJSON_GetObjectItemCaseSensitive(root, "trace");
     if (cJSON_IsArray(trace) && (rc = decode_json_trace(trace, r, err, errlen)))
         goto done;
@@ -284,6 +290,8 @@ static char *proto_meta_json(const Ddm__V1__SampleResponse *m)
         cJSON_AddNumberToObject(o, "width", m->width);
     if (m->has_height)
         cJSON_AddNumberToObject(o, "height", m->height);
+    if (m->has_channels)
+        cJSON_AddNumberToObject(o, "channels", m->channels);
     if (m->has_expert_calls)
         cJSON_AddNumberToObject(o, "expert_calls", (double)m->expert_calls);
     cJSON *by = cJSON_AddArrayToObject(o, "calls_by_expert");
@@ -346,6 +354,7 @@ static int decode_proto(const uint8_t *body, size_t len, samples_resp *r, char *
     r->steps = (int)m->steps;
     r->width = (int)m->width;
     r->height = (int)m->height;
+    r->channels = m->has_channels ? (int)m->channels : 1;
     if (m->n_trace) {
         r->trace = calloc(m->n_trace, sizeof *r->trace);
         if (!r->trace) {
@@ -423,59 +432,42 @@ int samples_write_grid(const samples_resp *r, const char *path, int cols, char *
     }
     if (cols <= 0)
         cols = samples_grid_cols(r->n_images);
-    int w = 0, h = 0, rc = 0;
+    int w = 0, h = 0, rc = 0, ch = r->channels == 3 ? 3 : 1;
     float *all = NULL;
+    pngio_opts po = { .channels = ch };
     for (int i = 0; i < r->n_images && !rc; i++) {
-        uint8_t *pix;
-        int iw, ih;
+        pngio_image img;
         char perr[256];
-        rc = pngio_decode_grey(r->png[i], r->png_len[i], &pix, &iw, &ih, perr, sizeof perr);
+        rc = pngio_decode(r->png[i], r->png_len[i], &po, &img, perr, sizeof perr);
         if (rc) {
             snprintf(err, errlen, "response image %d: %s", i, perr);
             break;
         }
         if (i == 0) {
-            w = iw, h = ih;
-            all = malloc((size_t)r->n_images * (size_t)w * (size_t)h * sizeof *all);
+            w = img.width, h = img.height;
+            all = malloc((size_t)r->n_images * (size_t)w * (size_t)h * ch * sizeof *all);
             if (!all) {
                 snprintf(err, errlen, "out of memory for %d images of %dx%d", r->n_images, w, h);
                 rc = DDM_ENOMEM;
             }
-        } else if (iw != w || ih != h) {
-            snprintf(err, errlen, "response image %d is %dx%d but image 0 is %dx%d", i, iw, ih,
-                     w, h);
+        } else if (img.width != w || img.height != h) {
+            snprintf(err, errlen, "response image %d is %dx%d but image 0 is %dx%d", i,
+                     img.width, img.height, w, h);
             rc = DDM_EMISMATCH;
         }
         if (!rc) {
             /* bytes back to [-1, 1]; pngio maps them to the same bytes again */
-            float *dst = all + (size_t)i * (size_t)w * (size_t)h;
-            for (size_t p = 0; p < (size_t)w * (size_t)h; p++)
-                dst[p] = (float)pix[p] / 127.5f - 1.0f;
+            size_t n = (size_t)w * (size_t)h * ch;
+            float *dst = all + (size_t)i * n;
+            for (size_t p = 0; p < n; p++)
+                dst[p] = (float)img.pix[p] / 127.5f - 1.0f;
         }
-        free(pix);
+        pngio_image_free(&img);
     }
     if (!rc)
-        rc = pngio_write_grid(path, all, r->n_images, w, h, cols, err, errlen);
+        rc = pngio_write_grid_ch(path, all, r->n_images, w, h, ch, cols, err, errlen);
     free(all);
     return rc;
-}
-
-static int write_file(const char *path, const uint8_t *data, size_t len, char *err,
-                      size_t errlen)
-{
-    FILE *f = fopen(path, "wb");
-    if (!f) {
-        int e = errno;
-        snprintf(err, errlen, "cannot write %s: %s", path, strerror(e));
-        return -e;
-    }
-    size_t w = fwrite(data, 1, len, f);
-    int bad = w != len || ferror(f);
-    if (fclose(f) || bad) {
-        snprintf(err, errlen, "cannot write %s: short write (disk full?)", path);
-        return DDM_EIO;
-    }
-    return 0;
 }
 
 int samples_write_dir(const samples_resp *r, const char *dir, const char *prefix, char *err,
@@ -492,7 +484,7 @@ int samples_write_dir(const samples_resp *r, const char *dir, const char *prefix
             snprintf(err, errlen, "output path under %s is too long", dir);
             return DDM_EINVAL;
         }
-        int rc = write_file(path, r->png[i], r->png_len[i], err, errlen);
+        int rc = fs_write_file(path, r->png[i], r->png_len[i], err, errlen);
         if (rc)
             return rc;
     }

@@ -26,6 +26,7 @@ typedef struct samples_req {
     double temperature;
     int has_label;
     long label;
+    const char *label_name;   /* the class by name (sent instead of label) */
     int has_guidance;
     double guidance;
     int trace;
@@ -53,6 +54,7 @@ typedef struct samples_resp {
     double queue_ms, total_ms, router_ms, expert_ms;
     char strategy[64], sampler[16];
     int steps, width, height;
+    int channels;                  /* 1 grey, 3 RGB (0 when the server did not say: 1) */
     int n_images;
     uint8_t **png;                 /* [n_images] PNG files as received */
     size_t *png_len;               /* [n_images] */
@@ -75,7 +77,7 @@ void samples_resp_free(samples_resp *r);
 int samples_grid_cols(int n);
 
 /* Decodes every image and writes them as one grid PNG at path (cols columns,
- * 0 = samples_grid_cols). Returns 0, or an error with a message naming the
+ * 0 = samples_grid_cols), grey or RGB as the response's channels say. Returns 0, or an error with a message naming the
  * image or the path (images of different sizes, a corrupt PNG, ...). */
 int samples_write_grid(const samples_resp *r, const char *path, int cols, char *err,
                        size_t errlen);

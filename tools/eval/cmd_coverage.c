@@ -247,7 +247,7 @@ int cmd_coverage(const eval_opts *o)
     fprintf(md, "# %s: class coverage and why it fails\n\nWritten by `%s` in %.0f s.\n\n"
             "- Weights (sha256): %s.\n- Per strategy %d seeds x %ld unconditional samples "
             "(the `table` images), %d Euler steps, classes read by the %s judge; intervals: "
-            "95%% bootstrap, %d resamples.\n", o->data, o->command, eval_now() - t0, wl,
+            "95%% bootstrap, %d resamples.\n", o->set, o->command, eval_now() - t0, wl,
             o->seeds, o->n, o->steps, js.j[0]->name, o->boot);
     fprintf(md, "\n## The router's calibration\n\nMean router probability of each cluster on "
             "the %ld training images noised to t (x_t = (1 - t) x0 + t eps), against the "
@@ -366,7 +366,7 @@ int cmd_coverage(const eval_opts *o)
     if (eval_fclose_reports(o, &md, &csv, "coverage.md or coverage.csv", err, sizeof err))
         goto out;
     printf("%s coverage (%s): class TV from the data's frequencies, %d x %ld samples\n",
-           o->data, o->out, o->seeds, o->n);
+           o->set, o->out, o->seeds, o->n);
     for (int i = 0; i < ns; i++) {
         double tv, half;
         tv_ci(o, &s[i], ref.class_freq, C, &tv, &half);

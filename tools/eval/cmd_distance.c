@@ -87,7 +87,7 @@ int cmd_distance(const eval_opts *o)
     if (!(md = eval_fopen(o, "distance.md", err, sizeof err)) ||
         !(csv = eval_fopen(o, "distance.csv", err, sizeof err)))
         goto out;
-    fprintf(md, "# %s: are the selected experts the nearest ones?\n\n", o->data);
+    fprintf(md, "# %s: are the selected experts the nearest ones?\n\n", o->set);
     fprintf(md, "Written by `%s`. %d unconditional trajectories per strategy, %d Euler steps, "
             "run seed %llu; centroids from %s.\n\n", o->command, n, o->steps,
             (unsigned long long)o->seed, where);

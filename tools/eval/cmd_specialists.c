@@ -188,7 +188,7 @@ int cmd_specialists(const eval_opts *o)
     if (!(md = eval_fopen(o, "specialists.md", err, sizeof err)) ||
         !(csv = eval_fopen(o, "specialists.csv", err, sizeof err)))
         goto out;
-    fprintf(md, "# %s: ask each expert for each class\n\n", o->data);
+    fprintf(md, "# %s: ask each expert for each class\n\n", o->set);
     fprintf(md, "Written by `%s`. Each expert forced alone (`expert:k`), %ld samples per "
             "(expert, class) with that label and guidance %g; %ld unconditional samples per "
             "expert; %d Euler steps, run seed %llu.\n\n", o->command, ncell, o->guidance, nunc,

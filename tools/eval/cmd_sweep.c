@@ -85,7 +85,7 @@ static int write_plots(tbl *t, const sweep *w, int m, char *err, size_t errlen)
             char path[EVAL_PATH + 64], title[160];
             snprintf(path, sizeof path, "%s/sweep-%s-%s.png", t->o->out, file[stat],
                      t->js.j[k]->name);
-            snprintf(title, sizeof title, "%s %s (%s judge) vs router temperature", t->o->data,
+            snprintf(title, sizeof title, "%s %s (%s judge) vs router temperature", t->o->set,
                      ylab[stat], t->js.j[k]->name);
             rc = plot_lines(path, title, "ROUTER SOFTMAX TEMPERATURE T (LOG)", ylab[stat], 1, ser,
                             NSWEPT, refs, nr, ymax, err, errlen);
@@ -153,7 +153,7 @@ static int write_reports(tbl *t, const sweep *w, char *err, size_t errlen)
     strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", gmtime(&now));
     fprintf(md, "# %s: the router's temperature, from top-1 to the uniform committee\n\n"
             "Written by `%s` on %s in %.0f s wall, %.0f s CPU (%d worker threads).\n\n",
-            o->data, o->command, date, t->wall, t->cpu, o->jobs);
+            o->set, o->command, date, t->wall, t->cpu, o->jobs);
     fprintf(md, "- Weights (sha256): %s.\n- Per row: %d seeds x %ld samples, %d Euler steps; "
             "numbers are the mean over seeds ± the half-width of a 95%% bootstrap interval "
             "(%d resamples, paired across rows).\n- full@T: every expert, weights "
@@ -252,7 +252,7 @@ int cmd_sweep(const eval_opts *o)
     for (int m = 0; m < TBL_MODES; m++)
         if (t.modes[m] && o->plots && write_plots(&t, &w, m, err, sizeof err))
             goto out;
-    printf("%s sweep (%s), %.0f s: FID of full@T and top-2@T\n", o->data, o->out, t.wall);
+    printf("%s sweep (%s), %.0f s: FID of full@T and top-2@T\n", o->set, o->out, t.wall);
     for (int i = 0; i < w.nt; i++) {
         printf("  T %6g", w.temp[i]);
         for (int s = 0; s < NSWEPT; s++)

@@ -347,7 +347,7 @@ static int write_reports(tbl *t, char *err, size_t errlen)
     time_t now = time(NULL);
     char date[64];
     strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", gmtime(&now));
-    fprintf(md, "# %s: routing strategies side by side\n\n", o->data);
+    fprintf(md, "# %s: routing strategies side by side\n\n", o->set);
     fprintf(md, "Written by `%s` on %s in %.0f s wall, %.0f s CPU (%d worker threads).\n\n",
             o->command, date, t->wall, t->cpu, o->jobs);
     if (t->weights[0])
@@ -435,7 +435,7 @@ static int write_plots(tbl *t, char *err, size_t errlen)
             snprintf(path, sizeof path, "%s/fid-%s%s.png", o->out, k ? "conv-" : "",
                      m ? "conditional" : "unconditional");
             char title[128];
-            snprintf(title, sizeof title, "%s FID (%s judge), %s (lower is better)", o->data,
+            snprintf(title, sizeof title, "%s FID (%s judge), %s (lower is better)", o->set,
                      t->js.j[k]->name, MODE_NAME[m]);
             rc = plot_bars(path, title, labels, v, ci, n, err, errlen);
         }
@@ -533,7 +533,7 @@ int cmd_table(const eval_opts *o)
         goto out;
     if (o->plots && write_plots(&t, err, sizeof err))
         goto out;
-    printf("%s table (%s), %.0f s: FID mean ± 95%% half-width over %d seeds\n", o->data, o->out,
+    printf("%s table (%s), %.0f s: FID mean ± 95%% half-width over %d seeds\n", o->set, o->out,
            t.wall, o->seeds);
     for (int m = 0; m < TBL_MODES; m++) {
         if (!t.modes[m])

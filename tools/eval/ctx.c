@@ -42,13 +42,14 @@ void eval_opts_default(eval_opts *o)
 
 void eval_opts_finish(eval_opts *o)
 {
+    data_set_name(o->data, o->set, sizeof o->set);
     if (!o->models[0])
-        snprintf(o->models, sizeof o->models, "models/%s", o->data);
+        snprintf(o->models, sizeof o->models, "models/%s", o->set);
     if (!o->classifier[0])
         snprintf(o->classifier, sizeof o->classifier, "%.1000s/classifier.safetensors",
                  o->models);
     if (!o->out[0])
-        snprintf(o->out, sizeof o->out, "docs/results/%s", o->data);
+        snprintf(o->out, sizeof o->out, "docs/results/%s", o->set);
 }
 
 double eval_now(void)
@@ -115,14 +116,32 @@ out:
     return rc;
 }
 
-/* One reference split: a file, or the dataset's split. */
-static int load_split(const eval_opts *o, const char *file, data_split split, int D, float **x,
-                      int **labels, long *n, char *err, size_t errlen)
+/* The image shape of the set under evaluation (eval_set_image_shape). */
+static model_shape img_shape;
+
+void eval_set_image_shape(const model_shape *shape)
+{
+    img_shape = *shape;
+    img_shape.n_class_names = 0; /* the shape only: names stay with their model */
+    img_shape.class_names = NULL;
+}
+
+/* One reference split: a file, or the dataset's split. A folder of PNGs is
+ * read at the classifier's size and channels, on the background its
+ * training recorded (metadata data_background). */
+static int load_split(const eval_opts *o, const judge *j, const char *file, data_split split,
+                      int D, float **x, int **labels, long *n, char *err, size_t errlen)
 {
     if (file[0])
         return load_image_file(file, D, x, labels, n, err, errlen);
     dataset *ds = NULL;
-    int rc = data_load(o->data, o->data_dir, split, &ds, err, errlen);
+    data_spec spec = { .name = o->data, .dir = o->data_dir,
+                       .folder = { .size = j->m->shape.width, .channels = j->m->shape.channels,
+                                   .quiet = split == DATA_TRAIN } };
+    const char *bg = model_meta(j->m, "data_background");
+    if (bg)
+        imgdir_parse_colour(bg, spec.folder.background);
+    int rc = data_load_spec(&spec, split, &ds, err, errlen);
     if (rc)
         return rc;
     if (ds->dim != D) {
@@ -208,7 +227,9 @@ static int ref_load(const eval_opts *o, const eval_judges *js, eval_ref *r, char
     r->C = j0->C;
     if (!o->heldout[0])
         r->class_names = data_class_names(o->data);
-    int rc = load_split(o, o->heldout, DATA_TEST, j0->D, &r->held, &r->held_labels, &r->held_n,
+    if (j0->m->shape.n_class_names == r->C) /* the classifier's own names (folders: the only ones) */
+        r->class_names = (const char *const *)j0->m->shape.class_names;
+    int rc = load_split(o, j0, o->heldout, DATA_TEST, j0->D, &r->held, &r->held_labels, &r->held_n,
                         err, errlen);
     if (rc)
         return rc;
@@ -241,7 +262,7 @@ static int ref_load(const eval_opts *o, const eval_judges *js, eval_ref *r, char
     }
     char terr[1024];
     int *tl = NULL;
-    if (load_split(o, o->train, DATA_TRAIN, j0->D, &r->train, &tl, &r->train_n, terr,
+    if (load_split(o, j0, o->train, DATA_TRAIN, j0->D, &r->train, &tl, &r->train_n, terr,
                    sizeof terr)) {
         fprintf(stderr, "ddm-eval: warning: no training set for the FID floor: %s\n", terr);
         r->train = NULL;
@@ -483,6 +504,8 @@ judge *eval_open_judge(const eval_opts *o, char *err, size_t errlen)
     if (!j)
         snprintf(err, errlen, "%s (the classifier judges samples: train it with `ddm-train "
                  "classifier` or pass --classifier PATH)", e2);
+    else
+        eval_set_image_shape(&j->m->shape);
     return j;
 }
 
@@ -505,7 +528,7 @@ static void partition_file(const eval_opts *o, int K, char *buf, size_t len)
     if (o->partition[0])
         snprintf(buf, len, "%s", o->partition);
     else
-        snprintf(buf, len, "%.500s/%.16s/k%d/partition.safetensors", o->data_dir, o->data, K);
+        snprintf(buf, len, "%.500s/%.31s/k%d/partition.safetensors", o->data_dir, o->set, K);
 }
 
 float *eval_centroids(const eval_opts *o, ensemble *e, char *where, size_t wlen, char *err,
@@ -640,9 +663,14 @@ int eval_write_grid(const eval_opts *o, const char *name, const float *x, int n,
         return DDM_EIO;
     char path[EVAL_PATH + 128];
     snprintf(path, sizeof path, "%s/%s", o->out, name);
-    int w, h;
+    int w, h, c = 1;
     eval_image_side(D, &w, &h);
-    return pngio_write_grid(path, x, n, w, h, cols, err, errlen);
+    if (img_shape.channels && img_shape.height * img_shape.width * img_shape.channels == D) {
+        w = img_shape.width;
+        h = img_shape.height;
+        c = img_shape.channels;
+    }
+    return pngio_write_grid_ch(path, x, n, w, h, c, cols, err, errlen);
 }
 
 const char *eval_class_name(const eval_ref *r, int c, char *buf, size_t len)

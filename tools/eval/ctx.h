@@ -22,7 +22,8 @@
 #define EVAL_MAX_CLASSES 64
 
 typedef struct eval_opts {
-    char data[16];                /* --data: digits | fashion */
+    char data[EVAL_PATH];         /* --data: digits | fashion | a folder of PNGs */
+    char set[32];                 /* the set's short name (digits, fashion, the folder's name) */
     char data_dir[EVAL_PATH];     /* --data-dir */
     char models[EVAL_PATH];       /* --models (default models/<data>) */
     char classifier[EVAL_PATH];   /* --classifier (default <models>/classifier.safetensors) */
@@ -184,6 +185,10 @@ int eval_fclose_reports(const eval_opts *o, FILE **md, FILE **csv, const char *w
 void eval_slug(const char *name, char *buf, size_t len);
 /* Width and height of an image of D pixels (square when D is a square). */
 void eval_image_side(int D, int *w, int *h);
+/* The image shape of the set being evaluated (from the classifier's
+ * metadata, eval_open_judge): eval_write_grid draws images of that many
+ * values with it -- RGB included -- and others with eval_image_side. */
+void eval_set_image_shape(const model_shape *shape);
 /* Writes n images [n][D] as a grid PNG with cols columns at out/name. */
 int eval_write_grid(const eval_opts *o, const char *name, const float *x, int n, int D, int cols,
                     char *err, size_t errlen);

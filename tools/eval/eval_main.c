@@ -14,11 +14,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/blas.h"
 #include "common/version.h"
 #include "tools/client/cli.h"
 #include "tools/eval/cmds.h"
+#include "tools/train/data.h"
 
 static void usage(FILE *f)
 {
@@ -97,6 +99,7 @@ static void usage(FILE *f)
 "  --timeout MS         --url: per-request timeout in milliseconds [600000]\n"
 "  --no-plots           skip PNG plots and grids\n"
 "  -q, --quiet          no progress lines on stderr\n"
+"  --blas-core NAME, --half-rows N  OpenBLAS kernels, fp16 weight rows [measured here]\n"
 "  -h, --help           this text\n"
 "  -V, --version        print the version\n"
 "\n"
@@ -222,8 +225,8 @@ static int parse(int argc, char **argv, eval_opts *o)
         const char *a = optarg;
         switch (c) {
         case O_DATA:
-            if (strcmp(a, "digits") && strcmp(a, "fashion"))
-                return bad_value("--data", a, "allowed digits or fashion");
+            if (data_is_folder(a) && access(a, R_OK | X_OK) != 0)
+                return bad_value("--data", a, "allowed digits, fashion or a readable folder of PNGs");
             rc = set_str(o->data, sizeof o->data, "--data", a);
             break;
         case O_DATA_DIR: rc = set_str(o->data_dir, sizeof o->data_dir, "--data-dir", a); break;
@@ -336,7 +339,7 @@ static int parse(int argc, char **argv, eval_opts *o)
 
 int main(int argc, char **argv)
 {
-    blas_fix_core(argv); /* may re-execute with the CPU's real BLAS kernels */
+    blas_select(&argc, argv); /* may re-execute with the kernels measured fastest here */
     if (argc < 2) {
         usage(stderr);
         return 2;

@@ -287,18 +287,18 @@ static int draw_url(gen_source *g, const gen_spec *sp, int label, uint64_t seed,
                  sr.n_images);
         rc = DDM_EPROTO;
     }
+    pngio_opts po = { .channels = sr.channels == 3 ? 3 : 1 }; /* grey or RGB, as served */
     for (int i = 0; i < n && !rc; i++) {
-        uint8_t *pix = NULL;
-        int w, hh;
-        rc = pngio_decode_grey(sr.png[i], sr.png_len[i], &pix, &w, &hh, err, errlen);
-        if (!rc && w * hh != g->dim) {
-            snprintf(err, errlen, "%s: image %d is %dx%d, the set's latents have %d values",
-                     g->url, i, w, hh, g->dim);
+        pngio_image img;
+        rc = pngio_decode(sr.png[i], sr.png_len[i], &po, &img, err, errlen);
+        if (!rc && img.width * img.height * img.channels != g->dim) {
+            snprintf(err, errlen, "%s: image %d is %dx%dx%d, the set's latents have %d values",
+                     g->url, i, img.width, img.height, img.channels, g->dim);
             rc = DDM_EPROTO;
         }
         for (int d = 0; d < g->dim && !rc; d++)
-            out[(size_t)i * g->dim + d] = (float)pix[d] * (2.0f / 255.0f) - 1.0f;
-        free(pix);
+            out[(size_t)i * g->dim + d] = (float)img.pix[d] * (2.0f / 255.0f) - 1.0f;
+        pngio_image_free(&img);
     }
     if (!rc && st) {
         st->rows += (double)sr.expert_calls;

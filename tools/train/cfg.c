@@ -30,7 +30,11 @@ enum {
 };
 
 static const opt_def OPTS[] = {
-    { "data", O_STR, F(dataset), 0, EVERY, "dataset: digits or fashion" },
+    { "data", O_STR, F(dataset), 0, EVERY, "dataset: digits, fashion, or a folder of PNGs (subfolder = class)" },
+    { "size", O_INT, F(size), 0, P | R | M | C | A | J, "folder: centre-crop and area-resample to NxN (0 = the images' own size)" },
+    { "channels", O_INT, F(channels), 0, P | R | M | C | A | J, "folder: 1 grey or 3 RGB (0 = 3 if any image is colour)" },
+    { "background", O_STR, F(background), 0, P | R | M | C | A | J, "folder: colour under transparency (RRGGBB, black, white)" },
+    { "strict", O_FLAG, F(strict), 0, P | R | M | C | A | J, "folder: an unreadable PNG is an error (default: skipped)" },
     { "data-dir", O_STR, F(data_dir), 0, P | R | M | C | V | A | J, "where `make data` put the datasets" },
     { "k", O_INT, F(K), 1, EVERY, "number of clusters / experts" },
     { "shards", O_STR, F(shards), 0, P | E | R | A, "partition and shard files (default DATA-DIR/SET/kK)" },
@@ -97,6 +101,7 @@ void cfg_default(train_cfg *c)
 {
     memset(c, 0, sizeof *c);
     snprintf(c->dataset, sizeof c->dataset, "digits");
+    snprintf(c->background, sizeof c->background, "black");
     snprintf(c->data_dir, sizeof c->data_dir, "data");
     c->K = 8;
     c->shard = -1;
@@ -258,12 +263,26 @@ static const char *step_name(unsigned step)
     }
 }
 
+const char *cfg_set_name(const train_cfg *c)
+{
+    return c->set[0] ? c->set : c->dataset;
+}
+
+data_spec cfg_data_spec(const train_cfg *c)
+{
+    data_spec s = { .name = c->dataset, .dir = c->data_dir,
+                    .folder = { .size = c->size, .channels = c->channels, .strict = c->strict } };
+    imgdir_parse_colour(c->background, s.folder.background); /* checked by cfg_parse */
+    return s;
+}
+
 static void finish(train_cfg *c, int shards_given, int out_given)
 {
+    data_set_name(c->dataset, c->set, sizeof c->set);
     if (!shards_given)
-        snprintf(c->shards, sizeof c->shards, "%.500s/%s/k%d", c->data_dir, c->dataset, c->K);
+        snprintf(c->shards, sizeof c->shards, "%.500s/%s/k%d", c->data_dir, c->set, c->K);
     if (!out_given)
-        snprintf(c->out, sizeof c->out, "models/%s", c->dataset);
+        snprintf(c->out, sizeof c->out, "models/%s", c->set);
     if (c->mono_steps == 0)
         c->mono_steps = c->den.steps;
     if (c->mono_batch == 0)
@@ -323,6 +342,17 @@ int cfg_parse(train_cfg *c, unsigned step, int argc, char **argv, char *err, siz
     }
     if (c->time_dim % 2 || c->rt_time_dim % 2) {
         snprintf(err, errlen, "%s: --time-dim and --router-time-dim must be even", step_name(step));
+        return DDM_EINVAL;
+    }
+    uint8_t rgb[3];
+    if (imgdir_parse_colour(c->background, rgb)) {
+        snprintf(err, errlen, "%s: --background '%s': use RRGGBB hex (e.g. ffffff), black or white",
+                 step_name(step), c->background);
+        return DDM_EINVAL;
+    }
+    if (c->channels != 0 && c->channels != 1 && c->channels != 3) {
+        snprintf(err, errlen, "%s: --channels %d: use 1 (grey) or 3 (RGB)", step_name(step),
+                 c->channels);
         return DDM_EINVAL;
     }
     if (c->den.p_null > 1 || c->rt.p_null > 1) {

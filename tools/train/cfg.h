@@ -14,6 +14,7 @@
 #include "common/net.h"
 #include "common/st.h"
 #include "tools/train/conv.h"
+#include "tools/train/data.h"
 #include "tools/train/fit.h"
 
 #define CFG_PATH 1024
@@ -33,7 +34,12 @@ typedef struct net_train {
 } net_train;
 
 typedef struct train_cfg {
-    char dataset[16];          /* --data */
+    char dataset[CFG_PATH];    /* --data: digits, fashion, or a folder of PNGs */
+    char set[32];              /* the set's short name (digits, fashion, the folder's name) */
+    int size;                  /* --size: folder images resampled to size x size (0 = own) */
+    int channels;              /* --channels 1|3 (0 = from the data) */
+    char background[16];       /* --background: colour under transparent pixels */
+    int strict;                /* --strict: an unreadable PNG is an error */
     char data_dir[CFG_PATH];   /* --data-dir */
     int K;                     /* --k */
     char shards[CFG_PATH];     /* --shards (default data-dir/<set>/k<K>) */
@@ -81,6 +87,12 @@ enum {
 
 /* Fills the defaults (dataset digits, K 8, ...). */
 void cfg_default(train_cfg *c);
+
+/* The set's short name: c->set, or c->dataset for a config filled by hand. */
+const char *cfg_set_name(const train_cfg *c);
+
+/* How to load c's dataset (pointers into c). */
+data_spec cfg_data_spec(const train_cfg *c);
 
 /* Parses the flags of subcommand `step` (one STEP_ bit) from argv[1..argc)
  * (getopt_long; argv[0] is the subcommand) over the defaults in c, then

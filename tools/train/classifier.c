@@ -12,19 +12,28 @@
 typedef struct cls_ctx {
     const train_data *d;
     const train_opts *o;
-    int side, shift, K;
+    int side, channels, shift, K;
     int *target;   /* [B] class of each row */
 } cls_ctx;
 
-/* dst = src moved by (dx, dy) pixels, background -1 where nothing moves in. */
-static void shift_image(const float *src, int side, int dx, int dy, float *dst)
+/* dst = src [side][side][ch] moved by (dx, dy) pixels. Where nothing moves
+ * in: black (-1) for grey images, as digits and fashion have; the nearest
+ * edge pixel for RGB, whose backgrounds may have any colour. */
+static void shift_image(const float *src, int side, int ch, int dx, int dy, float *dst)
 {
     for (int y = 0; y < side; y++) {
         int sy = y - dy;
         for (int x = 0; x < side; x++) {
             int sx = x - dx;
-            dst[y * side + x] =
-                (sy >= 0 && sy < side && sx >= 0 && sx < side) ? src[sy * side + sx] : -1.0f;
+            int inside = sy >= 0 && sy < side && sx >= 0 && sx < side;
+            if (ch == 1) {
+                dst[y * side + x] = inside ? src[sy * side + sx] : -1.0f;
+                continue;
+            }
+            int cy = sy < 0 ? 0 : sy >= side ? side - 1 : sy;
+            int cx = sx < 0 ? 0 : sx >= side ? side - 1 : sx;
+            for (int k = 0; k < ch; k++)
+                dst[(y * side + x) * ch + k] = src[(cy * side + cx) * ch + k];
         }
     }
 }
@@ -44,8 +53,9 @@ static void cls_batch(void *vctx, long step, int B, float *x, float *t, int *lab
             j = d->n - 1;
         int dx = (int)(rng_uniform(seed, FIT_STREAM_AUG, 2 * r) * span) - ctx->shift;
         int dy = (int)(rng_uniform(seed, FIT_STREAM_AUG, 2 * r + 1) * span) - ctx->shift;
-        if (ctx->side * ctx->side == d->dim)
-            shift_image(d->x + (size_t)j * D, ctx->side, dx, dy, x + (size_t)i * D);
+        if (ctx->side * ctx->side * ctx->channels == d->dim)
+            shift_image(d->x + (size_t)j * D, ctx->side, ctx->channels, dx, dy,
+                        x + (size_t)i * D);
         else
             memcpy(x + (size_t)i * D, d->x + (size_t)j * D, D * sizeof *x);
         t[i] = 0.0f;
@@ -61,8 +71,8 @@ static double cls_loss(void *vctx, int B, const float *out, float *dout)
 }
 
 int classifier_train_net(const fit_net *net, float *params, float *avg, const train_data *d,
-                         int side, int shift, const train_opts *o, train_result *res, char *err,
-                         size_t errlen)
+                         int side, int channels, int shift, const train_opts *o,
+                         train_result *res, char *err, size_t errlen)
 {
     if (d->n < 1 || !d->y || d->dim != net->in_dim) {
         snprintf(err, errlen, "%s: no data, no labels or dim %d != %d", o->tag, d->dim,
@@ -76,7 +86,7 @@ int classifier_train_net(const fit_net *net, float *params, float *avg, const tr
             return DDM_ERANGE;
         }
     }
-    cls_ctx ctx = { d, o, side, shift < 0 ? 0 : shift, net->out_dim,
+    cls_ctx ctx = { d, o, side, channels < 1 ? 1 : channels, shift < 0 ? 0 : shift, net->out_dim,
                     malloc((size_t)o->batch * sizeof(int)) };
     if (!ctx.target) {
         snprintf(err, errlen, "%s: out of memory", o->tag);
@@ -89,15 +99,16 @@ int classifier_train_net(const fit_net *net, float *params, float *avg, const tr
 }
 
 int classifier_train(const net_config *c, float *params, float *avg, const train_data *d,
-                     int side, int shift, const train_opts *o, train_result *res, char *err,
-                     size_t errlen)
+                     int side, int channels, int shift, const train_opts *o, train_result *res,
+                     char *err, size_t errlen)
 {
     fit_net net;
     if (fit_net_mlp(c, o->batch > 0 ? o->batch : 1, &net)) {
         snprintf(err, errlen, "%s: out of memory for batch %d", o->tag, o->batch);
         return DDM_ENOMEM;
     }
-    int rc = classifier_train_net(&net, params, avg, d, side, shift, o, res, err, errlen);
+    int rc = classifier_train_net(&net, params, avg, d, side, channels, shift, o, res, err,
+                                  errlen);
     fit_net_free(&net);
     return rc;
 }

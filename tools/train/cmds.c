@@ -40,13 +40,15 @@ int train_meta(st_writer *w, const train_cfg *c, const char *arch, uint64_t seed
     rc = rc ? rc : st_writer_meta(w, "steps", num);
     rc = rc ? rc : meta_num(w, "loss", res->final_loss);
     rc = rc ? rc : st_writer_meta(w, "command", c->command);
+    if (!rc && data_is_folder(c->dataset)) /* how ddm-eval reads the folder again */
+        rc = st_writer_meta(w, "data_background", c->background);
     for (int i = 0; i < nkv && !rc; i++)
         rc = st_writer_meta(w, kv[2 * i], kv[2 * i + 1]);
     return rc;
 }
 
 int train_save(const train_cfg *c, const char *path, model_kind kind, const net_config *nc,
-               const float *params, int expert_id, uint64_t seed, const train_opts *o,
+               const model_shape *shape, const float *params, int expert_id, uint64_t seed, const train_opts *o,
                const train_result *res, const float *centroid, const char *const *kv, int nkv,
                char *err, size_t errlen)
 {
@@ -59,7 +61,8 @@ int train_save(const train_cfg *c, const char *path, model_kind kind, const net_
     snprintf(arch, sizeof arch, "mlp in=%d hidden=%d blocks=%d out=%d classes=%d time_dim=%d "
              "gauss_rank=%d", nc->in_dim, nc->hidden, nc->n_blocks, nc->out_dim, nc->n_classes,
              nc->time_dim, nc->gauss_rank);
-    int rc = model_write(w, kind, nc, params, c->dtype, c->dataset, expert_id, c->K);
+    int rc = model_write(w, kind, nc, params, c->dtype, cfg_set_name(c), expert_id, c->K);
+    rc = rc ? rc : model_shape_write(w, shape);
     rc = rc ? rc : train_meta(w, c, arch, seed, o, res, kv, nkv);
     if (!rc && centroid) {
         int64_t shape[1] = { nc->in_dim };
@@ -78,7 +81,9 @@ static dataset *load_split(const train_cfg *c, data_split split)
 {
     dataset *ds = NULL;
     char err[4096];
-    if (data_load(c->dataset, c->data_dir, split, &ds, err, sizeof err)) {
+    data_spec spec = cfg_data_spec(c);
+    spec.folder.quiet = split == DATA_TEST; /* the train split's load warns once */
+    if (data_load_spec(&spec, split, &ds, err, sizeof err)) {
         fprintf(stderr, "ddm-train: %s\n", err);
         return NULL;
     }
@@ -106,8 +111,10 @@ int cmd_partition(const train_cfg *c)
     double t0 = fit_now();
     int rc = kmeans_fit(ds->pixels, ds->n, ds->dim, &ko, &km, err, sizeof err);
     if (!rc) {
+        printf("partition %s: %d images of %dx%dx%d, %d classes\n", cfg_set_name(c), ds->n, ds->height,
+               ds->width, ds->channels, ds->n_classes);
         printf("partition %s: k-means K=%d on %s (%d restarts, seed %llu): inertia %.1f, "
-               "%d iterations%s, %.1f s\n", c->dataset, c->K, c->pca ? "PCA features" : "pixels",
+               "%d iterations%s, %.1f s\n", cfg_set_name(c), c->K, c->pca ? "PCA features" : "pixels",
                c->restarts, (unsigned long long)ko.seed, km->inertia, km->iters,
                km->converged ? " (converged)" : "", fit_now() - t0);
         kmeans_print_table(stdout, km->assign, ds->n, c->K, ds->labels, ds->n_classes,
@@ -116,11 +123,21 @@ int cmd_partition(const train_cfg *c)
         rc = fs_mkdirs(c->shards, err, sizeof err);
     }
     if (!rc)
-        rc = shard_write_all(c->shards, c->dataset, ds->n, ds->dim, ds->pixels, ds->labels,
-                             ds->n_classes, km->assign, c->K, km->centroids, err, sizeof err);
+        rc = shard_write_all(c->shards, cfg_set_name(c), &ds->shape, ds->n, ds->dim, ds->pixels,
+                             ds->labels, ds->n_classes, km->assign, c->K, km->centroids, err,
+                             sizeof err);
     if (!rc)
         printf("partition: wrote %s/partition.safetensors and shard-0..%d.safetensors\n",
                c->shards, c->K - 1);
+    if (!rc && ds->folder) {
+        char mpath[CFG_PATH + 32];
+        data_spec spec = cfg_data_spec(c);
+        snprintf(mpath, sizeof mpath, "%s/manifest.tsv", c->shards);
+        rc = imgdir_write_manifest(ds->folder, c->dataset, &spec.folder, mpath, err, sizeof err);
+        if (!rc)
+            printf("partition: wrote %s (%d images with their sha256, class and split)\n", mpath,
+                   ds->folder->n);
+    }
     kmeans_result_free(km);
     data_free(ds);
     return rc ? fail(err) : 0;
@@ -166,9 +183,9 @@ int cmd_expert(const train_cfg *c)
         return fail(err);
     int rc = 0;
     if ((c->shard >= 0 && s->id != c->shard) || s->K != c->K ||
-        strcmp(s->dataset, c->dataset) != 0) {
+        strcmp(s->dataset, cfg_set_name(c)) != 0) {
         snprintf(err, sizeof err, "%s holds cluster %d of %d of %s, but expert %d of %d of %s "
-                 "was asked for", path, s->id, s->K, s->dataset, c->shard, c->K, c->dataset);
+                 "was asked for", path, s->id, s->K, s->dataset, c->shard, c->K, cfg_set_name(c));
         shard_free(s);
         return fail(err);
     }
@@ -209,7 +226,7 @@ int cmd_expert(const train_cfg *c)
         const char *kv[] = { "cluster", cbuf, "shard_n", nbuf, "shard_sha256", s->sha256,
                              "role", "expert", "classes", kept };
         rc = fs_mkdirs(c->out, err, sizeof err);
-        rc = rc ? rc : train_save(c, opath, MODEL_DENOISER, &nc, avg, s->id, seed, &o, &res,
+        rc = rc ? rc : train_save(c, opath, MODEL_DENOISER, &nc, &s->shape, avg, s->id, seed, &o, &res,
                                   s->centroid, kv, 5, err, sizeof err);
         if (!rc)
             printf("expert %d: %d images, loss %.4f -> %.4f, %.1f s (%.0f samples/s), wrote %s\n",
@@ -287,7 +304,7 @@ int cmd_router(const train_cfg *c)
     snprintf(opath, sizeof opath, "%s/router.safetensors", c->out);
     const char *kv[] = { "heldout_accuracy_uncond_label", acc, "role", "router" };
     if (fs_mkdirs(c->out, err, sizeof err) ||
-        train_save(c, opath, MODEL_ROUTER, &nc, avg, -1, seed, &o, &res, NULL, kv, 2, err,
+        train_save(c, opath, MODEL_ROUTER, &nc, &tr->shape, avg, -1, seed, &o, &res, NULL, kv, 2, err,
                    sizeof err)) {
         rc = 1;
         goto out;
@@ -337,7 +354,8 @@ int cmd_monolith(const train_cfg *c)
         snprintf(opath, sizeof opath, "%s/monolith.safetensors", c->out);
         const char *kv[] = { "role", "monolith" };
         rc = fs_mkdirs(c->out, err, sizeof err);
-        rc = rc ? rc : train_save(c, opath, MODEL_DENOISER, &nc, avg, -1, seed, &o, &res, NULL,
+        rc = rc ? rc : train_save(c, opath, MODEL_DENOISER, &nc, &tr->shape, avg, -1, seed, &o,
+                                  &res, NULL,
                                   kv, 1, err, sizeof err);
         if (!rc)
             printf("monolith: %d images, loss %.4f -> %.4f, %.1f s (%.0f samples/s), wrote %s\n",
@@ -373,8 +391,8 @@ int cmd_classifier(const train_cfg *c)
         net_init(&nc, params, seed);
         fprintf(stderr, "classifier: %d images, %zu parameters, %ld steps of %d\n", tr->n,
                 net_trainable_count(&nc), o.steps, o.batch);
-        rc = classifier_train(&nc, params, avg, &d, tr->width, c->cls_shift, &o, &res, err,
-                              sizeof err);
+        rc = classifier_train(&nc, params, avg, &d, tr->width, tr->channels, c->cls_shift, &o,
+                              &res, err, sizeof err);
     }
     if (!rc) {
         train_data h = { te->n, te->dim, te->pixels, te->labels, NULL };
@@ -386,7 +404,8 @@ int cmd_classifier(const train_cfg *c)
                100 * acc_tr);
         const char *kv[] = { "test_accuracy", abuf, "role", "classifier" };
         rc = fs_mkdirs(c->out, err, sizeof err);
-        rc = rc ? rc : train_save(c, opath, MODEL_CLASSIFIER, &nc, avg, -1, seed, &o, &res, NULL,
+        rc = rc ? rc : train_save(c, opath, MODEL_CLASSIFIER, &nc, &tr->shape, avg, -1, seed, &o,
+                                  &res, NULL,
                                   kv, 2, err, sizeof err);
         if (!rc)
             printf("classifier: loss %.4f -> %.4f, %.1f s, wrote %s\n", res.first_loss,
@@ -450,8 +469,8 @@ int cmd_judge(const train_cfg *c)
                 "of %d\n", tr->n, c->judge_channels, cc.kernel, cc.feat, net.n_params, o.steps,
                 o.batch);
         train_data d = { tr->n, tr->dim, tr->pixels, tr->labels, NULL };
-        rc = classifier_train_net(&net, params, avg, &d, tr->width, c->judge_shift, &o, &res,
-                                  err, sizeof err);
+        rc = classifier_train_net(&net, params, avg, &d, tr->width, tr->channels, c->judge_shift,
+                                  &o, &res, err, sizeof err);
     }
     if (!rc) {
         double acc = judge_accuracy(&cc, avg, te), acc_tr = judge_accuracy(&cc, avg, tr);
@@ -463,7 +482,7 @@ int cmd_judge(const train_cfg *c)
         snprintf(opath, sizeof opath, "%s/judge-conv.safetensors", c->out);
         printf("judge: test accuracy %.2f%% (%d images), train %.2f%%\n", 100 * acc, te->n,
                100 * acc_tr);
-        const char *kv[] = { "test_accuracy", abuf, "role", "judge", "dataset", c->dataset };
+        const char *kv[] = { "test_accuracy", abuf, "role", "judge", "dataset", cfg_set_name(c) };
         st_writer *w = st_writer_new();
         rc = w ? fs_mkdirs(c->out, err, sizeof err) : DDM_ENOMEM;
         rc = rc ? rc : conv_write(w, &cc, avg, c->dtype);

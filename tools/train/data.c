@@ -47,8 +47,9 @@ const char *const *data_class_names(const char *name)
     return NULL;
 }
 
-/* A dataset with room for n samples, fields set, contents uninitialised. */
-static dataset *ds_alloc(const char *name, data_split split, int n)
+/* A dataset with room for n samples of shape (copied), fields set,
+ * contents uninitialised. */
+static dataset *ds_alloc_shaped(const char *name, data_split split, int n, const model_shape *shape)
 {
     dataset *ds = calloc(1, sizeof *ds);
     if (!ds)
@@ -56,12 +57,18 @@ static dataset *ds_alloc(const char *name, data_split split, int n)
     snprintf(ds->name, sizeof ds->name, "%s", name);
     ds->split = split;
     ds->n = n;
-    ds->dim = DATA_DIM;
-    ds->width = ds->height = DATA_SIDE;
-    ds->n_classes = DATA_CLASSES;
-    ds->class_names = data_class_names(name);
+    if (model_shape_copy(&ds->shape, shape)) {
+        free(ds);
+        return NULL;
+    }
+    ds->width = shape->width;
+    ds->height = shape->height;
+    ds->channels = shape->channels;
+    ds->dim = ds->width * ds->height * ds->channels;
+    ds->n_classes = shape->n_class_names;
+    ds->class_names = (const char *const *)ds->shape.class_names;
     size_t nn = n > 0 ? (size_t)n : 1;
-    ds->pixels = malloc(nn * DATA_DIM * sizeof *ds->pixels);
+    ds->pixels = malloc(nn * (size_t)ds->dim * sizeof *ds->pixels);
     ds->labels = malloc(nn * sizeof *ds->labels);
     if (!ds->pixels || !ds->labels) {
         data_free(ds);
@@ -70,12 +77,23 @@ static dataset *ds_alloc(const char *name, data_split split, int n)
     return ds;
 }
 
+/* digits / fashion: 28 x 28 x 1, ten named classes. */
+static dataset *ds_alloc(const char *name, data_split split, int n)
+{
+    model_shape sh = { .height = DATA_SIDE, .width = DATA_SIDE, .channels = 1,
+                       .n_class_names = DATA_CLASSES,
+                       .class_names = (char **)data_class_names(name) };
+    return ds_alloc_shaped(name, split, n, &sh);
+}
+
 void data_free(dataset *ds)
 {
     if (!ds)
         return;
     free(ds->pixels);
     free(ds->labels);
+    model_shape_free(&ds->shape);
+    imgdir_free(ds->folder);
     free(ds);
 }
 
@@ -347,8 +365,8 @@ int data_load(const char *name, const char *data_dir, data_split split, dataset 
         return load_digits(data_dir, split, out, err, errlen);
     if (name && strcmp(name, "fashion") == 0)
         return load_fashion(data_dir, split, out, err, errlen);
-    ddm_errf(err, errlen, 0, "unknown dataset \"%s\" (expected digits or fashion)",
-            name ? name : "(null)");
+    ddm_errf(err, errlen, 0, "unknown dataset \"%s\" (expected digits, fashion or a folder of "
+            "PNGs)", name ? name : "(null)");
     return DDM_EINVAL;
 }
 
@@ -367,16 +385,15 @@ int data_subset(const dataset *ds, const int *idx, int n, dataset **out, char *e
             return DDM_ERANGE;
         }
     }
-    dataset *sub = ds_alloc(ds->name, ds->split, n);
+    dataset *sub = ds_alloc_shaped(ds->name, ds->split, n, &ds->shape);
     if (!sub) {
         ddm_errf(err, errlen, 0, "data_subset: out of memory for %d samples", n);
         return DDM_ENOMEM;
     }
-    sub->class_names = ds->class_names;
-    sub->n_classes = ds->n_classes;
+    size_t D = (size_t)ds->dim;
     for (int i = 0; i < n; i++) {
-        memcpy(sub->pixels + (size_t)i * DATA_DIM, ds->pixels + (size_t)idx[i] * DATA_DIM,
-               DATA_DIM * sizeof *sub->pixels);
+        memcpy(sub->pixels + (size_t)i * D, ds->pixels + (size_t)idx[i] * D,
+               D * sizeof *sub->pixels);
         sub->labels[i] = ds->labels[idx[i]];
     }
     *out = sub;
@@ -396,4 +413,80 @@ int data_write_png_grid(const char *path, const float *imgs, int n, int cols, ch
                         size_t errlen)
 {
     return pngio_write_grid(path, imgs, n, DATA_SIDE, DATA_SIDE, cols, err, errlen);
+}
+
+int data_write_grid(const dataset *ds, const char *path, const float *imgs, int n, int cols,
+                    char *err, size_t errlen)
+{
+    return pngio_write_grid_ch(path, imgs, n, ds->width, ds->height, ds->channels, cols, err,
+                               errlen);
+}
+
+/* ---- folders of PNGs -------------------------------------------------------- */
+
+int data_is_folder(const char *name)
+{
+    return name && strcmp(name, "digits") != 0 && strcmp(name, "fashion") != 0;
+}
+
+void data_set_name(const char *name, char *buf, size_t len)
+{
+    if (!data_is_folder(name)) {
+        snprintf(buf, len, "%s", name ? name : "");
+        return;
+    }
+    size_t n = strlen(name);
+    while (n > 1 && name[n - 1] == '/')
+        n--;
+    size_t a = n;
+    while (a > 0 && name[a - 1] != '/')
+        a--;
+    size_t m = n - a;
+    if (m > 31)
+        m = 31;
+    snprintf(buf, len, "%.*s", (int)m, name + a);
+}
+
+static int load_folder(const data_spec *spec, data_split split, dataset **out, char *err,
+                       size_t errlen)
+{
+    imgdir_set *s = NULL;
+    int rc = imgdir_load(spec->name, &spec->folder, &s, err, errlen);
+    if (rc)
+        return rc;
+    int n = 0;
+    for (int i = 0; i < s->n; i++)
+        n += s->test[i] == (split == DATA_TEST);
+    model_shape sh = { .height = s->size, .width = s->size, .channels = s->channels,
+                       .n_class_names = s->n_classes, .class_names = s->class_names };
+    char name[32];
+    data_set_name(spec->name, name, sizeof name);
+    dataset *ds = ds_alloc_shaped(name, split, n, &sh);
+    if (!ds) {
+        imgdir_free(s);
+        return ddm_errf(err, errlen, DDM_ENOMEM, "%s: out of memory for %d images", spec->name, n);
+    }
+    for (int i = 0, j = 0; i < s->n; i++) {
+        if (s->test[i] != (split == DATA_TEST))
+            continue;
+        const uint8_t *src = s->pix + (size_t)i * s->dim;
+        float *dst = ds->pixels + (size_t)j * s->dim;
+        for (int k = 0; k < s->dim; k++)
+            dst[k] = byte_to_unit(src[k]);
+        ds->labels[j++] = s->labels[i];
+    }
+    ds->folder = s;
+    *out = ds;
+    return 0;
+}
+
+int data_load_spec(const data_spec *spec, data_split split, dataset **out, char *err,
+                   size_t errlen)
+{
+    *out = NULL;
+    if (!data_is_folder(spec->name))
+        return data_load(spec->name, spec->dir, split, out, err, errlen);
+    if (split != DATA_TRAIN && split != DATA_TEST)
+        return ddm_errf(err, errlen, DDM_EINVAL, "bad split %d (expected train or test)", (int)split);
+    return load_folder(spec, split, out, err, errlen);
 }

@@ -1,7 +1,9 @@
-/* data.h -- the training datasets: digits (OpenCV's digits.png) and Fashion-MNIST.
+/* data.h -- the training datasets: digits (OpenCV's digits.png), Fashion-MNIST,
+ * and any folder of PNGs (tools/train/imgdir.h).
  *
- * Both load into the same in-memory form: n images of 28x28 floats in [-1, 1]
- * (-1 black background, +1 white ink) with a class label 0..9. `make data`
+ * All load into the same in-memory form: n images of height x width x channels
+ * floats in [-1, 1] (HWC; -1 black, +1 white) with a class label. digits and
+ * fashion are 28x28 grey with classes 0..9. `make data`
  * (mk/data.sh) fetches the files into data/:
  *   data/digits/digits.png      2000x1000 grey sheet, 100 x 50 tiles of 20x20,
  *                               tile row r holds class r / 5 (500 per class)
@@ -17,6 +19,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/model.h"
+#include "tools/train/imgdir.h"
+
 #define DATA_SIDE 28
 #define DATA_DIM (DATA_SIDE * DATA_SIDE)
 #define DATA_CLASSES 10
@@ -25,16 +30,38 @@
 typedef enum data_split { DATA_TRAIN = 0, DATA_TEST = 1 } data_split;
 
 typedef struct dataset {
-    char name[16];                  /* "digits" or "fashion" */
+    char name[32];                  /* "digits", "fashion", or the folder's own name */
     data_split split;
     int n;                          /* number of images */
-    int dim;                        /* DATA_DIM */
-    int width, height;              /* DATA_SIDE each */
-    float *pixels;                  /* [n][dim] row-major, row y of an image at y*width, in [-1, 1] */
+    int dim;                        /* height * width * channels (DATA_DIM for digits/fashion) */
+    int width, height, channels;    /* DATA_SIDE x DATA_SIDE x 1 for digits/fashion */
+    float *pixels;                  /* [n][dim] HWC, row y of an image at y*width*channels, in [-1, 1] */
     int *labels;                    /* [n], 0 .. n_classes-1 */
-    int n_classes;                  /* DATA_CLASSES */
-    const char *const *class_names; /* [n_classes], static strings */
+    int n_classes;                  /* DATA_CLASSES for digits/fashion */
+    const char *const *class_names; /* [n_classes], = shape.class_names */
+    model_shape shape;              /* height, width, channels, class names (owned) */
+    imgdir_set *folder;             /* a folder's whole set (both splits; for the manifest), or NULL */
 } dataset;
+
+/* Which dataset to load: a name, or a folder and how to read it. */
+typedef struct data_spec {
+    const char *name;               /* "digits", "fashion", or the path of a folder of PNGs */
+    const char *dir;                /* where `make data` put digits/fashion (NULL = DATA_DEFAULT_DIR) */
+    imgdir_opts folder;             /* a folder's size, channels, background, strictness */
+} data_spec;
+
+/* 1 when name is not a built-in set (digits, fashion): a folder path. */
+int data_is_folder(const char *name);
+
+/* The set's short name into buf: digits / fashion, or a folder's last path
+ * component (at most 31 bytes). */
+void data_set_name(const char *name, char *buf, size_t len);
+
+/* Loads split of the set spec names: data_load for digits/fashion, else
+ * imgdir_load of the folder (its test split is imgdir's). Same contract as
+ * data_load; errors name the folder or file and what to fix. */
+int data_load_spec(const data_spec *spec, data_split split, dataset **out, char *err,
+                   size_t errlen);
 
 /* Loads split (DATA_TRAIN or DATA_TEST) of dataset name ("digits" or
  * "fashion") from data_dir (NULL means DATA_DEFAULT_DIR). On success returns
@@ -66,5 +93,9 @@ const char *const *data_class_names(const char *name);
  * columns and 2 px separators at path. Returns 0 or a ddm_err with a message. */
 int data_write_png_grid(const char *path, const float *imgs, int n, int cols, char *err,
                         size_t errlen);
+
+/* The same for images of ds's shape (grey or RGB). */
+int data_write_grid(const dataset *ds, const char *path, const float *imgs, int n, int cols,
+                    char *err, size_t errlen);
 
 #endif

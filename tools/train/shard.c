@@ -35,7 +35,8 @@ static int meta_int(st_writer *w, const char *key, long v)
     return st_writer_meta(w, key, buf);
 }
 
-static int write_shard(const char *dir, const char *dataset, int k, int K, int n, int dim,
+static int write_shard(const char *dir, const char *dataset, const model_shape *shape, int k,
+                       int K, int n, int dim,
                        const float *x, const int *y, int n_classes, const int *assign,
                        const float *centroid, char *err, size_t errlen)
 {
@@ -75,6 +76,7 @@ static int write_shard(const char *dir, const char *dataset, int k, int K, int n
     rc = rc ? rc : meta_int(w, "dim", dim);
     rc = rc ? rc : meta_int(w, "n_classes", n_classes);
     rc = rc ? rc : st_writer_meta(w, "pixels", "x = b * (2 / 255) - 1");
+    rc = rc ? rc : model_shape_write(w, shape);
     if (rc) {
         snprintf(err, errlen, "cannot write %s: %s", path, ddm_strerror(rc));
         goto out;
@@ -88,7 +90,8 @@ out:
     return rc;
 }
 
-int shard_write_all(const char *dir, const char *dataset, int n, int dim, const float *x,
+int shard_write_all(const char *dir, const char *dataset, const model_shape *shape, int n,
+                    int dim, const float *x,
                     const int *y, int n_classes, const int *assign, int K,
                     const float *centroids, char *err, size_t errlen)
 {
@@ -119,13 +122,14 @@ int shard_write_all(const char *dir, const char *dataset, int n, int dim, const 
     rc = rc ? rc : meta_int(w, "num_experts", K);
     rc = rc ? rc : meta_int(w, "n", n);
     rc = rc ? rc : meta_int(w, "dim", dim);
+    rc = rc ? rc : model_shape_write(w, shape);
     if (rc) {
         snprintf(err, errlen, "cannot write %s: %s", path, ddm_strerror(rc));
         goto out;
     }
     rc = st_writer_save(w, path, err, errlen);
     for (int k = 0; k < K && !rc; k++)
-        rc = write_shard(dir, dataset, k, K, n, dim, x, y, n_classes, assign,
+        rc = write_shard(dir, dataset, shape, k, K, n, dim, x, y, n_classes, assign,
                          centroids + (size_t)k * dim, err, errlen);
 out:
     st_writer_free(w);
@@ -193,6 +197,8 @@ int shard_read(const char *path, shard **out, char *err, size_t errlen)
         goto out;
     snprintf(s->sha256, sizeof s->sha256, "%s", st_sha256(f));
     snprintf(s->dataset, sizeof s->dataset, "%s", ds ? ds : "");
+    if ((rc = model_shape_read(f, s->dim, s->n_classes, &s->shape, err, errlen)))
+        goto out;
     const st_tensor *ti = need(f, "images", ST_U8, 2, s->n, s->dim, err, errlen);
     const st_tensor *tl = ti ? need(f, "labels", ST_I32, 1, s->n, -1, err, errlen) : NULL;
     const st_tensor *tx = tl ? need(f, "index", ST_I32, 1, s->n, -1, err, errlen) : NULL;
@@ -241,6 +247,7 @@ void shard_free(shard *s)
     free(s->y);
     free(s->index);
     free(s->centroid);
+    model_shape_free(&s->shape);
     free(s);
 }
 

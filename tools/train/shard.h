@@ -7,7 +7,8 @@
  *   shard-<k>.safetensors  "images" U8 [n][D], "labels" I32 [n], "index" I32 [n]
  *                          (position in the training split), "centroid" F32 [D]
  * with __metadata__ ddm.kind ("partition" / "shard"), dataset, num_experts,
- * cluster (shards), n, dim, n_classes. A shard holds only its own cluster's images, so
+ * cluster (shards), n, dim, n_classes, and the image shape keys of
+ * common/model.h (height, width, channels, class_names; absent = 28x28x1). A shard holds only its own cluster's images, so
  * an expert given one shard file cannot see the others' data. Pixels are
  * stored as bytes b with x = b * (2 / 255) - 1, the loaders' own mapping, so
  * they round-trip exactly. */
@@ -16,8 +17,10 @@
 
 #include <stddef.h>
 
+#include "common/model.h"
+
 typedef struct shard {
-    char dataset[16];
+    char dataset[32];
     int id;            /* cluster */
     int K;             /* clusters of the partition */
     int n, dim;
@@ -27,10 +30,11 @@ typedef struct shard {
     int *y;            /* [n] class labels */
     int *index;        /* [n] positions in the training split */
     float *centroid;   /* [dim] */
+    model_shape shape; /* image shape and class names (owned) */
 } shard;
 
 typedef struct partition {
-    char dataset[16];
+    char dataset[32];
     int K, n, dim, n_classes;
     int *assign;       /* [n] */
     float *centroids;  /* [K][dim] */
@@ -42,9 +46,12 @@ void shard_path(char *buf, size_t len, const char *dir, int k);
 void partition_path(char *buf, size_t len, const char *dir);
 
 /* Writes the partition file and one shard file per cluster into dir (which
- * must exist). x [n][dim] in [-1, 1], y [n] classes 0..n_classes-1, assign
- * [n] in 0..K-1, centroids [K][dim]. Returns 0 or an error with a message. */
-int shard_write_all(const char *dir, const char *dataset, int n, int dim, const float *x,
+ * must exist). shape: the images' (height * width * channels = dim; its
+ * names, if any, n_classes of them). x [n][dim] in [-1, 1], y [n] classes
+ * 0..n_classes-1, assign [n] in 0..K-1, centroids [K][dim]. Returns 0 or an
+ * error with a message. */
+int shard_write_all(const char *dir, const char *dataset, const model_shape *shape, int n,
+                    int dim, const float *x,
                     const int *y, int n_classes, const int *assign, int K,
                     const float *centroids, char *err, size_t errlen);
 

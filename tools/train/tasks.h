@@ -57,16 +57,16 @@ double router_eval(const net_config *c, const float *params, const train_data *d
                    int with_label, uint64_t seed);
 
 /* Trains a classifier on d with random shifts of up to shift pixels
- * (side x side images). */
+ * (side x side x channels images, HWC). */
 int classifier_train(const net_config *c, float *params, float *avg, const train_data *d,
-                     int side, int shift, const train_opts *o, train_result *res, char *err,
-                     size_t errlen);
+                     int side, int channels, int shift, const train_opts *o, train_result *res,
+                     char *err, size_t errlen);
 
 /* The same task for any network (e.g. the conv judge): net->in_dim pixels
  * in, net->out_dim class logits out. */
 int classifier_train_net(const fit_net *net, float *params, float *avg, const train_data *d,
-                         int side, int shift, const train_opts *o, train_result *res, char *err,
-                         size_t errlen);
+                         int side, int channels, int shift, const train_opts *o,
+                         train_result *res, char *err, size_t errlen);
 
 /* Classifies x [n][dim]: writes the argmax class into pred[n] (may be NULL)
  * and the max softmax probability into conf[n] (may be NULL). Returns 0 or

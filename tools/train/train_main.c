@@ -66,6 +66,8 @@ static void usage(FILE *f)
     cfg_print_flags(&d, STEP_ALL, f);
     fprintf(f, "  --shard N              expert: the cluster to train on (required)\n"
                "  --shard-file PATH      expert: the shard file (default SHARDS/shard-N.safetensors)\n"
+               "  --blas-core NAME       OpenBLAS kernels (default: the fastest measured on this CPU)\n"
+               "  --half-rows N          fp16 weight copies up to N rows (default: measured here)\n"
                "\n--data fashion changes the defaults of --steps to 6000, --router-steps to 5000\n"
                "--cls-steps to 10000, --cls-shift to 1, --judge-steps to 6000 and --judge-shift to 1\n"
                "(ddm-train all --data fashion --help).\n"
@@ -76,7 +78,7 @@ static void usage(FILE *f)
 int main(int argc, char **argv)
 {
     log_set_name("ddm-train");
-    blas_fix_core(argv);
+    blas_select(&argc, argv); /* may re-execute with the kernels measured fastest here */
     if (argc < 2) {
         usage(stderr);
         return 2;

@@ -169,12 +169,14 @@ int cmd_verify(const train_cfg *c)
     }
     if (!rc && c->grids[0]) {
         char g[CFG_PATH + 32];
-        int side = (int)lrint(sqrt((double)e->dim));
+        const model_shape *sh = &cls->shape; /* the images' shape, as training saw them */
         snprintf(g, sizeof g, "%s-top2.png", c->grids);
-        rc = pngio_write_grid(g, u64, 64, side, side, 8, err, sizeof err);
+        rc = pngio_write_grid_ch(g, u64, 64, sh->width, sh->height, sh->channels, 8, err,
+                                 sizeof err);
         if (!rc && e->n_classes > 0) {
             snprintf(g, sizeof g, "%s-labels.png", c->grids);
-            rc = pngio_write_grid(g, lab80, 80, side, side, 8, err, sizeof err);
+            rc = pngio_write_grid_ch(g, lab80, 80, sh->width, sh->height, sh->channels, 8, err,
+                                     sizeof err);
         }
         if (!rc)
             printf("verify: wrote %s-top2.png and %s-labels.png\n", c->grids, c->grids);
