@@ -34,15 +34,15 @@ int strategy_parse(const char *name, int K, float threshold, float temperature,
         out->kind = STRAT_SAMPLE;
     } else if (!strncmp(name, "top-", 4) && name[4] >= '1' && name[4] <= '9') {
         long k = strtol(name + 4, &end, 10);
-        int greedy = !strcmp(end, ":greedy");
-        if ((*end && !greedy) || k < 1 || k > K) {
-            snprintf(err, errlen, "strategy \"%s\": top-k needs k in 1..%d (top-k:greedy for the "
-                     "k most probable without the trajectory's draw)", name, K);
+        int drawn = !strcmp(end, ":drawn");
+        if ((*end && !drawn && strcmp(end, ":greedy")) || k < 1 || k > K) {
+            snprintf(err, errlen, "strategy \"%.64s\": top-k needs k in 1..%d, optionally with "
+                     ":drawn (top-k:drawn draws each image's k experts from the router)", name, K);
             return DDM_EINVAL;
         }
         out->kind = STRAT_TOPK;
         out->k = (int)k;
-        out->greedy = greedy;
+        out->drawn = drawn;
     } else if (!strncmp(name, "expert:", 7) && name[7] >= '0' && name[7] <= '9') {
         long k = strtol(name + 7, &end, 10);
         if (*end || k < 0 || k >= K) {
@@ -53,7 +53,7 @@ int strategy_parse(const char *name, int K, float threshold, float temperature,
         out->k = (int)k;
     } else {
         snprintf(err, errlen,
-                 "strategy \"%.64s\" is unknown: use full, top-1..top-%d (or top-k:greedy), "
+                 "strategy \"%.64s\" is unknown: use full, top-1..top-%d (or top-k:drawn), "
                  "threshold, sample, nucleus, uniform or expert:0..%d", name, K, K - 1);
         return DDM_EINVAL;
     }
@@ -83,7 +83,7 @@ int strategy_check(const strategy *s, char *err, size_t errlen)
 void strategy_name(const strategy *s, char *buf, size_t len)
 {
     switch (s->kind) {
-    case STRAT_TOPK:      snprintf(buf, len, "top-%d%s", s->k, s->greedy ? ":greedy" : ""); break;
+    case STRAT_TOPK:      snprintf(buf, len, "top-%d%s", s->k, s->drawn ? ":drawn" : ""); break;
     case STRAT_FULL:      snprintf(buf, len, "full"); break;
     case STRAT_THRESHOLD: snprintf(buf, len, "threshold"); break;
     case STRAT_SAMPLE:    snprintf(buf, len, "sample"); break;
@@ -183,7 +183,7 @@ int strategy_select(const strategy *s, const float *logits, int K, double u, con
         return emit(p, keep, K, idx, w);
     case STRAT_TOPK:
         strategy_softmax(logits, K, s->temperature, p);
-        if (noise && !s->greedy) {
+        if (noise && s->drawn) {
             /* z = log p + noise: the k largest are a draw without replacement from p
              * (Gumbel noise), weighted by exp(z) = p e^noise */
             float z[STRAT_MAX_EXPERTS] = { 0 };

@@ -6,16 +6,16 @@
  * reads the router (temperature 1 by default; below 1 sharpens, above 1
  * flattens: full at a high temperature is the uniform committee):
  *   full         softmax over all K
- *   top-k        k experts drawn for the trajectory from p: the k largest
+ *   top-k        the k largest probabilities, renormalised ("top-2";
+ *                "top-2:greedy" is accepted as the same)
+ *   top-k:drawn  k experts drawn for the trajectory from p: the k largest
  *                of log p_i + g_i, weighted p_i e^(g_i) renormalised, with
  *                g_i standard Gumbel noise fixed for the whole trajectory
  *                (router/sampler.h). At t = 1, where p is the clusters'
  *                prior, the largest weight lands on expert i with
  *                probability p_i -- trajectories spread over the clusters as
- *                the data does -- instead of always on the largest cluster;
+ *                the data does -- instead of always on the largest ones;
  *                once the router is sure, the draw is the k most probable.
- *                ("top-2")
- *   top-k:greedy the k largest probabilities, renormalised (no draw)
  *   threshold    every expert with p >= tau, renormalised (argmax if none)
  *   sample       one expert drawn from softmax(logits / temperature)
  *   nucleus      smallest set with cumulative p >= top_p, renormalised
@@ -43,12 +43,13 @@ typedef enum strat_kind {
 typedef struct strategy {
     strat_kind kind;
     int k;              /* top-k: k; expert:N: N */
-    int greedy;         /* top-k: the k most probable, no draw ("top-k:greedy") */
+    int drawn;          /* top-k: the set drawn per trajectory ("top-k:drawn"); 0: the k most
+                         * probable */
     float threshold;    /* threshold: tau (default 0.05); nucleus: top_p (default 0.9) */
     float temperature;  /* softmax temperature of the router's probabilities (default 1) */
 } strategy;
 
-/* Parses "top-2", "top-2:greedy", "full", "threshold", "sample", "nucleus",
+/* Parses "top-2", "top-2:drawn" ("top-2:greedy" = "top-2"), "full", "threshold", "sample", "nucleus",
  * "uniform", "expert:3" for a set of K experts. threshold/temperature may be NaN for
  * "use the default". Returns 0, or DDM_EINVAL with a message naming the
  * allowed values in err. */
@@ -73,8 +74,9 @@ int strategy_uses_router(const strategy *s);
 
 /* Selects experts for one latent. logits: K router outputs (may be NULL when
  * !strategy_uses_router). u: a uniform draw in (0, 1), used by "sample".
- * noise: the trajectory's K Gumbel values for top-k's draw
- * (sample_route_noise), or NULL, which makes top-k greedy. Writes up to K
+ * noise: the trajectory's K Gumbel values for top-k:drawn
+ * (sample_route_noise), or NULL, which makes top-k:drawn the plain top-k;
+ * every other strategy ignores it. Writes up to K
  * indices (increasing) into idx and weights into w; returns how many. Never
  * fails for a strategy that strategy_parse accepted. */
 int strategy_select(const strategy *s, const float *logits, int K, double u, const float *noise,

@@ -201,10 +201,10 @@ static void test_plan_routes_by_router_network(void **state)
     if (!e)
         fail_msg("%s", err);
     assert_int_equal(e->K, 3);
-    /* top-1 draws its expert: the argmax of the logits plus the trajectory's
-     * Gumbel noise (the same noise at every evaluation) */
+    /* top-1:drawn draws its expert: the argmax of the logits plus the
+     * trajectory's Gumbel noise (the same noise at every evaluation) */
     {
-        sample_params pd = params("top-1", 3, 10, SAMPLER_EULER);
+        sample_params pd = params("top-1:drawn", 3, 10, SAMPLER_EULER);
         enum { ND = 40 };
         traj *td[ND];
         for (int i = 0; i < ND; i++)
@@ -235,7 +235,7 @@ static void test_plan_routes_by_router_network(void **state)
         }
         assert_true(differ > 0); /* the draw is not the argmax everywhere */
     }
-    sample_params p = params("top-1:greedy", 3, 10, SAMPLER_EULER);
+    sample_params p = params("top-1", 3, 10, SAMPLER_EULER); /* plain top-1: the argmax */
     enum { N = 40 };
     traj *tr[N];
     for (int i = 0; i < N; i++)

@@ -153,12 +153,14 @@ static void test_temperature_of_full_and_topk(void **state)
     assert_int_equal(strategy_select(&s, L, K, 0.5, NULL, idx, w), 2);
 }
 
-/* top-k with Gumbel noise: the set is a draw without replacement from the
- * probabilities (top-1: a draw from p), the weights stay p renormalised. */
-static void test_topk_with_gumbel_noise_draws_sets(void **state)
+/* top-k:drawn with Gumbel noise: the set is a draw without replacement from
+ * the probabilities (top-1:drawn: a draw from p), the weights p e^g
+ * renormalised. Plain top-k ignores the noise: the k most probable, always
+ * (DESIGN.md's contract). */
+static void test_topk_drawn_with_gumbel_noise_draws_sets(void **state)
 {
     (void)state;
-    strategy s1 = parse_ok("top-1", NAN, NAN), s2 = parse_ok("top-2", NAN, NAN);
+    strategy s1 = parse_ok("top-1:drawn", NAN, NAN), s2 = parse_ok("top-2:drawn", NAN, NAN);
     int count[K] = { 0 }, in2[K] = { 0 };
     enum { N = 40000 };
     for (int i = 0; i < N; i++) {
@@ -184,24 +186,30 @@ static void test_topk_with_gumbel_noise_draws_sets(void **state)
      * is in more pairs than its probability alone, the least in fewer than twice it */
     assert_true((double)in2[1] / N > 0.4 + 0.1);
     assert_true((double)in2[5] / N < 2 * 0.005 + 0.005);
-    /* without noise, or top-k:greedy: the two most probable, always */
+    /* without noise, top-2:drawn is the two most probable */
     int idx[K];
     float w[K], g[K];
     assert_int_equal(strategy_select(&s2, L, K, 0.5, NULL, idx, w), 2);
     assert_int_equal(idx[0], 1);
     assert_int_equal(idx[1], 3);
-    strategy gr = parse_ok("top-2:greedy", NAN, NAN);
+    /* plain top-2 (and its alias top-2:greedy) ignores noise that would pick expert 7 */
     for (int k = 0; k < K; k++)
-        g[k] = k == 7 ? 50.0f : 0.0f; /* noise that would pick expert 7 */
-    assert_int_equal(strategy_select(&gr, L, K, 0.5, g, idx, w), 2);
-    assert_int_equal(idx[0], 1);
-    assert_int_equal(idx[1], 3);
-    assert_float_equal(w[0], 0.4f / 0.65f, 1e-5);
+        g[k] = k == 7 ? 50.0f : 0.0f;
+    const char *plain[] = { "top-2", "top-2:greedy" };
+    char name[32];
+    for (int v = 0; v < 2; v++) {
+        strategy gr = parse_ok(plain[v], NAN, NAN);
+        assert_int_equal(strategy_select(&gr, L, K, 0.5, g, idx, w), 2);
+        assert_int_equal(idx[0], 1);
+        assert_int_equal(idx[1], 3);
+        assert_float_equal(w[0], 0.4f / 0.65f, 1e-5);
+        strategy_name(&gr, name, sizeof name);
+        assert_string_equal(name, "top-2");
+    }
     assert_int_equal(strategy_select(&s2, L, K, 0.5, g, idx, w), 2);
     assert_true(idx[0] == 7 || idx[1] == 7);
-    char name[32];
-    strategy_name(&gr, name, sizeof name);
-    assert_string_equal(name, "top-2:greedy");
+    strategy_name(&s2, name, sizeof name);
+    assert_string_equal(name, "top-2:drawn");
 }
 
 static void test_ties_go_to_lower_index(void **state)
@@ -226,8 +234,8 @@ static void test_parse_errors(void **state)
         { "best", NAN, NAN, "unknown" },         { "", NAN, NAN, "unknown" },
         { "threshold", 0.0f, NAN, "(0, 1]" },    { "threshold", 1.5f, NAN, "(0, 1]" },
         { "nucleus", -1.0f, NAN, "(0, 1]" },     { "sample", NAN, 0.0f, "0.01..100" },
-        { "sample", NAN, 1e9f, "0.01..100" },    { "top-2:greed", NAN, NAN, "top-k:greedy" },
-        { "top-9:greedy", NAN, NAN, "1..8" },
+        { "sample", NAN, 1e9f, "0.01..100" },    { "top-2:greed", NAN, NAN, ":drawn" },
+        { "top-9:drawn", NAN, NAN, "1..8" },     { "top-2:drawnx", NAN, NAN, ":drawn" },
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         strategy s;
@@ -254,7 +262,7 @@ int main(void)
         cmocka_unit_test(test_threshold_nucleus),
         cmocka_unit_test(test_sample_follows_probabilities),
         cmocka_unit_test(test_temperature_of_full_and_topk),
-        cmocka_unit_test(test_topk_with_gumbel_noise_draws_sets),
+        cmocka_unit_test(test_topk_drawn_with_gumbel_noise_draws_sets),
         cmocka_unit_test(test_ties_go_to_lower_index),
         cmocka_unit_test(test_parse_errors),
     };

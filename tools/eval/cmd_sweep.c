@@ -16,7 +16,7 @@
 #include "tools/eval/table.h"
 
 #define MAX_T 24
-static const char *REFS[] = { "top-2", "top-2:greedy", "top-1", "monolith", "uniform" };
+static const char *REFS[] = { "top-2", "top-2:drawn", "top-1", "monolith", "uniform" };
 #define NREFS 5
 static const char *SWEPT[] = { "full", "top-2" };
 #define NSWEPT 2
@@ -108,7 +108,7 @@ static void md_est(FILE *f, tbl_est e, const char *fmt)
     fprintf(f, " |");
 }
 
-/* Where full@T is no worse than top-2 and top-2:greedy (paired interval of
+/* Where full@T is no worse than top-2 and top-2:drawn (paired interval of
  * full@T - reference reaches 0 or below). */
 static void write_verdict(FILE *md, tbl *t, const sweep *w, int m)
 {
@@ -158,9 +158,10 @@ static int write_reports(tbl *t, const sweep *w, char *err, size_t errlen)
             "numbers are the mean over seeds ± the half-width of a 95%% bootstrap interval "
             "(%d resamples, paired across rows).\n- full@T: every expert, weights "
             "softmax(logits / T) -- T -> 0 is top-1, T -> infinity the uniform committee. "
-            "top-2@T: each trajectory's two drawn experts (the largest of log p_i / T + g_i, "
-            "g_i the trajectory's Gumbel noise), weighted exp(log p_i / T + g_i) "
-            "renormalised; top-2:greedy is the two most probable at T = 1.\n", t->weights, o->seeds, t->n_mode[0], o->steps, o->boot);
+            "top-2@T: the two most probable experts, their weights renormalised from "
+            "softmax(logits / T). top-2:drawn (reference, T = 1): each trajectory's two "
+            "experts drawn from p (the largest of log p_i + g_i, g_i the trajectory's Gumbel "
+            "noise), weighted p_i e^(g_i) renormalised.\n", t->weights, o->seeds, t->n_mode[0], o->steps, o->boot);
     fprintf(csv, "mode,strategy,temperature,judge,fid,fid_ci,kid,kid_ci,precision,precision_ci,"
                  "recall,recall_ci,confident,tv,tv_ci\n");
     for (int m = 0; m < TBL_MODES; m++) {

@@ -18,7 +18,7 @@ int table_default_rows(int K, char names[][GEN_NAME], int max)
 {
     int n = 0;
     const char *fixed[] = { "monolith", "full", "uniform", "top-1", "top-2", "top-3",
-                            "threshold", "sample", "nucleus", "top-2:greedy" };
+                            "threshold", "sample", "nucleus", "top-1:drawn", "top-2:drawn" };
     for (size_t i = 0; i < sizeof fixed / sizeof fixed[0] && n < max; i++) {
         if (!strncmp(fixed[i], "top-", 4) && fixed[i][4] - '0' > K)
             continue;

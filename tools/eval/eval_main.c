@@ -36,7 +36,8 @@ static void usage(FILE *f)
 "  fid          FID of one strategy (-n images), beside the floor (as many training\n"
 "               images vs the held-out set), class histogram and confident rate\n"
 "  table        monolith, full, uniform, top-1..3, threshold 0.05, sample (T = 1),\n"
-"               nucleus 0.9, top-2:greedy and each expert alone, unconditional and\n"
+"               nucleus 0.9, top-1:drawn, top-2:drawn and each expert alone,\n"
+"               unconditional and\n"
 "               class-conditional:\n"
 "               FID over --seeds seeds, expert calls/image, images/s, switches,\n"
 "               velocity change, Lipschitz estimate, expert disagreement;\n"
@@ -48,9 +49,10 @@ static void usage(FILE *f)
 "               mid-trajectory; OUT/specialists.md\n"
 "  sweep        full and top-2 with the router's softmax at --temperatures (sharp to\n"
 "               flat; full at a high temperature is the uniform committee) beside\n"
-"               top-1, top-2, monolith and uniform: FID, precision, recall per judge,\n"
+"               top-1, top-2, top-2:drawn, monolith and uniform: FID, precision, recall per judge,\n"
 "               unconditional unless --modes; OUT/sweep.md, sweep.csv, sweep-*.png\n"
-"  coverage     per --strategies (default top-1,top-2,full,sample): the class histogram\n"
+"  coverage     per --strategies (default top-1,top-2,top-1:drawn,top-2:drawn,full,\n"
+"               sample): the class histogram\n"
 "               of unconditional samples against the data's frequencies (TV distance),\n"
 "               the router's calibration against the cluster sizes, the expert chosen\n"
 "               at t = 1 and when trajectories commit; OUT/coverage.md, coverage.csv\n"
@@ -87,7 +89,7 @@ static void usage(FILE *f)
 "  --modes M            table, sweep: unconditional, conditional or both\n"
 "                       [table: both; sweep: unconditional]\n"
 "  --strategies LIST    distance: comma-separated strategies [top-2,full];\n"
-"                       coverage [top-1,top-2,full,sample]\n"
+"                       coverage [top-1,top-2,top-1:drawn,top-2:drawn,full,sample]\n"
 "  --probe N            table: trajectories per probe pass, 0 = none [64]\n"
 "  --every N            table: probe every N steps [5]\n"
 "  --eps X              table: Lipschitz step, RMS per pixel [0.01]\n"
@@ -373,7 +375,7 @@ int main(int argc, char **argv)
     if (run == cmd_sweep && !o.modes_given)
         o.modes = 1;
     if (run == cmd_coverage && !o.strategies_given)
-        snprintf(o.strategies, sizeof o.strategies, "top-1,top-2,full,sample");
+        snprintf(o.strategies, sizeof o.strategies, "top-1,top-2,top-1:drawn,top-2:drawn,full,sample");
     eval_opts_finish(&o);
     size_t at = 0;
     for (int i = 0; i < argc && at < sizeof o.command - 1; i++) {
