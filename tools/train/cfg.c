@@ -112,7 +112,7 @@ void cfg_default(train_cfg *c)
     c->dtype = ST_F16;
     c->pca = 0;
     c->restarts = 8;
-    c->den = (net_train){ .hidden = 384, .blocks = 2, .steps = 4500, .batch = 128, .lr = 2e-3f,
+    c->den = (net_train){ .hidden = 384, .blocks = 2, .steps = 3000, .batch = 128, .lr = 2e-3f,
                           .warmup = 200, .ema = 0.997f, .p_null = 0.1f, .tdist = T_LOGIT_NORMAL };
     c->time_dim = 64;
     c->rank = 64;
