@@ -30,7 +30,25 @@
  * A request's cost is its expert evaluations (sample_cost: images x
  * evaluations x experts per evaluation x 2 with guidance); one over
  * max_request_cost, or with more images than max_images, is refused
- * (engine_check) rather than queued. */
+ * (engine_check) rather than queued.
+ *
+ * Speculative dispatch (speculate): when a tick takes a trajectory that was
+ * evaluated before, its rows go at once to the experts its previous
+ * evaluation selected (tick_speculate), and the router network runs
+ * meanwhile. When the plan is back, a speculative call none of whose rows
+ * were selected is dropped (pool_cancel: its reply is ignored), one that
+ * holds selected rows is waited for, and only the rows of experts that were
+ * not speculated are sent (the difference). Images are exactly those of
+ * planning first (sampler.h).
+ *
+ * Load-aware substitution (sample_params.substitute): each tick marks an
+ * expert unusable when it has no live replica, more than
+ * substitute_queue_rows rows outstanding at the pool, or a call that failed
+ * in the last few seconds; the plan replaces an unusable expert selected for
+ * such a request by the next-best one in the router's ranking
+ * (strategy_substitute). When an expert fails during the tick, the
+ * trajectories of such requests that needed it evaluate again in a later
+ * tick (at most 3 times in a row) instead of failing their request. */
 #ifndef DDM_ENGINE_H
 #define DDM_ENGINE_H
 
@@ -49,6 +67,7 @@ typedef struct engine_job engine_job;
 #define ENGINE_DEFAULT_MAX_COST 400000ull
 #define ENGINE_DEFAULT_TICK_ROWS 512
 #define ENGINE_DEFAULT_SHARE_ROWS 32
+#define ENGINE_DEFAULT_SUBSTITUTE_ROWS 256
 
 typedef struct engine_config {
     int max_images;             /* images admitted at once; past it submit says busy (1024) */
@@ -60,6 +79,9 @@ typedef struct engine_config {
     int tick_rows;              /* expert rows per tick (ENGINE_DEFAULT_TICK_ROWS) */
     int share_rows;             /* rows per tick of a job that shares (ENGINE_DEFAULT_SHARE_ROWS) */
     uint32_t age_ms;            /* waiting this long raises a job's priority by one (1000) */
+    int speculate;              /* speculative dispatch (1) */
+    int substitute_queue_rows;  /* substitution: an expert with more rows outstanding is
+                                   unusable (ENGINE_DEFAULT_SUBSTITUTE_ROWS) */
 } engine_config;
 
 void engine_config_default(engine_config *c);
@@ -77,6 +99,13 @@ typedef struct engine_stats {
     double expert_wait_us_sum;
     uint64_t jobs_ok, jobs_failed, jobs_cancelled, jobs_busy;
     int images_in_flight, ready, ticks_running;
+    /* speculative dispatch (tick_spec_stats summed over ticks) */
+    uint64_t spec_evals_hit, spec_evals_miss;
+    uint64_t spec_rows_hit, spec_rows_miss, spec_rows_wasted;
+    uint64_t spec_calls, spec_calls_dropped; /* speculative calls sent; dropped unanswered */
+    /* load-aware substitution */
+    uint64_t substitutions;     /* experts replaced (or dropped) in evaluations */
+    uint64_t evals_redone;      /* evaluations done again after an expert failed */
 } engine_stats;
 
 /* router may not be NULL when any strategy reads it (the daemon always has one).
