@@ -349,8 +349,12 @@ static void complete_tick(tick_slot *s)
 /* Expert k failed this tick (status a ddm_err, msg naming it). */
 static void expert_failed(tick_slot *s, int k, int status, const char *msg)
 {
+    engine *e = s->e;
     s->failed_experts[k] = 1;
-    s->e->failed_ns[k] = uv_hrtime();
+    /* a failure the replicas' states do not show (a deadline, a worker's
+     * error): substitution avoids the expert for a while */
+    if (!e->closing && status != DDM_ECLOSED && pool_live_replicas(e->pl, k) > 0)
+        e->failed_ns[k] = uv_hrtime();
     s->fail_status[k] = status == DDM_ETIMEDOUT ? 504 : 503;
     s->fail_code[k] = status == DDM_ETIMEDOUT   ? "expert_timeout"
                       : status == DDM_ECLOSED ? "shutting_down"
