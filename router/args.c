@@ -62,6 +62,11 @@ static const opt OPTS[] = {
       "speculative dispatch: a trajectory's next latent goes to the experts\n"
       "of its previous step while the router network decides; then only\n"
       "the difference is sent (images unchanged; docs/benchmarks.md)" },
+    { "inline-trajs", 0, K_LONG, "N", OFF(inline_trajs), 0, 4096, ENGINE_DEFAULT_INLINE_TRAJS,
+      NULL, 1,
+      "a tick of at most N trajectories is planned and combined on the event\n"
+      "loop, not the threadpool: for a few rows the hop costs more than the\n"
+      "work (single-image latency; 0: always the threadpool)" },
     { "substitute-queue-rows", 0, K_LONG, "N", OFF(substitute_queue_rows), 0, 1 << 20,
       ENGINE_DEFAULT_SUBSTITUTE_ROWS, NULL, 1,
       "requests with \"substitute\": true use the next-best expert instead\n"

@@ -78,6 +78,7 @@ struct tick_slot {
     int n;
     int busy;
     int planned;             /* after_plan ran: pending counts what the tick waits for */
+    int finish_here;         /* waits for on_idle to combine it on the loop thread */
     int pending;             /* expert calls outstanding that the tick waits for */
     spec_call spec[STRAT_MAX_EXPERTS];
     spec_ref spec_ud;
@@ -103,6 +104,8 @@ struct engine {
     int n_slots;
     engine_job *jobs;        /* live jobs, newest first */
     uv_timer_t timer;
+    uv_idle_t idle;          /* runs small ticks' tick_finish (on_idle) */
+    int handles_open;        /* timer and idle, until their close callbacks ran */
     engine_stats st;
     engine_eval_fn obs;      /* every job's evaluation observer, or NULL */
     void *obs_ud;
@@ -125,11 +128,13 @@ void engine_config_default(engine_config *c)
     c->share_rows = ENGINE_DEFAULT_SHARE_ROWS;
     c->age_ms = 1000;
     c->speculate = 1;
+    c->inline_trajs = ENGINE_DEFAULT_INLINE_TRAJS;
     c->substitute_queue_rows = ENGINE_DEFAULT_SUBSTITUTE_ROWS;
 }
 
-static void schedule(engine *e);
+static void schedule(engine *e, int inline_ok);
 static void close_maybe_finish(engine *e);
+static void on_idle(uv_idle_t *h);
 
 /* ---- jobs ------------------------------------------------------------------------------ */
 
@@ -269,7 +274,7 @@ int engine_submit(engine *e, const sample_params *p, engine_done_fn done, void *
         j->active++;
     }
     *out = j;
-    schedule(e);
+    schedule(e, 0); /* never plans here: nothing may call back before this returns */
     return 0;
 }
 
@@ -339,8 +344,30 @@ static void complete_tick(tick_slot *s)
             job_fail(j, s->fail_status[k], s->fail_code[k], s->fail_msg[k]);
         }
     }
-    int rc = uv_queue_work(s->e->loop, &s->work, finish_work, after_finish);
-    if (rc) { /* cannot happen with a live loop; finish inline rather than lose work */
+    /* A small tick combines on the loop thread (a threadpool hop costs more
+     * than the work), but never from inside this call chain: complete_tick
+     * runs inside the pool's callbacks and plan_done, and after_finish calls
+     * done, schedules and calls the pool again. on_idle runs it once the
+     * callback stack has unwound, in the next loop iteration (the idle
+     * handle makes that iteration's poll not block). */
+    if (s->n <= s->e->cfg.inline_trajs ||
+        uv_queue_work(s->e->loop, &s->work, finish_work, after_finish)) {
+        s->finish_here = 1;
+        uv_idle_start(&s->e->idle, on_idle);
+    }
+}
+
+/* Combines the ticks complete_tick left to the loop thread (top of the
+ * stack: after_finish may call done, schedule and call the pool). */
+static void on_idle(uv_idle_t *h)
+{
+    engine *e = h->data;
+    uv_idle_stop(h); /* started again by any tick that completes meanwhile */
+    for (int i = 0; i < e->n_slots; i++) {
+        tick_slot *s = &e->slots[i];
+        if (!s->finish_here)
+            continue;
+        s->finish_here = 0;
         tick_finish(s->tk);
         after_finish(&s->work, 0);
     }
@@ -568,7 +595,7 @@ static void after_finish(uv_work_t *w, int status)
         close_maybe_finish(e);
         return;
     }
-    schedule(e);
+    schedule(e, 1);
 }
 
 /* Rows one more evaluation of tr will cost: what its last evaluation selected
@@ -723,7 +750,10 @@ static void set_usable(engine *e, tick_slot *s, uint64_t now)
     tick_set_usable(s->tk, usable);
 }
 
-static void start_tick(engine *e, tick_slot *s)
+/* inline_ok: a small tick may be planned right here, on the loop thread (the
+ * router network over a few rows costs less than a threadpool hop; the
+ * speculative calls are out already). */
+static void start_tick(engine *e, tick_slot *s, int inline_ok)
 {
     s->n = 0;
     uint64_t now = uv_hrtime();
@@ -740,19 +770,20 @@ static void start_tick(engine *e, tick_slot *s)
     set_usable(e, s, now);
     if (e->cfg.speculate)
         speculate(e, s);
-    if (uv_queue_work(e->loop, &s->work, plan_work, after_plan)) {
+    if ((inline_ok && s->n <= e->cfg.inline_trajs) ||
+        uv_queue_work(e->loop, &s->work, plan_work, after_plan)) {
         s->plan_rc = tick_plan(s->tk, s->batch, s->n);
         after_plan(&s->work, 0);
     }
 }
 
-static void schedule(engine *e)
+static void schedule(engine *e, int inline_ok)
 {
     if (e->closing)
         return;
     for (int i = 0; i < e->n_slots && e->n_ready > 0; i++)
         if (!e->slots[i].busy)
-            start_tick(e, &e->slots[i]);
+            start_tick(e, &e->slots[i], inline_ok);
 }
 
 static void on_timer(uv_timer_t *t)
@@ -785,6 +816,9 @@ int engine_new(uv_loop_t *loop, pool *pl, const model *router, int K, int dim, i
     e->loop = loop;
     uv_timer_init(loop, &e->timer);
     e->timer.data = e;
+    uv_idle_init(loop, &e->idle);
+    e->idle.data = e;
+    e->handles_open = 2;
     e->pl = pl;
     e->router = router;
     e->K = K;
@@ -869,9 +903,11 @@ void engine_get_stats(const engine *e, engine_stats *out)
     out->ready = e->n_ready;
 }
 
-static void timer_closed(uv_handle_t *h)
+static void handle_closed(uv_handle_t *h)
 {
     engine *e = h->data;
+    if (--e->handles_open > 0)
+        return;
     void (*cb)(void *) = e->close_cb;
     void *ud = e->close_ud;
     for (int i = 0; i < e->n_slots; i++) {
@@ -900,7 +936,8 @@ static void close_maybe_finish(engine *e)
     }
     if (e->jobs || uv_is_closing((uv_handle_t *)&e->timer))
         return; /* owners still hold results: their release calls back in */
-    uv_close((uv_handle_t *)&e->timer, timer_closed);
+    uv_close((uv_handle_t *)&e->timer, handle_closed);
+    uv_close((uv_handle_t *)&e->idle, handle_closed);
 }
 
 /* The first loop iteration after engine_close: fail what is outstanding. */

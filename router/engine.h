@@ -8,7 +8,12 @@
  * trajectories become ready again; requests that arrive meanwhile join the
  * next tick. Several ticks may be in flight at once over disjoint
  * trajectories, so router work overlaps expert work. The loop thread only
- * moves pointers and bytes.
+ * moves pointers and bytes, except for small ticks (at most inline_trajs
+ * trajectories): those are planned and combined on the loop thread, because a
+ * threadpool hop (two thread wake-ups) costs more than the router network
+ * over a few rows; a single image takes one tick per step, so this is its
+ * latency. Their combining runs from an idle handle, never from inside a
+ * pool or libuv callback that other work is still unwinding through.
  *
  * Scheduling (who gets into a tick), per tick:
  *   - Jobs are taken level by level of effective priority
@@ -68,6 +73,7 @@ typedef struct engine_job engine_job;
 #define ENGINE_DEFAULT_TICK_ROWS 512
 #define ENGINE_DEFAULT_SHARE_ROWS 32
 #define ENGINE_DEFAULT_SUBSTITUTE_ROWS 256
+#define ENGINE_DEFAULT_INLINE_TRAJS 4
 
 typedef struct engine_config {
     int max_images;             /* images admitted at once; past it submit says busy (1024) */
@@ -82,6 +88,10 @@ typedef struct engine_config {
     int speculate;              /* speculative dispatch (1) */
     int substitute_queue_rows;  /* substitution: an expert with more rows outstanding is
                                    unusable (ENGINE_DEFAULT_SUBSTITUTE_ROWS) */
+    int inline_trajs;           /* a tick of at most this many trajectories is planned
+                                   (except the one a submit starts) and combined on the loop
+                                   thread, not the threadpool (ENGINE_DEFAULT_INLINE_TRAJS;
+                                   0: never) */
 } engine_config;
 
 void engine_config_default(engine_config *c);
