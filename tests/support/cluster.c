@@ -10,7 +10,10 @@
 
 static void worker_url(const tcluster *c, int i, char *buf, size_t len)
 {
-    snprintf(buf, len, "ipc://%s/e%d.%d.ipc", c->dir, i % c->K, i / c->K);
+    if (c->transport == TCLUSTER_TCP)
+        snprintf(buf, len, "tcp://127.0.0.1:%d", c->ports[i]);
+    else
+        snprintf(buf, len, "ipc://%s/e%d.%d.ipc", c->dir, i % c->K, i / c->K);
 }
 
 pid_t tcluster_start_worker(tcluster *c, int i)
@@ -31,7 +34,15 @@ pid_t tcluster_start_worker(tcluster *c, int i)
 int tcluster_start(tcluster *c, const char *models, int K, int replicas,
                    const char *const *worker_args, const char *const *router_args)
 {
+    return tcluster_start_on(c, TCLUSTER_IPC, models, K, replicas, worker_args, router_args);
+}
+
+int tcluster_start_on(tcluster *c, tcluster_transport tr, const char *models, int K,
+                      int replicas, const char *const *worker_args,
+                      const char *const *router_args)
+{
     memset(c, 0, sizeof *c);
+    c->transport = tr;
     if (K < 1 || replicas < 1 || K * replicas > TCLUSTER_MAX_WORKERS) {
         fprintf(stderr, "tcluster: %d experts x %d replicas is too many\n", K, replicas);
         return -1;
@@ -43,6 +54,18 @@ int tcluster_start(tcluster *c, const char *models, int K, int replicas,
     c->replicas = replicas;
     c->n_workers = K * replicas;
     c->worker_args = worker_args;
+    for (int i = 0, tries = 0; tr == TCLUSTER_TCP && i < c->n_workers; tries++) {
+        if (tries > 100 * c->n_workers) {
+            fprintf(stderr, "tcluster: no %d free loopback ports\n", c->n_workers);
+            tcluster_stop(c, 0);
+            return -1;
+        }
+        int port = proc_free_port(), seen = port <= 0;
+        for (int j = 0; j < i && !seen; j++)
+            seen = c->ports[j] == port; /* the kernel may give one twice */
+        if (!seen)
+            c->ports[i++] = port;
+    }
     snprintf(c->conf, sizeof c->conf, "%s/cluster.conf", c->dir);
     FILE *f = fopen(c->conf, "w");
     if (!f) {
