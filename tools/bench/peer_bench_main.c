@@ -97,11 +97,13 @@ static int peer_line(peer *p, char *line, size_t len, int timeout_ms)
     }
 }
 
+/* Starts torch_peer.py --serve with `threads` threads, its stderr in
+ * dir/peer-<threads>.log, and waits for its "ready". 0 or -1. */
 static int peer_start(peer *p, const char *python, const char *script, const char *models,
                       int threads, const char *omp_wait, const char *dir)
 {
     memset(p, 0, sizeof *p);
-    snprintf(p->log, sizeof p->log, "%s/peer.log", dir);
+    snprintf(p->log, sizeof p->log, "%s/peer-%d.log", dir, threads);
     int in[2], out[2];
     if (pipe(in) || pipe(out))
         return -1;
@@ -179,8 +181,9 @@ static void peer_stop(peer *p)
 
 /* ---- the measurements ---------------------------------------------------------------------- */
 
-enum { SYS_PEER, SYS_INPROC, SYS_SERVED, N_SYS };
-static const char *sys_name[N_SYS] = { "PyTorch", "ddm in-process", "ddm served" };
+enum { SYS_PEER, SYS_PEER1, SYS_INPROC, SYS_SERVED, N_SYS };
+static const char *sys_name[N_SYS] = { "PyTorch", "PyTorch (1 thread)", "ddm in-process",
+                                       "ddm served" };
 
 typedef struct meas {
     double ips;      /* images per second */
@@ -193,7 +196,8 @@ typedef struct meas {
 
 typedef struct bench {
     ensemble *e;
-    peer pr;
+    peer pr;             /* --threads threads */
+    peer pr1;            /* 1 thread (pid 0 when not measured) */
     tcluster cl;
     const char *noise;   /* MAX_IMAGES images of `seed`, raw float32 */
     uint64_t seed;
@@ -209,11 +213,11 @@ static double median_of(const meas *m, int n, size_t off)
     return cli_median(v, (size_t)n);
 }
 
-static int measure_peer(bench *b, const char *strat, int n, meas *m)
+static int measure_peer(bench *b, peer *pr, const char *strat, int n, meas *m)
 {
     char cmd[600], reply[256];
     snprintf(cmd, sizeof cmd, "bench %s %d %d %.3f %s", strat, n, b->steps, b->seconds, b->noise);
-    if (peer_ask(&b->pr, cmd, reply, sizeof reply, (int)(b->seconds * 1000) + 600000))
+    if (peer_ask(pr, cmd, reply, sizeof reply, (int)(b->seconds * 1000) + 600000))
         return -1;
     long batches, images;
     double wall, cpu;
@@ -318,7 +322,8 @@ static int measure(bench *b, int sys, const char *strat, int n, meas *m)
 {
     memset(m, 0, sizeof *m);
     switch (sys) {
-    case SYS_PEER:   return measure_peer(b, strat, n, m);
+    case SYS_PEER:   return measure_peer(b, &b->pr, strat, n, m);
+    case SYS_PEER1:  return b->pr1.pid > 0 ? measure_peer(b, &b->pr1, strat, n, m) : 0;
     case SYS_INPROC: return measure_inproc(b, strat, n, m);
     default:         return measure_served(b, strat, n, m);
     }
@@ -455,13 +460,15 @@ static void usage(FILE *f)
         "                  [--strategy top-2|full|both] [--threads 2] [--seed 7]\n"
         "                  [--python /usr/bin/python3] [--peer tools/bench/torch_peer.py]\n"
         "                  [--omp-wait passive|default] [--tolerance 1e-4] [--check-only]\n"
+        "                  [--no-1thread]\n"
         "ddm (in-process and served) against the PyTorch peer, side by side: checks that\n"
         "the three compute the same images, then --rounds interleaved rounds of --seconds\n"
         "per system and load point (1 image; 32 images in flight), then where each spends\n"
         "its time. Without --models, uses models/digits. --threads: the PyTorch peer's\n"
         "torch and OpenBLAS threads, the in-process sampler's threads and the router's\n"
         "--threads (each worker has one). --omp-wait: the peer's OpenMP wait policy\n"
-        "(passive by default; \"default\" leaves libgomp's spin-then-sleep).\n"
+        "(passive by default; \"default\" leaves libgomp's spin-then-sleep). A second peer\n"
+        "with 1 thread is measured too, for reference (--no-1thread: not).\n"
         "--blas-core NAME and --half-rows N override the kernels measured here\n"
         "(common/blas.h); the workers and the peer inherit them.\n");
 }
@@ -471,7 +478,7 @@ int main(int argc, char **argv)
     blas_select(&argc, argv); /* exports OPENBLAS_CORETYPE: workers and the peer inherit it */
     const char *models = NULL, *bindir = "bin", *python = "/usr/bin/python3";
     const char *script = "tools/bench/torch_peer.py", *strat_opt = "both", *omp_wait = "passive";
-    int steps = 50, rounds = 5, threads = 2, check_only = 0;
+    int steps = 50, rounds = 5, threads = 2, check_only = 0, no_peer1 = 0;
     double seconds = 4, tol = 1e-4;
     uint64_t seed = 7;
     static const struct option lo[] = {
@@ -481,7 +488,8 @@ int main(int argc, char **argv)
         { "threads", required_argument, 0, 't' }, { "seed", required_argument, 0, 'e' },
         { "python", required_argument, 0, 'p' }, { "peer", required_argument, 0, 'P' },
         { "omp-wait", required_argument, 0, 'w' }, { "tolerance", required_argument, 0, 'T' },
-        { "check-only", no_argument, 0, 'c' },   { "help", no_argument, 0, 'h' },
+        { "check-only", no_argument, 0, 'c' },   { "no-1thread", no_argument, 0, '1' },
+        { "help", no_argument, 0, 'h' },
         { 0, 0, 0, 0 },
     };
     int c;
@@ -500,6 +508,7 @@ int main(int argc, char **argv)
         case 'w': omp_wait = optarg; break;
         case 'T': tol = atof(optarg); break;
         case 'c': check_only = 1; break;
+        case '1': no_peer1 = 1; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -513,6 +522,7 @@ int main(int argc, char **argv)
                         "passive or default (see --help)\n", MAX_ROUNDS, ENSEMBLE_MAX_THREADS);
         return 2;
     }
+    int peer1 = threads > 1 && !no_peer1; /* measure a 1-thread peer too */
     signal(SIGPIPE, SIG_IGN);
     openblas_set_num_threads(1); /* ddm's threads are its own (lanes), as in ddm-router */
     setenv("DDM_BIN_DIR", bindir, 1);
@@ -549,7 +559,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "peer_bench: cannot write %s\n", noise);
         goto out;
     }
-    if (peer_start(&b.pr, python, script, models, threads, omp_wait, dir))
+    if (peer_start(&b.pr, python, script, models, threads, omp_wait, dir) ||
+        (peer1 && !check_only && peer_start(&b.pr1, python, script, models, 1, omp_wait, dir)))
         goto out;
     if (tcluster_start_on(&b.cl, TCLUSTER_TCP, models, b.e->K, 1, wargs, rargs))
         goto out;
@@ -575,7 +586,8 @@ int main(int argc, char **argv)
     static meas m[MAX_CELLS][N_SYS][MAX_ROUNDS];
     int n_cells = 2 * n_strats;
     printf("\nRounds (%d steps; %.1f s per system and load point; round 0 is a warm-up, not "
-           "counted; images/s PyTorch / in-process / served):\n\n", steps, seconds);
+           "counted; images/s PyTorch (%d threads) / PyTorch (1 thread) / in-process / "
+           "served):\n\n", steps, seconds, threads);
     for (int r = 0; r <= rounds; r++) {
         double la[3] = { NAN, NAN, NAN };
         getloadavg(la, 3);
@@ -592,8 +604,8 @@ int main(int argc, char **argv)
                     goto out;
                 }
             }
-            printf(" %s x%d %.1f / %.1f / %.1f;", st, n, tmp[SYS_PEER].ips, tmp[SYS_INPROC].ips,
-                   tmp[SYS_SERVED].ips);
+            printf(" %s x%d %.1f / %.1f / %.1f / %.1f;", st, n, tmp[SYS_PEER].ips,
+                   tmp[SYS_PEER1].ips, tmp[SYS_INPROC].ips, tmp[SYS_SERVED].ips);
             fflush(stdout);
             if (r > 0)
                 for (int sys = 0; sys < N_SYS; sys++)
@@ -602,29 +614,35 @@ int main(int argc, char **argv)
         printf("\n");
     }
 
-    printf("\nMedians of %d rounds; ratios are medians of each round's own ratio. PyTorch and "
-           "in-process: %d image(s) = one batch of that many, batch after batch; served: that "
-           "many closed-loop clients asking 1 image each. Latency: one batch (PyTorch, "
-           "in-process) or a request's p50 (served). CPU: the peer process / this process / the "
-           "router and %d workers, all threads.\n\n", rounds, MAX_IMAGES, b.e->K);
+    printf("\nMedians of %d rounds; ratios are medians of each round's own ratio. PyTorch (%d "
+           "threads, as ddm) and in-process: %d image(s) = one batch of that many, batch after "
+           "batch; served: that many closed-loop clients asking 1 image each. Latency: one batch "
+           "(PyTorch, in-process) or a request's p50 (served). CPU: the peer process / this "
+           "process / the router and %d workers, all threads. PyTorch (1 thread): the same "
+           "peer with one thread, for reference%s.\n\n", rounds, threads, MAX_IMAGES, b.e->K,
+           peer1 ? "" : " (not measured: --threads 1 or --no-1thread)");
     printf("| strategy | images in flight | PyTorch img/s | ddm in-process img/s | ddm served "
-           "img/s | served / PyTorch | in-process / PyTorch | latency ms PyTorch / in-process / "
-           "served | CPU ms per image PyTorch / in-process / served | failed |\n");
-    printf("|---|---|---|---|---|---|---|---|---|---|\n");
+           "img/s | served / PyTorch | in-process / PyTorch | PyTorch (1 thread) img/s | "
+           "served / PyTorch (1 thread) | latency ms PyTorch / in-process / served | CPU ms per "
+           "image PyTorch / in-process / served | failed |\n");
+    printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (int cell = 0; cell < n_cells; cell++) {
-        double rs[MAX_ROUNDS], ri[MAX_ROUNDS];
+        double rs[MAX_ROUNDS], ri[MAX_ROUNDS], r1[MAX_ROUNDS];
         int failed = 0;
         for (int r = 0; r < rounds; r++) {
             rs[r] = m[cell][SYS_SERVED][r].ips / m[cell][SYS_PEER][r].ips;
             ri[r] = m[cell][SYS_INPROC][r].ips / m[cell][SYS_PEER][r].ips;
+            r1[r] = peer1 ? m[cell][SYS_SERVED][r].ips / m[cell][SYS_PEER1][r].ips : NAN;
             failed += m[cell][SYS_SERVED][r].failed;
         }
-        printf("| %s | %d | %.1f | %.1f | %.1f | **%.2fx** | %.2fx | %.1f / %.1f / %.1f | "
-               "%.2f / %.2f / %.2f | %d |\n", strats[cell / 2], loads[cell % 2],
-               median_of(m[cell][SYS_PEER], rounds, offsetof(meas, ips)),
+        printf("| %s | %d | %.1f | %.1f | %.1f | **%.2fx** | %.2fx | %.1f | %.2fx | "
+               "%.1f / %.1f / %.1f | %.2f / %.2f / %.2f | %d |\n", strats[cell / 2],
+               loads[cell % 2], median_of(m[cell][SYS_PEER], rounds, offsetof(meas, ips)),
                median_of(m[cell][SYS_INPROC], rounds, offsetof(meas, ips)),
                median_of(m[cell][SYS_SERVED], rounds, offsetof(meas, ips)),
                cli_median(rs, (size_t)rounds), cli_median(ri, (size_t)rounds),
+               peer1 ? median_of(m[cell][SYS_PEER1], rounds, offsetof(meas, ips)) : NAN,
+               cli_median(r1, (size_t)rounds),
                median_of(m[cell][SYS_PEER], rounds, offsetof(meas, lat_ms)),
                median_of(m[cell][SYS_INPROC], rounds, offsetof(meas, lat_ms)),
                median_of(m[cell][SYS_SERVED], rounds, offsetof(meas, lat_ms)),
@@ -662,6 +680,7 @@ int main(int argc, char **argv)
     rc = 0;
 out:
     peer_stop(&b.pr);
+    peer_stop(&b.pr1);
     tcluster_stop(&b.cl, rc != 0);
     ensemble_close(b.e);
     toyset_rmdir(dir);

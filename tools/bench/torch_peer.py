@@ -108,7 +108,7 @@ class Sampler:
             sel = torch.zeros(p.shape, dtype=torch.bool).scatter_(1, top_i, True)
             wfull = torch.zeros_like(p).scatter_(1, top_i, w)
             ex, rows = sel.t().nonzero(as_tuple=True)
-            counts = torch.bincount(ex, minlength=self.K).tolist()
+            counts = sel.sum(dim=0).tolist()
             weights = wfull[rows, ex]
             c2 = tick()
             for e, r, we in zip(range(self.K), rows.split(counts), weights.split(counts)):
@@ -188,7 +188,7 @@ def profile(s, strategy, n, steps, batches, noise, out):
         out.write(f"#   {name}: {1e6 * sec / per:.0f} us per step ({100 * sec / wall:.0f}%)\n")
     with tprofile(activities=[ProfilerActivity.CPU]) as prof:
         s.sample(x0, strategy, steps)
-    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=14)
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10)
     for line in table.splitlines():
         out.write(f"# {line}\n")
 
@@ -255,6 +255,11 @@ def main(argv):
         raise UsageError("give --noise FILE and --out FILE, or --serve (see --help)")
     if o["omp-wait"] not in ("passive", "default"):
         raise UsageError(f"--omp-wait \"{o['omp-wait']}\": use passive or default")
+    router = os.path.join(o["models"], "router.safetensors")
+    if not os.path.isfile(router):   # at once, before the slow import of torch
+        sys.stderr.write(f"{PROG}: --models {o['models']}: {router} not found (a model set "
+                         f"from ddm-train, e.g. models/digits)\n")
+        return 1
     # OpenBLAS (torch's sgemm here) and libgomp read these when they load
     os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
     if o["omp-wait"] == "passive":
