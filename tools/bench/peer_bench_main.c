@@ -623,9 +623,8 @@ int main(int argc, char **argv)
            peer1 ? "" : " (not measured: --threads 1 or --no-1thread)");
     printf("| strategy | images in flight | PyTorch img/s | ddm in-process img/s | ddm served "
            "img/s | served / PyTorch | in-process / PyTorch | PyTorch (1 thread) img/s | "
-           "served / PyTorch (1 thread) | latency ms PyTorch / in-process / served | CPU ms per "
-           "image PyTorch / in-process / served | failed |\n");
-    printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+           "served / PyTorch (1 thread) | latency ms PyTorch / in-process / served | failed |\n");
+    printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (int cell = 0; cell < n_cells; cell++) {
         double rs[MAX_ROUNDS], ri[MAX_ROUNDS], r1[MAX_ROUNDS];
         int failed = 0;
@@ -636,7 +635,7 @@ int main(int argc, char **argv)
             failed += m[cell][SYS_SERVED][r].failed;
         }
         printf("| %s | %d | %.1f | %.1f | %.1f | **%.2fx** | %.2fx | %.1f | %.2fx | "
-               "%.1f / %.1f / %.1f | %.2f / %.2f / %.2f | %d |\n", strats[cell / 2],
+               "%.1f / %.1f / %.1f | %d |\n", strats[cell / 2],
                loads[cell % 2], median_of(m[cell][SYS_PEER], rounds, offsetof(meas, ips)),
                median_of(m[cell][SYS_INPROC], rounds, offsetof(meas, ips)),
                median_of(m[cell][SYS_SERVED], rounds, offsetof(meas, ips)),
@@ -645,10 +644,33 @@ int main(int argc, char **argv)
                cli_median(r1, (size_t)rounds),
                median_of(m[cell][SYS_PEER], rounds, offsetof(meas, lat_ms)),
                median_of(m[cell][SYS_INPROC], rounds, offsetof(meas, lat_ms)),
-               median_of(m[cell][SYS_SERVED], rounds, offsetof(meas, lat_ms)),
+               median_of(m[cell][SYS_SERVED], rounds, offsetof(meas, lat_ms)), failed);
+    }
+
+    printf("\nWhat each image costs in CPU time (medians of the rounds; all threads of the "
+           "peer process / this process / the router and the workers), whose ratios depend far "
+           "less on what else the machine runs than images/s do, and each system's best round "
+           "(interference only ever lowers a rate):\n\n");
+    printf("| strategy | images in flight | CPU ms per image PyTorch / PyTorch (1 thread) / "
+           "in-process / served | PyTorch CPU / served CPU | PyTorch CPU / in-process CPU | best "
+           "round img/s PyTorch / in-process / served | best served / best PyTorch |\n");
+    printf("|---|---|---|---|---|---|---|\n");
+    for (int cell = 0; cell < n_cells; cell++) {
+        double best[N_SYS] = { 0 }, cs[MAX_ROUNDS], ci[MAX_ROUNDS];
+        for (int r = 0; r < rounds; r++) {
+            for (int sys = 0; sys < N_SYS; sys++)
+                best[sys] = m[cell][sys][r].ips > best[sys] ? m[cell][sys][r].ips : best[sys];
+            cs[r] = m[cell][SYS_PEER][r].cpu_ms / m[cell][SYS_SERVED][r].cpu_ms;
+            ci[r] = m[cell][SYS_PEER][r].cpu_ms / m[cell][SYS_INPROC][r].cpu_ms;
+        }
+        printf("| %s | %d | %.2f / %.2f / %.2f / %.2f | %.2fx | %.2fx | %.1f / %.1f / %.1f | "
+               "%.2fx |\n", strats[cell / 2], loads[cell % 2],
                median_of(m[cell][SYS_PEER], rounds, offsetof(meas, cpu_ms)),
+               peer1 ? median_of(m[cell][SYS_PEER1], rounds, offsetof(meas, cpu_ms)) : NAN,
                median_of(m[cell][SYS_INPROC], rounds, offsetof(meas, cpu_ms)),
-               median_of(m[cell][SYS_SERVED], rounds, offsetof(meas, cpu_ms)), failed);
+               median_of(m[cell][SYS_SERVED], rounds, offsetof(meas, cpu_ms)),
+               cli_median(cs, (size_t)rounds), cli_median(ci, (size_t)rounds), best[SYS_PEER],
+               best[SYS_INPROC], best[SYS_SERVED], best[SYS_SERVED] / best[SYS_PEER]);
     }
 
     printf("\nWhere ddm's time goes, per step (medians of the rounds): in-process = router "
