@@ -12,7 +12,13 @@ CC      ?= gcc
 SANITIZE ?= 0
 PKGS    := libuv libprotobuf-c nanomsg libcjson libpng openblas
 
-ifeq ($(SANITIZE),1)
+ifeq ($(FUZZ),1)
+# the libFuzzer build (`make fuzz`, tests/fuzz/): clang, coverage + ASan + UBSan
+CC      := clang
+BUILD   := build/fuzz
+BIN     := $(BUILD)/bin
+SANFLAGS := -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+else ifeq ($(SANITIZE),1)
 BUILD   ?= build/san
 BIN     ?= $(BUILD)/bin
 SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
@@ -96,7 +102,7 @@ $(BUILD)/gen/openapi_json.h: $(BUILD)/gen/openapi.json mk/embed.sh
 $(BUILD)/obj/router/playground.o: $(BUILD)/gen/playground_assets.h $(BUILD)/gen/openapi_json.h
 
 # ---- project libraries ---------------------------------------------------------
-LIBDIRS := tools/eval tools/client tools/train expert-worker router server common
+LIBDIRS := $(if $(filter 1,$(FUZZ)),,tools/eval tools/client tools/train) expert-worker router server common
 libname  = $(BUILD)/lib/lib$(subst /,_,$(1)).a
 libsrcs  = $(filter-out %_main.c,$(wildcard $(1)/*.c))
 LIBS     := $(foreach d,$(LIBDIRS),$(if $(call libsrcs,$(d)),$(call libname,$(d))))
@@ -157,9 +163,19 @@ $(BUILD)/tests/%: $(BUILD)/obj/tests/%.o $(TEST_SUPPORT) $(ALL_LIBS)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $< $(TEST_SUPPORT) -Wl,--start-group $(ALL_LIBS) -Wl,--end-group $(LDLIBS) -lcmocka
 
+# ---- fuzz targets: tests/fuzz/fuzz_<name>.c -> build/fuzz/bin/fuzz_<name> (FUZZ=1) ---
+FUZZ_NAMES := $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_BINS  := $(patsubst %,build/fuzz/bin/fuzz_%,$(FUZZ_NAMES))
+ifeq ($(FUZZ),1)
+build/fuzz/bin/fuzz_%: $(BUILD)/obj/tests/fuzz/fuzz_%.o $(ALL_LIBS)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -fsanitize=fuzzer -o $@ $< -Wl,--start-group $(ALL_LIBS) -Wl,--end-group $(LDLIBS)
+fuzz-bins: $(FUZZ_BINS)
+endif
+
 # ---- entry points --------------------------------------------------------------------
 .SECONDARY:
-.PHONY: all deps build test test-build clean demo data models bench load eval soak
+.PHONY: all deps build test test-build clean demo data models bench load eval soak fuzz fuzz-build fuzz-bins
 all:
 	@sh mk/deps.sh
 	@$(MAKE) --no-print-directory build
@@ -198,14 +214,31 @@ models: all data
 
 build: $(BINS) $(PY_TOOLS)
 
-test-build: $(BINS) $(PY_TOOLS) $(TEST_BINS) $(BENCH_BINS) $(SOAK_BIN)
+test-build: $(BINS) $(PY_TOOLS) $(TEST_BINS) $(BENCH_BINS) $(SOAK_BIN) fuzz-build
 
 # `make test` installs what is missing, builds, then runs every tests/test_* binary
-# (each under a timeout) and ends with "N passed, N failed".
+# (each under a timeout) and ends with "N passed, N failed". tests/test_fuzz runs
+# each fuzz target for FUZZ_TEST_SECONDS (20) and replays its regression inputs;
+# under SANITIZE=1 it only replays (the fuzz build is sanitized already: a second
+# pass would repeat the first).
+FUZZ_TEST_SECONDS ?= $(if $(filter 1,$(SANITIZE)),0,20)
 test:
 	@sh mk/deps.sh
 	@$(MAKE) --no-print-directory test-build
-	@DDM_BIN_DIR=$(abspath $(BIN)) sh tests/run.sh $(BUILD)/tests $(TESTS)
+	@DDM_BIN_DIR=$(abspath $(BIN)) DDM_FUZZ_DIR=$(abspath build/fuzz/bin) \
+	    DDM_FUZZ_SECONDS=$(FUZZ_TEST_SECONDS) sh tests/run.sh $(BUILD)/tests $(TESTS)
+
+# The libFuzzer harnesses (tests/fuzz/, clang with ASan + UBSan; docs/fuzzing.md).
+# `make fuzz` runs each target for FUZZ_SECONDS (60); FUZZ_TARGETS picks some
+# (default all: $(FUZZ_NAMES)); FUZZ_ARGS go to every fuzzer. The growing corpus
+# is kept in build/fuzz/corpus/<target>, crashes in build/fuzz/artifacts/<target>.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= $(FUZZ_NAMES)
+fuzz-build:
+	@$(MAKE) --no-print-directory FUZZ=1 fuzz-bins
+fuzz: deps
+	@$(MAKE) --no-print-directory fuzz-build
+	@sh tests/fuzz/run.sh --seconds $(FUZZ_SECONDS) $(FUZZ_TARGETS) -- $(FUZZ_ARGS)
 
 # Benchmarks: each tools/bench/<name>.sh is run by `make bench-<name>` after a build.
 bench-%: all

@@ -245,13 +245,9 @@ static int read_tensors(model *m, const char *path, char *err, size_t errlen)
         }
     }
 
-    /* the parameters, then their transposed copies for net_forward */
-    m->params = malloc((net_param_count(&m->cfg) + net_transposed_count(&m->cfg)) *
-                       sizeof *m->params + 1);
-    if (!m->params) {
-        fail(path, err, errlen, "out of memory for %zu parameters", net_param_count(&m->cfg));
-        return -1;
-    }
+    /* Every tensor present with the shape the metadata implies, before anything is
+     * allocated: the sizes then come from bytes the file holds, not from its
+     * metadata alone (a small file claiming hidden 8192 must not cost gigabytes). */
     for (int i = 0; i < n; i++) {
         const net_tensor_info *ti = &info[i];
         const st_tensor *t = st_get(m->file, ti->name);
@@ -276,6 +272,18 @@ static int read_tensors(model *m, const char *path, char *err, size_t errlen)
                  "expected %s", ti->name, got, src, want);
             return -1;
         }
+    }
+
+    /* the parameters, then their transposed copies for net_forward */
+    m->params = malloc((net_param_count(&m->cfg) + net_transposed_count(&m->cfg)) *
+                       sizeof *m->params + 1);
+    if (!m->params) {
+        fail(path, err, errlen, "out of memory for %zu parameters", net_param_count(&m->cfg));
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        const net_tensor_info *ti = &info[i];
+        const st_tensor *t = st_get(m->file, ti->name);
         float *dst = m->params + ti->offset;
         if (st_read_f32(t, dst, ti->numel, msg, sizeof msg)) {
             fail(path, err, errlen, "%s", msg);

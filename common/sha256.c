@@ -56,6 +56,7 @@ static void compress_c(uint32_t h[8], const uint8_t *p, size_t nblocks)
 }
 
 #if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
 #include <immintrin.h>
 
 /* The same with the SHA extensions (SHA-NI). The state lives in two
@@ -100,11 +101,14 @@ static void compress_shani(uint32_t h[8], const uint8_t *p, size_t nblocks)
     _mm_storeu_si128((__m128i *)&h[4], _mm_alignr_epi8(dchg, feba, 8));
 }
 
+/* CPUID: SHA is leaf 7 EBX bit 29, SSE4.1 and SSSE3 leaf 1 ECX bits 19 and 9
+ * (read directly: clang's __builtin_cpu_supports does not know "sha"). */
 static int cpu_has_shani(void)
 {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("sha") && __builtin_cpu_supports("sse4.1") &&
-           __builtin_cpu_supports("ssse3");
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & 1u << 19) || !(c & 1u << 9))
+        return 0;
+    return __get_cpuid_count(7, 0, &a, &b, &c, &d) && (b & 1u << 29);
 }
 #else
 static int cpu_has_shani(void) { return 0; }

@@ -478,7 +478,9 @@ static void on_request(nnuv *s, void *body, size_t len, const nnuv_hdr *hdr, voi
         int rc = hmac_trailer_check_req(&w->key, body, len, j->mac);
         if (rc < 0) {
             nn_freemsg(body);
-            reply_decode_error(w, hdr, NULL, DDM_EPROTO,
+            /* rc: DDM_EPROTO (no trailer) or DDM_EMISMATCH (wrong MAC), the codes
+             * docs/protocol.md gives for them */
+            reply_decode_error(w, hdr, NULL, rc,
                                rc == DDM_EPROTO
                                    ? "message without a MAC: this worker has a cluster key; "
                                      "start the router with the same --cluster-key-file"

@@ -6,10 +6,12 @@
 # JSON at build time, node/npm run the OpenAPI validator and puppeteer-core.
 set -eu
 cd "$(dirname "$0")/.."
+# clang, libclang-rt-14-dev (libFuzzer and the sanitizer runtimes) and llvm
+# (llvm-symbolizer, for readable sanitizer reports) are the fuzz build's (tests/fuzz/).
 PKGS="build-essential pkg-config libuv1-dev libprotobuf-c-dev protobuf-c-compiler
 libnanomsg-dev libopenblas-dev libcjson-dev libpng-dev node-llhttp libcmocka-dev libfreetype-dev
 python3 python3-torch python3-numpy python3-protobuf protobuf-compiler libnanomsg5
-yq chromium"
+yq chromium clang libclang-rt-14-dev llvm"
 missing=""
 for p in $PKGS; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

@@ -72,9 +72,19 @@ typedef struct replica {
     int out_rows;             /* rows of messages in flight here */
     uint64_t bad_until_ns, last_bad_ns;
     uint32_t bad_ms;
+    /* slow: no new work while another live replica is not (see pick) */
+    int slow;                 /* SLOW_* bits */
+    uint64_t last_data_ns;    /* when the last denoise reply (any) came from it */
+    pool_replica_stats st;
     log_limit warn;           /* this replica's warnings */
     char detail[320];
+    char slow_detail[400];    /* detail while slow */
 } replica;
+
+/* Why a replica is slow: a message on it unanswered for suspect_ms with no
+ * denoise reply from it meanwhile (cleared by its next denoise reply), or a
+ * missed probe (cleared by its next reply of any kind). */
+enum { SLOW_OVERDUE = 1, SLOW_PROBE = 2 };
 
 typedef struct msg {
     int in_use;
@@ -130,6 +140,7 @@ struct pool {
     int cap_calls, free_call;
     int32_t *labels;          /* [cap_labels] per-message label copy */
     int cap_labels;
+    uint64_t suspect_ns;      /* cfg.suspect_ms, or a quarter of the deadline */
     int closing, open_handles;
     void (*close_cb)(void *);
     void *close_ud;
@@ -354,6 +365,30 @@ static void set_state(replica *rp, int state, const char *why)
         snprintf(rp->detail, sizeof rp->detail, "%s", why);
 }
 
+/* rp is slow for reason bit (SLOW_*): it gets no new work while a sibling
+ * is not slow (pick). Logged when it starts. */
+static void slow_set(replica *rp, int bit, const char *why)
+{
+    if (rp->slow & bit)
+        return;
+    if (!rp->slow && rp->state == REP_UP) {
+        snprintf(rp->slow_detail, sizeof rp->slow_detail, "%s; no new work while another "
+                 "replica answers: %s", rp->detail, why);
+        log_limited(&rp->warn, LOG_WARN, "expert %d replica %s is slow (%s): no new work for "
+                    "it until it answers", rp->k, rp->url, why);
+    }
+    rp->slow |= bit;
+}
+
+/* rp answered: the reasons in bits no longer hold. */
+static void slow_clear(replica *rp, int bits)
+{
+    int was = rp->slow;
+    rp->slow &= ~bits;
+    if (was && !rp->slow && rp->state == REP_UP)
+        log_limited(&rp->warn, LOG_INFO, "expert %d replica %s answers again", rp->k, rp->url);
+}
+
 /* rp leaves rotation: state, log, and its messages go elsewhere. */
 static void replica_out(replica *rp, int state, int status, const char *why)
 {
@@ -412,6 +447,7 @@ static void replica_bad(replica *rp, const char *why)
     rp->last_bad_ns = now;
     rp->bad_until_ns = now + (uint64_t)rp->bad_ms * 1000000ull;
     p->ex[rp->k].st.bad_replies++;
+    rp->st.bad_replies++;
     char d[300];
     snprintf(d, sizeof d, "taken out of rotation for %u s: %s", rp->bad_ms / 1000, why);
     replica_out(rp, REP_QUARANTINED, DDM_EUNAVAIL, d);
@@ -488,6 +524,19 @@ static void refuse(replica *rp, const char *why)
     fail_replica_msgs(rp, DDM_EUNAVAIL, d);
 }
 
+/* 1 if body (an unauthenticated reply: trusted for a log line only) is a
+ * WorkerReply.error with code DDM_EMISMATCH, a keyed worker's answer to a
+ * request under another key (docs/protocol.md, Authentication). */
+static int refused_our_mac(const uint8_t *body, size_t len)
+{
+    Ddm__V1__WorkerReply *wr = ddm__v1__worker_reply__unpack(NULL, len, body);
+    int yes = wr && wr->kind_case == DDM__V1__WORKER_REPLY__KIND_ERROR && wr->error &&
+              wr->error->has_code && wr->error->code == DDM_EMISMATCH;
+    if (wr)
+        ddm__v1__worker_reply__free_unpacked(wr, NULL);
+    return yes;
+}
+
 static void on_handshake(replica *rp, uint32_t id, const uint8_t *body, size_t len)
 {
     pool *p = rp->p;
@@ -503,11 +552,14 @@ static void on_handshake(replica *rp, uint32_t id, const uint8_t *body, size_t l
     int mac_rc;
     Ddm__V1__WorkerReply *wr = open_reply(p, rp->hs_mac, body, len, &mac_rc);
     if (mac_rc) {
-        refuse(rp, mac_rc == DDM_EPROTO
-                       ? "its handshake reply carries no MAC: start the worker with the "
-                         "router's --cluster-key-file"
-                       : "its handshake reply has a wrong MAC: it does not hold the router's "
-                         "cluster key");
+        refuse(rp, mac_rc == DDM_EMISMATCH
+                       ? "its handshake reply has a wrong MAC: it does not hold the router's "
+                         "cluster key"
+                   : refused_our_mac(body, len)
+                       ? "it refuses our MAC (an unauthenticated error, code -1005): its "
+                         "--cluster-key-file is not the router's"
+                       : "its handshake reply carries no MAC: start the worker with the "
+                         "router's --cluster-key-file");
         return;
     }
     const Ddm__V1__InfoReply *ir =
@@ -559,6 +611,7 @@ static void on_handshake(replica *rp, uint32_t id, const uint8_t *body, size_t l
         } else if (rp->state != REP_UP) {
             rp->ver_est = rp->hs_est;
             rp->stale = 0;
+            rp->slow = 0;
             rp->state = REP_UP;
             snprintf(rp->detail, sizeof rp->detail, "weights %.16s..., max batch %d%s",
                      ir->weights_sha256, rp->max_batch, p->has_key ? ", MAC verified" : "");
@@ -592,22 +645,22 @@ static void call_finish(pool *p, int ci, int status, const char *why)
     done(ud, k, status, why);
 }
 
-/* The live replica of expert k with the fewest rows outstanding, preferring
- * ones not in avoid (bit r); NULL if none is live. Verifies the pipe first. */
+/* The live replica of expert k to send to, in this order of preference:
+ * not in avoid (bit r: the replicas that failed this message), not slow,
+ * the fewest rows outstanding (ties: round-robin). NULL if none is live. */
 static replica *pick(pool *p, int k, uint32_t avoid)
 {
     expert *e = &p->ex[k];
     replica *best = NULL;
-    int best_avoided = 1;
+    int best_rank = 0;
     for (int i = 0; i < e->n_reps; i++) {
         replica *rp = &e->reps[(e->rr + (unsigned)i) % (unsigned)e->n_reps];
         if (rp->state != REP_UP || rp->stale)
             continue;
-        int avoided = (avoid >> rp->r) & 1;
-        if (!best || (best_avoided && !avoided) ||
-            (avoided == best_avoided && rp->out_rows < best->out_rows)) {
+        int rank = ((avoid >> rp->r) & 1) * 2 + (rp->slow != 0);
+        if (!best || rank < best_rank || (rank == best_rank && rp->out_rows < best->out_rows)) {
             best = rp;
-            best_avoided = avoided;
+            best_rank = rank;
         }
     }
     e->rr++;
@@ -668,6 +721,7 @@ static int send_on(pool *p, int slot, replica *rp)
     m->rep = rp;
     m->send_err = 0;
     rp->out_rows += m->rows;
+    rp->st.messages++;
     p->ex[c->k].st.messages++;
     return 0;
 }
@@ -807,25 +861,6 @@ int pool_cancel(pool *p, pool_call_id id)
     return 1;
 }
 
-/* 1 if the n little-endian floats at v (4-byte aligned: protobuf-c's copy of
- * the bytes field) are all finite, i.e. no exponent field has every bit set.
- * Adding one to the exponent field carries into the sign bit only when it is
- * all ones: and, add and or, which the compiler vectorises. */
-static int all_finite(const uint32_t *v, size_t n)
-{
-    uint32_t lanes[8] = { 0 }; /* eight at a time: vectorised at -O2 too */
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int j = 0; j < 8; j++)
-            lanes[j] |= (v[i + j] & 0x7f800000u) + 0x00800000u;
-    uint32_t carry = 0;
-    for (int j = 0; j < 8; j++)
-        carry |= lanes[j];
-    for (; i < n; i++)
-        carry |= (v[i] & 0x7f800000u) + 0x00800000u;
-    return !(carry & 0x80000000u);
-}
-
 static void on_data(replica *rp, uint32_t id, const uint8_t *body, size_t len)
 {
     pool *p = rp->p;
@@ -842,48 +877,24 @@ static void on_data(replica *rp, uint32_t id, const uint8_t *body, size_t len)
         replica_bad(rp, mac_rc == DDM_EPROTO ? "reply without a MAC" : "reply with a wrong MAC");
         return;
     }
-    const Ddm__V1__DenoiseReply *dr =
-        wr && wr->kind_case == DDM__V1__WORKER_REPLY__KIND_DENOISE ? wr->denoise : NULL;
     char why[300];
     size_t want = (size_t)m->rows * D * sizeof(float);
-    why[0] = 0;
-    if (!wr) {
-        snprintf(why, sizeof why, "undecodable reply (%zu bytes)", len);
-    } else if (!dr) {
-        if (wr->kind_case == DDM__V1__WORKER_REPLY__KIND_ERROR && wr->error) {
-            /* the worker could not decode our request: its fault or ours, not garbage */
-            snprintf(why, sizeof why, "worker error: %.200s",
-                     wr->error->message ? wr->error->message : "(no message)");
+    int verdict = pool_check_reply(wr, len, m->id, m->rows, D, why, sizeof why);
+    if (verdict != POOL_REPLY_OK) {
+        if (wr)
             ddm__v1__worker_reply__free_unpacked(wr, NULL);
+        if (verdict == POOL_REPLY_WORKER_ERROR) {
+            /* the worker could not serve it: its fault or ours, not garbage */
             log_limited(&rp->warn, LOG_WARN, "expert %d replica %s: %s", rp->k, rp->url, why);
             msg_failed(p, (int)slot, DDM_EPROTO, why);
             return;
         }
-        snprintf(why, sizeof why, "answered a denoise request with another kind of reply");
-    } else if (!dr->has_id || dr->id != m->id) {
-        snprintf(why, sizeof why, "reply names request %llu, not %u",
-                 (unsigned long long)dr->id, m->id);
-    } else if (dr->error) {
-        snprintf(why, sizeof why, "worker error: %.200s",
-                 dr->error->message ? dr->error->message : "(no message)");
-        ddm__v1__worker_reply__free_unpacked(wr, NULL);
-        log_limited(&rp->warn, LOG_WARN, "expert %d replica %s: %s", rp->k, rp->url, why);
-        msg_failed(p, (int)slot, DDM_EPROTO, why);
-        return;
-    } else if (!dr->has_v || dr->v.len != want) {
-        snprintf(why, sizeof why, "reply holds %zu bytes of velocities, expected %zu (%d rows "
-                 "of dim %zu)", dr->has_v ? dr->v.len : 0, want, m->rows, D);
-    } else if (!all_finite((const uint32_t *)(const void *)dr->v.data, want / 4)) {
-        snprintf(why, sizeof why, "reply values not finite (NaN or inf) for %d rows", m->rows);
-    }
-    if (why[0]) {
-        if (wr)
-            ddm__v1__worker_reply__free_unpacked(wr, NULL);
         log_limited(&rp->warn, LOG_WARN, "expert %d replica %s: bad reply: %s", rp->k, rp->url,
                     why);
         replica_bad(rp, why);
         return;
     }
+    const Ddm__V1__DenoiseReply *dr = wr->denoise;
     memcpy(c->out + (size_t)m->row0 * D, dr->v.data, want);
     e->st.latency_ms_sum += (double)(uv_hrtime() - m->sent_ns) / 1e6;
     if (dr->has_batch_size) {
@@ -907,14 +918,69 @@ static void on_reply(nnuv *s, void *body, size_t len, const nnuv_hdr *hdr, void 
         nn_freemsg(body);
         return;
     }
-    if (id & PROBE_BIT)
+    /* any answer shows it runs; a denoise reply, that it computes */
+    if (id & PROBE_BIT) {
+        slow_clear(rp, SLOW_PROBE);
         on_handshake(rp, id, body, len);
-    else if (rp->state == REP_UP)
-        on_data(rp, id, body, len);
+    } else {
+        rp->last_data_ns = uv_hrtime();
+        slow_clear(rp, SLOW_PROBE | SLOW_OVERDUE);
+        if (rp->state == REP_UP)
+            on_data(rp, id, body, len);
+    }
     nn_freemsg(body);
 }
 
 /* ---- the sweep -------------------------------------------------------------------------- */
+
+/* How long a message may wait before its replica counts as slow:
+ * suspect_ns, or four times the expert's mean message latency when that is
+ * longer (a slow model is not a stopped worker). */
+static uint64_t overdue_ns(const pool *p, int k)
+{
+    const pool_expert_stats *st = &p->ex[k].st;
+    double mean4 = st->messages ? 4e6 * st->latency_ms_sum / (double)st->messages : 0;
+    return mean4 > (double)p->suspect_ns ? (uint64_t)mean4 : p->suspect_ns;
+}
+
+/* 1 if another replica of rp's expert is live and not slow. */
+static int sibling_answers(const replica *rp)
+{
+    const expert *e = &rp->p->ex[rp->k];
+    for (int r = 0; r < e->n_reps; r++) {
+        const replica *o = &e->reps[r];
+        if (o != rp && o->state == REP_UP && !o->stale && !o->slow)
+            return 1;
+    }
+    return 0;
+}
+
+/* Message slot, in flight and within its deadline: marks its replica slow
+ * when the message is overdue with nothing from the replica meanwhile; and
+ * while the replica is slow and a sibling answers, gives up this attempt
+ * (when it is not the last) so that the message goes there now rather than
+ * at its deadline. Returns 1 if it did (the lists may have changed). */
+static int moved_off_slow(pool *p, int slot, uint64_t now)
+{
+    msg *m = &p->msgs[slot];
+    replica *rp = m->rep;
+    uint64_t thr = overdue_ns(p, rp->k);
+    int overdue = m->sent_ns + thr < now;
+    char why[160];
+    if (!(rp->slow & SLOW_OVERDUE) && overdue && rp->last_data_ns + thr < now) {
+        snprintf(why, sizeof why, "a message unanswered for %llu ms",
+                 (unsigned long long)(thr / 1000000ull));
+        slow_set(rp, SLOW_OVERDUE, why);
+    }
+    if (!rp->slow || !(overdue || (rp->slow & SLOW_PROBE)) || m->attempts >= p->cfg.attempts ||
+        !sibling_answers(rp))
+        return 0;
+    snprintf(why, sizeof why, "replica %s is slow: sent to another replica before the deadline",
+             rp->url);
+    rp->st.timeouts++;
+    msg_failed(p, slot, DDM_ETIMEDOUT, why);
+    return 1;
+}
 
 static void sweep_replica(replica *rp, uint64_t now)
 {
@@ -930,6 +996,9 @@ static void sweep_replica(replica *rp, uint64_t now)
     uint64_t plimit = (uint64_t)p->cfg.probe_timeout_ms * 1000000ull;
     if (rp->hs_out && now - rp->hs_sent_ns > plimit) {
         rp->hs_out = 0;
+        char why[96];
+        snprintf(why, sizeof why, "no answer to a probe within %u ms", p->cfg.probe_timeout_ms);
+        slow_set(rp, SLOW_PROBE, why);
         if (++rp->misses >= p->cfg.down_after &&
             (rp->state == REP_UP || rp->state == REP_CONNECTING))
             replica_out(rp, REP_DOWN, DDM_EUNAVAIL, "does not answer the handshake (health "
@@ -967,8 +1036,9 @@ static void on_sweep(uv_timer_t *t)
             char why[160];
             snprintf(why, sizeof why, "replica %s: no reply within %u ms", m->rep->url,
                      p->cfg.call_timeout_ms);
+            m->rep->st.timeouts++;
             msg_failed(p, s, DDM_ETIMEDOUT, why);
-        } else {
+        } else if (!moved_off_slow(p, s, now)) {
             i++;
             continue;
         }
@@ -989,6 +1059,9 @@ int pool_new(uv_loop_t *loop, const cluster *cl, const pool_config *cfg, pool **
     p->cfg = *cfg;
     p->K = cl->n_experts;
     p->free_msg = p->free_call = -1;
+    p->suspect_ns = (uint64_t)(cfg->suspect_ms ? cfg->suspect_ms
+                               : cfg->call_timeout_ms / 4 ? cfg->call_timeout_ms / 4 : 1) *
+                    1000000ull;
     if (cfg->cluster_key_file) {
         int rc = hmac_key_load(cfg->cluster_key_file, &p->key, err, errlen);
         if (rc) {
@@ -1084,7 +1157,14 @@ void pool_replica_info(const pool *p, int k, int r, const char **url, const char
     const replica *rp = &p->ex[k].reps[r];
     *url = rp->url;
     *state = STATE_NAMES[rp->state];
-    *detail = rp->detail;
+    *detail = rp->slow && rp->state == REP_UP ? rp->slow_detail : rp->detail;
+}
+
+void pool_get_replica_stats(const pool *p, int k, int r, pool_replica_stats *out)
+{
+    const replica *rp = &p->ex[k].reps[r];
+    *out = rp->st;
+    out->slow = rp->state == REP_UP && rp->slow != 0;
 }
 
 static void handle_closed(void *ud)

@@ -25,7 +25,20 @@
  * replica; with none left the call fails with DDM_EUNAVAIL naming that
  * expert -- never a garbage velocity, never another expert's fault. Every
  * message has a deadline; a message that times out or comes back with a
- * worker error is sent again until the attempts run out.
+ * worker error is sent again until the attempts run out, to another live
+ * replica whenever there is one (never the one that failed it while another
+ * is live).
+ *
+ * A stopped worker (SIGSTOP, a stalled host) keeps its connection, so only
+ * silence shows it. A replica is "slow" while a message on it has waited
+ * suspect_ms (a quarter of the deadline by default; four times the expert's
+ * mean message latency when that is longer) with no denoise reply from it
+ * meanwhile, or after it missed a probe. While another live replica of the
+ * expert is not slow, a slow one gets no new work, and what waits on it is
+ * sent there at once (an attempt given up, unless it was the last) instead
+ * of at its deadline -- until it answers again. So a stopped worker costs
+ * its messages about suspect_ms, not the deadline, and not once per message
+ * sent there before the probes mark it down.
  *
  * Steady state allocates nothing per call: calls and messages live in tables
  * reused through free lists, and a reply finds its message by id (the id
@@ -56,6 +69,8 @@ typedef struct pool_config {
     int max_rows_per_msg;       /* cap on rows per message (default: workers' max batch) */
     uint32_t quarantine_ms;     /* a replica that sent a bad reply is out this long
                                    (default 10000), doubling while it keeps at it (to 5 min) */
+    uint32_t suspect_ms;        /* a message unanswered this long makes its replica slow
+                                   (above; 0 = default, call_timeout_ms / 4) */
     const char *cluster_key_file; /* HMAC key shared with the workers, NULL = none */
 } pool_config;
 
@@ -115,8 +130,20 @@ typedef struct pool_expert_stats {
 } pool_expert_stats;
 void pool_get_stats(const pool *p, int k, pool_expert_stats *out);
 int pool_n_replicas(const pool *p, int k);
+
+typedef struct pool_replica_stats {
+    uint64_t messages;          /* attempts sent to it */
+    uint64_t timeouts;          /* of which given up unanswered: past the deadline, or
+                                   moved elsewhere while it was slow */
+    uint64_t bad_replies;       /* replies refused; each one quarantined it */
+    int slow;                   /* now getting no new work: an overdue message or a missed
+                                   probe (pool.h, above) */
+} pool_replica_stats;
+/* Counters of replica r of expert k since the pool started. */
+void pool_get_replica_stats(const pool *p, int k, int r, pool_replica_stats *out);
 /* Replica r of expert k: url, state ("connecting", "up", "down", "refused",
- * "quarantined") and a detail line (why, or the weights it serves). */
+ * "quarantined") and a detail line (why, or the weights it serves; for a
+ * slow replica, why it gets no new work). */
 void pool_replica_info(const pool *p, int k, int r, const char **url, const char **state,
                        const char **detail);
 

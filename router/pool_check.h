@@ -8,6 +8,7 @@
 #define DDM_POOL_CHECK_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "ddm/v1/worker.pb-c.h"
 
@@ -29,6 +30,23 @@ typedef struct pool_expect {
  * <got> differs from the pinned <want> ..."). */
 int pool_check_info(const pool_expect *e, const Ddm__V1__InfoReply *ir, char *why,
                     size_t whylen);
+
+/* What a reply to a DenoiseRequest amounts to (pool_check_reply). */
+typedef enum pool_reply_verdict {
+    POOL_REPLY_OK = 0,           /* wr->denoise->v holds rows x dim finite floats */
+    POOL_REPLY_WORKER_ERROR = 1, /* the worker says it could not serve the request: not
+                                    the replica's fault (the request fails or is retried) */
+    POOL_REPLY_BAD = 2,          /* garbage: the replica goes out of rotation */
+} pool_reply_verdict;
+
+/* Checks the decoded reply wr (NULL when the len bytes did not decode; as
+ * protobuf-c unpacked it, so v.data is malloc-aligned) to the denoise request
+ * id of rows latents of dim floats: the reply kind, its id, an error it
+ * carries, the length and finiteness of v. Returns a pool_reply_verdict;
+ * unless POOL_REPLY_OK, why holds one line (the worker's message, or what
+ * is wrong with the reply). */
+int pool_check_reply(const Ddm__V1__WorkerReply *wr, size_t len, uint32_t id, int rows,
+                     size_t dim, char *why, size_t whylen);
 
 /* Parses a "MAJOR.MINOR" protocol_version: the major number, or -1 when s
  * is NULL or not of that form. */

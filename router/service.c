@@ -303,14 +303,13 @@ static void handle_experts(http_req *req, void *ud)
     for (int k = 0; k < s->K; k++) {
         pool_expert_stats st;
         pool_get_stats(s->pl, k, &st);
-        strbuf_printf(
-            &o,
-            "%s{\"id\":%d,\"live_replicas\":%d,\"calls\":%llu,\"messages\":%llu,\"rows\":%llu,"
-            "\"retries\":%llu,\"failures\":%llu,\"mean_latency_ms\":%.3f,\"mean_batch\":%.2f,"
-            "\"replicas\":[",
+        strbuf_printf(&o, "%s{\"id\":%d,\"live_replicas\":%d,\"calls\":%llu,\"messages\":%llu,\"rows\":%llu,"
+                "\"retries\":%llu,\"failures\":%llu,\"bad_replies\":%llu,\"mean_latency_ms\":%.3f,"
+                "\"mean_batch\":%.2f,\"replicas\":[",
             k ? "," : "", k, pool_live_replicas(s->pl, k), (unsigned long long)st.calls,
             (unsigned long long)st.messages, (unsigned long long)st.rows,
             (unsigned long long)st.retries, (unsigned long long)st.failures,
+            (unsigned long long)st.bad_replies,
             st.messages ? st.latency_ms_sum / (double)st.messages : 0.0,
             st.batch_reports ? (double)st.batch_rows_sum / (double)st.batch_reports : 0.0);
         for (int r = 0; r < pool_n_replicas(s->pl, k); r++) {
@@ -318,7 +317,12 @@ static void handle_experts(http_req *req, void *ud)
             pool_replica_info(s->pl, k, r, &url, &state, &detail);
             strbuf_printf(&o, "%s{\"url\":", r ? "," : "");
             strbuf_json_str(&o, url);
-            strbuf_printf(&o, ",\"state\":\"%s\",\"detail\":", state);
+            pool_replica_stats rs;
+            pool_get_replica_stats(s->pl, k, r, &rs);
+            strbuf_printf(&o, ",\"state\":\"%s\",\"slow\":%s,\"messages\":%llu,\"timeouts\":%llu,"
+                    "\"bad_replies\":%llu,\"detail\":", state, rs.slow ? "true" : "false",
+                (unsigned long long)rs.messages, (unsigned long long)rs.timeouts,
+                (unsigned long long)rs.bad_replies);
             strbuf_json_str(&o, detail);
             strbuf_printf(&o, "}");
         }
@@ -498,6 +502,15 @@ static void handle_metrics(http_req *req, void *ud)
                           "ddm_token_requests{token=\"%s\",state=\"waiting\"} %d\n",
                           t->name, t->running, t->name, t->waiting);
         }
+    }
+    strbuf_printf(&o, "# HELP ddm_expert_bad_replies_total Replies refused (undecodable, wrong length, "
+            "not finite, bad MAC); each quarantines its replica.\n"
+            "# TYPE ddm_expert_bad_replies_total counter\n");
+    for (int k = 0; k < s->K; k++) {
+        pool_expert_stats st;
+        pool_get_stats(s->pl, k, &st);
+        strbuf_printf(&o, "ddm_expert_bad_replies_total{expert=\"%d\"} %llu\n", k,
+            (unsigned long long)st.bad_replies);
     }
     strbuf_printf(&o, "# TYPE ddm_expert_live_replicas gauge\n");
     for (int k = 0; k < s->K; k++)

@@ -436,7 +436,8 @@ void conn_arm(http_conn *conn)
 
 static int save_rest(http_conn *conn, const char *rest, size_t n)
 {
-    if (rest >= conn->saved && rest < conn->saved + conn->saved_len) {
+    /* rest inside saved (a resumed parse paused again): integers, as saved may be NULL */
+    if (conn->saved_len && (uintptr_t)rest - (uintptr_t)conn->saved < conn->saved_len) {
         memmove(conn->saved, rest, n);
         conn->saved_len = n;
         return 0;
@@ -637,19 +638,13 @@ static int admit(http_server *s, http_conn *conn)
     return 1;
 }
 
-static void on_connection(uv_stream_t *ls, int status)
+/* A new connection of s: handles initialised and counted (in nactive too),
+ * not connected yet. NULL when out of memory. */
+static http_conn *conn_new(http_server *s)
 {
-    http_server *s = ls->data;
-    if (status < 0 || s->closing) {
-        if (status < 0)
-            log_warn("http: accept failed: %s", uv_strerror(status));
-        return;
-    }
     http_conn *conn = calloc(1, sizeof(*conn));
-    if (!conn) {
-        log_error("http: out of memory accepting a connection");
-        return;
-    }
+    if (!conn)
+        return NULL;
     conn->srv = s;
     uv_tcp_init(s->loop, &conn->tcp);
     uv_timer_init(s->loop, &conn->timer);
@@ -661,18 +656,20 @@ static void on_connection(uv_stream_t *ls, int status)
     s->conns = conn;
     s->nhandles++;
     s->stats.connections_open++;
+    s->nactive++; /* conn_close_hard takes it back */
     conn->t_activity = uv_now(s->loop);
-    if (uv_accept(ls, (uv_stream_t *)&conn->tcp) < 0) {
-        conn_close_hard(conn);
-        return;
-    }
+    return conn;
+}
+
+/* Serves conn, now connected: the caps, the parser, reading, the timer. */
+static void conn_start(http_server *s, http_conn *conn)
+{
     s->stats.connections_total++;
     uv_tcp_nodelay(&conn->tcp, 1);
     llhttp_init(&conn->parser, HTTP_REQUEST, &s->settings);
     conn->parser.data = conn;
     int plen = sizeof(conn->peer);
     conn->has_peer = uv_tcp_getpeername(&conn->tcp, (struct sockaddr *)&conn->peer, &plen) == 0;
-    s->nactive++;
     if (!admit(s, conn)) {
         s->nactive--;
         s->stats.connections_rejected++;
@@ -697,6 +694,42 @@ static void on_connection(uv_stream_t *ls, int status)
     else
         conn_arm(conn);
     s->was_near = near;
+}
+
+static void on_connection(uv_stream_t *ls, int status)
+{
+    http_server *s = ls->data;
+    if (status < 0 || s->closing) {
+        if (status < 0)
+            log_warn("http: accept failed: %s", uv_strerror(status));
+        return;
+    }
+    http_conn *conn = conn_new(s);
+    if (!conn) {
+        log_error("http: out of memory accepting a connection");
+        return;
+    }
+    if (uv_accept(ls, (uv_stream_t *)&conn->tcp) < 0) {
+        conn_close_hard(conn);
+        return;
+    }
+    conn_start(s, conn);
+}
+
+int http_server_adopt(http_server *s, uv_os_sock_t fd)
+{
+    if (s->closing)
+        return DDM_ECLOSED;
+    http_conn *conn = conn_new(s);
+    if (!conn)
+        return DDM_ENOMEM;
+    int rc = uv_tcp_open(&conn->tcp, fd);
+    if (rc < 0) {
+        conn_close_hard(conn);
+        return rc;
+    }
+    conn_start(s, conn);
+    return 0;
 }
 
 int http_server_new(uv_loop_t *loop, const http_config *cfg, http_server **out)

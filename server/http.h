@@ -144,6 +144,13 @@ void http_server_set_filter(http_server *s, int (*fn)(http_req *req, void *ud), 
  * on failure a one-line message is written to err (if errlen > 0). */
 int http_server_listen(http_server *s, const char *hostport, char *err, size_t errlen);
 
+/* Serves fd, a stream socket that is already connected (e.g. one end of a
+ * socketpair: tests and the fuzz harness drive the server through it without
+ * a listener), as if it had just been accepted: the same caps, parser and
+ * timeouts. Takes ownership of fd on success; on failure the caller keeps
+ * it. Returns 0, DDM_ECLOSED (server closing), DDM_ENOMEM or -errno. */
+int http_server_adopt(http_server *s, uv_os_sock_t fd);
+
 /* Returns the bound TCP port (> 0), or a negative ddm_err if not listening. */
 int http_server_port(const http_server *s);
 

@@ -35,6 +35,7 @@
 #include <nanomsg/reqrep.h>
 
 #include "common/err.h"
+#include "common/hmac.h"
 #include "common/model.h"
 #include "common/net.h"
 #include "common/nnuv.h"
@@ -52,6 +53,8 @@ static char g_dir[128];
 static char g_weights[256];   /* a small fp16 expert, dim 784 */
 static char g_tiny[256];      /* a dim-4 expert for the example bytes */
 static char g_uncond[256];    /* an unconditional expert (no classes), dim 784 */
+static char g_key[256];       /* a cluster key file */
+static char g_key2[256];      /* another key */
 static pid_t g_kids[8];
 static int g_nkids;
 static char g_self[512];      /* this binary, for the fake workers */
@@ -63,14 +66,25 @@ static const net_config g_tiny_cfg = { .in_dim = 4, .hidden = 8, .n_blocks = 1, 
 
 /* ---- fake workers (child processes) ------------------------------------------------- */
 
-enum { FAKE_GOOD, FAKE_NAN, FAKE_SHORT, FAKE_SILENT, FAKE_MUTE };
-static const char *FAKE_NAMES[] = { "good", "nan", "short", "silent", "mute" };
+/* unsigned: has the cluster key, checks request MACs and signs its
+ * handshake replies, but sends every other reply without a MAC */
+enum { FAKE_GOOD, FAKE_NAN, FAKE_SHORT, FAKE_SILENT, FAKE_MUTE, FAKE_UNSIGNED, FAKE_N };
+static const char *FAKE_NAMES[] = { "good", "nan", "short", "silent", "mute", "unsigned" };
+
+static hmac_key g_fake_key;      /* the unsigned fake's key */
+static uint8_t g_fake_mac[HMAC_SIZE]; /* the MAC of the request being answered */
+static int g_fake_sign;          /* sign the next reply */
 
 static void fake_send(int sock, const nnuv_hdr *h, const Ddm__V1__WorkerReply *r)
 {
-    size_t len;
-    void *msg = wire_pack_reply(r, &len);
-    if (msg && nnuv_sendmsg(sock, 0, msg, h) < 0)
+    size_t len = ddm__v1__worker_reply__get_packed_size(r);
+    uint8_t *msg = nn_allocmsg(len + (g_fake_sign ? HMAC_TRAILER_SIZE : 0), 0);
+    if (!msg)
+        return;
+    ddm__v1__worker_reply__pack(r, msg);
+    if (g_fake_sign)
+        hmac_trailer_rep(&g_fake_key, g_fake_mac, msg, len, msg + len);
+    if (nnuv_sendmsg(sock, 0, msg, h) < 0)
         nn_freemsg(msg);
 }
 
@@ -98,10 +112,15 @@ static void fake_error(int sock, const nnuv_hdr *h, const Ddm__V1__DenoiseReques
 
 /* A worker in ~100 lines, one request at a time: the good one binds a cooked
  * REP socket (the simplest kind the protocol allows); the broken ones a raw
- * REP socket, echoing the SP header. Runs until killed. */
-static int fake_main(int mode, const char *url, const char *weights)
+ * REP socket, echoing the SP header. key: the cluster key file (the unsigned
+ * mode). Runs until killed. */
+static int fake_main(int mode, const char *url, const char *weights, const char *key)
 {
     char err[512];
+    if (key && hmac_key_load(key, &g_fake_key, err, sizeof err)) {
+        fprintf(stderr, "fake worker: %s\n", err);
+        return 1;
+    }
     model *m = model_open(weights, err, sizeof err);
     net_scratch *sc = m ? net_scratch_new(&m->cfg, FAKE_MAX_BATCH, 0) : NULL;
     if (!sc) {
@@ -130,6 +149,16 @@ static int fake_main(int mode, const char *url, const char *weights)
         int n = nnuv_recvmsg(sock, 0, &body, &h);
         if (n < 0)
             continue;
+        g_fake_sign = 0;
+        if (key) {
+            int rc = hmac_trailer_check_req(&g_fake_key, body, (size_t)n, g_fake_mac);
+            if (rc) {
+                nn_freemsg(body);
+                fake_error(sock, &h, NULL, rc, "bad MAC");
+                continue;
+            }
+            n -= HMAC_TRAILER_SIZE;
+        }
         wire_arena_reset(&a, 1 << 24);
         Ddm__V1__WorkerRequest *wr;
         int rc = wire_decode(&a, body, (size_t)n, &wr, err, sizeof err);
@@ -158,6 +187,7 @@ static int fake_main(int mode, const char *url, const char *weights)
             Ddm__V1__WorkerReply r = DDM__V1__WORKER_REPLY__INIT;
             r.kind_case = DDM__V1__WORKER_REPLY__KIND_INFO;
             r.info = &i;
+            g_fake_sign = key != NULL; /* the handshake only */
             fake_send(sock, &h, &r);
             continue;
         }
@@ -240,15 +270,26 @@ static void wait_handshake(const char *url)
     fail_msg("nothing answered a handshake at %s within 20 s", url);
 }
 
-static void start_expert_weights(const char *url, const char *weights, const char *max_batch)
+/* key: a cluster key file, or NULL */
+static void start_expert_key(const char *url, const char *weights, const char *max_batch,
+                             const char *key)
 {
     char bin[256], log[300];
     proc_bin("ddm-expert", bin, sizeof bin);
     snprintf(log, sizeof log, "%s/expert.log", g_dir);
     char *argv[] = { bin, "--weights", (char *)weights, "--listen", (char *)url, "--max-batch",
-                     (char *)max_batch, "--log-level", "error", NULL };
+                     (char *)max_batch, "--log-level", "error", NULL, NULL, NULL };
+    if (key) {
+        argv[9] = "--cluster-key-file";
+        argv[10] = (char *)key;
+    }
     add_kid(proc_start(argv, log));
-    wait_handshake(url);
+    wait_handshake(url); /* a keyed worker's error reply counts: it is up */
+}
+
+static void start_expert_weights(const char *url, const char *weights, const char *max_batch)
+{
+    start_expert_key(url, weights, max_batch, NULL);
 }
 
 static void start_expert(const char *url, const char *max_batch)
@@ -256,12 +297,12 @@ static void start_expert(const char *url, const char *max_batch)
     start_expert_weights(url, g_weights, max_batch);
 }
 
-static void start_fake(int mode, const char *url)
+static void start_fake_key(int mode, const char *url, const char *key)
 {
     char log[300];
     snprintf(log, sizeof log, "%s/fake-%s.log", g_dir, FAKE_NAMES[mode]);
     char *argv[] = { g_self, "--fake-worker", (char *)FAKE_NAMES[mode], (char *)url, g_weights,
-                     NULL };
+                     (char *)key, NULL };
     add_kid(proc_start(argv, log));
     if (mode == FAKE_SILENT) { /* nothing to ask: wait for its socket file */
         struct stat st;
@@ -271,6 +312,11 @@ static void start_fake(int mode, const char *url)
     } else {
         wait_handshake(url);
     }
+}
+
+static void start_fake(int mode, const char *url)
+{
+    start_fake_key(mode, url, NULL);
 }
 
 /* Runs ddm-client with args (NULL-terminated) to its exit; its output in out.
@@ -343,7 +389,8 @@ static void expect_all_pass(int rc, const char *out, int pass, int skip)
 
 /* ---- conform against conforming workers ----------------------------------------------- */
 
-#define N_CHECKS 30
+#define N_CHECKS 32
+#define N_KEY_CHECKS 2   /* mac-missing, mac-wrong: skipped without --cluster-key-file */
 
 static char g_out[1 << 16];
 
@@ -354,10 +401,42 @@ static void test_expert_passes_with_weights(void **state)
     ipc_url(url, sizeof url, "expert");
     start_expert(url, "64");
     int rc = run_client(g_out, sizeof g_out, "conform", url, "--weights", g_weights, NULL);
-    expect_all_pass(rc, g_out, N_CHECKS, 0);
+    expect_all_pass(rc, g_out, N_CHECKS - N_KEY_CHECKS, N_KEY_CHECKS);
     expect_in(g_out, "PASS reference");
     expect_in(g_out, "PASS batch-over-max");
+    expect_in(g_out, "SKIP mac-wrong: no --cluster-key-file given");
     expect_in(g_out, "conforms to worker protocol v1");
+}
+
+/* A worker with a cluster key, conform with the same key: every check
+ * passes, the two on missing and wrong MACs too. With another key, or none,
+ * the handshake fails saying so and the rest is skipped. */
+static void test_expert_passes_keyed(void **state)
+{
+    (void)state;
+    char url[300];
+    ipc_url(url, sizeof url, "keyed");
+    start_expert_key(url, g_weights, "64", g_key);
+    int rc = run_client(g_out, sizeof g_out, "conform", url, "--weights", g_weights,
+                        "--cluster-key-file", g_key, NULL);
+    expect_all_pass(rc, g_out, N_CHECKS, 0);
+    expect_in(g_out, "every message authenticated (cluster key)");
+    expect_in(g_out, "PASS mac-missing");
+    expect_in(g_out, "PASS mac-wrong");
+    expect_in(g_out, "code -1005 (mismatch)");
+
+    rc = run_client(g_out, sizeof g_out, "conform", url, "--cluster-key-file", g_key2, NULL);
+    if (rc != 1)
+        fail_msg("conform with the wrong key exited %d, expected 1:\n%s", rc, g_out);
+    expect_in(g_out, "FAIL handshake");
+    expect_in(g_out, "the worker refused our MAC: conform's --cluster-key-file is not the key "
+                     "the worker was started with");
+    expect_in(g_out, "0 passed, 1 FAILED, 31 skipped: handshake\n");
+
+    rc = run_client(g_out, sizeof g_out, "conform", url, NULL);
+    assert_int_equal(rc, 1);
+    expect_in(g_out, "the worker wants a MAC: it runs with a cluster key; give conform the "
+                     "same --cluster-key-file");
 }
 
 /* Over tcp, a max batch below 64, no weights file: the two checks that
@@ -369,7 +448,7 @@ static void test_expert_passes_tcp_small_batch(void **state)
     snprintf(url, sizeof url, "tcp://127.0.0.1:%d", proc_free_port());
     start_expert(url, "5");
     int rc = run_client(g_out, sizeof g_out, "conform", url, NULL);
-    expect_all_pass(rc, g_out, N_CHECKS - 2, 2);
+    expect_all_pass(rc, g_out, N_CHECKS - 2 - N_KEY_CHECKS, 2 + N_KEY_CHECKS);
     expect_in(g_out, "SKIP reference: no --weights FILE given");
     expect_in(g_out, "batch=6"); /* max_batch + 1 was sent */
     expect_in(g_out, "in the batch of 5");
@@ -384,7 +463,7 @@ static void test_expert_passes_unconditional_batch_1(void **state)
     ipc_url(url, sizeof url, "uncond");
     start_expert_weights(url, g_uncond, "1");
     int rc = run_client(g_out, sizeof g_out, "conform", url, "--weights", g_uncond, NULL);
-    expect_all_pass(rc, g_out, N_CHECKS, 0);
+    expect_all_pass(rc, g_out, N_CHECKS - N_KEY_CHECKS, N_KEY_CHECKS);
     expect_in(g_out, "num_classes=0");
     expect_in(g_out, "labels=[-1, 0] (num_classes is 0)");
 }
@@ -397,7 +476,13 @@ static void test_cooked_worker_passes(void **state)
     ipc_url(url, sizeof url, "good");
     start_fake(FAKE_GOOD, url);
     int rc = run_client(g_out, sizeof g_out, "conform", url, "--weights", g_weights, NULL);
-    expect_all_pass(rc, g_out, N_CHECKS, 0);
+    expect_all_pass(rc, g_out, N_CHECKS - N_KEY_CHECKS, N_KEY_CHECKS);
+    /* with a key, its unsigned handshake reply fails */
+    rc = run_client(g_out, sizeof g_out, "conform", url, "--cluster-key-file", g_key, NULL);
+    assert_int_equal(rc, 1);
+    expect_in(g_out, "a reply WITHOUT a MAC trailer: an InfoReply");
+    expect_in(g_out, "the reply carries no MAC trailer");
+    expect_in(g_out, "0 passed, 1 FAILED, 31 skipped: handshake\n");
 }
 
 /* ---- conform against broken workers ----------------------------------------------------- */
@@ -432,7 +517,7 @@ static void test_nan_worker_fails(void **state)
     expect_in(g_out, "FAIL reference");
     expect_in(g_out, ": answers, packed, unknown-fields, batch-invariance, determinism, "
                      "concurrency, reference\n");
-    assert_int_equal(count_lines(g_out, "SKIP "), 0);
+    assert_int_equal(count_lines(g_out, "SKIP "), N_KEY_CHECKS);
 }
 
 static void test_short_worker_fails(void **state)
@@ -443,7 +528,7 @@ static void test_short_worker_fails(void **state)
     expect_in(g_out, "FAIL answers");
     expect_in(g_out, "v has 3132 bytes, expected batch x dim x 4 = 1 x 784 x 4 = 3136");
     expect_in(g_out, "FAIL reference");
-    assert_int_equal(count_lines(g_out, "SKIP "), 0);
+    assert_int_equal(count_lines(g_out, "SKIP "), N_KEY_CHECKS);
 }
 
 /* Nothing ever answers: the handshake fails after its deadline and every
@@ -457,7 +542,7 @@ static void test_silent_worker_fails(void **state)
     expect_in(g_out, "nothing answered at ipc://");
     assert_int_equal(count_lines(g_out, "PASS "), 0);
     assert_int_equal(count_lines(g_out, "SKIP "), N_CHECKS - 1);
-    expect_in(g_out, "0 passed, 1 FAILED, 29 skipped: handshake\n");
+    expect_in(g_out, "0 passed, 1 FAILED, 31 skipped: handshake\n");
 }
 
 /* Answers the handshake, then nothing: the first bad-input check fails on
@@ -472,7 +557,27 @@ static void test_mute_worker_fails(void **state)
     expect_in(g_out, "bad input must get an error reply, not silence");
     expect_in(g_out, "a worker must keep serving after bad input");
     expect_in(g_out, "SKIP empty: the worker stopped answering after garbage");
-    expect_in(g_out, "1 passed, 1 FAILED, 28 skipped: garbage\n");
+    expect_in(g_out, "1 passed, 1 FAILED, 30 skipped: garbage\n");
+}
+
+/* Keyed, signs its handshake, but no other reply: every check after the
+ * handshake fails on the missing MAC, naming it. */
+static void test_unsigned_worker_fails(void **state)
+{
+    (void)state;
+    char url[300];
+    ipc_url(url, sizeof url, "unsigned");
+    start_fake_key(FAKE_UNSIGNED, url, g_key);
+    int rc = run_client(g_out, sizeof g_out, "conform", url, "--cluster-key-file", g_key, NULL);
+    if (rc != 1)
+        fail_msg("conform against the unsigned worker exited %d, expected 1:\n%s", rc, g_out);
+    expect_in(g_out, "PASS handshake");
+    expect_in(g_out, "FAIL garbage");
+    expect_in(g_out, "FAIL answers");
+    expect_in(g_out, "FAIL concurrency");
+    expect_in(g_out, "got:  a reply WITHOUT a MAC trailer: DenoiseReply id=");
+    expect_in(g_out, "why:  the reply carries no MAC trailer");
+    assert_int_equal(count_lines(g_out, "PASS "), 1);
 }
 
 /* ---- usage -------------------------------------------------------------------------- */
@@ -503,9 +608,19 @@ static void test_usage(void **state)
     assert_int_equal(run_client(g_out, sizeof g_out, "conform", "ipc:///x", "--weights",
                                 "/nonexistent.safetensors", NULL), 2);
     expect_in(g_out, "/nonexistent.safetensors");
+    char shortkey[300];
+    snprintf(shortkey, sizeof shortkey, "%s/short.key", g_dir);
+    FILE *f = fopen(shortkey, "w");
+    assert_non_null(f);
+    fputs("too short\n", f);
+    fclose(f);
     assert_int_equal(run_client(g_out, sizeof g_out, "conform", "ipc:///x",
-                                "--cluster-key-file", rpath, NULL), 2);
-    expect_in(g_out, "--cluster-key-file is not yet supported");
+                                "--cluster-key-file", shortkey, NULL), 2);
+    expect_in(g_out, "cluster key file ");
+    expect_in(g_out, "short.key");
+    assert_int_equal(run_client(g_out, sizeof g_out, "conform", "ipc:///x",
+                                "--cluster-key-file", "/nonexistent.key", NULL), 2);
+    expect_in(g_out, "/nonexistent.key");
 }
 
 /* ---- the example bytes of docs/protocol.md ------------------------------------------------ */
@@ -557,6 +672,33 @@ static size_t example_reply(uint8_t *buf)
     memcpy(buf, m, len);
     nn_freemsg(m);
     return len;
+}
+
+/* The authenticated examples' key: these 32 ASCII bytes. */
+#define EX_KEY "ddm-example-cluster-key-32-bytes"
+
+/* The example request with its MAC trailer under EX_KEY; its request MAC
+ * (the last 32 bytes) in mac. Returns the length. */
+static size_t example_request_mac(uint8_t *buf, uint8_t mac[HMAC_SIZE])
+{
+    hmac_key k;
+    hmac_key_set(&k, EX_KEY, strlen(EX_KEY));
+    size_t n = example_request(buf);
+    hmac_trailer_req(&k, buf, n, buf + n);
+    memcpy(mac, buf + n + 2, HMAC_SIZE);
+    return n + HMAC_TRAILER_SIZE;
+}
+
+/* The example reply with its MAC trailer, chained to the request's. */
+static size_t example_reply_mac(uint8_t *buf)
+{
+    hmac_key k;
+    hmac_key_set(&k, EX_KEY, strlen(EX_KEY));
+    uint8_t req[256], mac[HMAC_SIZE];
+    example_request_mac(req, mac);
+    size_t n = example_reply(buf);
+    hmac_trailer_rep(&k, mac, buf, n, buf + n);
+    return n + HMAC_TRAILER_SIZE;
 }
 
 static void print_hex(const char *name, const uint8_t *b, size_t n)
@@ -627,6 +769,26 @@ static void test_protocol_examples(void **state)
     assert_non_null(r);
     assert_int_equal(r->denoise->batch_size, 1);
     assert_memory_equal(r->denoise->v.data, EX_V, sizeof EX_V);
+    ddm__v1__worker_reply__free_unpacked(r, NULL);
+
+    /* authenticated: P || T, which still parses, with mac set, and verifies */
+    uint8_t mreq[256], mrep[256], mac[HMAC_SIZE];
+    size_t mrn = example_request_mac(mreq, mac), mpn = example_reply_mac(mrep);
+    expect_doc_bytes("request-mac", mreq, mrn);
+    expect_doc_bytes("reply-mac", mrep, mpn);
+    hmac_key k;
+    hmac_key_set(&k, EX_KEY, strlen(EX_KEY));
+    uint8_t got[HMAC_SIZE];
+    assert_int_equal(hmac_trailer_check_req(&k, mreq, mrn, got), 0);
+    assert_int_equal(hmac_trailer_check_rep(&k, mac, mrep, mpn), 0);
+    Ddm__V1__WorkerRequest *q = ddm__v1__worker_request__unpack(NULL, mrn, mreq);
+    assert_non_null(q);
+    assert_true(q->has_mac && q->mac.len == HMAC_SIZE);
+    assert_int_equal(q->denoise->id, 7);
+    ddm__v1__worker_request__free_unpacked(q, NULL);
+    r = ddm__v1__worker_reply__unpack(NULL, mpn, mrep);
+    assert_non_null(r);
+    assert_true(r->has_mac && r->mac.len == HMAC_SIZE);
     ddm__v1__worker_reply__free_unpacked(r, NULL);
 }
 
@@ -701,6 +863,16 @@ static void test_sp_tcp_framing(void **state)
 
 /* ---- main ------------------------------------------------------------------------------ */
 
+static int write_key(const char *path, const char *key)
+{
+    FILE *f = fopen(path, "w");
+    if (!f)
+        return -1;
+    fprintf(f, "%s\n", key);
+    fclose(f);
+    return chmod(path, 0600);
+}
+
 static int group_setup(void **state)
 {
     (void)state;
@@ -711,6 +883,11 @@ static int group_setup(void **state)
     snprintf(g_weights, sizeof g_weights, "%s/expert-2.safetensors", g_dir);
     snprintf(g_tiny, sizeof g_tiny, "%s/tiny.safetensors", g_dir);
     snprintf(g_uncond, sizeof g_uncond, "%s/expert-0.safetensors", g_dir);
+    snprintf(g_key, sizeof g_key, "%s/cluster.key", g_dir);
+    snprintf(g_key2, sizeof g_key2, "%s/other.key", g_dir);
+    if (write_key(g_key, "conform-test-cluster-key-0123456789") ||
+        write_key(g_key2, "another-cluster-key-not-the-worker's"))
+        return -1;
     net_config uc = g_cfg;
     uc.n_classes = 0;
     if (toyset_write_model(g_weights, MODEL_DENOISER, &g_cfg, 21, 2, 4, ST_F16) ||
@@ -729,16 +906,19 @@ static int group_teardown(void **state)
 
 int main(int argc, char **argv)
 {
-    if (argc == 5 && !strcmp(argv[1], "--fake-worker")) {
-        for (int m = 0; m < 5; m++)
+    if ((argc == 5 || argc == 6) && !strcmp(argv[1], "--fake-worker")) {
+        for (int m = 0; m < FAKE_N; m++)
             if (!strcmp(argv[2], FAKE_NAMES[m]))
-                return fake_main(m, argv[3], argv[4]);
+                return fake_main(m, argv[3], argv[4], argc == 6 ? argv[5] : NULL);
         return 2;
     }
     if (argc == 2 && !strcmp(argv[1], "--print-examples")) {
         uint8_t b[256];
         print_hex("request", b, example_request(b));
         print_hex("reply", b, example_reply(b));
+        uint8_t mac[HMAC_SIZE];
+        print_hex("request-mac (key \"" EX_KEY "\")", b, example_request_mac(b, mac));
+        print_hex("reply-mac", b, example_reply_mac(b));
         return 0;
     }
     const struct CMUnitTest tests[] = {
@@ -746,6 +926,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_teardown(test_usage, test_teardown),
         cmocka_unit_test_teardown(test_sp_tcp_framing, test_teardown),
         cmocka_unit_test_teardown(test_expert_passes_with_weights, test_teardown),
+        cmocka_unit_test_teardown(test_expert_passes_keyed, test_teardown),
         cmocka_unit_test_teardown(test_expert_passes_tcp_small_batch, test_teardown),
         cmocka_unit_test_teardown(test_expert_passes_unconditional_batch_1, test_teardown),
         cmocka_unit_test_teardown(test_cooked_worker_passes, test_teardown),
@@ -753,6 +934,7 @@ int main(int argc, char **argv)
         cmocka_unit_test_teardown(test_short_worker_fails, test_teardown),
         cmocka_unit_test_teardown(test_silent_worker_fails, test_teardown),
         cmocka_unit_test_teardown(test_mute_worker_fails, test_teardown),
+        cmocka_unit_test_teardown(test_unsigned_worker_fails, test_teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -220,6 +220,29 @@ static void replica_state(int port, int k, const char *url, char *state, size_t 
     cJSON_Delete(root);
 }
 
+/* A number from /v1/experts: field of expert k, or (url not NULL) of its
+ * replica url; -1 when absent. */
+static long experts_num(int port, int k, const char *url, const char *field)
+{
+    httpc_response r;
+    long v = -1;
+    assert_int_equal(http(port, "GET", "/v1/experts", NULL, &r), 200);
+    cJSON *root = cJSON_Parse(r.body);
+    httpc_response_free(&r);
+    assert_non_null(root);
+    cJSON *o = cJSON_GetArrayItem(cJSON_GetObjectItem(root, "experts"), k);
+    cJSON *reps = cJSON_GetObjectItem(o, "replicas");
+    for (int i = 0; url && i < cJSON_GetArraySize(reps); i++) {
+        cJSON *rp = cJSON_GetArrayItem(reps, i);
+        o = !strcmp(cJSON_GetObjectItem(rp, "url")->valuestring, url) ? rp : o;
+    }
+    cJSON *f = cJSON_GetObjectItem(o, field);
+    if (cJSON_IsNumber(f))
+        v = (long)f->valuedouble;
+    cJSON_Delete(root);
+    return v;
+}
+
 static long failures_of(int port, int k)
 {
     char st[32];
@@ -489,6 +512,22 @@ static void test_bad_replies_take_replica_out(void **state)
     assert_int_equal(failures_of(port, 0), 0);
     assert_int_equal(failures_of(port, 1), 0);
     assert_false(log_has(rlog, "expert 0", "not finite", (const char *)NULL));
+    /* counted per replica and per expert, in /v1/experts and /metrics */
+    long bad = experts_num(port, 1, NULL, "bad_replies");
+    assert_true(experts_num(port, 1, un, "bad_replies") >= 1);
+    assert_true(experts_num(port, 1, us, "bad_replies") >= 1);
+    assert_int_equal(experts_num(port, 1, u1, "bad_replies"), 0);
+    assert_int_equal(experts_num(port, 1, un, "bad_replies") +
+                     experts_num(port, 1, us, "bad_replies"), bad);
+    assert_int_equal(experts_num(port, 0, NULL, "bad_replies"), 0);
+    assert_true(experts_num(port, 1, u1, "messages") >= 1);
+    httpc_response m;
+    assert_int_equal(http(port, "GET", "/metrics", NULL, &m), 200);
+    char line[96];
+    snprintf(line, sizeof line, "\nddm_expert_bad_replies_total{expert=\"1\"} %ld\n", bad);
+    if (!strstr(m.body, line) || !strstr(m.body, "\nddm_expert_bad_replies_total{expert=\"0\"} 0\n"))
+        fail_msg("/metrics lacks%s:\n%s", line, m.body);
+    httpc_response_free(&m);
 }
 
 /* The NaN replica is the expert's only one: 503 naming that expert, for a
@@ -670,6 +709,19 @@ static void test_cluster_key(void **state)
     int port3 = start_router(conf, NULL, rlog3, sizeof rlog3, &rp3);
     wait_state(port3, 1, u1, "refused", rlog3);
     assert_log_has(rlog3, u1, "MAC", NULL);
+
+    /* a router under another key: refused, and the log says the keys differ */
+    char otherkey[256], rlog4[256];
+    snprintf(otherkey, sizeof otherkey, "%s/other.key", dir);
+    FILE *kf = fopen(otherkey, "w");
+    assert_non_null(kf);
+    fputs("another cluster key, 32 bytes ok\n", kf);
+    fclose(kf);
+    chmod(otherkey, 0600);
+    pid_t rp4;
+    int port4 = start_router(conf, otherkey, rlog4, sizeof rlog4, &rp4);
+    wait_state(port4, 1, u1, "refused", rlog4);
+    assert_log_has(rlog4, u1, "is not the router's", NULL);
 }
 
 /* Thousands of garbage messages a second: the worker answers each (with an

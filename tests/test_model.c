@@ -305,7 +305,7 @@ typedef struct flaw {
     int ndim;           /* F_SHAPE: the shape written instead */
     int64_t shape[3];
     float value;        /* F_VALUE: element 0 becomes this */
-    kv meta[3];         /* metadata overrides */
+    kv meta[4];         /* metadata overrides */
     const char *expect;
 } flaw;
 
@@ -355,7 +355,7 @@ static void write_flawed(const char *path, const float *params, const flaw *fl)
     };
     for (size_t i = 0; i < sizeof meta / sizeof meta[0]; i++) {
         const char *v = meta[i].value;
-        for (int k = 0; k < 3; k++)
+        for (int k = 0; k < 4; k++)
             if (fl->meta[k].key && !strcmp(fl->meta[k].key, meta[i].key))
                 v = fl->meta[k].value;
         if (v)
@@ -414,6 +414,12 @@ static const flaw flaws[] = {
     { "hidden disagrees", NULL, F_NONE, 0, { 0 }, 0, { { "hidden", "4" } },
       "tensor \"w_in\" shape [8,16] does not match metadata (in_dim=16, hidden=4): "
       "expected [4,16]" },
+    /* a 2 KB file whose metadata claims a 35 GB network: refused from its tensors'
+     * shapes, before any allocation of that size (found by fuzz_st) */
+    { "huge network claimed", NULL, F_NONE, 0, { 0 }, 0,
+      { { "in_dim", "8192" }, { "hidden", "8192" }, { "out_dim", "8192" }, { "n_blocks", "64" } },
+      "tensor \"w_in\" shape [8,16] does not match metadata (in_dim=8192, hidden=8192): "
+      "expected [8192,8192]" },
     { "odd time_dim", NULL, F_NONE, 0, { 0 }, 0, { { "time_dim", "3" } },
       "time_dim = 3 must be even" },
     { "denoiser out_dim", NULL, F_NONE, 0, { 0 }, 0,

@@ -3,8 +3,10 @@
  * called back before pool_close returns; pending calls end with
  * DDM_ECLOSED), deadlines that move a message to another replica, the
  * message table growing past its first size under many calls at once, a
- * call whose only replica turns bad failing with DDM_EUNAVAIL, and cancelled
- * calls (never called back, their buffers never written). */
+ * call whose only replica turns bad failing with DDM_EUNAVAIL, a stopped
+ * replica (or one that missed a probe) getting no new work while its
+ * sibling answers, and cancelled calls (never called back, their buffers
+ * never written). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -48,9 +50,15 @@ static void on_closed(void *ud)
     closed = 1;
 }
 
+/* Timings of a test pool; 0 for the defaults (probes every 100 ms). */
+typedef struct timing {
+    uint32_t call_timeout_ms, probe_timeout_ms, suspect_ms;
+    int down_after;
+} timing;
+
 /* A pool over the given fakes (all expert 0); waits until want replicas are live. */
-static pool *make_pool(uv_loop_t *loop, cluster *cl, fake_worker **fakes, int n,
-                       const fake_mode *modes, uint32_t timeout_ms, int want_live)
+static pool *make_pool_timing(uv_loop_t *loop, cluster *cl, fake_worker **fakes, int n,
+                              const fake_mode *modes, const timing *tm, int want_live)
 {
     memset(cl, 0, sizeof *cl);
     cl->n_experts = 1;
@@ -74,8 +82,14 @@ static pool *make_pool(uv_loop_t *loop, cluster *cl, fake_worker **fakes, int n,
     pc.channels = 1;
     pc.n_experts = 1;
     pc.n_classes = 3;
-    pc.call_timeout_ms = timeout_ms;
     pc.probe_interval_ms = 100;
+    if (tm->call_timeout_ms)
+        pc.call_timeout_ms = tm->call_timeout_ms;
+    if (tm->probe_timeout_ms)
+        pc.probe_timeout_ms = tm->probe_timeout_ms;
+    if (tm->down_after)
+        pc.down_after = tm->down_after;
+    pc.suspect_ms = tm->suspect_ms;
     pool *p;
     char err[256];
     if (pool_new(loop, cl, &pc, &p, err, sizeof err))
@@ -85,6 +99,13 @@ static pool *make_pool(uv_loop_t *loop, cluster *cl, fake_worker **fakes, int n,
         uv_run(loop, UV_RUN_ONCE);
     assert_int_equal(pool_live_replicas(p, 0), want_live);
     return p;
+}
+
+static pool *make_pool(uv_loop_t *loop, cluster *cl, fake_worker **fakes, int n,
+                       const fake_mode *modes, uint32_t timeout_ms, int want_live)
+{
+    timing tm = { .call_timeout_ms = timeout_ms };
+    return make_pool_timing(loop, cl, fakes, n, modes, &tm, want_live);
 }
 
 static void finish(uv_loop_t *loop, pool *p, cluster *cl, fake_worker **fakes, int n)
@@ -104,6 +125,44 @@ static void run_until(uv_loop_t *loop, const int *flag, int want, double secs)
     double t0 = proc_now_s();
     while (*flag < want && proc_now_s() - t0 < secs)
         uv_run(loop, UV_RUN_ONCE);
+}
+
+static pool_replica_stats rstats(pool *p, int r)
+{
+    pool_replica_stats st;
+    pool_get_replica_stats(p, 0, r, &st);
+    return st;
+}
+
+/* n one-row calls at once; waits for them all; every one must succeed with
+ * the zeros the fakes answer. */
+static void calls_ok(uv_loop_t *loop, pool *p, int n)
+{
+    enum { MAX = 16 };
+    static float x[MAX][DIM], t[MAX], out[MAX][DIM];
+    assert_true(n <= MAX);
+    memset(out, 0x7f, sizeof out);
+    result r = { 0 };
+    for (int i = 0; i < n; i++) {
+        t[i] = 0.5f;
+        assert_int_equal(pool_call(p, 0, 1, x[i], &t[i], NULL, out[i], on_done, &r, NULL), 0);
+    }
+    run_until(loop, &r.calls, n, 20);
+    assert_int_equal(r.calls, n);
+    if (r.status)
+        fail_msg("a call failed: %s", r.msg);
+    for (int i = 0; i < n; i++)
+        for (int d = 0; d < DIM; d++)
+            assert_true(out[i][d] == 0.0f);
+}
+
+/* Runs the loop until replica r's slow flag is want (up to 20 s). */
+static void wait_slow(uv_loop_t *loop, pool *p, int r, int want)
+{
+    double t0 = proc_now_s();
+    while (!rstats(p, r).slow != !want && proc_now_s() - t0 < 20)
+        uv_run(loop, UV_RUN_ONCE);
+    assert_int_equal(rstats(p, r).slow, want);
 }
 
 /* pool_close with a call pending: nothing is called back before it returns;
@@ -145,22 +204,7 @@ static void test_deadline_moves_message(void **state)
     fake_worker *f[2];
     fake_mode m[2] = { FAKE_SILENT, FAKE_ZEROS };
     pool *p = make_pool(&loop, &cl, f, 2, m, 200, 2);
-    enum { N = 6 };
-    float x[N][DIM], t[N], out[N][DIM];
-    memset(x, 0, sizeof x);
-    for (int i = 0; i < N; i++)
-        t[i] = 0.5f;
-    memset(out, 0x7f, sizeof out);
-    result r = { 0 };
-    for (int i = 0; i < N; i++)
-        assert_int_equal(pool_call(p, 0, 1, x[i], &t[i], NULL, out[i], on_done, &r, NULL), 0);
-    run_until(&loop, &r.calls, N, 10);
-    assert_int_equal(r.calls, N);
-    if (r.status)
-        fail_msg("a call failed: %s", r.msg);
-    for (int i = 0; i < N; i++)
-        for (int d = 0; d < DIM; d++)
-            assert_true(out[i][d] == 0.0f);
+    calls_ok(&loop, p, 6);
     assert_true(fake_worker_denoise_count(f[0]) >= 1); /* some went to the silent one */
     pool_expert_stats st;
     pool_get_stats(p, 0, &st);
@@ -280,6 +324,78 @@ static void test_cancel(void **state)
     finish(&loop, p, &cl, f, 1);
 }
 
+/* Replica 0 stops (reads nothing, as under SIGSTOP) beside a good replica 1;
+ * the deadline is 60 s and the probes are slow to notice (60 s). The message
+ * that went to it is unanswered for 100 ms (suspect_ms): the replica is
+ * "slow", and the message is sent to replica 1 (not to it again) long before
+ * its deadline -- the calls end within calls_ok's 20 s. From then on the
+ * stopped replica gets no new work although it is still up; once it answers
+ * again (SIGCONT), it gets work again. */
+static void test_stopped_replica_gets_no_new_work(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    cluster cl;
+    fake_worker *f[2];
+    fake_mode m[2] = { FAKE_ZEROS, FAKE_ZEROS };
+    timing tm = { .call_timeout_ms = 60000, .probe_timeout_ms = 60000, .suspect_ms = 100 };
+    pool *p = make_pool_timing(&loop, &cl, f, 2, m, &tm, 2);
+    fake_worker_pause(f[0], 1);
+    calls_ok(&loop, p, 2); /* equal load: one message to each replica */
+    pool_replica_stats a = rstats(p, 0), b = rstats(p, 1);
+    assert_int_equal(a.messages, 1);
+    assert_int_equal(a.timeouts, 1);
+    assert_int_equal(b.messages, 2); /* its own, and the retry of the stopped one's */
+    assert_int_equal(b.timeouts, 0);
+    assert_true(a.slow);
+    assert_false(b.slow);
+    const char *url, *st, *detail;
+    pool_replica_info(p, 0, 0, &url, &st, &detail);
+    assert_string_equal(st, "up"); /* the probes have not noticed: this is not "down" */
+    assert_non_null(strstr(detail, "no new work"));
+
+    calls_ok(&loop, p, 12);
+    a = rstats(p, 0);
+    assert_int_equal(a.messages, 1); /* nothing new for the stopped replica */
+    assert_int_equal(rstats(p, 1).messages, 14);
+    pool_expert_stats es;
+    pool_get_stats(p, 0, &es);
+    assert_int_equal(es.retries, 1);
+    assert_int_equal(es.failures, 0);
+
+    fake_worker_pause(f[0], 0); /* it answers its queue (late), then work again */
+    wait_slow(&loop, p, 0, 0);
+    calls_ok(&loop, p, 12);
+    assert_true(rstats(p, 0).messages > 1);
+    finish(&loop, p, &cl, f, 2);
+}
+
+/* A replica that misses a probe gets no new work while its sibling answers,
+ * before it misses enough of them to be marked down. */
+static void test_probe_miss_gets_no_new_work(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    cluster cl;
+    fake_worker *f[2];
+    fake_mode m[2] = { FAKE_ZEROS, FAKE_ZEROS };
+    timing tm = { .call_timeout_ms = 5000, .probe_timeout_ms = 200, .down_after = 1000 };
+    pool *p = make_pool_timing(&loop, &cl, f, 2, m, &tm, 2);
+    fake_worker_pause(f[1], 1);
+    wait_slow(&loop, p, 1, 1);
+    const char *url, *st, *detail;
+    pool_replica_info(p, 0, 1, &url, &st, &detail);
+    assert_string_equal(st, "up");
+    assert_non_null(strstr(detail, "no answer to a probe"));
+    calls_ok(&loop, p, 10);
+    assert_int_equal(rstats(p, 1).messages, 0);
+    assert_int_equal(rstats(p, 0).messages, 10);
+    fake_worker_pause(f[1], 0);
+    finish(&loop, p, &cl, f, 2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -288,6 +404,8 @@ int main(void)
         cmocka_unit_test(test_many_calls),
         cmocka_unit_test(test_bad_only_replica),
         cmocka_unit_test(test_cancel),
+        cmocka_unit_test(test_stopped_replica_gets_no_new_work),
+        cmocka_unit_test(test_probe_miss_gets_no_new_work),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

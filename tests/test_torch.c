@@ -1,7 +1,8 @@
 /* test_torch.c -- the PyTorch worker (expert-worker/python, bin/ddm-torch-worker)
  * end to end: real worker processes on loopback answering raw REQ clients
  * (tests/support/wclient), compared with ddm-expert and the in-process C
- * forward pass; its trainer on a shard; mixed clusters started by
+ * forward pass; ddm-client conform passing against it, with and without a
+ * cluster key; its trainer on a shard; mixed clusters started by
  * deploy/local/ddm-cluster with impl=torch lines, whose images must equal the
  * all-C cluster's; the shipped U-Net expert served, routed and traced.
  *
@@ -843,10 +844,62 @@ static void test_cluster_key(void **state)
     assert_non_null(rep);
     assert_int_equal(ok, 0);
     assert_int_equal(rep->kind_case, DDM__V1__WORKER_REPLY__KIND_ERROR);
+    assert_int_equal(rep->error->code, DDM_EMISMATCH);
     assert_non_null(strstr(rep->error->message, "MAC does not verify"));
     ddm__v1__worker_reply__free_unpacked(rep, NULL);
     wclient_close(c);
     stop_clean(pid);
+}
+
+/* ddm-client conform against the PyTorch worker on a shipped expert, with
+ * --weights (its answers equal the reference forward): without a key, and
+ * with one (every reply's MAC checked, missing and wrong request MACs
+ * refused). The two workers start at once: importing torch is most of it. */
+static void test_conform_passes(void **state)
+{
+    (void)state;
+    NEED_TORCH();
+    static const char key[] = "conform-torch-cluster-key-0123456789";
+    char kf[300], u0[300], uk[300], w[300];
+    snprintf(kf, sizeof kf, "%s/conform.key", g_dir);
+    FILE *f = fopen(kf, "w");
+    assert_non_null(f);
+    fprintf(f, "%s\n", key);
+    fclose(f);
+    assert_int_equal(chmod(kf, 0600), 0);
+    url_ipc(u0, sizeof u0, "conform");
+    url_ipc(uk, sizeof uk, "conform-keyed");
+    expert_path(w, sizeof w, 3);
+    pid_t p0 = start_torch("conform", "--weights", w, "--listen", u0);
+    pid_t pk = start_torch("conform-keyed", "--weights", w, "--listen", uk,
+                           "--cluster-key-file", kf);
+    wclient_close(connect_ready(u0, p0));
+    wclient *c = wclient_open(uk, RECV_MS);
+    wclient_set_key(c, (const uint8_t *)key, strlen(key));
+    Ddm__V1__WorkerReply *info = wclient_info(c, 60000);
+    if (!info)
+        proc_dump_log(kid_log(pk));
+    assert_non_null(info);
+    ddm__v1__worker_reply__free_unpacked(info, NULL);
+    wclient_close(c);
+
+    const char *urls[2] = { u0, uk };
+    for (int i = 0; i < 2; i++) {
+        int st;
+        char *out = proc_sh(&st, "%s/ddm-client conform %s --weights %s%s%s", g_bin, urls[i], w,
+                            i ? " --cluster-key-file " : "", i ? kf : "");
+        assert_non_null(out);
+        const char *want = i ? "conform: 32 passed, 0 failed, 0 skipped"
+                             : "conform: 30 passed, 0 failed, 2 skipped";
+        if (st != 0 || !strstr(out, want) || !strstr(out, "PASS reference"))
+            fail_msg("conform against the PyTorch worker%s exited %d:\n%s",
+                     i ? " with a key" : "", st, out);
+        if (i && (!strstr(out, "PASS mac-missing") || !strstr(out, "PASS mac-wrong")))
+            fail_msg("no MAC checks:\n%s", out);
+        free(out);
+    }
+    stop_clean(p0);
+    stop_clean(pk);
 }
 
 /* ---- the trainer -------------------------------------------------------------------------- */
@@ -1219,6 +1272,7 @@ int main(void)
         cmocka_unit_test_teardown(test_sigterm_drains, test_teardown),
         cmocka_unit_test_teardown(test_serves_any_module, test_teardown),
         cmocka_unit_test_teardown(test_cluster_key, test_teardown),
+        cmocka_unit_test_teardown(test_conform_passes, test_teardown),
         cmocka_unit_test_teardown(test_trainer_on_a_shard, test_teardown),
         cmocka_unit_test_teardown(test_mixed_cluster_matches_all_c, test_teardown),
         cmocka_unit_test_teardown(test_cluster_impl_errors, test_teardown),

@@ -7,7 +7,7 @@
  * --down seconds later). At most one replica is out at a time, so with two or
  * more replicas per expert every request's experts keep a live replica: the
  * goal is no failed request. Reports requests served and failed (by reason),
- * latency p50/p99, and the router's and the workers' RSS and open fds at the
+ * latency p50/p99/p99.9/max, and the router's and the workers' RSS and open fds at the
  * start and at the end (goal: flat). Exit 0 when nothing failed. */
 #include <dirent.h>
 #include <getopt.h>
@@ -38,7 +38,16 @@ typedef struct shared {
     char last_error[256];
     double *lat;            /* seconds of the successful requests */
     long nlat;
+    double t0;              /* when the measured run started (0: warming up) */
+    double slowest, slowest_at; /* the slowest request: seconds, and its start in the run */
 } shared;
+
+#define MAX_EVENTS 4096
+typedef struct event {
+    double at;              /* seconds into the run */
+    int worker;
+    const char *what;       /* "killed", "restarted", "stopped", "continued" */
+} event;
 
 static const char *const BODIES[] = {
     "{\"n\": 1, \"steps\": 20, \"strategy\": \"top-2\"}",
@@ -69,6 +78,10 @@ static void *client_main(void *arg)
             s->ok++;
             if (s->nlat < MAX_LAT)
                 s->lat[s->nlat++] = dt;
+            if (dt > s->slowest) {
+                s->slowest = dt;
+                s->slowest_at = s->t0 > 0 ? t0 - s->t0 : 0;
+            }
         } else {
             s->failed++;
             s->by_status[rc == 0 && r.status > 0 && r.status < 600 ? r.status : 0]++;
@@ -147,8 +160,9 @@ static void usage_text(FILE *f)
             "A chaos soak on loopback: C clients send sample requests to a real cluster\n"
             "(R replicas per expert) while every --interval s one random replica is killed\n"
             "(restarted --down s later) or stopped (continued --down s later). Reports\n"
-            "requests served and failed, p50/p99, and the RSS and fds of the router and the\n"
-            "workers at the start and the end. Exit 0 when no request failed.\n"
+            "requests served and failed, latency p50/p99/p99.9/max, and the RSS and fds\n"
+            "of the router and the workers at the start and the end. Exit 0 when no\n"
+            "request failed.\n"
             "Uses models/digits unless --models DIR; --keep leaves the logs.\n");
 }
 
@@ -227,6 +241,12 @@ int main(int argc, char **argv)
     sleep(2); /* warm: the first requests allocate what the steady state keeps */
     usage u0 = measure(&cl);
     double t0 = proc_now_s(), next_event = t0 + interval;
+    pthread_mutex_lock(&s.mu);
+    s.t0 = t0;
+    pthread_mutex_unlock(&s.mu);
+    static event ev[MAX_EVENTS];
+    int nev = 0;
+#define EVENT(w, name) (nev < MAX_EVENTS ? (void)(ev[nev++] = (event){ proc_now_s() - t0, (w), (name) }) : (void)0)
     int out = -1, kills = 0, stops = 0;  /* the replica now out, or -1 */
     int out_killed = 0;
     double back_at = 0;
@@ -242,6 +262,7 @@ int main(int argc, char **argv)
                 tcluster_start_worker(&cl, out);
             else
                 kill(cl.workers[out], SIGCONT);
+            EVENT(out, out_killed ? "restarted" : "continued");
             out = -1;
         }
         if (out < 0 && now >= next_event) {
@@ -255,6 +276,7 @@ int main(int argc, char **argv)
                 kill(cl.workers[out], SIGSTOP);
                 stops++;
             }
+            EVENT(out, out_killed ? "killed" : "stopped");
             back_at = now + down;
             next_event += interval;
         }
@@ -276,10 +298,24 @@ int main(int argc, char **argv)
     cli_sort_doubles(s.lat, (size_t)s.nlat);
     double p50 = s.nlat ? cli_percentile(s.lat, (size_t)s.nlat, 0.5) : 0;
     double p99 = s.nlat ? cli_percentile(s.lat, (size_t)s.nlat, 0.99) : 0;
+    double p999 = s.nlat ? cli_percentile(s.lat, (size_t)s.nlat, 0.999) : 0;
+    double max = s.nlat ? s.lat[s.nlat - 1] : 0;
+    long over = 0; /* slower than the router's default expert deadline (2 s) */
+    for (long i = 0; i < s.nlat; i++)
+        over += s.lat[i] > 2.0;
     printf("\n| seconds | events (kill / stop) | requests served | failed | served/s | p50 ms | "
-           "p99 ms |\n|---|---|---|---|---|---|---|\n");
-    printf("| %.0f | %d (%d / %d) | %ld | %ld | %.1f | %.1f | %.1f |\n\n", elapsed, kills + stops,
-           kills, stops, s.ok, s.failed, s.ok / elapsed, p50 * 1e3, p99 * 1e3);
+           "p99 ms | p99.9 ms | max ms | over 2 s |\n|---|---|---|---|---|---|---|---|---|---|\n");
+    printf("| %.0f | %d (%d / %d) | %ld | %ld | %.1f | %.1f | %.1f | %.1f | %.1f | %ld |\n\n",
+           elapsed, kills + stops, kills, stops, s.ok, s.failed, s.ok / elapsed, p50 * 1e3,
+           p99 * 1e3, p999 * 1e3, max * 1e3, over);
+    /* what happened around the slowest request (for reading the tail) */
+    printf("slowest request: %.2f s, from %.1f s into the run; events from 10 s before:",
+           s.slowest, s.slowest_at);
+    for (int i = 0; i < nev; i++)
+        if (ev[i].at >= s.slowest_at - 10 && ev[i].at <= s.slowest_at + s.slowest)
+            printf(" %.1f s worker %d (expert %d) %s;", ev[i].at, ev[i].worker, ev[i].worker % K,
+                   ev[i].what);
+    printf("\n\n");
     printf("| process | RSS start MB | RSS end MB | fds start | fds end |\n|---|---|---|---|---|\n");
     printf("| router | %.1f | %.1f | %ld | %ld |\n", u0.router_rss / 1024.0, u1.router_rss / 1024.0,
            u0.router_fds, u1.router_fds);

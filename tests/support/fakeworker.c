@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <nanomsg/nn.h>
 #include <nanomsg/reqrep.h>
@@ -23,8 +24,18 @@ struct fake_worker {
     int sock;
     pthread_t th;
     int stop;
+    int paused;               /* reads nothing (fake_worker_pause) */
+    int idle;                 /* the thread saw paused and reads no more */
     long n_denoise, n_info;
 };
+
+void fake_worker_pause(fake_worker *f, int paused)
+{
+    __atomic_store_n(&f->paused, paused, __ATOMIC_SEQ_CST);
+    /* a receive in progress may still take a message: wait until it ended */
+    while (paused && !__atomic_load_n(&f->idle, __ATOMIC_SEQ_CST))
+        usleep(1000);
+}
 
 long fake_worker_denoise_count(const fake_worker *f)
 {
@@ -110,6 +121,12 @@ static void *run(void *arg)
 {
     fake_worker *f = arg;
     while (!__atomic_load_n(&f->stop, __ATOMIC_SEQ_CST)) {
+        int paused = __atomic_load_n(&f->paused, __ATOMIC_SEQ_CST);
+        __atomic_store_n(&f->idle, paused, __ATOMIC_SEQ_CST);
+        if (paused) {
+            usleep(5000);
+            continue;
+        }
         void *body = NULL, *ctrl = NULL;
         struct nn_iovec iov = { .iov_base = &body, .iov_len = NN_MSG };
         struct nn_msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = &ctrl,

@@ -33,6 +33,11 @@ fake_worker *fake_worker_start(const fake_config *c, char *err, size_t errlen);
 long fake_worker_denoise_count(const fake_worker *f);
 long fake_worker_info_count(const fake_worker *f);
 
+/* paused 1: f reads nothing, as a stopped process (SIGSTOP) would; what
+ * arrives meanwhile waits in the socket and is answered after
+ * fake_worker_pause(f, 0), late, as after SIGCONT. */
+void fake_worker_pause(fake_worker *f, int paused);
+
 /* Stops the thread, closes the socket and frees f. */
 void fake_worker_stop(fake_worker *f);
 

@@ -196,11 +196,14 @@ static void usage_conform(FILE *f)
 "                              denoiser): compare its answers with their reference forward\n"
 "      --timeout-ms N          deadline of each reply, 1..600000 (default %d, the\n"
 "                              router's --expert-timeout-ms)\n"
-"      --cluster-key-file FILE authenticate with the cluster key (not yet supported)\n"
+"      --cluster-key-file FILE the cluster key the worker runs with: every request\n"
+"                              carries a MAC, every reply's MAC is checked, and two more\n"
+"                              checks send a request without a MAC and one with a wrong\n"
+"                              MAC (each must get an error, the worker still serving)\n"
 "  -h, --help                  this text\n"
 "\n"
 "Exit status: 0 every check passed, 1 a check failed, 2 usage error (bad flags,\n"
-"bad URL, unreadable --weights).\n"
+"bad URL, unreadable --weights or --cluster-key-file).\n"
 "Example: ddm-client conform tcp://127.0.0.1:7103 --weights models/digits/expert-3.safetensors\n",
             CONFORM_CLIENTS, CONFORM_TIMEOUT_MS);
 }
@@ -914,10 +917,7 @@ static int cmd_conform(int argc, char **argv)
                 return 2;
             o.timeout_ms = (int)ms;
             break;
-        case O_CLUSTER_KEY:
-            fprintf(stderr, "ddm-client: conform: --cluster-key-file is not yet supported: "
-                            "run conform against a worker started without a cluster key\n");
-            return 2;
+        case O_CLUSTER_KEY: o.cluster_key_file = optarg; break;
         case 'h': usage_conform(stdout); return 0;
         default: return usage_hint("conform");
         }

@@ -115,6 +115,16 @@ static void info_fields(check *k, const Ddm__V1__InfoReply *i)
                  "sha256");
 }
 
+/* 1 if r is a WorkerReply.error saying the request's MAC was missing or wrong. */
+static int auth_refusal(const reply *r)
+{
+    const Ddm__V1__WorkerReply *w = r->wr;
+    return w && w->kind_case == DDM__V1__WORKER_REPLY__KIND_ERROR && w->error &&
+           w->error->has_code && (w->error->code == DDM_EPROTO ||
+                                  w->error->code == DDM_EMISMATCH) &&
+           w->error->message && strstr(w->error->message, "MAC");
+}
+
 static void run_handshake(suite *s, check *k)
 {
     uint8_t challenge[16];
@@ -134,18 +144,27 @@ static void run_handshake(suite *s, check *k)
     w.info = &ir;
     uint8_t buf[64];
     size_t len = ddm__v1__worker_request__pack(&w, buf);
-    chk_sent(k, "InfoRequest id=%llu challenge=16 random bytes (%zu bytes)",
-             (unsigned long long)ir.id, len);
+    chk_sent(k, "InfoRequest id=%llu challenge=16 random bytes (%zu bytes%s)",
+             (unsigned long long)ir.id, len, s->has_key ? " and the MAC trailer" : "");
     reply r;
     call_bytes(s, s->c, buf, len, &r);
     reply_describe(s, &r, k->got, sizeof k->got);
     const Ddm__V1__InfoReply *i =
         r.wr && r.wr->kind_case == DDM__V1__WORKER_REPLY__KIND_INFO ? r.wr->info : NULL;
-    if (!i) {
-        if (r.rc == DDM_ETIMEDOUT)
-            chk_fail(k, "nothing answered at %s: is the worker running and listening there?",
-                     s->o->url);
-        chk_fail(k, "an InfoRequest must get a WorkerReply with info set");
+    /* without a usable (and, with a key, authenticated) InfoReply the rest is skipped */
+    if (r.rc == DDM_ETIMEDOUT)
+        chk_fail(k, "nothing answered at %s: is the worker running and listening there?",
+                 s->o->url);
+    else if (auth_refusal(&r))
+        chk_fail(k, s->has_key ? "the worker refused our MAC: conform's --cluster-key-file is "
+                                 "not the key the worker was started with"
+                               : "the worker wants a MAC: it runs with a cluster key; give "
+                                 "conform the same --cluster-key-file");
+    else
+        reply_mac_ok(s, k, &r);
+    if (k->failed || !i) {
+        if (!i)
+            chk_fail(k, "an InfoRequest must get a WorkerReply with info set");
         reply_free(&r);
         return;
     }
@@ -173,25 +192,41 @@ static void run_handshake(suite *s, check *k)
 
 /* A good request of one latent must still be answered (any DenoiseReply with
  * v counts: its content is judged by other checks). Marks s dead if not. */
+/* A good request for one fresh latent (in r, d), packed into a new buffer
+ * (free()) with room for extra bytes after its len; NULL when out of memory
+ * (r is then empty). */
+static uint8_t *one_latent(suite *s, rows *r, dreq *d, size_t extra, size_t *len)
+{
+    if (rows_make(s, r, 1))
+        return NULL;
+    dreq_rows(s, d, r);
+    uint8_t *buf = dreq_pack(d, len), *b = buf ? realloc(buf, *len + extra) : NULL;
+    if (!b) {
+        free(buf);
+        rows_free(r);
+    }
+    return b;
+}
+
 static void still_serving(suite *s, check *k)
 {
     rows r;
-    if (rows_make(s, &r, 1)) {
+    dreq d;
+    size_t len;
+    uint8_t *buf = one_latent(s, &r, &d, 0, &len);
+    if (!buf) {
         chk_fail(k, "out of memory");
         return;
     }
-    dreq d;
-    dreq_rows(s, &d, &r);
-    size_t len;
-    uint8_t *buf = dreq_pack(&d, &len);
     reply rp = { .rc = DDM_ENOMEM };
-    if (buf)
-        call_bytes(s, s->c, buf, len, &rp);
+    call_bytes(s, s->c, buf, len, &rp);
     free(buf);
     rows_free(&r);
     int ok = rp.wr && rp.wr->kind_case == DDM__V1__WORKER_REPLY__KIND_DENOISE &&
              !rp.wr->denoise->error && rp.wr->denoise->has_v;
-    if (!ok) {
+    if (ok) {
+        reply_mac_ok(s, k, &rp); /* answered; a bad MAC fails k, but the worker serves */
+    } else {
         char got[300];
         reply_describe(s, &rp, got, sizeof got);
         chk_fail(k, "then a good request got %s: a worker must keep serving after bad input",
@@ -221,6 +256,7 @@ static void refusal(suite *s, check *k, const void *buf, size_t len, int wrapper
     call_bytes(s, s->c, buf, len, &r);
     reply_describe(s, &r, k->got, sizeof k->got);
     int kind = r.wr ? (int)r.wr->kind_case : -1;
+    reply_mac_ok(s, k, &r);
     if (r.rc == DDM_ETIMEDOUT)
         chk_fail(k, "bad input must get an error reply, not silence");
     else if (!r.wr)
@@ -354,6 +390,68 @@ static void run_truncated(suite *s, check *k)
     rows_free(&r);
 }
 
+/* ---- authentication (with --cluster-key-file) ------------------------------------------- */
+
+/* A valid one-latent request sent without a MAC trailer, or with one whose
+ * MAC is wrong: the worker must refuse it with WorkerReply.error of code
+ * want (its reply need not be authenticated: there is no request MAC to
+ * chain it to) and compute nothing, then still answer a signed request. */
+static void run_auth(suite *s, check *k, int wrong)
+{
+    rows r;
+    dreq d;
+    size_t len;
+    uint8_t *msg = one_latent(s, &r, &d, HMAC_TRAILER_SIZE, &len);
+    if (!msg) {
+        chk_fail(k, "out of memory");
+        return;
+    }
+    char desc[CONFORM_TEXT - 120];
+    dreq_describe(&d, desc, sizeof desc);
+    size_t n = len;
+    if (wrong) {
+        hmac_trailer_req(&s->key, msg, len, msg + len);
+        msg[len + 2 + HMAC_SIZE - 1] ^= 0x01; /* the last bit of the MAC flipped */
+        n += HMAC_TRAILER_SIZE;
+        chk_sent(k, "%s, with a MAC trailer whose last bit is flipped", desc);
+    } else {
+        chk_sent(k, "%s, without a MAC trailer", desc);
+    }
+    int want = wrong ? DDM_EMISMATCH : DDM_EPROTO;
+    reply rp = { .rc = DDM_ENOMEM };
+    void *body = NULL;
+    size_t blen = 0;
+    uint32_t id;
+    int rc = wreq_send_raw(s->c, msg, n, s->o->timeout_ms, &id);
+    if (rc == 0)
+        rc = wreq_recv_id(s->c, id, s->o->timeout_ms, &body, &blen);
+    reply_take(&rp, s->c, rc, body, blen);
+    reply_describe(s, &rp, k->got, sizeof k->got);
+    const Ddm__V1__WorkerReply *w = rp.wr;
+    if (rp.rc == DDM_ETIMEDOUT)
+        chk_fail(k, "a request with a %s MAC must get an error reply, not silence",
+                 wrong ? "wrong" : "missing");
+    else if (!w)
+        chk_fail(k, "the reply must be a ddm.v1.WorkerReply");
+    else if (w->kind_case == DDM__V1__WORKER_REPLY__KIND_DENOISE && w->denoise->has_v)
+        chk_fail(k, "the worker computed an answer: a request with a %s MAC must be refused "
+                 "before any work", wrong ? "wrong" : "missing");
+    else if (w->kind_case != DDM__V1__WORKER_REPLY__KIND_ERROR)
+        chk_fail(k, "a request with a %s MAC gets WorkerReply.error", wrong ? "wrong" : "missing");
+    else if (!w->error->has_code || w->error->code != want)
+        chk_fail(k, "Error.code must be %d (%s) for a %s MAC", want, ddm_strerror(want),
+                 wrong ? "wrong" : "missing");
+    else
+        err_ok(k, w->error);
+    reply_free(&rp);
+    free(msg);
+    rows_free(&r);
+    still_serving(s, k);
+}
+
+static void run_mac_missing(suite *s, check *k) { run_auth(s, k, 0); }
+static void run_mac_wrong(suite *s, check *k) { run_auth(s, k, 1); }
+
 /* ---- the suite ------------------------------------------------------------------------- */
 
 typedef struct check_def {
@@ -361,8 +459,10 @@ typedef struct check_def {
     const char *rule;
     void (*run)(suite *s, check *k);
     mutation m;             /* for run == NULL: a bad DenoiseRequest */
-    int weights;            /* needs --weights */
+    int needs;              /* NEEDS_WEIGHTS, NEEDS_KEY or 0 */
 } check_def;
+
+enum { NEEDS_WEIGHTS = 1, NEEDS_KEY = 2 };
 
 static const check_def CHECKS[] = {
     { "handshake", "an InfoRequest gets an InfoReply with protocol_version 1.x, expert_id >= -1, "
@@ -372,6 +472,10 @@ static const check_def CHECKS[] = {
     { "empty", "a WorkerRequest with neither denoise nor info gets WorkerReply.error",
       run_empty, 0, 0 },
     { "truncated", "a WorkerRequest cut short gets WorkerReply.error", run_truncated, 0, 0 },
+    { "mac-missing", "with a cluster key, a request without a MAC gets WorkerReply.error code "
+      "-1011 (DDM_EPROTO) and no computation", run_mac_missing, 0, NEEDS_KEY },
+    { "mac-wrong", "with a cluster key, a request with a wrong MAC gets WorkerReply.error code "
+      "-1005 (DDM_EMISMATCH) and no computation", run_mac_wrong, 0, NEEDS_KEY },
     { "x-short", "x shorter than batch x dim x 4 bytes gets DenoiseReply.error", NULL,
       M_X_SHORT, 0 },
     { "x-rows", "batch 2 with one latent of x gets DenoiseReply.error", NULL, M_X_ROWS, 0 },
@@ -405,9 +509,9 @@ static const check_def CHECKS[] = {
     { "concurrency", "8 clients at once, each with 4 requests in flight, all answered "
       "correctly", run_concurrency, 0, 0 },
     { "weights", "the handshake names the --weights file: dim, expert_id, num_classes, sha256",
-      run_weights, 0, 1 },
+      run_weights, 0, NEEDS_WEIGHTS },
     { "reference", "answers equal the reference forward of the --weights file within 1e-4 "
-      "(several t, labels and batch sizes)", run_reference, 0, 1 },
+      "(several t, labels and batch sizes)", run_reference, 0, NEEDS_WEIGHTS },
 };
 
 static void skip(suite *s, const check_def *c, const char *why);
@@ -456,18 +560,32 @@ int conform_run(const conform_opts *o, conform_result *res, char *err, size_t er
     memset(res, 0, sizeof *res);
     if (o->weights && load_weights(&s, err, errlen))
         return DDM_EINVAL;
+    if (o->cluster_key_file) {
+        char e[400];
+        int rc = hmac_key_load(o->cluster_key_file, &s.key, e, sizeof e);
+        if (rc) {
+            model_close(s.ref);
+            return ddm_errf(err, errlen, rc, "%s", e);
+        }
+        s.has_key = 1;
+    }
     int rc = wreq_open(o->url, &s.c, err, errlen);
     if (rc) {
         model_close(s.ref);
         return rc;
     }
-    fprintf(o->out, "conform: worker %s, protocol 1.0, deadline %d ms a reply%s%s\n", o->url,
-            o->timeout_ms, o->weights ? ", reference " : "", o->weights ? o->weights : "");
+    if (s.has_key)
+        wreq_set_key(s.c, &s.key);
+    fprintf(o->out, "conform: worker %s, protocol 1.0, deadline %d ms a reply%s%s%s\n", o->url,
+            o->timeout_ms, o->weights ? ", reference " : "", o->weights ? o->weights : "",
+            s.has_key ? ", every message authenticated (cluster key)" : "");
     for (size_t i = 0; i < sizeof CHECKS / sizeof CHECKS[0]; i++) {
         const check_def *c = &CHECKS[i];
         check k = { .name = c->name };
-        if (c->weights && !s.ref)
+        if (c->needs == NEEDS_WEIGHTS && !s.ref)
             skip(&s, c, "no --weights FILE given");
+        else if (c->needs == NEEDS_KEY && !s.has_key)
+            skip(&s, c, "no --cluster-key-file given");
         else if (i > 0 && !s.info_ok)
             skip(&s, c, "no usable handshake (the check needs dim, max_batch, num_classes)");
         else if (s.dead)

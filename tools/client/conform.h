@@ -7,8 +7,9 @@
  * the right length, finite, with the id echoed, at the edges (t = 0 and 1, a
  * full batch); labels and times packed or not, unknown fields ignored; batch
  * invariance; determinism; 8 clients at once; and, given the weights file,
- * agreement with its reference forward pass. Each check prints PASS, FAIL or
- * SKIP with what was sent and what came back. */
+ * agreement with its reference forward pass; given the cluster key, a valid
+ * MAC on every reply and a refusal of requests with a missing or wrong MAC.
+ * Each check prints PASS, FAIL or SKIP with what was sent and what came back. */
 #ifndef DDM_CLIENT_CONFORM_H
 #define DDM_CLIENT_CONFORM_H
 
@@ -22,6 +23,9 @@ typedef struct conform_opts {
     const char *url;        /* the worker: tcp://host:port or ipc:///path */
     const char *weights;    /* NULL, or the denoiser weights file the worker serves:
                                answers are compared with its reference forward */
+    const char *cluster_key_file; /* NULL, or the cluster key the worker was started
+                               with: every request is signed, every reply's MAC checked,
+                               and a missing or wrong request MAC must be refused */
     int timeout_ms;         /* deadline of each reply (>= 1) */
     FILE *out;              /* where the report goes */
 } conform_opts;
@@ -38,7 +42,8 @@ typedef struct conform_result {
  * fails); the --weights checks are skipped without a file, and a bad-input
  * check whose request would be over 256 MiB is skipped too. Returns 0 when the suite ran (*res counts the outcomes), or before
  * any check: DDM_EINVAL (bad URL, --weights not a denoiser), an st/model
- * error for an unreadable weights file, DDM_ENOMEM; with a message in err. */
+ * error for an unreadable weights file, an hmac_key_load error for the key
+ * file, DDM_ENOMEM; with a message in err. */
 int conform_run(const conform_opts *o, conform_result *res, char *err, size_t errlen);
 
 #endif

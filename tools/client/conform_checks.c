@@ -342,6 +342,8 @@ static void *conc_run(void *arg)
         chk_fail(&cl->k, "client %d: %s", cl->idx, err);
         return NULL;
     }
+    if (s->has_key)
+        wreq_set_key(c, &s->key);
     for (int j = 0; j < CONC_PER_CLIENT; j++)
         if (conc_send(cl, c, j, &ids[j]))
             goto out;
@@ -351,7 +353,7 @@ static void *conc_run(void *arg)
         uint32_t id;
         reply r;
         int rc = wreq_recv(c, s->o->timeout_ms, &id, &body, &len);
-        reply_take(&r, rc, body, len);
+        reply_take(&r, c, rc, body, len);
         if (rc == DDM_ETIMEDOUT) {
             chk_fail(&cl->k, "client %d: %d of %d replies missing after %d ms", cl->idx,
                      CONC_PER_CLIENT - cl->answered, CONC_PER_CLIENT, s->o->timeout_ms);

@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/hmac.h"
 #include "common/model.h"
 #include "ddm/v1/worker.pb-c.h"
 #include "tools/client/conform.h"
@@ -28,6 +29,8 @@ typedef struct suite {
     const conform_opts *o;
     wreq *c;                  /* the main socket */
     model *ref;                  /* --weights, or NULL */
+    int has_key;                 /* --cluster-key-file given */
+    hmac_key key;
     /* from the handshake */
     int info_ok;                 /* dim, max_batch and num_classes are usable */
     int dim, max_batch, n_classes, expert_id;
@@ -97,21 +100,26 @@ void hex_preview(char *buf, size_t len, const uint8_t *b, size_t n);
 /* A reply as received. */
 typedef struct reply {
     int rc;                      /* 0, DDM_ETIMEDOUT, ... */
+    int mac;                     /* wreq_reply_mac: 0, DDM_EPROTO, DDM_EMISMATCH, unchecked */
     size_t len;
     Ddm__V1__WorkerReply *wr;    /* NULL when rc != 0 or the bytes do not decode */
 } reply;
 
-/* Fills r from a wreq receive (rc, and on success the nanomsg body of
- * len bytes, which it decodes and releases). */
-void reply_take(reply *r, int rc, void *body, size_t len);
+/* Fills r from a wreq receive on c (rc, and on success the nanomsg body of
+ * len bytes, which it decodes and releases, and c's MAC verdict on it). */
+void reply_take(reply *r, const wreq *c, int rc, void *body, size_t len);
 void reply_free(reply *r);
 /* One round trip of buf on c within s's deadline. */
 void call_bytes(const suite *s, wreq *c, const void *buf, size_t len, reply *r);
-/* One line saying what came back ("no reply within N ms", "DenoiseReply id=3 v=...", ...). */
+/* One line saying what came back ("no reply within N ms", "DenoiseReply id=3 v=...", ...;
+ * with a key, a missing or wrong reply MAC is said first). */
 void reply_describe(const suite *s, const reply *r, char *buf, size_t len);
 /* "code -1004 (value out of range), "message"" */
 void err_describe(const Ddm__V1__Error *e, char *buf, size_t len);
 
+/* With a key: fails k unless r (a reply to a signed request) carries a valid
+ * reply MAC. 0 or -1. */
+int reply_mac_ok(const suite *s, check *k, const reply *r);
 /* Checks that r answers d: a DenoiseReply with d's id, no error, and v of
  * batch x dim x 4 bytes of finite floats, copied into out when not NULL.
  * Returns 0, or -1 with the failure in k. Reads s only (threads share it). */

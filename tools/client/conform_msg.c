@@ -200,11 +200,13 @@ void reply_free(reply *r)
     r->wr = NULL;
 }
 
-void reply_take(reply *r, int rc, void *body, size_t len)
+void reply_take(reply *r, const wreq *c, int rc, void *body, size_t len)
 {
     memset(r, 0, sizeof *r);
     r->rc = rc;
+    r->mac = WREQ_MAC_UNCHECKED;
     if (rc == 0) {
+        r->mac = wreq_reply_mac(c);
         r->len = len;
         r->wr = ddm__v1__worker_reply__unpack(NULL, len, body);
         nn_freemsg(body);
@@ -217,7 +219,7 @@ void call_bytes(const suite *s, wreq *c, const void *buf, size_t len, reply *r)
     void *body = NULL;
     size_t blen = 0;
     int rc = wreq_call(c, buf, len, s->o->timeout_ms, &body, &blen);
-    reply_take(r, rc, body, blen);
+    reply_take(r, c, rc, body, blen);
 }
 
 void err_describe(const Ddm__V1__Error *e, char *buf, size_t len)
@@ -229,7 +231,20 @@ void err_describe(const Ddm__V1__Error *e, char *buf, size_t len)
                  e->message ? e->message : "");
 }
 
+static void describe(const suite *s, const reply *r, char *buf, size_t len);
+
 void reply_describe(const suite *s, const reply *r, char *buf, size_t len)
+{
+    const char *mac = r->rc || !s->has_key ? NULL
+                      : r->mac == DDM_EPROTO ? "a reply WITHOUT a MAC trailer: "
+                      : r->mac == DDM_EMISMATCH ? "a reply with a WRONG MAC: " : NULL;
+    size_t o = mac ? (size_t)snprintf(buf, len, "%s", mac) : 0;
+    if (o < len)
+        describe(s, r, buf + o, len - o);
+}
+
+/* reply_describe without the MAC verdict. */
+static void describe(const suite *s, const reply *r, char *buf, size_t len)
 {
     char e[CONFORM_TEXT - 100];
     if (r->rc == DDM_ETIMEDOUT) {
@@ -283,12 +298,28 @@ void reply_describe(const suite *s, const reply *r, char *buf, size_t len)
     }
 }
 
+int reply_mac_ok(const suite *s, check *k, const reply *r)
+{
+    if (!s->has_key || r->rc || r->mac == 0 || r->mac == WREQ_MAC_UNCHECKED)
+        return 0;
+    if (r->mac == DDM_EPROTO)
+        return chk_fail(k, "the reply carries no MAC trailer: with a cluster key every reply "
+                        "ends with 7a 20 and HMAC-SHA256(key, \"ddm1 rep\" || request MAC || "
+                        "reply); was the worker started with this --cluster-key-file?");
+    return chk_fail(k, "the reply's MAC is wrong: it must be HMAC-SHA256(key, \"ddm1 rep\" || "
+                    "request MAC || reply bytes before the trailer); does the worker hold this "
+                    "cluster key?");
+}
+
 /* Checks that r answers d: a DenoiseReply with d's id, no error, and v of
- * batch x dim x 4 bytes of finite floats, copied into out when not NULL.
- * Returns 0, or -1 with the failure in k. Reads s only (threads share it). */
+ * batch x dim x 4 bytes of finite floats, copied into out when not NULL;
+ * with a key, a valid reply MAC. Returns 0, or -1 with the failure in k.
+ * Reads s only (threads share it). */
 int answer_ok(const suite *s, check *k, const reply *r, const dreq *d, float *out)
 {
     char got[CONFORM_TEXT - 150];
+    if (reply_mac_ok(s, k, r))
+        return -1;
     reply_describe(s, r, got, sizeof got);
     if (!r->wr || r->wr->kind_case != DDM__V1__WORKER_REPLY__KIND_DENOISE)
         return chk_fail(k, "request %llu got %s: a valid request must get a DenoiseReply with v",

@@ -1,5 +1,7 @@
 /* wreq.c -- blocking raw REQ client of a worker (see wreq.h). Deadlines
- * are the socket's NN_SNDTIMEO / NN_RCVTIMEO, set before each wait. */
+ * are the socket's NN_SNDTIMEO / NN_RCVTIMEO, set before each wait. With a
+ * key, the request MACs sit in a ring indexed by request id (ids are
+ * consecutive, so the ring holds the last WREQ_MACS sends). */
 #include "tools/client/wreq.h"
 
 #include <errno.h>
@@ -18,6 +20,14 @@
 struct wreq {
     int sock;
     uint32_t next_id;
+    int has_key;
+    hmac_key key;
+    struct {
+        int used;                /* a signed request has this slot */
+        uint32_t id;
+        uint8_t mac[HMAC_SIZE];
+    } macs[WREQ_MACS];           /* by id % WREQ_MACS */
+    int last_mac;                /* wreq_reply_mac */
 };
 
 static double now_ms(void)
@@ -36,6 +46,7 @@ int wreq_open(const char *url, wreq **out, char *err, size_t errlen)
     /* ids start somewhere else in every client: a stale reply on a reused
      * connection cannot be taken for a new one */
     c->next_id = ((uint32_t)getpid() * 2654435761u + (uint32_t)(uintptr_t)c) & 0x3fffffffu;
+    c->last_mac = WREQ_MAC_UNCHECKED;
     c->sock = nn_socket(AF_SP_RAW, NN_REQ);
     if (c->sock < 0) {
         int e = nn_errno();
@@ -75,14 +86,31 @@ static void set_timeout(int sock, int opt, int ms)
 
 static int timed_out(int rc) { return rc == -ETIMEDOUT || rc == -EAGAIN; }
 
-int wreq_send(wreq *c, const void *buf, size_t len, int timeout_ms, uint32_t *id)
+void wreq_set_key(wreq *c, const hmac_key *k)
 {
-    void *body = nn_allocmsg(len, 0);
+    c->key = *k;
+    c->has_key = 1;
+}
+
+int wreq_reply_mac(const wreq *c) { return c->last_mac; }
+
+static int send_msg(wreq *c, const void *buf, size_t len, int sign, int timeout_ms,
+                    uint32_t *id)
+{
+    size_t tlen = sign ? HMAC_TRAILER_SIZE : 0;
+    uint8_t *body = nn_allocmsg(len + tlen, 0);
     if (!body)
         return DDM_ENOMEM;
     if (len)
         memcpy(body, buf, len);
     *id = c->next_id++ & 0x7fffffffu;
+    unsigned slot = *id % WREQ_MACS;
+    c->macs[slot].used = sign;
+    if (sign) {
+        hmac_trailer_req(&c->key, body, len, body + len);
+        c->macs[slot].id = *id;
+        memcpy(c->macs[slot].mac, body + len + 2, HMAC_SIZE);
+    }
     nnuv_hdr h;
     nnuv_hdr_set_id(&h, *id);
     set_timeout(c->sock, NN_SNDTIMEO, timeout_ms);
@@ -92,6 +120,29 @@ int wreq_send(wreq *c, const void *buf, size_t len, int timeout_ms, uint32_t *id
         return timed_out(rc) ? DDM_ETIMEDOUT : rc;
     }
     return 0;
+}
+
+int wreq_send(wreq *c, const void *buf, size_t len, int timeout_ms, uint32_t *id)
+{
+    return send_msg(c, buf, len, c->has_key, timeout_ms, id);
+}
+
+int wreq_send_raw(wreq *c, const void *buf, size_t len, int timeout_ms, uint32_t *id)
+{
+    return send_msg(c, buf, len, 0, timeout_ms, id);
+}
+
+/* Sets c->last_mac for the reply body[0..*len) to request id; strips a
+ * valid trailer from *len. */
+static void check_mac(wreq *c, uint32_t id, const void *body, size_t *len)
+{
+    unsigned slot = id % WREQ_MACS;
+    c->last_mac = WREQ_MAC_UNCHECKED;
+    if (!c->has_key || !c->macs[slot].used || c->macs[slot].id != id)
+        return;
+    c->last_mac = hmac_trailer_check_rep(&c->key, c->macs[slot].mac, body, *len);
+    if (c->last_mac == 0)
+        *len -= HMAC_TRAILER_SIZE;
 }
 
 int wreq_recv(wreq *c, int timeout_ms, uint32_t *id, void **body, size_t *len)
@@ -107,6 +158,7 @@ int wreq_recv(wreq *c, int timeout_ms, uint32_t *id, void **body, size_t *len)
         return DDM_EPROTO;
     }
     *len = (size_t)n;
+    check_mac(c, *id, *body, len);
     return 0;
 }
 

@@ -143,15 +143,15 @@ def reply_mac(key, req_mac, payload):
 
 def verify_request(key, msg):
     """For a keyed worker: splits msg into (P, request MAC) after checking
-    its trailer. Raises ProtocolError (EPROTO) when the trailer is missing
-    or the MAC is wrong."""
+    its trailer. Raises ProtocolError: EPROTO when the trailer is missing,
+    EMISMATCH when the MAC is wrong (the codes docs/protocol.md gives)."""
     if len(msg) < TRAILER_LEN or msg[-TRAILER_LEN:-MAC_LEN] != TRAILER_TAG:
         raise ProtocolError(EPROTO, "request has no MAC trailer: this worker runs with a "
                                     "cluster key (--cluster-key-file); give the router the same key")
     payload, mac = msg[:-TRAILER_LEN], msg[-MAC_LEN:]
     if not hmac.compare_digest(mac, request_mac(key, payload)):
-        raise ProtocolError(EPROTO, "request MAC does not verify: the router's cluster key is "
-                                    "not this worker's (--cluster-key-file)")
+        raise ProtocolError(EMISMATCH, "request MAC does not verify: the router's cluster key "
+                                       "is not this worker's (--cluster-key-file)")
     return payload, mac
 
 
