@@ -420,6 +420,12 @@ static void handle_metrics(http_req *req, void *ud)
     strbuf_printf(
         &o, "# TYPE ddm_router_net_seconds_total counter\nddm_router_net_seconds_total %.6f\n",
         es.router_us_sum / 1e6);
+    strbuf_printf(&o,
+                  "# HELP ddm_tick_expert_wait_seconds_total Tick wall time from the end of its "
+                  "plan to the last expert answer.\n"
+                  "# TYPE ddm_tick_expert_wait_seconds_total counter\n"
+                  "ddm_tick_expert_wait_seconds_total %.6f\n",
+                  es.expert_wait_us_sum / 1e6);
     strbuf_printf(
         &o,
         "# HELP ddm_speculation_evaluations_total Evaluations whose latent went to the previous "

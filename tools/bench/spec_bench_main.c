@@ -6,13 +6,15 @@
  * request shapes. A set that did not change is a speculation hit: the latent
  * sent to the previous evaluation's experts was what the router then chose.
  *
- * Default (latency): single-image requests (50 steps, top-2, 1 client) in
- * interleaved rounds: in-process (1 and 2 threads), then served by two
- * ddm-router processes against the same 8 ddm-expert workers, one with
- * --speculate off and one with --speculate on, the order alternating per
- * round. Prints per round and the medians of the rounds' p50 latencies, the
- * served / in-process ratios, and the speculation counters from /metrics
- * (hits, misses, wasted expert rows). */
+ * Default (latency, then throughput): single-image requests (50 steps,
+ * top-2, 1 client) in rotated rounds: in-process (1 and 2 threads), then
+ * served by four ddm-router processes over the same ddm-expert workers
+ * (--speculate off/on x --inline-trajs 0/4). Prints the medians of the
+ * rounds' p50 and p99, the served / in-process ratios, where a step's time
+ * goes (in-process phase times; the routers' /metrics), the speculation
+ * counters (hits, misses, wasted expert rows), whether all four routers
+ * return the same PNG bytes, and then images/s at --clients clients with
+ * speculation off and on (inline planning on), alternating. */
 #include <cblas.h>
 #include <getopt.h>
 #include <math.h>
@@ -27,9 +29,11 @@
 #include "common/model.h"
 #include "router/local.h"
 #include "server/httpc.h"
+#include "tests/support/cluster.h"
+#include "tests/support/metrics.h"
 #include "tests/support/proc.h"
-#include "tests/support/toyset.h"
 #include "tools/client/cli.h"
+#include "tools/client/loadgen.h"
 
 /* ---- set changes ------------------------------------------------------------------- */
 
@@ -162,15 +166,367 @@ static int run_switches(ensemble *e, int images, int steps)
     return 0;
 }
 
+/* ---- latency and throughput: in-process vs served, speculation and inline planning ----- */
+
+#define N_CFG 4
+#define MAX_ROUNDS 64
+
+/* One ddm-router over the shared workers. */
+typedef struct rcfg {
+    const char *speculate, *inline_trajs, *name;
+    pid_t pid;
+    char hp[64];
+    /* summed over the latency runs (deltas of /metrics, and the load generator's wall) */
+    double ticks, net_s, overhead_s, wait_s, elapsed_s, requests, rows;
+    double evals_hit, evals_miss, rows_hit, rows_miss, rows_wasted, calls, dropped;
+    double p50[MAX_ROUNDS], p99[MAX_ROUNDS], cpu[MAX_ROUNDS];
+} rcfg;
+
+static rcfg CFG[N_CFG] = {
+    { .speculate = "off", .inline_trajs = "0", .name = "speculation off, inline planning off" },
+    { .speculate = "off", .inline_trajs = "4", .name = "speculation off, inline planning on" },
+    { .speculate = "on", .inline_trajs = "0", .name = "speculation on, inline planning off" },
+    { .speculate = "on", .inline_trajs = "4", .name = "speculation on, inline planning on (default)" },
+};
+
+/* The counters of one /metrics body (NAN where absent). */
+typedef struct counters {
+    double ticks, net_s, overhead_s, wait_s, rows;
+    double evals_hit, evals_miss, rows_hit, rows_miss, rows_wasted, calls, dropped;
+} counters;
+
+static void read_counters(const char *hp, counters *c)
+{
+    char *m = tmetrics_fetch(hp);
+    c->ticks = tmetrics_value(m, "ddm_ticks_total");
+    c->net_s = tmetrics_value(m, "ddm_router_net_seconds_total");
+    c->overhead_s = tmetrics_value(m, "ddm_tick_overhead_seconds_total");
+    c->wait_s = tmetrics_value(m, "ddm_tick_expert_wait_seconds_total");
+    c->rows = tmetrics_value(m, "ddm_tick_rows_total");
+    c->evals_hit = tmetrics_value(m, "ddm_speculation_evaluations_total{outcome=\"hit\"}");
+    c->evals_miss = tmetrics_value(m, "ddm_speculation_evaluations_total{outcome=\"miss\"}");
+    c->rows_hit = tmetrics_value(m, "ddm_speculation_rows_total{outcome=\"hit\"}");
+    c->rows_miss = tmetrics_value(m, "ddm_speculation_rows_total{outcome=\"miss\"}");
+    c->rows_wasted = tmetrics_value(m, "ddm_speculation_rows_total{outcome=\"wasted\"}");
+    c->calls = tmetrics_value(m, "ddm_speculation_calls_total{outcome=\"sent\"}");
+    c->dropped = tmetrics_value(m, "ddm_speculation_calls_total{outcome=\"dropped\"}");
+    free(m);
+}
+
+/* CPU seconds of the router pid and every worker. */
+static double cluster_cpu(const tcluster *c, pid_t router)
+{
+    double s = proc_cpu_seconds(router);
+    for (int i = 0; i < c->n_workers; i++)
+        s += proc_cpu_seconds(c->workers[i]);
+    return s;
+}
+
+/* Closed-loop load on one router: `clients` connections, `requests` in all
+ * (0: for duration_ms). Returns 0 with *r filled, or -1 (message printed). */
+static int load(const char *hp, const char *body, int clients, long requests, long duration_ms,
+                loadgen_result *r)
+{
+    loadgen_config lc = {
+        .hostport = hp, .method = "POST", .path = "/v1/samples", .body = body,
+        .body_len = strlen(body), .content_type = "application/json",
+        .accept = "application/json", .connections = clients,
+        .duration_ms = duration_ms, .max_requests = requests, .timeout_ms = 120000,
+    };
+    char err[256];
+    if (loadgen_run(&lc, r, err, sizeof err))
+        return fprintf(stderr, "spec_bench: %s\n", err), -1;
+    if (r->failed)
+        fprintf(stderr, "spec_bench: %llu of %llu requests to %s failed\n",
+                (unsigned long long)r->failed, (unsigned long long)r->requests, hp);
+    return r->ok ? 0 : -1;
+}
+
+/* One latency measure of router cfg: `count` single-image requests back to
+ * back on one connection; adds its counters to cfg. */
+static int served_round(const tcluster *cl, rcfg *cfg, const char *body, int count, int round)
+{
+    counters a, b;
+    read_counters(cfg->hp, &a);
+    double cpu0 = cluster_cpu(cl, cfg->pid);
+    loadgen_result r;
+    if (load(cfg->hp, body, 1, count, 600000, &r))
+        return -1;
+    double cpu1 = cluster_cpu(cl, cfg->pid);
+    read_counters(cfg->hp, &b);
+    cfg->p50[round] = r.p50_ms;
+    cfg->p99[round] = r.p99_ms;
+    cfg->cpu[round] = 1e3 * (cpu1 - cpu0) / (double)r.ok;
+    cfg->elapsed_s += r.elapsed_s;
+    cfg->requests += (double)r.ok;
+#define ADD(f) cfg->f += b.f - a.f
+    ADD(ticks), ADD(net_s), ADD(overhead_s), ADD(wait_s), ADD(rows);
+    ADD(evals_hit), ADD(evals_miss), ADD(rows_hit), ADD(rows_miss), ADD(rows_wasted);
+    ADD(calls), ADD(dropped);
+#undef ADD
+    return 0;
+}
+
+/* In-process: `count` single-image samplings with `threads`; p50/p99 ms and
+ * the per-step split (us) of the router network, experts and the rest. */
+typedef struct inproc_meas {
+    double p50[MAX_ROUNDS], p99[MAX_ROUNDS];
+    double router_s, experts_s, other_s, steps, total_s;
+} inproc_meas;
+
+static void inproc_round(ensemble *e, const char *strategy, int steps, int threads, int count,
+                         inproc_meas *m, int round)
+{
+    char err[256];
+    sample_params p;
+    sample_params_default(&p, e->K);
+    strategy_parse(strategy, e->K, NAN, NAN, &p.strat, err, sizeof err);
+    p.steps = steps;
+    float *out = malloc((size_t)e->dim * sizeof *out);
+    double *lat = calloc((size_t)count, sizeof *lat);
+    ensemble_set_threads(e, threads);
+    for (int i = 0; i < count; i++) {
+        p.seed = (uint64_t)(round * count + i);
+        sample_stats st;
+        double t0 = proc_now_s();
+        ensemble_sample(e, &p, out, &st, NULL);
+        lat[i] = 1e3 * (proc_now_s() - t0);
+        m->total_s += lat[i] / 1e3;
+        m->router_s += st.router_s;
+        m->experts_s += st.experts_s;
+        m->other_s += st.plan_finish_s;
+        m->steps += sample_evals(&p);
+    }
+    ensemble_set_threads(e, 1);
+    cli_sort_doubles(lat, (size_t)count);
+    m->p50[round] = cli_percentile(lat, (size_t)count, 0.5);
+    m->p99[round] = cli_percentile(lat, (size_t)count, 0.99);
+    free(lat);
+    free(out);
+}
+
+/* The PNG bytes of body's answer from hp (Accept: image/png), malloc'd; NULL on failure. */
+static char *fetch_png(const char *hp, const char *body, size_t *len)
+{
+    httpc *c;
+    char err[128];
+    if (httpc_open(hp, 120000, &c, err, sizeof err))
+        return NULL;
+    httpc_header h[] = { { "Content-Type", "application/json" }, { "Accept", "image/png" } };
+    httpc_response r;
+    char *out = NULL;
+    if (httpc_request(c, "POST", "/v1/samples", h, 2, body, strlen(body), &r) == 0 &&
+        r.status == 200 && (out = malloc(r.body_len + 1))) {
+        memcpy(out, r.body, r.body_len);
+        *len = r.body_len;
+    }
+    httpc_response_free(&r);
+    httpc_close(c);
+    return out;
+}
+
+static double median_of(const double *v, int n)
+{
+    double tmp[MAX_ROUNDS];
+    memcpy(tmp, v, (size_t)n * sizeof *v);
+    return cli_median(tmp, (size_t)n);
+}
+
+static void print_latency(const inproc_meas *in1, const inproc_meas *in2, int rounds)
+{
+    double i1 = median_of(in1->p50, rounds), i2 = median_of(in2->p50, rounds);
+    printf("| system | p50 ms | p99 ms | p50 / in-process (1 thread) | p50 / in-process (2 "
+           "threads) | CPU ms per image (router + workers) |\n|---|---|---|---|---|---|\n");
+    printf("| in-process, 1 thread | %.2f | %.2f | 1.00 | %.2f | |\n", i1,
+           median_of(in1->p99, rounds), i1 / i2);
+    printf("| in-process, 2 threads | %.2f | %.2f | %.2f | 1.00 | |\n", i2,
+           median_of(in2->p99, rounds), i2 / i1);
+    for (int c = 0; c < N_CFG; c++) {
+        double p = median_of(CFG[c].p50, rounds);
+        printf("| served, %s | %.2f | %.2f | **%.2fx** | %.2fx | %.2f |\n", CFG[c].name, p,
+               median_of(CFG[c].p99, rounds), p / i1, p / i2, median_of(CFG[c].cpu, rounds));
+    }
+    printf("\nPer step (one tick per step for a single image), us, means over all the "
+           "rounds' requests: in-process from ensemble_sample's phase times, served from the "
+           "router's /metrics; \"outside ticks\" is the rest of the request's wall time (HTTP, "
+           "admission, the first plan's threadpool hop, PNG encoding, the client) per step\n\n");
+    printf("| system | router network | other router work in the tick | waiting for the "
+           "experts (after the plan) | tick wall | outside ticks | total per step |\n"
+           "|---|---|---|---|---|---|---|\n");
+    const inproc_meas *in[2] = { in1, in2 };
+    for (int t = 0; t < 2; t++) {
+        double n = in[t]->steps;
+        double r = 1e6 * in[t]->router_s / n, x = 1e6 * in[t]->experts_s / n;
+        double o = 1e6 * in[t]->other_s / n;
+        printf("| in-process, %d thread%s | %.0f | %.0f | %.0f (the experts' forwards) | %.0f | "
+               "%.0f | %.0f |\n", t + 1, t ? "s" : "", r, o, x, r + o + x,
+               1e6 * in[t]->total_s / n - (r + o + x), 1e6 * in[t]->total_s / n);
+    }
+    for (int c = 0; c < N_CFG; c++) {
+        const rcfg *f = &CFG[c];
+        double n = f->ticks;
+        double net = 1e6 * f->net_s / n, other = 1e6 * (f->overhead_s - f->net_s) / n;
+        double wait = 1e6 * f->wait_s / n, wall = 1e6 * (f->overhead_s + f->wait_s) / n;
+        double outside = 1e6 * (f->elapsed_s - f->overhead_s - f->wait_s) / n;
+        printf("| served, %s | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f |\n", f->name, net, other,
+               wait, wall, outside, 1e6 * f->elapsed_s / n);
+    }
+    printf("\nSpeculation over these single-image requests (rows: expert rows sent; hit: "
+           "speculated and selected; miss: selected, not speculated, sent after the plan; "
+           "wasted: speculated, not selected, dropped)\n\n");
+    printf("| router | evaluations hit | rows sent | rows hit | rows miss | rows wasted | "
+           "wasted / rows sent | speculative calls | dropped unanswered |\n"
+           "|---|---|---|---|---|---|---|---|---|\n");
+    for (int c = 0; c < N_CFG; c++) {
+        const rcfg *f = &CFG[c];
+        if (strcmp(f->speculate, "on"))
+            continue;
+        printf("| %s | %.1f%% | %.0f | %.0f | %.0f | %.0f | **%.2f%%** | %.0f | %.0f |\n",
+               f->name, 100 * f->evals_hit / (f->evals_hit + f->evals_miss), f->rows,
+               f->rows_hit, f->rows_miss, f->rows_wasted, 100 * f->rows_wasted / f->rows,
+               f->calls, f->dropped);
+    }
+}
+
+/* Multi-client throughput of the default-inline routers, speculation off vs
+ * on, in alternating rounds; with the speculation counters under load. */
+static int run_throughput(const tcluster *cl, const char *body, int clients, int seconds,
+                          int rounds)
+{
+    const int pick[2] = { 1, 3 }; /* off / on, both with inline planning (the default) */
+    double ips[2][MAX_ROUNDS], p50[2][MAX_ROUNDS], cpu[2][MAX_ROUNDS], ratio[MAX_ROUNDS];
+    counters sum[2];
+    memset(sum, 0, sizeof sum);
+    printf("\n%d clients, single-image requests (top-2, %s), %d s per measure, %d rounds, "
+           "speculation off and on alternating (inline planning on)\n\n", clients, body, seconds,
+           rounds);
+    printf("| round | off img/s | on img/s | on / off | off p50 ms | on p50 ms | off CPU "
+           "ms/img | on CPU ms/img |\n|---|---|---|---|---|---|---|---|\n");
+    for (int r = 0; r < rounds; r++) {
+        for (int q = 0; q < 2; q++) {
+            int w = (r + q) % 2;
+            rcfg *f = &CFG[pick[w]];
+            counters a, b;
+            read_counters(f->hp, &a);
+            double c0 = cluster_cpu(cl, f->pid);
+            loadgen_result lr;
+            if (load(f->hp, body, clients, 0, (long)seconds * 1000, &lr))
+                return -1;
+            double c1 = cluster_cpu(cl, f->pid);
+            read_counters(f->hp, &b);
+            ips[w][r] = (double)lr.ok / lr.elapsed_s;
+            p50[w][r] = lr.p50_ms;
+            cpu[w][r] = 1e3 * (c1 - c0) / (double)lr.ok;
+            sum[w].rows += b.rows - a.rows;
+            sum[w].rows_wasted += b.rows_wasted - a.rows_wasted;
+            sum[w].evals_hit += b.evals_hit - a.evals_hit;
+            sum[w].evals_miss += b.evals_miss - a.evals_miss;
+        }
+        ratio[r] = ips[1][r] / ips[0][r];
+        printf("| %d | %.1f | %.1f | %.2f | %.1f | %.1f | %.2f | %.2f |\n", r + 1, ips[0][r],
+               ips[1][r], ratio[r], p50[0][r], p50[1][r], cpu[0][r], cpu[1][r]);
+        fflush(stdout);
+    }
+    printf("| **median** | **%.1f** | **%.1f** | **%.2f** | %.1f | %.1f | %.2f | %.2f |\n",
+           median_of(ips[0], rounds), median_of(ips[1], rounds), median_of(ratio, rounds),
+           median_of(p50[0], rounds), median_of(p50[1], rounds), median_of(cpu[0], rounds),
+           median_of(cpu[1], rounds));
+    printf("\nspeculation at %d clients: evaluations hit %.1f%%; rows wasted %.0f of %.0f "
+           "sent (**%.2f%%**)\n", clients,
+           100 * sum[1].evals_hit / (sum[1].evals_hit + sum[1].evals_miss), sum[1].rows_wasted,
+           sum[1].rows, 100 * sum[1].rows_wasted / sum[1].rows);
+    return 0;
+}
+
+static int run_latency(ensemble *e, const char *models, int steps, int rounds, int count,
+                       int clients, int seconds, int tp_rounds)
+{
+    static const char *const wargs[] = { "--max-delay-us", "0", NULL };
+    static const char *rargs[N_CFG][9];
+    for (int c = 0; c < N_CFG; c++) {
+        const char *a[] = { "--ticks", "1", "--threads", "2", "--speculate", CFG[c].speculate,
+                            "--inline-trajs", CFG[c].inline_trajs, NULL };
+        memcpy(rargs[c], a, sizeof a);
+    }
+    tcluster cl;
+    if (tcluster_start(&cl, models, e->K, 1, wargs, rargs[0]))
+        return 1;
+    CFG[0].pid = cl.router;
+    snprintf(CFG[0].hp, sizeof CFG[0].hp, "%s", cl.hostport);
+    int rc = 1;
+    for (int c = 1; c < N_CFG; c++) {
+        int port;
+        CFG[c].pid = tcluster_add_router(&cl, rargs[c], &port);
+        if (CFG[c].pid < 0)
+            goto out;
+        snprintf(CFG[c].hp, sizeof CFG[c].hp, "127.0.0.1:%d", port);
+    }
+    char body[128];
+    snprintf(body, sizeof body, "{\"n\": 1, \"steps\": %d, \"strategy\": \"top-2\"}", steps);
+    printf("\nSingle-image latency, %d steps, top-2, 1 client: %d rounds; in each, %d requests "
+           "per system, in-process (1 thread, 2 threads) then the four routers in rotated "
+           "order. Routers --ticks 1 --threads 2 (as digits.conf), workers --max-delay-us 0 on "
+           "ipc://, all on this machine's cores. p50 and p99: medians of the rounds' "
+           "values.\n\n", steps, rounds, count);
+    for (int c = 0; c < N_CFG; c++) { /* warm up */
+        loadgen_result r;
+        if (load(CFG[c].hp, body, 1, 5, 600000, &r))
+            goto out;
+    }
+    inproc_meas in1, in2;
+    memset(&in1, 0, sizeof in1);
+    memset(&in2, 0, sizeof in2);
+    for (int r = 0; r < rounds; r++) {
+        inproc_round(e, "top-2", steps, 1, count, &in1, r);
+        inproc_round(e, "top-2", steps, 2, count, &in2, r);
+        for (int q = 0; q < N_CFG; q++)
+            if (served_round(&cl, &CFG[(r + q) % N_CFG], body, count, r))
+                goto out;
+        fprintf(stderr, "round %d/%d: in-process %.2f / %.2f ms, served %.2f %.2f %.2f %.2f ms\n",
+                r + 1, rounds, in1.p50[r], in2.p50[r], CFG[0].p50[r], CFG[1].p50[r],
+                CFG[2].p50[r], CFG[3].p50[r]);
+    }
+    print_latency(&in1, &in2, rounds);
+    /* images are the same bytes whatever the router's settings */
+    char check[192];
+    snprintf(check, sizeof check, "{\"n\": 16, \"steps\": %d, \"strategy\": \"top-2\", "
+             "\"seed\": 7, \"label\": 3, \"guidance\": 2}", steps);
+    size_t len0 = 0, len = 0;
+    char *png0 = fetch_png(CFG[0].hp, check, &len0);
+    int same = png0 != NULL;
+    for (int c = 1; c < N_CFG && same; c++) {
+        char *png = fetch_png(CFG[c].hp, check, &len);
+        same = png && len == len0 && !memcmp(png, png0, len);
+        free(png);
+    }
+    free(png0);
+    printf("\nsame PNG bytes from all four routers (16 images, top-2, label 3, guidance 2, seed "
+           "7): %s\n", same ? "yes" : "NO");
+    if (clients > 0 && run_throughput(&cl, body, clients, seconds, tp_rounds))
+        goto out;
+    rc = same ? 0 : 1;
+out:
+    for (int c = 1; c < N_CFG; c++)
+        if (CFG[c].pid > 0)
+            proc_stop(CFG[c].pid, SIGTERM, 10000);
+    tcluster_stop(&cl, 0);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     blas_select(&argc, argv);
-    const char *models = NULL;
-    int steps = 50, images = 512, switches = 0;
+    const char *models = NULL, *bindir = "bin";
+    int steps = 50, images = 512, switches = 0, rounds = 6, count = 60;
+    int clients = 32, seconds = 5, tp_rounds = 3;
     static const struct option lo[] = {
         { "models", required_argument, 0, 'm' }, { "steps", required_argument, 0, 's' },
         { "images", required_argument, 0, 'n' }, { "switches", no_argument, 0, 'S' },
-        { "help", no_argument, 0, 'h' },         { 0, 0, 0, 0 },
+        { "bin", required_argument, 0, 'b' },    { "rounds", required_argument, 0, 'r' },
+        { "requests", required_argument, 0, 'q' }, { "clients", required_argument, 0, 'c' },
+        { "seconds", required_argument, 0, 'd' }, { "throughput-rounds", required_argument, 0, 'T' },
+        { "help", no_argument, 0, 'h' },
+        { 0, 0, 0, 0 },
     };
     int c;
     while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
@@ -179,16 +535,36 @@ int main(int argc, char **argv)
         case 's': steps = atoi(optarg); break;
         case 'n': images = atoi(optarg); break;
         case 'S': switches = 1; break;
+        case 'b': bindir = optarg; break;
+        case 'r': rounds = atoi(optarg); break;
+        case 'q': count = atoi(optarg); break;
+        case 'c': clients = atoi(optarg); break;
+        case 'd': seconds = atoi(optarg); break;
+        case 'T': tp_rounds = atoi(optarg); break;
         case 'h':
-            printf("usage: spec_bench --switches [--models DIR] [--images 512] [--steps 50]\n");
+            printf("usage: spec_bench --switches [--models DIR] [--images 512] [--steps 50]\n"
+                   "       spec_bench [--models DIR] [--bin DIR] [--steps 50] [--rounds 6]\n"
+                   "                  [--requests 60] [--clients 32] [--seconds 5]\n"
+                   "                  [--throughput-rounds 3]\n"
+                   "--switches: how often top-2's experts change between evaluations\n"
+                   "(in-process). Else: single-image latency (p50, p99, per-step split)\n"
+                   "in-process and served by four ddm-routers over the same workers\n"
+                   "(--speculate off/on x --inline-trajs 0/4), in rotated rounds of\n"
+                   "--requests requests each; then throughput at --clients (0: skip)\n"
+                   "with speculation off and on, --seconds per measure.\n");
             return 0;
         default: return 2;
         }
     }
-    if (steps < 2 || images < 1 || images > 100000) {
-        fprintf(stderr, "spec_bench: --steps must be >= 2, --images 1..100000\n");
+    if (steps < 2 || images < 1 || images > 100000 || rounds < 1 || rounds > MAX_ROUNDS ||
+        count < 1 || clients < 0 || clients > 1024 || seconds < 1 || tp_rounds < 1 ||
+        tp_rounds > MAX_ROUNDS) {
+        fprintf(stderr, "spec_bench: --steps must be >= 2, --images 1..100000, --rounds and "
+                        "--throughput-rounds 1..%d, --requests and --seconds >= 1, --clients "
+                        "0..1024\n", MAX_ROUNDS);
         return 2;
     }
+    signal(SIGPIPE, SIG_IGN);
     openblas_set_num_threads(1);
     struct stat sb;
     if (!models && stat("models/digits/router.safetensors", &sb) == 0)
@@ -208,6 +584,9 @@ int main(int argc, char **argv)
         printf("How often a trajectory's selected experts change from one evaluation to the "
                "next (%s, K = %d, %d steps, in-process)\n", models, e->K, steps);
         rc = run_switches(e, images, steps);
+    } else {
+        setenv("DDM_BIN_DIR", bindir, 1);
+        rc = run_latency(e, models, steps, rounds, count, clients, seconds, tp_rounds);
     }
     ensemble_close(e);
     return rc;
