@@ -232,6 +232,36 @@ static void test_result(void **state)
     fx_close(&f);
 }
 
+/* A small tick planned and combined on the loop thread (inline_trajs) gives
+ * the same images, bit for bit, as one that goes through the threadpool,
+ * with speculation on and off. */
+static void test_inline_ticks(void **state)
+{
+    (void)state;
+    float got[4][3][DIM];
+    for (int v = 0; v < 4; v++) {
+        engine_config c;
+        engine_config_default(&c);
+        c.inline_trajs = v & 1 ? 4 : 0;
+        c.speculate = v >> 1;
+        fx f;
+        fx_open(&f, &c, -1);
+        outcome o = { 0 };
+        sample_params p = params(3, 12, "top-2");
+        p.label = 1;
+        p.guidance = 2.0f;
+        submit(&f, &p, &o);
+        assert_int_equal(spin(&f, &o.calls, 1, 20000), 1);
+        assert_int_equal(o.status, 0);
+        for (int i = 0; i < 3; i++)
+            memcpy(got[v][i], o.r->trajs[i]->x, sizeof got[v][i]);
+        engine_job_release(o.job);
+        fx_close(&f);
+    }
+    for (int v = 1; v < 4; v++)
+        assert_memory_equal(got[v], got[0], sizeof got[0]);
+}
+
 /* The shutdown use-after-free: engine_close while the owner still holds a
  * result (a response being encoded) must leave the result readable and call
  * back only after the owner released it. */
@@ -621,6 +651,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_result),
+        cmocka_unit_test(test_inline_ticks),
         cmocka_unit_test(test_close_while_result_held),
         cmocka_unit_test(test_close_calls_back_later),
         cmocka_unit_test(test_close_engine_then_pool),
