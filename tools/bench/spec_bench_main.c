@@ -513,19 +513,121 @@ out:
     return rc;
 }
 
+/* ---- load-aware substitution: a stopped and a killed expert ---------------------------- */
+
+/* One measure of `seconds` at `clients` clients with substitute on or off:
+ * prints a table row. */
+static int sub_row(const tcluster *cl, const char *phase, int substitute, int clients,
+                   int seconds, int steps)
+{
+    char body[160];
+    snprintf(body, sizeof body, "{\"n\": 1, \"steps\": %d, \"strategy\": \"top-2\"%s}", steps,
+             substitute ? ", \"substitute\": true" : "");
+    char *m0 = tmetrics_fetch(cl->hostport);
+    loadgen_config lc = {
+        .hostport = cl->hostport, .method = "POST", .path = "/v1/samples", .body = body,
+        .body_len = strlen(body), .content_type = "application/json",
+        .accept = "application/json", .connections = clients,
+        .duration_ms = (long)seconds * 1000, .timeout_ms = 120000,
+    };
+    loadgen_result r;
+    char err[256];
+    if (loadgen_run(&lc, &r, err, sizeof err))
+        return fprintf(stderr, "spec_bench: %s\n", err), -1;
+    char *m1 = tmetrics_fetch(cl->hostport);
+    double subs = tmetrics_value(m1, "ddm_substitutions_total") -
+                  tmetrics_value(m0, "ddm_substitutions_total");
+    double redone = tmetrics_value(m1, "ddm_evaluations_redone_total") -
+                    tmetrics_value(m0, "ddm_evaluations_redone_total");
+    free(m0);
+    free(m1);
+    char fails[256] = "";
+    size_t n = 0;
+    for (int i = 0; i < r.n_failures && n < sizeof fails - 40; i++)
+        n += (size_t)snprintf(fails + n, sizeof fails - n, "%s%llu x %d", i ? ", " : "",
+                              (unsigned long long)r.failures[i].count, r.failures[i].code);
+    printf("| %s | %s | %llu | %llu%s%s%s | %.1f | %.1f | %.1f | %.1f | %.2f | %.0f |\n", phase,
+           substitute ? "true" : "false", (unsigned long long)r.ok,
+           (unsigned long long)r.failed, n ? " (" : "", fails, n ? ")" : "",
+           (double)r.ok / r.elapsed_s, r.ok ? r.p50_ms : NAN, r.ok ? r.p99_ms : NAN,
+           r.ok ? r.max_ms : NAN, r.ok ? subs / (double)r.ok : NAN, redone);
+    fflush(stdout);
+    return 0;
+}
+
+/* The busiest expert over the run so far (most rows), to stop. */
+static int busiest_expert(const tcluster *cl)
+{
+    char *m = tmetrics_fetch(cl->hostport);
+    int best = 0;
+    double most = -1;
+    for (int k = 0; k < cl->K; k++) {
+        char name[64];
+        snprintf(name, sizeof name, "ddm_expert_rows_total{expert=\"%d\"}", k);
+        double v = tmetrics_value(m, name);
+        if (v > most)
+            most = v, best = k;
+    }
+    free(m);
+    return best;
+}
+
+static int run_substitution(ensemble *e, const char *models, int steps, int clients, int seconds)
+{
+    static const char *const wargs[] = { "--max-delay-us", "0", NULL };
+    static const char *const rargs[] = { "--ticks", "1", "--threads", "2", NULL };
+    tcluster cl;
+    if (tcluster_start(&cl, models, e->K, 1, wargs, rargs))
+        return 1;
+    int rc = 1;
+    printf("\nLoad-aware substitution: %d clients, single-image requests (top-2, %d steps), %d s "
+           "per row, \"substitute\" false and true; one replica per expert; router --ticks 1 "
+           "--threads 2 and its default deadlines (--expert-timeout-ms 2000, --attempts 3, "
+           "health probe every 500 ms, down after 2 missed)\n\n", clients, steps, seconds);
+    printf("| phase | substitute | ok | failed (count x HTTP status) | img/s | p50 ms | p99 ms | "
+           "max ms | substitutions per image | evaluations redone |\n"
+           "|---|---|---|---|---|---|---|---|---|---|\n");
+    if (sub_row(&cl, "every expert up", 0, clients, seconds, steps) ||
+        sub_row(&cl, "every expert up", 1, clients, seconds, steps))
+        goto out;
+    int k = busiest_expert(&cl);
+    pid_t w = cl.workers[k];
+    char phase[96];
+    snprintf(phase, sizeof phase, "expert %d stopped (SIGSTOP) at the row's start", k);
+    kill(w, SIGSTOP);
+    if (sub_row(&cl, phase, 1, clients, seconds, steps))
+        goto out;
+    snprintf(phase, sizeof phase, "expert %d stopped, known down", k);
+    if (sub_row(&cl, phase, 0, clients, seconds, steps) ||
+        sub_row(&cl, phase, 1, clients, seconds, steps))
+        goto out;
+    kill(w, SIGCONT);
+    kill(w, SIGKILL);
+    proc_wait(w, 5000);
+    cl.workers[k] = -1;
+    snprintf(phase, sizeof phase, "expert %d killed (no replica)", k);
+    if (sub_row(&cl, phase, 1, clients, seconds, steps) ||
+        sub_row(&cl, phase, 0, clients, seconds, steps))
+        goto out;
+    rc = 0;
+out:
+    tcluster_stop(&cl, 0);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     blas_select(&argc, argv);
     const char *models = NULL, *bindir = "bin";
     int steps = 50, images = 512, switches = 0, rounds = 6, count = 60;
-    int clients = 32, seconds = 5, tp_rounds = 3;
+    int clients = 32, seconds = 5, tp_rounds = 3, substitution = 0;
     static const struct option lo[] = {
         { "models", required_argument, 0, 'm' }, { "steps", required_argument, 0, 's' },
         { "images", required_argument, 0, 'n' }, { "switches", no_argument, 0, 'S' },
         { "bin", required_argument, 0, 'b' },    { "rounds", required_argument, 0, 'r' },
         { "requests", required_argument, 0, 'q' }, { "clients", required_argument, 0, 'c' },
         { "seconds", required_argument, 0, 'd' }, { "throughput-rounds", required_argument, 0, 'T' },
-        { "help", no_argument, 0, 'h' },
+        { "substitution", no_argument, 0, 'U' }, { "help", no_argument, 0, 'h' },
         { 0, 0, 0, 0 },
     };
     int c;
@@ -541,8 +643,11 @@ int main(int argc, char **argv)
         case 'c': clients = atoi(optarg); break;
         case 'd': seconds = atoi(optarg); break;
         case 'T': tp_rounds = atoi(optarg); break;
+        case 'U': substitution = 1; break;
         case 'h':
             printf("usage: spec_bench --switches [--models DIR] [--images 512] [--steps 50]\n"
+                   "       spec_bench --substitution [--models DIR] [--bin DIR] [--clients N]\n"
+                   "                  [--seconds 5] [--steps 50]\n"
                    "       spec_bench [--models DIR] [--bin DIR] [--steps 50] [--rounds 6]\n"
                    "                  [--requests 60] [--clients 32] [--seconds 5]\n"
                    "                  [--throughput-rounds 3]\n"
@@ -551,7 +656,9 @@ int main(int argc, char **argv)
                    "in-process and served by four ddm-routers over the same workers\n"
                    "(--speculate off/on x --inline-trajs 0/4), in rotated rounds of\n"
                    "--requests requests each; then throughput at --clients (0: skip)\n"
-                   "with speculation off and on, --seconds per measure.\n");
+                   "with speculation off and on, --seconds per measure.\n"
+                   "--substitution: requests with \"substitute\" false and true while every\n"
+                   "expert is up, the busiest one is stopped (SIGSTOP), then killed.\n");
             return 0;
         default: return 2;
         }
@@ -584,6 +691,9 @@ int main(int argc, char **argv)
         printf("How often a trajectory's selected experts change from one evaluation to the "
                "next (%s, K = %d, %d steps, in-process)\n", models, e->K, steps);
         rc = run_switches(e, images, steps);
+    } else if (substitution) {
+        setenv("DDM_BIN_DIR", bindir, 1);
+        rc = run_substitution(e, models, steps, clients > 0 ? clients : 4, seconds);
     } else {
         setenv("DDM_BIN_DIR", bindir, 1);
         rc = run_latency(e, models, steps, rounds, count, clients, seconds, tp_rounds);
