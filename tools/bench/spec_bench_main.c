@@ -270,7 +270,7 @@ static int served_round(const tcluster *cl, rcfg *cfg, const char *body, int cou
 /* In-process: `count` single-image samplings with `threads`; p50/p99 ms and
  * the per-step split (us) of the router network, experts and the rest. */
 typedef struct inproc_meas {
-    double p50[MAX_ROUNDS], p99[MAX_ROUNDS];
+    double p50[MAX_ROUNDS], p99[MAX_ROUNDS], cpu[MAX_ROUNDS]; /* cpu: ms per image */
     double router_s, experts_s, other_s, steps, total_s;
 } inproc_meas;
 
@@ -285,6 +285,7 @@ static void inproc_round(ensemble *e, const char *strategy, int steps, int threa
     float *out = malloc((size_t)e->dim * sizeof *out);
     double *lat = calloc((size_t)count, sizeof *lat);
     ensemble_set_threads(e, threads);
+    double cpu0 = proc_self_cpu_seconds();
     for (int i = 0; i < count; i++) {
         p.seed = (uint64_t)(round * count + i);
         sample_stats st;
@@ -297,6 +298,7 @@ static void inproc_round(ensemble *e, const char *strategy, int steps, int threa
         m->other_s += st.plan_finish_s;
         m->steps += sample_evals(&p);
     }
+    m->cpu[round] = 1e3 * (proc_self_cpu_seconds() - cpu0) / count;
     ensemble_set_threads(e, 1);
     cli_sort_doubles(lat, (size_t)count);
     m->p50[round] = cli_percentile(lat, (size_t)count, 0.5);
@@ -336,11 +338,12 @@ static void print_latency(const inproc_meas *in1, const inproc_meas *in2, int ro
 {
     double i1 = median_of(in1->p50, rounds), i2 = median_of(in2->p50, rounds);
     printf("| system | p50 ms | p99 ms | p50 / in-process (1 thread) | p50 / in-process (2 "
-           "threads) | CPU ms per image (router + workers) |\n|---|---|---|---|---|---|\n");
-    printf("| in-process, 1 thread | %.2f | %.2f | 1.00 | %.2f | |\n", i1,
-           median_of(in1->p99, rounds), i1 / i2);
-    printf("| in-process, 2 threads | %.2f | %.2f | %.2f | 1.00 | |\n", i2,
-           median_of(in2->p99, rounds), i2 / i1);
+           "threads) | CPU ms per image (served: router + workers) |\n"
+           "|---|---|---|---|---|---|\n");
+    printf("| in-process, 1 thread | %.2f | %.2f | 1.00 | %.2f | %.2f |\n", i1,
+           median_of(in1->p99, rounds), i1 / i2, median_of(in1->cpu, rounds));
+    printf("| in-process, 2 threads | %.2f | %.2f | %.2f | 1.00 | %.2f |\n", i2,
+           median_of(in2->p99, rounds), i2 / i1, median_of(in2->cpu, rounds));
     for (int c = 0; c < N_CFG; c++) {
         double p = median_of(CFG[c].p50, rounds);
         printf("| served, %s | %.2f | %.2f | **%.2fx** | %.2fx | %.2f |\n", CFG[c].name, p,
