@@ -346,7 +346,7 @@ static void complete_tick(tick_slot *s)
     }
     /* A small tick combines on the loop thread (a threadpool hop costs more
      * than the work), but never from inside this call chain: complete_tick
-     * runs inside the pool's callbacks and plan_done, and after_finish calls
+     * runs inside the pool's callbacks and after_plan, and after_finish calls
      * done, schedules and calls the pool again. on_idle runs it once the
      * callback stack has unwound, in the next loop iteration (the idle
      * handle makes that iteration's poll not block). */
