@@ -508,6 +508,7 @@ static void after_plan(uv_work_t *w, int status)
      * first, so the tick does not end on one big call running alone. */
     int order[STRAT_MAX_EXPERTS];
     tick_experts_by_rows(s->tk, order);
+    uint64_t t0 = uv_hrtime();
     for (int i = 0; i < e->K; i++) {
         const int k = order[i];
         const float *x, *t;
@@ -532,6 +533,7 @@ static void after_plan(uv_work_t *w, int status)
                            rc == DDM_EUNAVAIL ? msg : ddm_strerror(rc));
         }
     }
+    e->st.send_us_sum += (double)(uv_hrtime() - t0) / 1e3;
     if (--s->pending == 0)
         complete_tick(s);
 }
@@ -547,6 +549,7 @@ static void after_finish(uv_work_t *w, int status)
     e->st.ticks++;
     e->st.overhead_us_sum += wall - wait;
     e->st.expert_wait_us_sum += wait;
+    e->st.finish_us_sum += (double)(now - s->replies_ns) / 1e3;
     for (int i = 0; i < s->n; i++) {
         traj *tr = s->batch[i];
         engine_job *j = tr->owner;
@@ -768,8 +771,11 @@ static void start_tick(engine *e, tick_slot *s, int inline_ok)
     memset(s->failed_experts, 0, sizeof s->failed_experts);
     e->st.ticks_running++;
     set_usable(e, s, now);
-    if (e->cfg.speculate)
+    if (e->cfg.speculate) {
+        uint64_t t0 = uv_hrtime();
         speculate(e, s);
+        e->st.spec_send_us_sum += (double)(uv_hrtime() - t0) / 1e3;
+    }
     if ((inline_ok && s->n <= e->cfg.inline_trajs) ||
         uv_queue_work(e->loop, &s->work, plan_work, after_plan)) {
         s->plan_rc = tick_plan(s->tk, s->batch, s->n);

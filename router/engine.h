@@ -106,7 +106,11 @@ typedef struct engine_stats {
     uint64_t ticks, tick_rows, expert_calls;
     double router_us_sum;       /* router network time, all ticks */
     double overhead_us_sum;     /* tick wall time not spent waiting on experts */
-    double expert_wait_us_sum;
+    double expert_wait_us_sum;  /* from the end of the plan to the last answer */
+    /* parts of those: sending speculative calls (before the plan: in the overhead),
+     * sending the plan's calls (in the wait), and from the last answer to the
+     * combined step (threadpool or idle hop, tick_finish: in the overhead) */
+    double spec_send_us_sum, send_us_sum, finish_us_sum;
     uint64_t jobs_ok, jobs_failed, jobs_cancelled, jobs_busy;
     int images_in_flight, ready, ticks_running;
     /* speculative dispatch (tick_spec_stats summed over ticks) */

@@ -426,6 +426,15 @@ static void handle_metrics(http_req *req, void *ud)
                   "# TYPE ddm_tick_expert_wait_seconds_total counter\n"
                   "ddm_tick_expert_wait_seconds_total %.6f\n",
                   es.expert_wait_us_sum / 1e6);
+    strbuf_printf(&o,
+                  "# HELP ddm_tick_phase_seconds_total Parts of tick wall time: sending the "
+                  "speculative calls (before the plan), sending the plan's calls, and from the "
+                  "last answer to the combined step.\n"
+                  "# TYPE ddm_tick_phase_seconds_total counter\n"
+                  "ddm_tick_phase_seconds_total{phase=\"speculative_send\"} %.6f\n"
+                  "ddm_tick_phase_seconds_total{phase=\"send\"} %.6f\n"
+                  "ddm_tick_phase_seconds_total{phase=\"finish\"} %.6f\n",
+                  es.spec_send_us_sum / 1e6, es.send_us_sum / 1e6, es.finish_us_sum / 1e6);
     strbuf_printf(
         &o,
         "# HELP ddm_speculation_evaluations_total Evaluations whose latent went to the previous "

@@ -178,6 +178,7 @@ typedef struct rcfg {
     char hp[64];
     /* summed over the latency runs (deltas of /metrics, and the load generator's wall) */
     double ticks, net_s, overhead_s, wait_s, elapsed_s, requests, rows;
+    double spec_send_s, send_s, finish_s;
     double evals_hit, evals_miss, rows_hit, rows_miss, rows_wasted, calls, dropped;
     double p50[MAX_ROUNDS], p99[MAX_ROUNDS], cpu[MAX_ROUNDS];
 } rcfg;
@@ -192,6 +193,7 @@ static rcfg CFG[N_CFG] = {
 /* The counters of one /metrics body (NAN where absent). */
 typedef struct counters {
     double ticks, net_s, overhead_s, wait_s, rows;
+    double spec_send_s, send_s, finish_s;
     double evals_hit, evals_miss, rows_hit, rows_miss, rows_wasted, calls, dropped;
 } counters;
 
@@ -203,6 +205,9 @@ static void read_counters(const char *hp, counters *c)
     c->overhead_s = tmetrics_value(m, "ddm_tick_overhead_seconds_total");
     c->wait_s = tmetrics_value(m, "ddm_tick_expert_wait_seconds_total");
     c->rows = tmetrics_value(m, "ddm_tick_rows_total");
+    c->spec_send_s = tmetrics_value(m, "ddm_tick_phase_seconds_total{phase=\"speculative_send\"}");
+    c->send_s = tmetrics_value(m, "ddm_tick_phase_seconds_total{phase=\"send\"}");
+    c->finish_s = tmetrics_value(m, "ddm_tick_phase_seconds_total{phase=\"finish\"}");
     c->evals_hit = tmetrics_value(m, "ddm_speculation_evaluations_total{outcome=\"hit\"}");
     c->evals_miss = tmetrics_value(m, "ddm_speculation_evaluations_total{outcome=\"miss\"}");
     c->rows_hit = tmetrics_value(m, "ddm_speculation_rows_total{outcome=\"hit\"}");
@@ -261,6 +266,7 @@ static int served_round(const tcluster *cl, rcfg *cfg, const char *body, int cou
     cfg->requests += (double)r.ok;
 #define ADD(f) cfg->f += b.f - a.f
     ADD(ticks), ADD(net_s), ADD(overhead_s), ADD(wait_s), ADD(rows);
+    ADD(spec_send_s), ADD(send_s), ADD(finish_s);
     ADD(evals_hit), ADD(evals_miss), ADD(rows_hit), ADD(rows_miss), ADD(rows_wasted);
     ADD(calls), ADD(dropped);
 #undef ADD
@@ -351,28 +357,37 @@ static void print_latency(const inproc_meas *in1, const inproc_meas *in2, int ro
     }
     printf("\nPer step (one tick per step for a single image), us, means over all the "
            "rounds' requests: in-process from ensemble_sample's phase times, served from the "
-           "router's /metrics; \"outside ticks\" is the rest of the request's wall time (HTTP, "
-           "admission, the first plan's threadpool hop, PNG encoding, the client) per step\n\n");
-    printf("| system | router network | other router work in the tick | waiting for the "
-           "experts (after the plan) | tick wall | outside ticks | total per step |\n"
-           "|---|---|---|---|---|---|---|\n");
+           "router's /metrics (ddm_tick_*). Before the answers: the router network; sending "
+           "the speculative calls (pool_call: encoding, handing to nanomsg); the rest of the "
+           "router's work and waits before the plan's calls go out. Then sending the plan's "
+           "calls, waiting for the answers, and from the last answer to the combined step "
+           "(threadpool or idle-handle hop, combining). \"Outside ticks\": the rest of the "
+           "request's wall time (HTTP, admission, the first plan's threadpool hop, PNG "
+           "encoding, the client)\n\n");
+    printf("| system | router network | sending speculative calls | other router work before "
+           "the calls | sending the plan's calls | waiting for the answers | answer to combined "
+           "step | tick wall | outside ticks | total per step |\n"
+           "|---|---|---|---|---|---|---|---|---|---|\n");
     const inproc_meas *in[2] = { in1, in2 };
     for (int t = 0; t < 2; t++) {
         double n = in[t]->steps;
         double r = 1e6 * in[t]->router_s / n, x = 1e6 * in[t]->experts_s / n;
         double o = 1e6 * in[t]->other_s / n;
-        printf("| in-process, %d thread%s | %.0f | %.0f | %.0f (the experts' forwards) | %.0f | "
-               "%.0f | %.0f |\n", t + 1, t ? "s" : "", r, o, x, r + o + x,
-               1e6 * in[t]->total_s / n - (r + o + x), 1e6 * in[t]->total_s / n);
+        printf("| in-process, %d thread%s | %.0f | | %.0f (selection, grouping, combining, Euler)"
+               " | | %.0f (the experts' forwards) | | %.0f | %.0f | %.0f |\n", t + 1,
+               t ? "s" : "", r, o, x, r + o + x, 1e6 * in[t]->total_s / n - (r + o + x),
+               1e6 * in[t]->total_s / n);
     }
     for (int c = 0; c < N_CFG; c++) {
         const rcfg *f = &CFG[c];
         double n = f->ticks;
-        double net = 1e6 * f->net_s / n, other = 1e6 * (f->overhead_s - f->net_s) / n;
-        double wait = 1e6 * f->wait_s / n, wall = 1e6 * (f->overhead_s + f->wait_s) / n;
+        double net = 1e6 * f->net_s / n, spec = 1e6 * f->spec_send_s / n;
+        double fin = 1e6 * f->finish_s / n, send = 1e6 * f->send_s / n;
+        double other = 1e6 * f->overhead_s / n - net - spec - fin;
+        double wait = 1e6 * f->wait_s / n - send, wall = 1e6 * (f->overhead_s + f->wait_s) / n;
         double outside = 1e6 * (f->elapsed_s - f->overhead_s - f->wait_s) / n;
-        printf("| served, %s | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f |\n", f->name, net, other,
-               wait, wall, outside, 1e6 * f->elapsed_s / n);
+        printf("| served, %s | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f |\n",
+               f->name, net, spec, other, send, wait, fin, wall, outside, 1e6 * f->elapsed_s / n);
     }
     printf("\nSpeculation over these single-image requests (rows: expert rows sent; hit: "
            "speculated and selected; miss: selected, not speculated, sent after the plan; "
