@@ -28,12 +28,14 @@ static int image_png(const api_result *r, int i, uint8_t **png, size_t *len, cha
                                 len, err, errlen);
 }
 
-static void totals(const api_result *r, uint64_t *calls, uint64_t *by)
+static void totals(const api_result *r, uint64_t *calls, uint64_t *by, uint64_t *subs)
 {
     *calls = 0;
+    *subs = 0;
     memset(by, 0, (size_t)r->K * sizeof *by);
     for (int i = 0; i < r->p->n; i++) {
         *calls += r->trajs[i]->rows;
+        *subs += r->trajs[i]->substitutions;
         for (int k = 0; k < r->K; k++)
             by[k] += r->trajs[i]->rows_by_expert[k];
     }
@@ -45,8 +47,8 @@ static int encode_json(const api_result *r, uint8_t **body, size_t *len, char *e
     strbuf b = { 0 };
     char sname[32];
     strategy_name(&p->strat, sname, sizeof sname);
-    uint64_t calls, by[STRAT_MAX_EXPERTS];
-    totals(r, &calls, by);
+    uint64_t calls, by[STRAT_MAX_EXPERTS], subs;
+    totals(r, &calls, by, &subs);
     strbuf_printf(&b, "{\"seed\":%llu,\"n\":%d,\"steps\":%d,\"strategy\":\"%s\",\"sampler\":\"%s\","
                       "\"width\":%d,\"height\":%d,\"channels\":%d,\"expert_calls\":%llu,"
                       "\"calls_by_expert\":[",
@@ -54,7 +56,8 @@ static int encode_json(const api_result *r, uint8_t **body, size_t *len, char *e
                   r->width, r->height, channels_of(r), (unsigned long long)calls);
     for (int k = 0; k < r->K; k++)
         strbuf_printf(&b, "%s%llu", k ? "," : "", (unsigned long long)by[k]);
-    strbuf_printf(&b, "],\"timings\":{\"queue_ms\":%.3f,\"total_ms\":%.3f,\"router_ms\":%.3f,"
+    strbuf_printf(&b, "],\"substitutions\":%llu", (unsigned long long)subs);
+    strbuf_printf(&b, ",\"timings\":{\"queue_ms\":%.3f,\"total_ms\":%.3f,\"router_ms\":%.3f,"
                       "\"expert_ms\":%.3f},\"images\":[",
                   r->queue_ms, r->total_ms, r->router_ms, r->expert_ms);
     int rc = 0;
@@ -86,7 +89,18 @@ static int encode_json(const api_result *r, uint8_t **body, size_t *len, char *e
                 strbuf_printf(&b, "],\"weights\":[");
                 for (int j = 0; j < te->n_sel; j++)
                     strbuf_printf(&b, "%s%.6g", j ? "," : "", te->w[j]);
-                strbuf_printf(&b, "]}");
+                strbuf_printf(&b, "]");
+                if (te->n_sub) {
+                    strbuf_printf(&b, ",\"substitutions\":[");
+                    for (int j = 0; j < te->n_sub; j++) {
+                        strbuf_printf(&b, "%s{\"original\":%d", j ? "," : "", te->sub_orig[j]);
+                        if (te->sub_new[j] != TRACE_DROPPED)
+                            strbuf_printf(&b, ",\"expert\":%d", te->sub_new[j]);
+                        strbuf_printf(&b, "}");
+                    }
+                    strbuf_printf(&b, "]");
+                }
+                strbuf_printf(&b, "}");
             }
         }
         strbuf_printf(&b, "]");
@@ -110,16 +124,21 @@ static int encode_proto(const api_result *r, uint8_t **body, size_t *len, char *
     Ddm__V1__Timings tm = DDM__V1__TIMINGS__INIT;
     char sname[32];
     strategy_name(&p->strat, sname, sizeof sname);
-    uint64_t calls, by[STRAT_MAX_EXPERTS];
-    totals(r, &calls, by);
+    uint64_t calls, by[STRAT_MAX_EXPERTS], subs;
+    totals(r, &calls, by, &subs);
     int evals = sample_evals(p);
     size_t ntrace = p->trace ? (size_t)p->n * (size_t)evals : 0;
     ProtobufCBinaryData *imgs = calloc((size_t)p->n, sizeof *imgs);
     Ddm__V1__TraceStep *steps = ntrace ? calloc(ntrace, sizeof *steps) : NULL;
     Ddm__V1__TraceStep **stepp = ntrace ? calloc(ntrace, sizeof *stepp) : NULL;
     uint32_t *sel = ntrace ? calloc(ntrace * STRAT_MAX_EXPERTS, sizeof *sel) : NULL;
+    size_t nsub = 0; /* substitutions in the trace */
+    for (size_t s = 0; s < ntrace; s++)
+        nsub += r->trajs[s / (size_t)evals]->trace[s % (size_t)evals].n_sub;
+    Ddm__V1__Substitution *subv = nsub ? calloc(nsub, sizeof *subv) : NULL;
+    Ddm__V1__Substitution **subp = nsub ? calloc(nsub, sizeof *subp) : NULL;
     int rc = 0;
-    if (!imgs || (ntrace && (!steps || !stepp || !sel))) {
+    if (!imgs || (ntrace && (!steps || !stepp || !sel)) || (nsub && (!subv || !subp))) {
         rc = DDM_ENOMEM;
         snprintf(err, errlen, "out of memory encoding the response");
         goto done;
@@ -145,6 +164,8 @@ static int encode_proto(const api_result *r, uint8_t **body, size_t *len, char *
     m.has_width = 1, m.width = (uint32_t)r->width;
     m.has_height = 1, m.height = (uint32_t)r->height;
     m.has_channels = 1, m.channels = (uint32_t)channels_of(r);
+    m.has_substitutions = 1, m.substitutions = subs;
+    size_t isub = 0;
     for (size_t s = 0; s < ntrace; s++) {
         int i = (int)(s / (size_t)evals), e = (int)(s % (size_t)evals);
         const trace_entry *te = &r->trajs[i]->trace[e];
@@ -159,6 +180,17 @@ static int encode_proto(const api_result *r, uint8_t **body, size_t *len, char *
             ts->experts[j] = te->sel[j];
         ts->n_weights = te->n_sel;
         ts->weights = (float *)te->w;
+        ts->has_stage = 1, ts->stage = te->stage;
+        ts->n_substitutions = te->n_sub;
+        ts->substitutions = te->n_sub ? subp + isub : NULL;
+        for (int j = 0; j < te->n_sub; j++, isub++) {
+            Ddm__V1__Substitution *sb = &subv[isub];
+            ddm__v1__substitution__init(sb);
+            sb->has_original = 1, sb->original = te->sub_orig[j];
+            if (te->sub_new[j] != TRACE_DROPPED)
+                sb->has_expert = 1, sb->expert = te->sub_new[j];
+            subp[isub] = sb;
+        }
         stepp[s] = ts;
     }
     m.n_trace = ntrace;
@@ -178,6 +210,8 @@ done:
     free(steps);
     free(stepp);
     free(sel);
+    free(subv);
+    free(subp);
     return rc;
 }
 

@@ -58,7 +58,7 @@ typedef struct raw_req {
     int has_strategy, has_sampler;
     char label_name[MODEL_MAX_CLASS_NAME]; /* the class by name (JSON string, label_name) */
     int has_label_name;
-    int trace;
+    int trace, substitute;
 } raw_req;
 
 /* ---- JSON text: the raw text of a member, exact integers ----------------------------- */
@@ -263,10 +263,11 @@ static long nul_escape_at(const char *b, size_t len)
 }
 
 enum { F_N, F_STEPS, F_SEED, F_STRATEGY, F_THRESHOLD, F_TEMPERATURE, F_LABEL, F_GUIDANCE,
-       F_SAMPLER, F_TRACE, F_PRIORITY, F_PREVIEW, F_COUNT };
+       F_SAMPLER, F_TRACE, F_SUBSTITUTE, F_PRIORITY, F_PREVIEW, F_COUNT };
 static const char *const FIELDS[F_COUNT] = { "n", "steps", "seed", "strategy", "threshold",
                                              "temperature", "label", "guidance", "sampler",
-                                             "trace", "priority", "preview_every" };
+                                             "trace", "substitute", "priority",
+                                             "preview_every" };
 #define F_SAMPLE_COUNT F_PRIORITY /* the fields of every request; the rest are jobs' */
 
 /* jobs: whether the job fields are taken (else they are unknown fields). */
@@ -308,7 +309,7 @@ static int decode_json(const uint8_t *body, size_t len, int n_classes, int jobs,
         if (f == n_fields) {
             st = bad(code, "unknown_field", err, errlen,
                      "unknown field \"%.64s\": allowed n, steps, seed, strategy, threshold, "
-                     "temperature, label, guidance, sampler, trace%s", k,
+                     "temperature, label, guidance, sampler, trace, substitute%s", k,
                      jobs ? ", priority, preview_every"
                           : " (priority and preview_every: POST /v1/jobs or an event stream)");
             break;
@@ -374,9 +375,10 @@ static int decode_json(const uint8_t *body, size_t len, int n_classes, int jobs,
             st = json_int(it, "label", n_classes, &r->label, code, err, errlen);
             break;
         case F_TRACE:
+        case F_SUBSTITUTE:
             if (!cJSON_IsBool(it))
-                st = bad(code, "bad_field", err, errlen, "field \"trace\" must be true or false");
-            r->trace = cJSON_IsTrue(it);
+                st = bad(code, "bad_field", err, errlen, "field \"%s\" must be true or false", k);
+            *(f == F_TRACE ? &r->trace : &r->substitute) = cJSON_IsTrue(it);
             break;
         case F_PRIORITY:
             r->has_priority = 1;
@@ -407,6 +409,7 @@ static int decode_proto(const uint8_t *body, size_t len, int jobs, raw_req *r,
     r->has_label = m->has_label, r->label = m->label;
     r->has_guid = m->has_guidance, r->guid = m->guidance;
     r->trace = m->has_trace && m->trace;
+    r->substitute = m->has_substitute && m->substitute;
     if (jobs) {
         r->has_priority = m->has_priority, r->priority = m->priority;
         r->has_preview = m->has_preview_every, r->preview_every = m->preview_every;
@@ -524,6 +527,7 @@ int api_decode_sample(const char *content_type, const uint8_t *body, size_t len,
     if (r.has_temp)
         p->strat.temperature = (float)r.temp;
     p->trace = r.trace;
+    p->substitute = r.substitute;
     if (r.has_priority)
         p->priority = to_int(r.priority);
     if (sample_params_check(p, n_classes, err, errlen)) {

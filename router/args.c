@@ -12,8 +12,12 @@
 #include "common/version.h"
 #include "router/engine.h"
 
-/* K_ORIGIN: a CORS origin, repeatable (router_opts.cors). */
-typedef enum opt_kind { K_STR, K_LONG, K_BOOL, K_LEVEL, K_ORIGIN, K_HELP, K_VERSION } opt_kind;
+/* K_BOOL: a flag without a value on the command line (1 when given); K_ONOFF:
+ * a switch with a value, on or off. Both take 1/0, true/false, yes/no, on/off
+ * in the cluster file. K_ORIGIN: a CORS origin, repeatable (router_opts.cors). */
+typedef enum opt_kind {
+    K_STR, K_LONG, K_BOOL, K_ONOFF, K_LEVEL, K_ORIGIN, K_HELP, K_VERSION
+} opt_kind;
 
 typedef struct opt {
     const char *name;
@@ -54,6 +58,19 @@ static const opt OPTS[] = {
       1, "expert rows a request keeps in flight while smaller requests of its\n"
          "priority run: keeps small requests fast" },
     { "ticks", 0, K_LONG, "N", OFF(ticks), 1, 8, 2, NULL, 1, "ticks in flight at once" },
+    { "speculate", 0, K_ONOFF, "on|off", OFF(speculate), 0, 1, 1, NULL, 1,
+      "speculative dispatch: a trajectory's next latent goes to the experts\n"
+      "of its previous step while the router network decides; then only\n"
+      "the difference is sent (images unchanged; docs/benchmarks.md)" },
+    { "inline-trajs", 0, K_LONG, "N", OFF(inline_trajs), 0, 4096, ENGINE_DEFAULT_INLINE_TRAJS,
+      NULL, 1,
+      "a tick of at most N trajectories is planned and combined on the event\n"
+      "loop, not the threadpool: for a few rows the hop costs more than the\n"
+      "work (single-image latency; 0: always the threadpool)" },
+    { "substitute-queue-rows", 0, K_LONG, "N", OFF(substitute_queue_rows), 0, 1 << 20,
+      ENGINE_DEFAULT_SUBSTITUTE_ROWS, NULL, 1,
+      "requests with \"substitute\": true use the next-best expert instead\n"
+      "of one with no live replica or more rows than this outstanding" },
     { "threads", 0, K_LONG, "N", OFF(threads), 1, 16, 1, NULL, 1,
       "threads for the router network: a tick's rows are split over them\n"
       "(2 when the router has a core to spare)" },
@@ -121,7 +138,7 @@ static void defaults(router_opts *o)
     memset(o, 0, sizeof *o);
     for (size_t i = 0; i < N_OPTS; i++) {
         const opt *d = &OPTS[i];
-        if (d->kind == K_LONG || d->kind == K_BOOL)
+        if (d->kind == K_LONG || d->kind == K_BOOL || d->kind == K_ONOFF)
             *long_at(o, d) = d->def;
         else if (d->kind == K_STR || d->kind == K_LEVEL)
             *str_at(o, d) = d->sdef;
@@ -144,7 +161,8 @@ static int set_value(router_opts *o, const opt *d, const char *v, char *err, siz
         *long_at(o, d) = x;
         return 0;
     }
-    case K_BOOL: {
+    case K_BOOL:
+    case K_ONOFF: {
         static const char *const yes[] = { "1", "true", "yes", "on" };
         static const char *const no[] = { "0", "false", "no", "off" };
         for (int i = 0; i < 4; i++) {
@@ -153,8 +171,11 @@ static int set_value(router_opts *o, const opt *d, const char *v, char *err, siz
                 return 0;
             }
         }
-        snprintf(err, errlen, "%s \"%.64s\": expected 1 or 0 (true/false, yes/no, on/off)", d->name,
-                 v);
+        if (d->kind == K_ONOFF)
+            snprintf(err, errlen, "--%s \"%.64s\": expected on or off", d->name, v);
+        else
+            snprintf(err, errlen, "%s \"%.64s\": expected 1 or 0 (true/false, yes/no, on/off)",
+                     d->name, v);
         return -1;
     }
     case K_LEVEL:
@@ -202,6 +223,8 @@ void router_args_usage(FILE *f)
         char help[600], def[64] = "";
         if (d->kind == K_LONG)
             snprintf(def, sizeof def, " (default %ld)", d->def);
+        else if (d->kind == K_ONOFF)
+            snprintf(def, sizeof def, " (default %s)", d->def ? "on" : "off");
         else if (d->kind == K_LEVEL && d->sdef)
             snprintf(def, sizeof def, " (default %s)", d->sdef);
         const char *last = strrchr(d->help, '\n');
@@ -247,7 +270,7 @@ router_args_result router_args_parse(int argc, char **argv, router_opts *o, FILE
     for (size_t i = 0; i < N_OPTS; i++) {
         const opt *d = &OPTS[i];
         int has_arg = d->kind == K_STR || d->kind == K_LONG || d->kind == K_LEVEL ||
-                      d->kind == K_ORIGIN;
+                      d->kind == K_ORIGIN || d->kind == K_ONOFF;
         lo[i] = (struct option){ d->name, has_arg ? required_argument : no_argument, NULL,
                                  1000 + (int)i };
         if (d->shortc) {

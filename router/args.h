@@ -16,6 +16,7 @@ typedef struct router_opts {
     const char *cluster_key_file;  /* NULL: no HMAC between router and workers */
     long public_metrics, public_experts; /* 0/1 */
     long max_images, max_request_cost, tick_capacity, tick_rows, share_rows, ticks, threads;
+    long speculate, substitute_queue_rows, inline_trajs;
     long expert_timeout_ms, attempts, request_timeout_ms;
     long max_connections, max_connections_per_ip, max_body_bytes;
     long drain_timeout_ms, token_concurrency, token_queue;

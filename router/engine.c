@@ -28,6 +28,8 @@
 #include "common/log.h"
 
 #define MAX_TICKS 8
+#define REDO_MAX 3            /* evaluations of a trajectory redone in a row (substitution) */
+#define FAILED_UNUSABLE_MS 3000 /* an expert whose call failed is unusable this long */
 
 struct engine_job {
     engine *e;
@@ -56,14 +58,30 @@ struct engine_job {
     engine_job *prev, *next; /* list of live jobs (for timeouts) */
 };
 
-typedef struct tick_slot {
+/* A speculative call of a tick (one per expert at most). */
+enum { SPEC_NONE = 0, SPEC_SENT, SPEC_OK, SPEC_FAILED, SPEC_DROPPED };
+typedef struct spec_call {
+    int state;
+    int needed;              /* the plan uses rows of it (or the engine closes: awaited) */
+    pool_call_id id;
+} spec_call;
+
+typedef struct tick_slot tick_slot;
+typedef struct spec_ref { tick_slot *s; } spec_ref; /* the ud of speculative calls */
+
+struct tick_slot {
     engine *e;
     tick *tk;
     traj **batch;
     int *charged;            /* [capacity] rows charged to batch[i]'s job */
+    unsigned char *redo;     /* [capacity] batch[i] evaluates again (an expert failed) */
     int n;
     int busy;
-    int pending;             /* expert calls outstanding */
+    int planned;             /* after_plan ran: pending counts what the tick waits for */
+    int finish_here;         /* waits for on_idle to combine it on the loop thread */
+    int pending;             /* expert calls outstanding that the tick waits for */
+    spec_call spec[STRAT_MAX_EXPERTS];
+    spec_ref spec_ud;
     int failed_experts[STRAT_MAX_EXPERTS];
     char fail_msg[STRAT_MAX_EXPERTS][160];
     int fail_status[STRAT_MAX_EXPERTS];
@@ -71,7 +89,7 @@ typedef struct tick_slot {
     int plan_rc;
     uint64_t start_ns, calls_ns, replies_ns;
     uv_work_t work;
-} tick_slot;
+};
 
 struct engine {
     uv_loop_t *loop;
@@ -86,9 +104,12 @@ struct engine {
     int n_slots;
     engine_job *jobs;        /* live jobs, newest first */
     uv_timer_t timer;
+    uv_idle_t idle;          /* runs small ticks' tick_finish (on_idle) */
+    int handles_open;        /* timer and idle, until their close callbacks ran */
     engine_stats st;
     engine_eval_fn obs;      /* every job's evaluation observer, or NULL */
     void *obs_ud;
+    uint64_t failed_ns[STRAT_MAX_EXPERTS]; /* when a call of expert k last failed */
     int closing;
     int close_failed;        /* the jobs outstanding at engine_close were failed */
     void (*close_cb)(void *);
@@ -106,10 +127,14 @@ void engine_config_default(engine_config *c)
     c->tick_rows = ENGINE_DEFAULT_TICK_ROWS;
     c->share_rows = ENGINE_DEFAULT_SHARE_ROWS;
     c->age_ms = 1000;
+    c->speculate = 1;
+    c->inline_trajs = ENGINE_DEFAULT_INLINE_TRAJS;
+    c->substitute_queue_rows = ENGINE_DEFAULT_SUBSTITUTE_ROWS;
 }
 
-static void schedule(engine *e);
+static void schedule(engine *e, int inline_ok);
 static void close_maybe_finish(engine *e);
+static void on_idle(uv_idle_t *h);
 
 /* ---- jobs ------------------------------------------------------------------------------ */
 
@@ -249,7 +274,7 @@ int engine_submit(engine *e, const sample_params *p, engine_done_fn done, void *
         j->active++;
     }
     *out = j;
-    schedule(e);
+    schedule(e, 0); /* never plans here: nothing may call back before this returns */
     return 0;
 }
 
@@ -289,41 +314,156 @@ static void finish_work(uv_work_t *w)
 
 static void after_finish(uv_work_t *w, int status);
 
+/* Whether a failure of expert k in this tick may be answered by evaluating
+ * tr again (its request substitutes, and it has not failed REDO_MAX times in
+ * a row): the next plan sees k unusable and picks another. */
+static int can_redo(const traj *tr)
+{
+    const engine_job *j = tr->owner;
+    return j->p.substitute && tr->redo < REDO_MAX;
+}
+
 static void complete_tick(tick_slot *s)
 {
     s->replies_ns = uv_hrtime();
-    /* trajectories of failed experts' jobs fail their jobs (503/504) */
+    /* trajectories of failed experts' jobs fail their jobs (503/504), or are
+     * evaluated again when their request substitutes */
     for (int i = 0; i < s->n; i++) {
         traj *tr = s->batch[i];
         engine_job *j = tr->owner;
+        s->redo[i] = 0;
         for (int q = 0; q < tr->n_sel && !j->dead; q++) {
             int k = tr->sel[q];
-            if (s->failed_experts[k])
-                job_fail(j, s->fail_status[k], s->fail_code[k], s->fail_msg[k]);
+            if (!s->failed_experts[k])
+                continue;
+            if (can_redo(tr)) {
+                s->redo[i] = 1;
+                tick_skip(s->tk, i);
+                break;
+            }
+            job_fail(j, s->fail_status[k], s->fail_code[k], s->fail_msg[k]);
         }
     }
-    int rc = uv_queue_work(s->e->loop, &s->work, finish_work, after_finish);
-    if (rc) { /* cannot happen with a live loop; finish inline rather than lose work */
+    /* A small tick combines on the loop thread (a threadpool hop costs more
+     * than the work), but never from inside this call chain: complete_tick
+     * runs inside the pool's callbacks and after_plan, and after_finish calls
+     * done, schedules and calls the pool again. on_idle runs it once the
+     * callback stack has unwound, in the next loop iteration (the idle
+     * handle makes that iteration's poll not block). */
+    if (s->n <= s->e->cfg.inline_trajs ||
+        uv_queue_work(s->e->loop, &s->work, finish_work, after_finish)) {
+        s->finish_here = 1;
+        uv_idle_start(&s->e->idle, on_idle);
+    }
+}
+
+/* Combines the ticks complete_tick left to the loop thread (top of the
+ * stack: after_finish may call done, schedule and call the pool). */
+static void on_idle(uv_idle_t *h)
+{
+    engine *e = h->data;
+    uv_idle_stop(h); /* started again by any tick that completes meanwhile */
+    for (int i = 0; i < e->n_slots; i++) {
+        tick_slot *s = &e->slots[i];
+        if (!s->finish_here)
+            continue;
+        s->finish_here = 0;
         tick_finish(s->tk);
         after_finish(&s->work, 0);
     }
 }
 
+/* Expert k failed this tick (status a ddm_err, msg naming it). */
+static void expert_failed(tick_slot *s, int k, int status, const char *msg)
+{
+    engine *e = s->e;
+    s->failed_experts[k] = 1;
+    /* a failure the replicas' states do not show (a deadline, a worker's
+     * error): substitution avoids the expert for a while */
+    if (!e->closing && status != DDM_ECLOSED && pool_live_replicas(e->pl, k) > 0)
+        e->failed_ns[k] = uv_hrtime();
+    s->fail_status[k] = status == DDM_ETIMEDOUT ? 504 : 503;
+    s->fail_code[k] = status == DDM_ETIMEDOUT   ? "expert_timeout"
+                      : status == DDM_ECLOSED ? "shutting_down"
+                                              : "expert_unavailable";
+    if (status == DDM_ECLOSED)
+        msg = "the router is shutting down: retry elsewhere";
+    snprintf(s->fail_msg[k], sizeof s->fail_msg[k], "%s", msg ? msg : ddm_strerror(status));
+}
+
 static void on_expert_done(void *ud, int k, int status, const char *msg)
 {
     tick_slot *s = ud;
-    if (status) {
-        s->failed_experts[k] = 1;
-        s->fail_status[k] = status == DDM_ETIMEDOUT ? 504 : 503;
-        s->fail_code[k] = status == DDM_ETIMEDOUT   ? "expert_timeout"
-                          : status == DDM_ECLOSED ? "shutting_down"
-                                                  : "expert_unavailable";
-        if (status == DDM_ECLOSED)
-            msg = "the router is shutting down: retry elsewhere";
-        snprintf(s->fail_msg[k], sizeof s->fail_msg[k], "%s", msg ? msg : ddm_strerror(status));
-    }
+    if (status)
+        expert_failed(s, k, status, msg);
     if (--s->pending == 0)
         complete_tick(s);
+}
+
+/* A speculative call is back. Before the plan, only its outcome is noted
+ * (after_plan decides what it was worth); after it, the tick was waiting for
+ * it: a failure counts only if its rows were used. */
+static void on_spec_done(void *ud, int k, int status, const char *msg)
+{
+    tick_slot *s = ((spec_ref *)ud)->s;
+    spec_call *sc = &s->spec[k];
+    sc->state = status ? SPEC_FAILED : SPEC_OK;
+    if (status && (!s->planned || sc->needed)) /* kept for after_plan, or used */
+        expert_failed(s, k, status, msg);
+    if (!s->planned)
+        return;
+    if (--s->pending == 0)
+        complete_tick(s);
+}
+
+/* Sends each expert the rows of the trajectories whose previous evaluation
+ * selected it (tick_speculate), before the plan. An expert that cannot take
+ * them now is left to the plan. */
+static void speculate(engine *e, tick_slot *s)
+{
+    if (!tick_speculate(s->tk, s->batch, s->n))
+        return;
+    for (int k = 0; k < e->K; k++) {
+        const float *x, *t;
+        const int *lab;
+        int rows = tick_spec_rows(s->tk, k, &x, &t, &lab);
+        if (rows == 0)
+            continue;
+        int rc = pool_call(e->pl, k, rows, x, t, lab, tick_spec_out(s->tk, k), on_spec_done,
+                           &s->spec_ud, &s->spec[k].id);
+        if (rc) {
+            tick_spec_withdraw(s->tk, k);
+            continue;
+        }
+        s->spec[k].state = SPEC_SENT;
+        e->st.spec_calls++;
+        e->st.expert_calls++;
+        e->st.tick_rows += (uint64_t)rows;
+    }
+}
+
+/* After the plan: the speculative calls whose rows it used are waited for
+ * (as are all while closing: the pool may not be called then), the others
+ * dropped. keep 0: none is used (the tick makes no calls). */
+static void settle_spec(engine *e, tick_slot *s, int keep)
+{
+    for (int k = 0; k < e->K; k++) {
+        spec_call *sc = &s->spec[k];
+        if (sc->state == SPEC_NONE)
+            continue;
+        sc->needed = keep && tick_spec_used(s->tk, k) > 0;
+        if (sc->state == SPEC_FAILED && !sc->needed)
+            s->failed_experts[k] = 0; /* its failure touched no row the tick uses */
+        if (sc->state != SPEC_SENT)
+            continue;
+        if (sc->needed || e->closing) {
+            s->pending++;
+        } else {
+            pool_cancel(e->pl, sc->id);
+            sc->state = SPEC_DROPPED;
+            e->st.spec_calls_dropped++;
+        }
+    }
 }
 
 static void after_plan(uv_work_t *w, int status)
@@ -331,34 +471,44 @@ static void after_plan(uv_work_t *w, int status)
     (void)status;
     tick_slot *s = w->data;
     engine *e = s->e;
-    memset(s->failed_experts, 0, sizeof s->failed_experts);
+    s->planned = 1;
+    s->pending = 1; /* held until every call is out */
     if (s->plan_rc) {
         /* cannot plan (bug or corrupt state): fail everything in the tick */
         for (int i = 0; i < s->n; i++)
             job_fail(s->batch[i]->owner, 500, "internal", "routing failed for this batch");
-        for (int k = 0; k < e->K; k++)
-            s->failed_experts[k] = 0;
-        s->pending = 0;
-        complete_tick(s);
+        settle_spec(e, s, 0);
+        memset(s->failed_experts, 0, sizeof s->failed_experts);
+        if (--s->pending == 0)
+            complete_tick(s);
         return;
     }
     int live = 0;
     for (int i = 0; i < s->n && !live; i++)
         live = !((engine_job *)s->batch[i]->owner)->dead;
     if (!live) { /* every job in it was cancelled or failed while it was planned */
-        s->pending = 0;
-        complete_tick(s); /* no expert call: their trajectories are dropped */
+        settle_spec(e, s, 0);
+        if (--s->pending == 0)
+            complete_tick(s); /* no expert call: their trajectories are dropped */
         return;
     }
     e->st.router_us_sum += tick_router_us(s->tk);
     for (int i = 0; i < s->n; i++) /* each trajectory's share of the router network */
         ((engine_job *)s->batch[i]->owner)->router_us += tick_router_us(s->tk) / s->n;
     s->calls_ns = uv_hrtime();
-    s->pending = 1; /* held until every call is out */
+    settle_spec(e, s, 1);
+    tick_spec_stats ss;
+    tick_spec_get_stats(s->tk, &ss);
+    e->st.spec_evals_hit += (uint64_t)ss.evals_hit;
+    e->st.spec_evals_miss += (uint64_t)ss.evals_miss;
+    e->st.spec_rows_hit += (uint64_t)ss.rows_hit;
+    e->st.spec_rows_miss += (uint64_t)ss.rows_miss;
+    e->st.spec_rows_wasted += (uint64_t)ss.rows_wasted;
     /* Largest calls first: workers that share cores start the longest jobs
      * first, so the tick does not end on one big call running alone. */
     int order[STRAT_MAX_EXPERTS];
     tick_experts_by_rows(s->tk, order);
+    uint64_t t0 = uv_hrtime();
     for (int i = 0; i < e->K; i++) {
         const int k = order[i];
         const float *x, *t;
@@ -374,7 +524,8 @@ static void after_plan(uv_work_t *w, int status)
         e->st.expert_calls++;
         e->st.tick_rows += (uint64_t)rows;
         s->pending++;
-        int rc = pool_call(e->pl, k, rows, x, t, lab, tick_out(s->tk, k), on_expert_done, s);
+        int rc = pool_call(e->pl, k, rows, x, t, lab, tick_out(s->tk, k), on_expert_done, s,
+                           NULL);
         if (rc) {
             char msg[160];
             snprintf(msg, sizeof msg, "expert %d has no live replica: start one or check /readyz", k);
@@ -382,6 +533,7 @@ static void after_plan(uv_work_t *w, int status)
                            rc == DDM_EUNAVAIL ? msg : ddm_strerror(rc));
         }
     }
+    e->st.send_us_sum += (double)(uv_hrtime() - t0) / 1e3;
     if (--s->pending == 0)
         complete_tick(s);
 }
@@ -397,6 +549,7 @@ static void after_finish(uv_work_t *w, int status)
     e->st.ticks++;
     e->st.overhead_us_sum += wall - wait;
     e->st.expert_wait_us_sum += wait;
+    e->st.finish_us_sum += (double)(now - s->replies_ns) / 1e3;
     for (int i = 0; i < s->n; i++) {
         traj *tr = s->batch[i];
         engine_job *j = tr->owner;
@@ -407,6 +560,14 @@ static void after_finish(uv_work_t *w, int status)
             job_maybe_free(j);
             continue;
         }
+        if (s->redo[i]) { /* an expert failed: this evaluation again, another expert */
+            tr->redo++;
+            e->st.evals_redone++;
+            ready_push(j, tr);
+            continue;
+        }
+        tr->redo = 0;
+        e->st.substitutions += (uint64_t)tr->n_sub;
         if (e->obs)
             e->obs(e->obs_ud, tr);
         if (j->obs)
@@ -437,7 +598,7 @@ static void after_finish(uv_work_t *w, int status)
         close_maybe_finish(e);
         return;
     }
-    schedule(e);
+    schedule(e, 1);
 }
 
 /* Rows one more evaluation of tr will cost: what its last evaluation selected
@@ -577,7 +738,25 @@ static void fill_tick(engine *e, tick_slot *s, uint64_t now)
     }
 }
 
-static void start_tick(engine *e, tick_slot *s)
+/* Which experts requests that substitute may use in a tick planned now: a
+ * live replica, at most substitute_queue_rows rows outstanding at the one
+ * that would get the rows, and no failed call in the last FAILED_UNUSABLE_MS. */
+static void set_usable(engine *e, tick_slot *s, uint64_t now)
+{
+    unsigned char usable[STRAT_MAX_EXPERTS];
+    const uint64_t recent = (uint64_t)FAILED_UNUSABLE_MS * 1000000ull;
+    for (int k = 0; k < e->K; k++) {
+        int q = pool_queue_rows(e->pl, k);
+        usable[k] = q >= 0 && q <= e->cfg.substitute_queue_rows &&
+                    !(e->failed_ns[k] && now - e->failed_ns[k] < recent);
+    }
+    tick_set_usable(s->tk, usable);
+}
+
+/* inline_ok: a small tick may be planned right here, on the loop thread (the
+ * router network over a few rows costs less than a threadpool hop; the
+ * speculative calls are out already). */
+static void start_tick(engine *e, tick_slot *s, int inline_ok)
 {
     s->n = 0;
     uint64_t now = uv_hrtime();
@@ -586,20 +765,31 @@ static void start_tick(engine *e, tick_slot *s)
         return;
     s->busy = 1;
     s->start_ns = now;
+    s->planned = 0;
+    s->pending = 0;
+    memset(s->spec, 0, sizeof s->spec);
+    memset(s->failed_experts, 0, sizeof s->failed_experts);
     e->st.ticks_running++;
-    if (uv_queue_work(e->loop, &s->work, plan_work, after_plan)) {
+    set_usable(e, s, now);
+    if (e->cfg.speculate) {
+        uint64_t t0 = uv_hrtime();
+        speculate(e, s);
+        e->st.spec_send_us_sum += (double)(uv_hrtime() - t0) / 1e3;
+    }
+    if ((inline_ok && s->n <= e->cfg.inline_trajs) ||
+        uv_queue_work(e->loop, &s->work, plan_work, after_plan)) {
         s->plan_rc = tick_plan(s->tk, s->batch, s->n);
         after_plan(&s->work, 0);
     }
 }
 
-static void schedule(engine *e)
+static void schedule(engine *e, int inline_ok)
 {
     if (e->closing)
         return;
     for (int i = 0; i < e->n_slots && e->n_ready > 0; i++)
         if (!e->slots[i].busy)
-            start_tick(e, &e->slots[i]);
+            start_tick(e, &e->slots[i], inline_ok);
 }
 
 static void on_timer(uv_timer_t *t)
@@ -632,6 +822,9 @@ int engine_new(uv_loop_t *loop, pool *pl, const model *router, int K, int dim, i
     e->loop = loop;
     uv_timer_init(loop, &e->timer);
     e->timer.data = e;
+    uv_idle_init(loop, &e->idle);
+    e->idle.data = e;
+    e->handles_open = 2;
     e->pl = pl;
     e->router = router;
     e->K = K;
@@ -658,9 +851,12 @@ int engine_new(uv_loop_t *loop, pool *pl, const model *router, int K, int dim, i
         s->e = e;
         s->work.data = s;
         s->tk = tick_new(K, dim, e->cfg.tick_capacity, router, err, errlen);
+        s->spec_ud.s = s;
         s->batch = calloc((size_t)e->cfg.tick_capacity, sizeof *s->batch);
         s->charged = calloc((size_t)e->cfg.tick_capacity, sizeof *s->charged);
-        if (!s->tk || !s->batch || !s->charged || tick_set_router_threads(s->tk, e->cfg.router_threads)) {
+        s->redo = calloc((size_t)e->cfg.tick_capacity, 1);
+        if (!s->tk || !s->batch || !s->charged || !s->redo ||
+            tick_set_router_threads(s->tk, e->cfg.router_threads)) {
             engine_close(e, NULL, NULL);
             return DDM_ENOMEM;
         }
@@ -713,15 +909,18 @@ void engine_get_stats(const engine *e, engine_stats *out)
     out->ready = e->n_ready;
 }
 
-static void timer_closed(uv_handle_t *h)
+static void handle_closed(uv_handle_t *h)
 {
     engine *e = h->data;
+    if (--e->handles_open > 0)
+        return;
     void (*cb)(void *) = e->close_cb;
     void *ud = e->close_ud;
     for (int i = 0; i < e->n_slots; i++) {
         tick_free(e->slots[i].tk);
         free(e->slots[i].batch);
         free(e->slots[i].charged);
+        free(e->slots[i].redo);
     }
     free(e->order);
     free(e);
@@ -743,7 +942,8 @@ static void close_maybe_finish(engine *e)
     }
     if (e->jobs || uv_is_closing((uv_handle_t *)&e->timer))
         return; /* owners still hold results: their release calls back in */
-    uv_close((uv_handle_t *)&e->timer, timer_closed);
+    uv_close((uv_handle_t *)&e->timer, handle_closed);
+    uv_close((uv_handle_t *)&e->idle, handle_closed);
 }
 
 /* The first loop iteration after engine_close: fail what is outstanding. */

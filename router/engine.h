@@ -8,7 +8,12 @@
  * trajectories become ready again; requests that arrive meanwhile join the
  * next tick. Several ticks may be in flight at once over disjoint
  * trajectories, so router work overlaps expert work. The loop thread only
- * moves pointers and bytes.
+ * moves pointers and bytes, except for small ticks (at most inline_trajs
+ * trajectories): those are planned and combined on the loop thread, because a
+ * threadpool hop (two thread wake-ups) costs more than the router network
+ * over a few rows; a single image takes one tick per step, so this is its
+ * latency. Their combining runs from an idle handle, never from inside a
+ * pool or libuv callback that other work is still unwinding through.
  *
  * Scheduling (who gets into a tick), per tick:
  *   - Jobs are taken level by level of effective priority
@@ -30,7 +35,25 @@
  * A request's cost is its expert evaluations (sample_cost: images x
  * evaluations x experts per evaluation x 2 with guidance); one over
  * max_request_cost, or with more images than max_images, is refused
- * (engine_check) rather than queued. */
+ * (engine_check) rather than queued.
+ *
+ * Speculative dispatch (speculate): when a tick takes a trajectory that was
+ * evaluated before, its rows go at once to the experts its previous
+ * evaluation selected (tick_speculate), and the router network runs
+ * meanwhile. When the plan is back, a speculative call none of whose rows
+ * were selected is dropped (pool_cancel: its reply is ignored), one that
+ * holds selected rows is waited for, and only the rows of experts that were
+ * not speculated are sent (the difference). Images are exactly those of
+ * planning first (sampler.h).
+ *
+ * Load-aware substitution (sample_params.substitute): each tick marks an
+ * expert unusable when it has no live replica, more than
+ * substitute_queue_rows rows outstanding at the pool, or a call that failed
+ * in the last few seconds; the plan replaces an unusable expert selected for
+ * such a request by the next-best one in the router's ranking
+ * (strategy_substitute). When an expert fails during the tick, the
+ * trajectories of such requests that needed it evaluate again in a later
+ * tick (at most 3 times in a row) instead of failing their request. */
 #ifndef DDM_ENGINE_H
 #define DDM_ENGINE_H
 
@@ -49,6 +72,8 @@ typedef struct engine_job engine_job;
 #define ENGINE_DEFAULT_MAX_COST 400000ull
 #define ENGINE_DEFAULT_TICK_ROWS 512
 #define ENGINE_DEFAULT_SHARE_ROWS 32
+#define ENGINE_DEFAULT_SUBSTITUTE_ROWS 256
+#define ENGINE_DEFAULT_INLINE_TRAJS 4
 
 typedef struct engine_config {
     int max_images;             /* images admitted at once; past it submit says busy (1024) */
@@ -60,6 +85,13 @@ typedef struct engine_config {
     int tick_rows;              /* expert rows per tick (ENGINE_DEFAULT_TICK_ROWS) */
     int share_rows;             /* rows per tick of a job that shares (ENGINE_DEFAULT_SHARE_ROWS) */
     uint32_t age_ms;            /* waiting this long raises a job's priority by one (1000) */
+    int speculate;              /* speculative dispatch (1) */
+    int substitute_queue_rows;  /* substitution: an expert with more rows outstanding is
+                                   unusable (ENGINE_DEFAULT_SUBSTITUTE_ROWS) */
+    int inline_trajs;           /* a tick of at most this many trajectories is planned
+                                   (except the one a submit starts) and combined on the loop
+                                   thread, not the threadpool (ENGINE_DEFAULT_INLINE_TRAJS;
+                                   0: never) */
 } engine_config;
 
 void engine_config_default(engine_config *c);
@@ -74,9 +106,20 @@ typedef struct engine_stats {
     uint64_t ticks, tick_rows, expert_calls;
     double router_us_sum;       /* router network time, all ticks */
     double overhead_us_sum;     /* tick wall time not spent waiting on experts */
-    double expert_wait_us_sum;
+    double expert_wait_us_sum;  /* from the end of the plan to the last answer */
+    /* parts of those: sending speculative calls (before the plan: in the overhead),
+     * sending the plan's calls (in the wait), and from the last answer to the
+     * combined step (threadpool or idle hop, tick_finish: in the overhead) */
+    double spec_send_us_sum, send_us_sum, finish_us_sum;
     uint64_t jobs_ok, jobs_failed, jobs_cancelled, jobs_busy;
     int images_in_flight, ready, ticks_running;
+    /* speculative dispatch (tick_spec_stats summed over ticks) */
+    uint64_t spec_evals_hit, spec_evals_miss;
+    uint64_t spec_rows_hit, spec_rows_miss, spec_rows_wasted;
+    uint64_t spec_calls, spec_calls_dropped; /* speculative calls sent; dropped unanswered */
+    /* load-aware substitution */
+    uint64_t substitutions;     /* experts replaced (or dropped) in evaluations */
+    uint64_t evals_redone;      /* evaluations done again after an expert failed */
 } engine_stats;
 
 /* router may not be NULL when any strategy reads it (the daemon always has one).

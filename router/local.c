@@ -213,10 +213,18 @@ int ensemble_set_threads(ensemble *e, int threads)
     return rc;
 }
 
+/* Seconds on the monotonic clock since *t0. */
+static double seconds_since(const struct timespec *t0)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)(t.tv_sec - t0->tv_sec) + (t.tv_nsec - t0->tv_nsec) / 1e9;
+}
+
 int ensemble_sample(ensemble *e, const sample_params *p, float *out, sample_stats *st,
                     traj **trajs_out)
 {
-    struct timespec t0, t1;
+    struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     traj **tr = calloc((size_t)p->n, sizeof *tr);
     int rc = tr ? 0 : DDM_ENOMEM;
@@ -225,18 +233,28 @@ int ensemble_sample(ensemble *e, const sample_params *p, float *out, sample_stat
             rc = DDM_ENOMEM;
     /* all images advance together; chunks of tick capacity */
     int evals = sample_evals(p);
+    double router_s = 0, experts_s = 0, ticks_s = 0;
     for (int ev = 0; ev < evals && !rc; ev++) {
         for (int i0 = 0; i0 < p->n && !rc; i0 += e->tick_cap) {
             int n = p->n - i0 < e->tick_cap ? p->n - i0 : e->tick_cap;
+            double c0 = seconds_since(&t0);
             rc = tick_plan(e->tk, tr + i0, n);
+            router_s += tick_router_us(e->tk) / 1e6;
+            double c1 = seconds_since(&t0);
             if (!rc)
                 rc = ensemble_eval_tick(e, e->tk);
+            experts_s += seconds_since(&t0) - c1;
             if (!rc)
                 tick_finish(e->tk);
+            ticks_s += seconds_since(&t0) - c0;
         }
     }
-    if (st)
+    if (st) {
         memset(st, 0, sizeof *st);
+        st->router_s = router_s;
+        st->experts_s = experts_s;
+        st->plan_finish_s = ticks_s - router_s - experts_s;
+    }
     for (int i = 0; i < p->n && !rc; i++) {
         memcpy(out + (size_t)i * e->dim, tr[i]->x, (size_t)e->dim * sizeof(float));
         if (st) {
@@ -248,9 +266,8 @@ int ensemble_sample(ensemble *e, const sample_params *p, float *out, sample_stat
     }
     if (st && p->n > 0)
         st->switches /= p->n;
-    clock_gettime(CLOCK_MONOTONIC, &t1);
     if (st)
-        st->seconds = (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
+        st->seconds = seconds_since(&t0);
     for (int i = 0; i < p->n && tr; i++) {
         if (trajs_out && !rc)
             trajs_out[i] = tr[i];

@@ -43,6 +43,10 @@ typedef struct sample_stats {
     uint64_t rows_by_expert[STRAT_MAX_EXPERTS];
     double switches;           /* mean routing switches per trajectory */
     double seconds;            /* wall time */
+    /* where the wall time went, summed over ticks: the router network (tick_router_us),
+     * the experts' forward passes (ensemble_eval_tick), and the rest of planning
+     * (selection, grouping rows per expert) and finishing (combining, the ODE step) */
+    double router_s, experts_s, plan_finish_s;
 } sample_stats;
 
 /* Samples p->n images into out [n][dim] (values of x at t = 0, not clamped).

@@ -104,6 +104,7 @@ typedef struct msg {
 
 typedef struct call {
     int in_use, next_free;
+    uint32_t gen;             /* bumped at every use of the slot: ids of old calls do not match */
     int k, rows;
     const float *x, *t;
     const int *labels;
@@ -256,6 +257,7 @@ static int call_alloc(pool *p)
     int i = p->free_call;
     p->free_call = p->calls[i].next_free;
     p->calls[i].in_use = 1;
+    p->calls[i].gen++;
     return i;
 }
 
@@ -778,7 +780,7 @@ static void msg_failed(pool *p, int slot, int status, const char *why)
 }
 
 int pool_call(pool *p, int k, int rows, const float *x, const float *t, const int *labels,
-              float *out, pool_done_fn done, void *ud)
+              float *out, pool_done_fn done, void *ud, pool_call_id *id)
 {
     if (p->closing)
         return DDM_ECLOSED;
@@ -797,8 +799,9 @@ int pool_call(pool *p, int k, int rows, const float *x, const float *t, const in
     if (ci < 0)
         return ci;
     call *c = &p->calls[ci];
-    *c = (call){ .in_use = 1, .k = k, .rows = rows, .x = x, .t = t, .labels = labels,
-                 .out = out, .done = done, .ud = ud, .pending = n, .first = -1 };
+    *c = (call){ .in_use = 1, .gen = c->gen, .k = k, .rows = rows, .x = x, .t = t,
+                 .labels = labels, .out = out, .done = done, .ud = ud, .pending = n,
+                 .first = -1 };
     /* every slot first (the table may grow), then the sends */
     int prev = -1;
     for (int i = 0; i < n; i++) {
@@ -834,7 +837,28 @@ int pool_call(pool *p, int k, int rows, const float *x, const float *t, const in
     }
     p->ex[k].st.calls++;
     p->ex[k].st.rows += (uint64_t)rows;
+    if (id)
+        *id = (pool_call_id)p->calls[ci].gen << 32 | (uint32_t)ci;
     return 0;
+}
+
+int pool_cancel(pool *p, pool_call_id id)
+{
+    uint32_t ci = (uint32_t)id, gen = (uint32_t)(id >> 32);
+    if (p->closing || ci >= (uint32_t)p->cap_calls)
+        return 0;
+    call *c = &p->calls[ci];
+    if (!c->in_use || c->gen != gen)
+        return 0;
+    for (int s = c->first, next; s >= 0; s = next) { /* late replies find no message */
+        next = p->msgs[s].next;
+        msg_free(p, s);
+    }
+    p->ex[c->k].st.cancelled++;
+    c->in_use = 0;
+    c->next_free = p->free_call;
+    p->free_call = (int)ci;
+    return 1;
 }
 
 static void on_data(replica *rp, uint32_t id, const uint8_t *body, size_t len)
@@ -1103,6 +1127,17 @@ int pool_live_replicas(const pool *p, int k)
     for (int r = 0; r < p->ex[k].n_reps; r++)
         n += p->ex[k].reps[r].state == REP_UP;
     return n;
+}
+
+int pool_queue_rows(const pool *p, int k)
+{
+    int best = -1;
+    for (int r = 0; r < p->ex[k].n_reps; r++) {
+        const replica *rp = &p->ex[k].reps[r];
+        if (rp->state == REP_UP && !rp->stale && (best < 0 || rp->out_rows < best))
+            best = rp->out_rows;
+    }
+    return best;
 }
 
 int pool_ready(const pool *p)

@@ -89,19 +89,36 @@ typedef void (*pool_done_fn)(void *ud, int expert, int status, const char *msg);
 int pool_new(uv_loop_t *loop, const cluster *cl, const pool_config *cfg, pool **out,
              char *err, size_t errlen);
 
+/* Names one call for pool_cancel (its table slot and a generation: an id
+ * outlives its call harmlessly). */
+typedef uint64_t pool_call_id;
+
 /* Evaluates rows (x [rows][dim], t [rows], labels [rows] or NULL) on expert
  * k, writing velocities to out [rows][dim]. x, t, labels and out must stay
- * valid until done runs. Returns 0 (done will run exactly once, never from
- * inside this call) or an error (done will not run): DDM_EUNAVAIL (no live
- * replica), DDM_EBUSY (too many messages in flight), DDM_ENOMEM, DDM_EINVAL,
- * DDM_ECLOSED. */
+ * valid until done runs (or the call is cancelled). Returns 0 (done will run
+ * exactly once, never from inside this call, unless the call is cancelled
+ * first) and the call's id in *id (id may be NULL), or an error (done will not
+ * run): DDM_EUNAVAIL (no live replica), DDM_EBUSY (too many messages in
+ * flight), DDM_ENOMEM, DDM_EINVAL, DDM_ECLOSED. */
 int pool_call(pool *p, int k, int rows, const float *x, const float *t, const int *labels,
-              float *out, pool_done_fn done, void *ud);
+              float *out, pool_done_fn done, void *ud, pool_call_id *id);
+
+/* Drops a call whose answer is no longer wanted (a speculative call whose
+ * experts the router did not select): its done will not run, and from this
+ * call on the pool neither reads its x, t, labels nor writes its out (late
+ * replies are ignored; a worker may still compute them). Returns 1, or 0 when
+ * id names no call in progress (it finished, failed or was cancelled: done ran
+ * or will not). Not while the pool closes (pool_close completes every call). */
+int pool_cancel(pool *p, pool_call_id id);
 
 /* Live replicas of expert k (identity checked on their current pipe). */
 int pool_live_replicas(const pool *p, int k);
 /* 1 if every expert has a live replica. */
 int pool_ready(const pool *p);
+/* Rows outstanding (sent, not answered) at the live replica of expert k that
+ * the next message would go to (the least loaded), or -1 when k has no live
+ * replica: how long a new row of k would queue (load-aware substitution). */
+int pool_queue_rows(const pool *p, int k);
 
 typedef struct pool_expert_stats {
     uint64_t calls, messages, rows, retries, failures;
@@ -109,6 +126,7 @@ typedef struct pool_expert_stats {
     uint64_t batch_rows_sum;    /* batch sizes the workers reported */
     uint64_t batch_reports;
     uint64_t bad_replies;       /* replies refused (undecodable, wrong length, not finite, MAC) */
+    uint64_t cancelled;         /* calls dropped with pool_cancel */
 } pool_expert_stats;
 void pool_get_stats(const pool *p, int k, pool_expert_stats *out);
 int pool_n_replicas(const pool *p, int k);

@@ -243,6 +243,9 @@ int main(int argc, char **argv)
     ec.max_request_cost = (uint64_t)o.max_request_cost;
     ec.tick_rows = (int)o.tick_rows;
     ec.share_rows = (int)o.share_rows;
+    ec.speculate = (int)o.speculate;
+    ec.substitute_queue_rows = (int)o.substitute_queue_rows;
+    ec.inline_trajs = (int)o.inline_trajs;
     if (engine_new(a.loop, a.pl, a.router, K, dim, width, height, &ec, &a.eng, err, sizeof err)) {
         fprintf(stderr, "ddm-router: %s\n", err);
         return 1;

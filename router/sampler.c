@@ -172,7 +172,17 @@ float traj_time(const traj *tr)
 typedef struct slot {
     int row_cond;   /* row with the label (or the only row), -1 if none */
     int row_null;   /* row with the null label, -1 if none */
+    int spec;       /* 1: in the speculation buffers, else in the plan's */
 } slot;
+
+/* One expert's rows: inputs and where the velocities go, capacity 2 * cap. */
+typedef struct rowbuf {
+    float **x;          /* [K] -> [2cap][D] */
+    float **t;          /* [K] -> [2cap] */
+    int **lab;          /* [K] -> [2cap] */
+    float **out;        /* [K] -> [2cap][D] */
+    int *rows;          /* [K] */
+} rowbuf;
 
 struct tick {
     int K, dim, cap;
@@ -182,17 +192,60 @@ struct tick {
     float *rt;          /* [cap] */
     int *rlab;          /* [cap] */
     float *logits;      /* [cap][K] */
-    /* per expert: rows to evaluate, capacity 2 * cap each */
-    float **x;          /* [K] -> [2cap][D] */
-    float **t;          /* [K] -> [2cap] */
-    int **lab;          /* [K] -> [2cap] */
-    float **out;        /* [K] -> [2cap][D] */
-    int *rows;          /* [K] */
+    rowbuf plan;        /* per expert: the rows the plan made */
+    rowbuf spec;        /* per expert: the rows tick_speculate made */
     traj **trajs;       /* [cap] the planned batch */
     slot *slots;        /* [cap][K] */
+    unsigned char *skip; /* [cap] tick_skip */
     int n;
     double router_us;
+    /* speculation for the next plan */
+    traj **strajs;      /* [cap] the batch speculated for */
+    int sn;             /* its size, -1: none */
+    slot *sslots;       /* [cap][K]: trajectory i's speculative rows for expert k (-1: none) */
+    unsigned char *swithdrawn; /* [K] */
+    int *sused;         /* [K] rows of the speculation the last plan used */
+    tick_spec_stats sst;
+    /* load-aware substitution */
+    unsigned char *usable; /* [K] */
+    int usable_set;
 };
+
+/* Buffers for up to 2 cap rows per expert (pages are touched only as used). */
+static int rowbuf_init(rowbuf *b, int K, size_t cap, size_t D)
+{
+    b->x = calloc((size_t)K, sizeof(float *));
+    b->t = calloc((size_t)K, sizeof(float *));
+    b->lab = calloc((size_t)K, sizeof(int *));
+    b->out = calloc((size_t)K, sizeof(float *));
+    b->rows = calloc((size_t)K, sizeof(int));
+    if (!b->x || !b->t || !b->lab || !b->out || !b->rows)
+        return -1;
+    for (int k = 0; k < K; k++) {
+        b->x[k] = malloc(2 * cap * D * sizeof(float));
+        b->t[k] = malloc(2 * cap * sizeof(float));
+        b->lab[k] = malloc(2 * cap * sizeof(int));
+        b->out[k] = malloc(2 * cap * D * sizeof(float));
+        if (!b->x[k] || !b->t[k] || !b->lab[k] || !b->out[k])
+            return -1;
+    }
+    return 0;
+}
+
+static void rowbuf_free(rowbuf *b, int K)
+{
+    for (int k = 0; b->x && k < K; k++) {
+        free(b->x[k]);
+        free(b->t ? b->t[k] : NULL);
+        free(b->lab ? b->lab[k] : NULL);
+        free(b->out ? b->out[k] : NULL);
+    }
+    free(b->x);
+    free(b->t);
+    free(b->lab);
+    free(b->out);
+    free(b->rows);
+}
 
 tick *tick_new(int K, int dim, int max_trajs, const model *router, char *err, size_t errlen)
 {
@@ -217,24 +270,19 @@ tick *tick_new(int K, int dim, int max_trajs, const model *router, char *err, si
     tk->rt = malloc(c * sizeof(float));
     tk->rlab = malloc(c * sizeof(int));
     tk->logits = malloc(c * (size_t)K * sizeof(float));
-    tk->x = calloc((size_t)K, sizeof(float *));
-    tk->t = calloc((size_t)K, sizeof(float *));
-    tk->lab = calloc((size_t)K, sizeof(int *));
-    tk->out = calloc((size_t)K, sizeof(float *));
-    tk->rows = calloc((size_t)K, sizeof(int));
     tk->trajs = calloc(c, sizeof(traj *));
     tk->slots = calloc(c * (size_t)K, sizeof(slot));
-    if (!tk->rx || !tk->rt || !tk->rlab || !tk->logits || !tk->x || !tk->t || !tk->lab ||
-        !tk->out || !tk->rows || !tk->trajs || !tk->slots)
+    tk->skip = calloc(c, 1);
+    tk->strajs = calloc(c, sizeof(traj *));
+    tk->sslots = calloc(c * (size_t)K, sizeof(slot));
+    tk->swithdrawn = calloc((size_t)K, 1);
+    tk->sused = calloc((size_t)K, sizeof(int));
+    tk->usable = calloc((size_t)K, 1);
+    tk->sn = -1;
+    if (!tk->rx || !tk->rt || !tk->rlab || !tk->logits || !tk->trajs || !tk->slots ||
+        !tk->skip || !tk->strajs || !tk->sslots || !tk->swithdrawn || !tk->sused ||
+        !tk->usable || rowbuf_init(&tk->plan, K, c, D) || rowbuf_init(&tk->spec, K, c, D))
         goto oom;
-    for (int k = 0; k < K; k++) {
-        tk->x[k] = malloc(2 * c * D * sizeof(float));
-        tk->t[k] = malloc(2 * c * sizeof(float));
-        tk->lab[k] = malloc(2 * c * sizeof(int));
-        tk->out[k] = malloc(2 * c * D * sizeof(float));
-        if (!tk->x[k] || !tk->t[k] || !tk->lab[k] || !tk->out[k])
-            goto oom;
-    }
     if (router) {
         tk->router_par = net_par_new(&router->cfg, max_trajs, 1);
         if (!tk->router_par)
@@ -251,19 +299,16 @@ void tick_free(tick *tk)
 {
     if (!tk)
         return;
-    for (int k = 0; tk->x && k < tk->K; k++) {
-        free(tk->x[k]);
-        free(tk->t ? tk->t[k] : NULL);
-        free(tk->lab ? tk->lab[k] : NULL);
-        free(tk->out ? tk->out[k] : NULL);
-    }
-    free(tk->x);
-    free(tk->t);
-    free(tk->lab);
-    free(tk->out);
-    free(tk->rows);
+    rowbuf_free(&tk->plan, tk->K);
+    rowbuf_free(&tk->spec, tk->K);
     free(tk->trajs);
     free(tk->slots);
+    free(tk->skip);
+    free(tk->strajs);
+    free(tk->sslots);
+    free(tk->swithdrawn);
+    free(tk->sused);
+    free(tk->usable);
     free(tk->rx);
     free(tk->rt);
     free(tk->rlab);
@@ -282,14 +327,37 @@ static double now_us(void)
     return ts.tv_sec * 1e6 + ts.tv_nsec / 1e3;
 }
 
-/* Appends one row (x, t, label) for expert k; returns its index. */
-static int add_row(tick *tk, int k, const float *x, float t, int label)
+/* Appends one row (x, t, label) for expert k to b; returns its index. */
+static int add_row(rowbuf *b, int dim, int k, const float *x, float t, int label)
 {
-    int r = tk->rows[k]++;
-    memcpy(tk->x[k] + (size_t)r * tk->dim, x, (size_t)tk->dim * sizeof(float));
-    tk->t[k][r] = t;
-    tk->lab[k][r] = label;
+    int r = b->rows[k]++;
+    memcpy(b->x[k] + (size_t)r * dim, x, (size_t)dim * sizeof(float));
+    b->t[k][r] = t;
+    b->lab[k][r] = label;
     return r;
+}
+
+/* Trajectory tr's rows for expert k into b, as an evaluation needs them: the
+ * conditional (or only) row, and with guidance the null-label row. */
+static slot add_rows(rowbuf *b, int dim, int k, const traj *tr)
+{
+    const sample_params *p = tr->p;
+    float t = traj_time(tr);
+    int cond = p->label >= 0;
+    int cfg = cond && p->guidance != 1.0f;
+    slot sl = { .row_cond = add_row(b, dim, k, tr->xe, t, cond ? p->label : -1), .row_null = -1 };
+    if (cfg)
+        sl.row_null = add_row(b, dim, k, tr->xe, t, -1);
+    return sl;
+}
+
+static int slot_rows(const slot *sl) { return 1 + (sl->row_null >= 0); }
+
+/* Whether tr's evaluation runs the router network (its strategy reads it, or
+ * substitution ranks the experts by it). */
+static int needs_router(const tick *tk, const traj *tr)
+{
+    return strategy_uses_router(&tr->p->strat) || (tr->p->substitute && tk->router);
 }
 
 int tick_set_router_threads(tick *tk, int threads)
@@ -304,15 +372,71 @@ int tick_set_router_threads(tick *tk, int threads)
     return 0;
 }
 
+void tick_set_usable(tick *tk, const unsigned char *usable)
+{
+    tk->usable_set = usable != NULL;
+    if (usable)
+        memcpy(tk->usable, usable, (size_t)tk->K);
+}
+
+int tick_speculate(tick *tk, traj **trajs, int n)
+{
+    int K = tk->K, total = 0;
+    tk->sn = -1;
+    memset(tk->spec.rows, 0, (size_t)K * sizeof(int));
+    memset(tk->swithdrawn, 0, (size_t)K);
+    if (n < 1 || n > tk->cap)
+        return 0;
+    for (int i = 0; i < n; i++) {
+        const traj *tr = trajs[i];
+        slot *ss = tk->sslots + (size_t)i * K;
+        for (int k = 0; k < K; k++)
+            ss[k] = (slot){ .row_cond = -1, .row_null = -1, .spec = 1 };
+        if (tr->done || tr->evals == 0 || tr->dim != tk->dim)
+            continue;
+        for (int j = 0; j < tr->n_sel; j++) { /* in batch order, as tick_plan lays them out */
+            int k = tr->sel[j];
+            ss[k] = add_rows(&tk->spec, tk->dim, k, tr);
+            ss[k].spec = 1;
+            total += slot_rows(&ss[k]);
+        }
+    }
+    memcpy(tk->strajs, trajs, (size_t)n * sizeof(traj *));
+    tk->sn = n;
+    return total;
+}
+
+int tick_spec_rows(const tick *tk, int k, const float **x, const float **t, const int **labels)
+{
+    if (x)
+        *x = tk->spec.x[k];
+    if (t)
+        *t = tk->spec.t[k];
+    if (labels)
+        *labels = tk->spec.lab[k];
+    return tk->spec.rows[k];
+}
+
+float *tick_spec_out(tick *tk, int k) { return tk->spec.out[k]; }
+void tick_spec_withdraw(tick *tk, int k) { tk->swithdrawn[k] = 1; }
+int tick_spec_used(const tick *tk, int k) { return tk->sused[k]; }
+void tick_spec_get_stats(const tick *tk, tick_spec_stats *st) { *st = tk->sst; }
+
 int tick_plan(tick *tk, traj **trajs, int n)
 {
     if (n < 0 || n > tk->cap)
         return DDM_ERANGE;
     int K = tk->K;
     size_t D = (size_t)tk->dim;
+    /* the speculation counts only for the batch it was made for */
+    int spec = tk->sn == n && n > 0 && !memcmp(tk->strajs, trajs, (size_t)n * sizeof(traj *));
+    tk->sn = -1;
+    memset(&tk->sst, 0, sizeof tk->sst);
+    memset(tk->sused, 0, (size_t)K * sizeof(int));
     tk->n = n;
     memcpy(tk->trajs, trajs, (size_t)n * sizeof(traj *));
-    memset(tk->rows, 0, (size_t)K * sizeof(int));
+    memset(tk->plan.rows, 0, (size_t)K * sizeof(int));
+    memset(tk->skip, 0, (size_t)n);
 
     /* 1. the router network, once over every trajectory whose strategy reads it */
     int nr = 0;
@@ -320,7 +444,7 @@ int tick_plan(tick *tk, traj **trajs, int n)
         traj *tr = trajs[i];
         if (tr->done || tr->dim != tk->dim)
             return DDM_EINVAL;
-        if (!strategy_uses_router(&tr->p->strat))
+        if (!needs_router(tk, tr))
             continue;
         if (!tk->router)
             return DDM_EINVAL;
@@ -338,52 +462,81 @@ int tick_plan(tick *tk, traj **trajs, int n)
     }
     tk->router_us = now_us() - t0;
 
-    /* 2. selection per trajectory, rows grouped per expert */
+    /* 2. selection per trajectory (substitution for requests that ask), rows
+     * grouped per expert: taken from the speculation where it has them, the
+     * others planned */
     int ir = 0;
     for (int i = 0; i < n; i++) {
         traj *tr = trajs[i];
         const sample_params *p = tr->p;
         const float *lg = NULL;
-        if (strategy_uses_router(&p->strat))
+        if (needs_router(tk, tr))
             lg = tk->logits + (size_t)(ir++) * K;
         double u = rng_uniform(p->seed, SAMPLE_STREAM_ROUTING + (uint64_t)tr->image,
                                (uint64_t)tr->evals);
-        float t = traj_time(tr);
-        tr->n_sel = strategy_select(&p->strat, lg, K, u, tr->route_noise, tr->sel, tr->w);
-        int cond = p->label >= 0;
-        int cfg = cond && p->guidance != 1.0f;
+        tr->n_sel = strategy_select(&p->strat, strategy_uses_router(&p->strat) ? lg : NULL, K,
+                                    u, tr->route_noise, tr->sel, tr->w);
+        tr->n_sub = 0;
+        if (p->substitute && tk->usable_set)
+            tr->n_sub = strategy_substitute(&p->strat, lg, K, tk->usable, tr->sel, tr->w,
+                                            &tr->n_sel, tr->sub_orig, tr->sub_new);
         slot *sl = tk->slots + (size_t)i * K;
+        const slot *ss = spec ? tk->sslots + (size_t)i * K : NULL;
+        int speculated = 0, missed = 0;
+        for (int k = 0; ss && k < K && !speculated; k++)
+            speculated = ss[k].row_cond >= 0;
         for (int j = 0; j < tr->n_sel; j++) {
             int k = tr->sel[j];
-            sl[j].row_cond = add_row(tk, k, tr->xe, t, cond ? p->label : -1);
-            sl[j].row_null = cfg ? add_row(tk, k, tr->xe, t, -1) : -1;
+            if (speculated && ss[k].row_cond >= 0 && !tk->swithdrawn[k]) {
+                sl[j] = ss[k];
+                tk->sused[k] += slot_rows(&sl[j]);
+                tk->sst.rows_hit += slot_rows(&sl[j]);
+                continue;
+            }
+            sl[j] = add_rows(&tk->plan, tk->dim, k, tr);
+            sl[j].spec = 0;
+            if (speculated) {
+                tk->sst.rows_miss += slot_rows(&sl[j]);
+                missed = 1;
+            }
         }
+        if (speculated)
+            missed ? tk->sst.evals_miss++ : tk->sst.evals_hit++;
     }
+    for (int k = 0; spec && k < K; k++)
+        if (!tk->swithdrawn[k])
+            tk->sst.rows_wasted += tk->spec.rows[k] - tk->sused[k];
     return 0;
+}
+
+void tick_skip(tick *tk, int i)
+{
+    if (i >= 0 && i < tk->n)
+        tk->skip[i] = 1;
 }
 
 int tick_rows(const tick *tk, int k, const float **x, const float **t, const int **labels)
 {
     if (x)
-        *x = tk->x[k];
+        *x = tk->plan.x[k];
     if (t)
-        *t = tk->t[k];
+        *t = tk->plan.t[k];
     if (labels)
-        *labels = tk->lab[k];
-    return tk->rows[k];
+        *labels = tk->plan.lab[k];
+    return tk->plan.rows[k];
 }
 
 void tick_experts_by_rows(const tick *tk, int *order)
 {
     for (int k = 0; k < tk->K; k++) { /* insertion sort: K is small */
         int at = k;
-        for (; at > 0 && tk->rows[order[at - 1]] < tk->rows[k]; at--)
+        for (; at > 0 && tk->plan.rows[order[at - 1]] < tk->plan.rows[k]; at--)
             order[at] = order[at - 1];
         order[at] = k;
     }
 }
 
-float *tick_out(tick *tk, int k) { return tk->out[k]; }
+float *tick_out(tick *tk, int k) { return tk->plan.out[k]; }
 
 /* Records routing of the evaluation about to complete (trace, switches, rows). */
 static void account(traj *tr, const slot *sl)
@@ -398,6 +551,7 @@ static void account(traj *tr, const slot *sl)
     if (tr->evals > 0 && mask != tr->sel_mask_prev)
         tr->switches++;
     tr->sel_mask_prev = mask;
+    tr->substitutions += (uint64_t)tr->n_sub;
     if (tr->trace) {
         trace_entry *e = &tr->trace[tr->evals];
         e->step = (uint16_t)tr->step;
@@ -407,6 +561,11 @@ static void account(traj *tr, const slot *sl)
         for (int j = 0; j < tr->n_sel; j++) {
             e->sel[j] = (uint8_t)tr->sel[j];
             e->w[j] = tr->w[j];
+        }
+        e->n_sub = (uint8_t)tr->n_sub;
+        for (int j = 0; j < tr->n_sub; j++) {
+            e->sub_orig[j] = (uint8_t)tr->sub_orig[j];
+            e->sub_new[j] = tr->sub_new[j] < 0 ? TRACE_DROPPED : (uint8_t)tr->sub_new[j];
         }
     }
 }
@@ -483,14 +642,17 @@ void tick_finish(tick *tk)
         traj *tr = tk->trajs[i];
         const slot *sl = tk->slots + (size_t)i * tk->K;
         float g = tr->p->guidance;
+        if (tk->skip[i])
+            continue;
         memset(tr->v, 0, D * sizeof(float));
         /* experts in increasing index order: the sum is deterministic */
         for (int j = 0; j < tr->n_sel; j++) {
             int k = tr->sel[j];
             float w = tr->w[j];
-            const float *vc = tk->out[k] + (size_t)sl[j].row_cond * D;
+            const float *out = sl[j].spec ? tk->spec.out[k] : tk->plan.out[k];
+            const float *vc = out + (size_t)sl[j].row_cond * D;
             if (sl[j].row_null >= 0)
-                add_guided((int)D, w, g, tk->out[k] + (size_t)sl[j].row_null * D, vc, tr->v);
+                add_guided((int)D, w, g, out + (size_t)sl[j].row_null * D, vc, tr->v);
             else
                 axpy((int)D, w, vc, tr->v);
         }

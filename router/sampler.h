@@ -49,6 +49,8 @@ typedef struct sample_params {
     int trace;            /* record selected experts and weights per evaluation */
     int priority;         /* scheduling: higher first, SAMPLE_PRIORITY_MIN..MAX (default 0;
                            * see engine.h) */
+    int substitute;       /* load-aware substitution: a selected expert the tick marks
+                           * unusable (tick_set_usable) is replaced by the next-best one */
 } sample_params;
 
 /* Defaults: n 1, steps 50, top-2, unconditional, guidance 1, euler. */
@@ -92,7 +94,12 @@ typedef struct trace_entry {
     float t;
     uint8_t sel[STRAT_MAX_EXPERTS];
     float w[STRAT_MAX_EXPERTS];
+    uint8_t n_sub;                      /* substitutions in this evaluation */
+    uint8_t sub_orig[STRAT_MAX_EXPERTS]; /* the experts the strategy chose that were unusable */
+    uint8_t sub_new[STRAT_MAX_EXPERTS];  /* what stood in for each (TRACE_DROPPED: nothing) */
 } trace_entry;
+
+#define TRACE_DROPPED 0xff
 
 /* One image's trajectory. Created by traj_new, advanced only by ticks. */
 typedef struct traj {
@@ -110,6 +117,11 @@ typedef struct traj {
     int n_sel;                /* experts of the current evaluation */
     int sel[STRAT_MAX_EXPERTS];
     float w[STRAT_MAX_EXPERTS];
+    int n_sub;                /* of those, substitutes (load-aware substitution): */
+    int sub_orig[STRAT_MAX_EXPERTS]; /* the expert replaced */
+    int sub_new[STRAT_MAX_EXPERTS];  /* and its substitute (-1: dropped) */
+    uint64_t substitutions;   /* substitutions over all evaluations */
+    int redo;                 /* times in a row its evaluation was to be done again (engine) */
     uint64_t sel_mask_prev;   /* selected set of the previous evaluation */
     float route_noise[STRAT_MAX_EXPERTS]; /* sample_route_noise of this image: top-k's draw */
     int switches;             /* evaluations whose set differed from the one before */
@@ -150,9 +162,56 @@ int tick_rows(const tick *tk, int k, const float **x, const float **t, const int
 void tick_experts_by_rows(const tick *tk, int *order);
 /* Where the caller writes expert k's velocities, [rows][D]. */
 float *tick_out(tick *tk, int k);
-/* Phase 3: combines and steps every planned trajectory. */
+/* Phase 3: combines and steps every planned trajectory (but those tick_skip
+ * named: they stay at the evaluation they were planned for). */
 void tick_finish(tick *tk);
 /* Router-network time of the last plan, in microseconds. */
 double tick_router_us(const tick *tk);
+/* Between tick_plan and tick_finish: trajectory i of the planned batch is not
+ * advanced (its evaluation is to be done again, e.g. an expert failed). */
+void tick_skip(tick *tk, int i);
+
+/* Load-aware substitution: before tick_plan, which experts the trajectories
+ * of requests with `substitute` may use (usable[K], 1 = yes; copied). Until
+ * set, or with NULL, every expert is usable. */
+void tick_set_usable(tick *tk, const unsigned char *usable);
+
+/* ---- speculative dispatch ----------------------------------------------------------
+ * Routing changes slowly from one evaluation to the next, so a trajectory's
+ * next latent can go to the experts of its previous evaluation while the
+ * router network decides. tick_speculate, before tick_plan over the same
+ * batch, lays out those rows per expert in speculation buffers of their own
+ * (for the caller to send while the plan runs). tick_plan then takes every
+ * selected (trajectory, expert) pair that was speculated from the speculation
+ * (a hit) and plans rows only for the others (the difference, in tick_rows as
+ * usual); tick_finish reads each pair's velocities from where they came. The
+ * rows, and so the images, are exactly those of planning without it. */
+
+/* Speculates for trajs[0..n), the batch the next tick_plan gets (same
+ * trajectories, same order): for each trajectory evaluated before, the rows of
+ * its current evaluation point (x, t, label; and the null-label row with
+ * guidance, as tick_plan makes them) for every expert its last evaluation
+ * selected. Returns the rows laid out (0: nothing to speculate). */
+int tick_speculate(tick *tk, traj **trajs, int n);
+/* Expert k's speculative rows (as tick_rows) and where their velocities go. */
+int tick_spec_rows(const tick *tk, int k, const float **x, const float **t,
+                   const int **labels);
+float *tick_spec_out(tick *tk, int k);
+/* Between tick_speculate and tick_plan: expert k's speculative rows will not
+ * be answered (they could not be sent); the plan treats them as never made. */
+void tick_spec_withdraw(tick *tk, int k);
+/* After tick_plan: rows of expert k's speculation the plan uses (0: none,
+ * its answer is not needed). */
+int tick_spec_used(const tick *tk, int k);
+
+typedef struct tick_spec_stats {
+    int evals_hit;     /* speculated evaluations whose every selected expert was speculated */
+    int evals_miss;    /* speculated evaluations that needed rows of another expert */
+    int rows_hit;      /* rows taken from the speculation */
+    int rows_miss;     /* rows of speculated evaluations planned after all */
+    int rows_wasted;   /* speculative rows the plan did not use */
+} tick_spec_stats;
+/* What the last tick_plan made of the speculation before it (all 0 without). */
+void tick_spec_get_stats(const tick *tk, tick_spec_stats *st);
 
 #endif

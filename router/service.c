@@ -420,6 +420,52 @@ static void handle_metrics(http_req *req, void *ud)
     strbuf_printf(
         &o, "# TYPE ddm_router_net_seconds_total counter\nddm_router_net_seconds_total %.6f\n",
         es.router_us_sum / 1e6);
+    strbuf_printf(&o,
+                  "# HELP ddm_tick_expert_wait_seconds_total Tick wall time from the end of its "
+                  "plan to the last expert answer.\n"
+                  "# TYPE ddm_tick_expert_wait_seconds_total counter\n"
+                  "ddm_tick_expert_wait_seconds_total %.6f\n",
+                  es.expert_wait_us_sum / 1e6);
+    strbuf_printf(&o,
+                  "# HELP ddm_tick_phase_seconds_total Parts of tick wall time: sending the "
+                  "speculative calls (before the plan), sending the plan's calls, and from the "
+                  "last answer to the combined step.\n"
+                  "# TYPE ddm_tick_phase_seconds_total counter\n"
+                  "ddm_tick_phase_seconds_total{phase=\"speculative_send\"} %.6f\n"
+                  "ddm_tick_phase_seconds_total{phase=\"send\"} %.6f\n"
+                  "ddm_tick_phase_seconds_total{phase=\"finish\"} %.6f\n",
+                  es.spec_send_us_sum / 1e6, es.send_us_sum / 1e6, es.finish_us_sum / 1e6);
+    strbuf_printf(
+        &o,
+        "# HELP ddm_speculation_evaluations_total Evaluations whose latent went to the previous "
+        "step's experts before the router network chose: hit = every expert chosen had it.\n"
+        "# TYPE ddm_speculation_evaluations_total counter\n"
+        "ddm_speculation_evaluations_total{outcome=\"hit\"} %llu\n"
+        "ddm_speculation_evaluations_total{outcome=\"miss\"} %llu\n"
+        "# HELP ddm_speculation_rows_total Expert rows of those evaluations: hit (sent early and "
+        "used), miss (sent once chosen), wasted (sent early, not chosen: computed for nothing).\n"
+        "# TYPE ddm_speculation_rows_total counter\n"
+        "ddm_speculation_rows_total{outcome=\"hit\"} %llu\n"
+        "ddm_speculation_rows_total{outcome=\"miss\"} %llu\n"
+        "ddm_speculation_rows_total{outcome=\"wasted\"} %llu\n"
+        "# HELP ddm_speculation_calls_total Speculative expert calls: sent, and dropped (no row "
+        "of them chosen: not waited for, the reply ignored).\n"
+        "# TYPE ddm_speculation_calls_total counter\n"
+        "ddm_speculation_calls_total{outcome=\"sent\"} %llu\n"
+        "ddm_speculation_calls_total{outcome=\"dropped\"} %llu\n",
+        (unsigned long long)es.spec_evals_hit, (unsigned long long)es.spec_evals_miss,
+        (unsigned long long)es.spec_rows_hit, (unsigned long long)es.spec_rows_miss,
+        (unsigned long long)es.spec_rows_wasted, (unsigned long long)es.spec_calls,
+        (unsigned long long)es.spec_calls_dropped);
+    strbuf_printf(
+        &o,
+        "# HELP ddm_substitutions_total Experts replaced by the next-best one (or dropped) for "
+        "requests with substitute true.\n# TYPE ddm_substitutions_total counter\n"
+        "ddm_substitutions_total %llu\n"
+        "# HELP ddm_evaluations_redone_total Evaluations done again after an expert failed "
+        "(requests with substitute true).\n# TYPE ddm_evaluations_redone_total counter\n"
+        "ddm_evaluations_redone_total %llu\n",
+        (unsigned long long)es.substitutions, (unsigned long long)es.evals_redone);
     strbuf_printf(&o, "# TYPE ddm_jobs_total counter\n");
     strbuf_printf(&o, "ddm_jobs_total{outcome=\"ok\"} %llu\n", (unsigned long long)es.jobs_ok);
     strbuf_printf(&o, "ddm_jobs_total{outcome=\"failed\"} %llu\n",

@@ -240,3 +240,63 @@ int strategy_select(const strategy *s, const float *logits, int K, double u, con
     }
     return 0;
 }
+
+int strategy_substitute(const strategy *s, const float *logits, int K,
+                        const unsigned char *usable, int *idx, float *w, int *n, int *orig,
+                        int *subst)
+{
+    int keep[STRAT_MAX_EXPERTS] = { 0 }, order[STRAT_MAX_EXPERTS], out = 0, kept = 0;
+    float p[STRAT_MAX_EXPERTS];
+    for (int j = 0; j < *n; j++)
+        if (!usable[idx[j]])
+            out++;
+    if (out == 0)
+        return 0;
+    if (logits) {
+        strategy_softmax(logits, K, 1.0f, p);
+        rank(p, K, order);
+    } else {
+        for (int i = 0; i < K; i++) {
+            p[i] = 1.0f / (float)K;
+            order[i] = i;
+        }
+    }
+    for (int j = 0; j < *n; j++)
+        keep[idx[j]] = usable[idx[j]] ? 1 : -1; /* -1: selected, not usable */
+    /* the unusable ones in ranking order, each taking the next-best free expert */
+    int next = 0, m = 0;
+    for (int r = 0; r < K; r++) {
+        int k = order[r];
+        if (keep[k] != -1)
+            continue;
+        while (next < K && (keep[order[next]] != 0 || !usable[order[next]]))
+            next++;
+        orig[m] = k;
+        subst[m] = next < K ? order[next] : -1;
+        if (next < K)
+            keep[order[next]] = 2; /* taken */
+        m++;
+    }
+    for (int i = 0; i < K; i++)
+        kept += keep[i] > 0;
+    if (kept == 0)
+        return 0; /* nothing usable would remain: leave the selection alone */
+    for (int i = 0; i < K; i++)
+        keep[i] = keep[i] > 0;
+    if (s->kind == STRAT_UNIFORM || !logits) {
+        int c = 0;
+        for (int i = 0; i < K; i++)
+            if (keep[i]) {
+                idx[c] = i;
+                w[c++] = 1.0f / (float)kept;
+            }
+        *n = c;
+    } else if (s->kind == STRAT_SAMPLE || s->kind == STRAT_EXPERT) {
+        *n = emit(p, keep, K, idx, w);
+        for (int j = 0; j < *n; j++)
+            w[j] = 1.0f / (float)*n; /* one expert: 1 */
+    } else {
+        *n = emit(p, keep, K, idx, w);
+    }
+    return m;
+}

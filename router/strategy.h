@@ -82,6 +82,22 @@ int strategy_uses_router(const strategy *s);
 int strategy_select(const strategy *s, const float *logits, int K, double u, const float *noise,
                     int *idx, float *w);
 
+/* Load-aware substitution: in the selection idx/w (*n experts, increasing),
+ * every expert that usable[] marks 0 is replaced by the next-best usable
+ * expert in the router's ranking (softmax of logits, ties to the lower index)
+ * that is not selected yet; when there is none (full, uniform, or every
+ * usable expert already selected) it is dropped. Weights are then those of
+ * the strategy for the new set: the router's probabilities renormalised over
+ * it (full, top-k, threshold, nucleus), 1 (sample, expert:N), or equal
+ * (uniform). Without logits (NULL: no router network was run) the ranking
+ * is the index order and the weights equal. Writes each replaced expert to
+ * orig[] and what stands in for it to subst[] (-1: dropped), and returns how
+ * many were replaced; when nothing usable would remain, changes nothing and
+ * returns 0 (the caller fails as without substitution). */
+int strategy_substitute(const strategy *s, const float *logits, int K,
+                        const unsigned char *usable, int *idx, float *w, int *n, int *orig,
+                        int *subst);
+
 /* Softmax of logits (length K) at temperature temp into p. */
 void strategy_softmax(const float *logits, int K, float temp, float *p);
 

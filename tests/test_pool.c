@@ -3,9 +3,10 @@
  * called back before pool_close returns; pending calls end with
  * DDM_ECLOSED), deadlines that move a message to another replica, the
  * message table growing past its first size under many calls at once, a
- * call whose only replica turns bad failing with DDM_EUNAVAIL, and a stopped
+ * call whose only replica turns bad failing with DDM_EUNAVAIL, a stopped
  * replica (or one that missed a probe) getting no new work while its
- * sibling answers. */
+ * sibling answers, and cancelled calls (never called back, their buffers
+ * never written). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -144,7 +145,7 @@ static void calls_ok(uv_loop_t *loop, pool *p, int n)
     result r = { 0 };
     for (int i = 0; i < n; i++) {
         t[i] = 0.5f;
-        assert_int_equal(pool_call(p, 0, 1, x[i], &t[i], NULL, out[i], on_done, &r), 0);
+        assert_int_equal(pool_call(p, 0, 1, x[i], &t[i], NULL, out[i], on_done, &r, NULL), 0);
     }
     run_until(loop, &r.calls, n, 20);
     assert_int_equal(r.calls, n);
@@ -177,12 +178,12 @@ static void test_close_calls_back_later(void **state)
     pool *p = make_pool(&loop, &cl, f, 1, m, 5000, 1);
     float x[DIM] = { 0 }, t[1] = { 0.5f }, out[DIM];
     result r = { 0 };
-    assert_int_equal(pool_call(p, 0, 1, x, t, NULL, out, on_done, &r), 0);
+    assert_int_equal(pool_call(p, 0, 1, x, t, NULL, out, on_done, &r, NULL), 0);
     closed = 0;
     pool_close(p, on_closed, NULL);
     assert_int_equal(r.calls, 0);
     assert_int_equal(closed, 0);
-    assert_int_equal(pool_call(p, 0, 1, x, t, NULL, out, on_done, &r), DDM_ECLOSED);
+    assert_int_equal(pool_call(p, 0, 1, x, t, NULL, out, on_done, &r, NULL), DDM_ECLOSED);
     while (!closed)
         uv_run(&loop, UV_RUN_ONCE);
     assert_int_equal(r.calls, 1);
@@ -231,7 +232,7 @@ static void test_many_calls(void **state)
     result r = { 0 };
     for (int c = 0; c < CALLS; c++)
         assert_int_equal(pool_call(p, 0, ROWS, x + c * ROWS * DIM, t, NULL,
-                                   out + c * ROWS * DIM, on_done, &r), 0);
+                                   out + c * ROWS * DIM, on_done, &r, NULL), 0);
     run_until(&loop, &r.calls, CALLS, 20);
     assert_int_equal(r.calls, CALLS);
     assert_int_equal(r.status, 0);
@@ -256,7 +257,7 @@ static void test_bad_only_replica(void **state)
     pool *p = make_pool(&loop, &cl, f, 1, m, 5000, 1);
     float x[DIM] = { 0 }, t[1] = { 0.5f }, out[DIM];
     result r = { 0 };
-    assert_int_equal(pool_call(p, 0, 1, x, t, NULL, out, on_done, &r), 0);
+    assert_int_equal(pool_call(p, 0, 1, x, t, NULL, out, on_done, &r, NULL), 0);
     run_until(&loop, &r.calls, 1, 10);
     assert_int_equal(r.calls, 1);
     assert_int_equal(r.status, DDM_EUNAVAIL);
@@ -266,7 +267,60 @@ static void test_bad_only_replica(void **state)
     pool_replica_info(p, 0, 0, &url, &st, &detail);
     assert_string_equal(st, "quarantined");
     assert_int_equal(pool_live_replicas(p, 0), 0);
-    assert_int_equal(pool_call(p, 0, 1, x, t, NULL, out, on_done, &r), DDM_EUNAVAIL);
+    assert_int_equal(pool_call(p, 0, 1, x, t, NULL, out, on_done, &r, NULL), DDM_EUNAVAIL);
+    finish(&loop, p, &cl, f, 1);
+}
+
+/* Cancelled calls: done never runs, the reply that comes anyway is not
+ * written to out, the rows no longer count as queued, an old id cancels
+ * nothing, and calls made after it are answered as usual. */
+static void test_cancel(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    cluster cl;
+    fake_worker *f[1];
+    fake_mode m[1] = { FAKE_ZEROS };
+    pool *p = make_pool(&loop, &cl, f, 1, m, 5000, 1);
+    enum { ROWS = 20 }; /* 3 messages (max batch 8) */
+    float x[ROWS * DIM], t[ROWS], out[ROWS * DIM], out2[ROWS * DIM];
+    memset(x, 0, sizeof x);
+    for (int i = 0; i < ROWS; i++)
+        t[i] = 0.5f;
+    memset(out, 0x7f, sizeof out);
+    memset(out2, 0x7f, sizeof out2);
+    result dropped = { 0 }, kept = { 0 };
+    assert_int_equal(pool_queue_rows(p, 0), 0);
+    pool_call_id id, id2;
+    assert_int_equal(pool_call(p, 0, ROWS, x, t, NULL, out, on_done, &dropped, &id), 0);
+    assert_int_equal(pool_queue_rows(p, 0), ROWS);
+    assert_int_equal(pool_cancel(p, id), 1);
+    assert_int_equal(pool_queue_rows(p, 0), 0);
+    assert_int_equal(pool_cancel(p, id), 0); /* once */
+    assert_int_equal(pool_call(p, 0, ROWS, x, t, NULL, out2, on_done, &kept, &id2), 0);
+    assert_true(id2 != id); /* the slot may be the same, the generation is not */
+    assert_int_equal(pool_cancel(p, id), 0);
+    run_until(&loop, &kept.calls, 1, 10);
+    assert_int_equal(kept.calls, 1);
+    assert_int_equal(kept.status, 0);
+    /* the cancelled call's replies have arrived by now (sent first, same socket) */
+    double t0 = proc_now_s();
+    while (fake_worker_denoise_count(f[0]) < 6 && proc_now_s() - t0 < 10)
+        uv_run(&loop, UV_RUN_NOWAIT);
+    for (int i = 0; i < 20; i++)
+        uv_run(&loop, UV_RUN_NOWAIT);
+    assert_int_equal(dropped.calls, 0);
+    unsigned char never[ROWS * DIM * 4];
+    memset(never, 0x7f, sizeof never);
+    assert_memory_equal(out, never, sizeof out);
+    for (int i = 0; i < ROWS * DIM; i++)
+        assert_true(out2[i] == 0.0f);
+    assert_int_equal(pool_cancel(p, id2), 0); /* finished: nothing to cancel */
+    pool_expert_stats st;
+    pool_get_stats(p, 0, &st);
+    assert_int_equal(st.cancelled, 1);
+    assert_int_equal(st.failures, 0);
     finish(&loop, p, &cl, f, 1);
 }
 
@@ -349,6 +403,7 @@ int main(void)
         cmocka_unit_test(test_deadline_moves_message),
         cmocka_unit_test(test_many_calls),
         cmocka_unit_test(test_bad_only_replica),
+        cmocka_unit_test(test_cancel),
         cmocka_unit_test(test_stopped_replica_gets_no_new_work),
         cmocka_unit_test(test_probe_miss_gets_no_new_work),
     };

@@ -347,6 +347,196 @@ static void test_threads_give_same_images(void **state)
     ensemble_close(e);
 }
 
+/* A row-independent stand-in for expert k: v = a_k x + b_k t + 0.01 label. */
+static void fake_expert(int k, int rows, const float *x, const float *t, const int *lab,
+                        float *out, int dim)
+{
+    for (int r = 0; r < rows; r++)
+        for (int d = 0; d < dim; d++)
+            out[r * dim + d] = (0.3f - 0.4f * (float)k) * x[r * dim + d] +
+                               (0.2f * (float)k - 0.1f) * t[r] + 0.01f * (float)lab[r];
+}
+
+static void fake_plan_rows(tick *tk, int K, int dim)
+{
+    for (int k = 0; k < K; k++) {
+        const float *x, *t;
+        const int *lab;
+        int rows = tick_rows(tk, k, &x, &t, &lab);
+        fake_expert(k, rows, x, t, lab, tick_out(tk, k), dim);
+    }
+}
+
+/* Speculative dispatch changes nothing: trajectories advanced with
+ * tick_speculate (the speculation answered, or for one expert withdrawn)
+ * stay bit for bit those advanced without, for strategies whose routing
+ * changes little (top-2) and a lot (sample), with guidance and heun; the
+ * counts add up: every row of a speculated evaluation is a hit or a miss,
+ * every speculative row a hit or wasted. */
+static void test_speculation_is_exact(void **state)
+{
+    (void)state;
+    char err[256];
+    ensemble *e = ensemble_open(dir, err, sizeof err);
+    assert_non_null(e);
+    enum { N = 24, DIM = 16, KK = 3 };
+    static const char *strats[] = { "top-2", "sample", "top-1", "full" };
+    for (size_t si = 0; si < sizeof strats / sizeof strats[0]; si++) {
+        sample_params p = params(strats[si], KK, 12, si % 2 ? SAMPLER_HEUN : SAMPLER_EULER);
+        p.n = N;
+        p.label = 1;
+        p.guidance = si == 0 ? 2.0f : 1.0f;
+        tick *plain = tick_new(KK, DIM, N, e->router, err, sizeof err);
+        tick *spec = tick_new(KK, DIM, N, e->router, err, sizeof err);
+        assert_non_null(plain);
+        assert_non_null(spec);
+        traj *a[N], *b[N];
+        for (int i = 0; i < N; i++) {
+            a[i] = traj_new(&p, i, DIM);
+            b[i] = traj_new(&p, i, DIM);
+        }
+        long hit = 0, miss = 0, wasted = 0, made = 0, evals_hit = 0, evals_miss = 0;
+        int evals = sample_evals(&p);
+        for (int ev = 0; ev < evals; ev++) {
+            assert_int_equal(tick_plan(plain, a, N), 0);
+            fake_plan_rows(plain, KK, DIM);
+            tick_finish(plain);
+
+            int rows = tick_speculate(spec, b, N);
+            if (ev == 0)
+                assert_int_equal(rows, 0); /* nothing to go on before the first plan */
+            else
+                assert_true(rows > 0);
+            for (int k = 0; k < KK; k++) {
+                const float *x, *t;
+                const int *lab;
+                int r = tick_spec_rows(spec, k, &x, &t, &lab);
+                if (r && ev % 5 == 3 && k == 0) { /* could not be sent */
+                    tick_spec_withdraw(spec, k);
+                    continue;
+                }
+                made += r;
+                fake_expert(k, r, x, t, lab, tick_spec_out(spec, k), DIM);
+            }
+            assert_int_equal(tick_plan(spec, b, N), 0);
+            fake_plan_rows(spec, KK, DIM);
+            tick_spec_stats st;
+            tick_spec_get_stats(spec, &st);
+            int used = 0;
+            for (int k = 0; k < KK; k++)
+                used += tick_spec_used(spec, k);
+            assert_int_equal(used, st.rows_hit);
+            hit += st.rows_hit, miss += st.rows_miss, wasted += st.rows_wasted;
+            evals_hit += st.evals_hit, evals_miss += st.evals_miss;
+            assert_int_equal(st.evals_hit + st.evals_miss, ev == 0 ? 0 : N);
+            tick_finish(spec);
+            for (int i = 0; i < N; i++) {
+                assert_memory_equal(a[i]->x, b[i]->x, DIM * sizeof(float));
+                assert_int_equal(a[i]->n_sel, b[i]->n_sel);
+                assert_memory_equal(a[i]->sel, b[i]->sel, (size_t)a[i]->n_sel * sizeof(int));
+            }
+        }
+        assert_int_equal(hit + wasted, made);
+        assert_true(hit > 0);
+        if (!strcmp(strats[si], "sample")) /* one expert drawn per evaluation: often another */
+            assert_true(miss > 0 && wasted > 0 && evals_miss > 0);
+        if (!strcmp(strats[si], "full")) /* the set never changes: only the withdrawals miss */
+            assert_true(evals_hit > 0);
+        for (int i = 0; i < N; i++) {
+            traj_free(a[i]);
+            traj_free(b[i]);
+        }
+        tick_free(plain);
+        tick_free(spec);
+    }
+    ensemble_close(e);
+}
+
+/* Substitution in the plan: with an expert unusable, requests that
+ * substitute never select it (the next-best one in its place, recorded per
+ * evaluation and in the trace), requests that do not still may; with none
+ * usable the selection stays. A skipped trajectory is not advanced. */
+static void test_substitution_and_skip(void **state)
+{
+    (void)state;
+    char err[256];
+    ensemble *e = ensemble_open(dir, err, sizeof err);
+    assert_non_null(e);
+    enum { N = 40, DIM = 16, KK = 3 };
+    sample_params p = params("top-1", KK, 4, SAMPLER_EULER), q = p;
+    p.trace = 1;
+    p.substitute = 1;
+    tick *tk = tick_new(KK, DIM, N, e->router, err, sizeof err);
+    traj *a[N], *b[N];
+    for (int i = 0; i < N; i++) {
+        a[i] = traj_new(&p, i, DIM);
+        b[i] = traj_new(&q, i, DIM);
+    }
+    /* which expert top-1 picks for each, all usable */
+    assert_int_equal(tick_plan(tk, b, N), 0);
+    int first[N], picked[KK] = { 0 };
+    for (int i = 0; i < N; i++)
+        picked[first[i] = b[i]->sel[0]]++;
+    int busy = picked[0] >= picked[1] ? (picked[0] >= picked[2] ? 0 : 2)
+                                      : (picked[1] >= picked[2] ? 1 : 2);
+    assert_true(picked[busy] > 0);
+    unsigned char usable[KK] = { 1, 1, 1 };
+    usable[busy] = 0;
+    tick_set_usable(tk, usable);
+    assert_int_equal(tick_plan(tk, b, N), 0); /* without substitute: unchanged */
+    for (int i = 0; i < N; i++)
+        assert_int_equal(b[i]->sel[0], first[i]);
+    assert_int_equal(tick_plan(tk, a, N), 0);
+    int subs = 0;
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(a[i]->n_sel, 1);
+        assert_true(a[i]->sel[0] != busy);
+        if (first[i] == busy) {
+            assert_int_equal(a[i]->n_sub, 1);
+            assert_int_equal(a[i]->sub_orig[0], busy);
+            assert_int_equal(a[i]->sub_new[0], a[i]->sel[0]);
+            subs++;
+        } else {
+            assert_int_equal(a[i]->n_sub, 0);
+            assert_int_equal(a[i]->sel[0], first[i]);
+        }
+    }
+    assert_int_equal(subs, picked[busy]);
+    assert_int_equal(tick_rows(tk, busy, NULL, NULL, NULL), 0);
+    float x0[DIM];
+    memcpy(x0, a[0]->x, sizeof x0);
+    tick_skip(tk, 0);
+    fake_plan_rows(tk, KK, DIM);
+    tick_finish(tk);
+    assert_memory_equal(a[0]->x, x0, sizeof x0); /* skipped: not advanced */
+    assert_int_equal(a[0]->evals, 0);
+    assert_int_equal(a[1]->evals, 1);
+    uint64_t total = 0;
+    for (int i = 1; i < N; i++) {
+        total += a[i]->substitutions;
+        const trace_entry *te = &a[i]->trace[0];
+        assert_int_equal(te->n_sub, first[i] == busy);
+        if (te->n_sub) {
+            assert_int_equal(te->sub_orig[0], busy);
+            assert_int_equal(te->sub_new[0], te->sel[0]);
+        }
+    }
+    assert_int_equal(total, (uint64_t)(subs - (first[0] == busy)));
+    /* nothing usable: the selection stays (its call will fail, naming the expert) */
+    memset(usable, 0, sizeof usable);
+    tick_set_usable(tk, usable);
+    assert_int_equal(tick_plan(tk, a + 1, 1), 0);
+    assert_int_equal(a[1]->n_sub, 0);
+    assert_int_equal(a[1]->n_sel, 1);
+    tick_set_usable(tk, NULL);
+    for (int i = 0; i < N; i++) {
+        traj_free(a[i]);
+        traj_free(b[i]);
+    }
+    tick_free(tk);
+    ensemble_close(e);
+}
+
 static void test_open_refuses_wrong_expert_file(void **state)
 {
     (void)state;
@@ -376,6 +566,8 @@ int main(void)
         cmocka_unit_test(test_plan_routes_by_router_network),
         cmocka_unit_test(test_sampling_is_deterministic_per_seed),
         cmocka_unit_test(test_threads_give_same_images),
+        cmocka_unit_test(test_speculation_is_exact),
+        cmocka_unit_test(test_substitution_and_skip),
         cmocka_unit_test(test_open_refuses_wrong_expert_file),
     };
     return cmocka_run_group_tests(tests, setup_set, teardown_set);

@@ -224,6 +224,79 @@ static void test_ties_go_to_lower_index(void **state)
     assert_int_equal(idx[1], 1);
 }
 
+/* Load-aware substitution: the next-best usable expert in the router's
+ * ranking stands in, weights renormalised as the strategy would; full drops
+ * what it cannot replace; nothing usable left changes nothing. */
+static void test_substitute(void **state)
+{
+    (void)state;
+    /* ranking by P: 1 (0.4), 3 (0.25), 6 (0.15), 4 (0.1), 0, 7, 2, 5 */
+    unsigned char usable[K];
+    memset(usable, 1, sizeof usable);
+    int idx[K], orig[K], sub[K], n;
+    float w[K];
+    strategy s = parse_ok("top-2", NAN, NAN);
+    n = strategy_select(&s, L, K, 0.5, NULL, idx, w);
+    assert_int_equal(strategy_substitute(&s, L, K, usable, idx, w, &n, orig, sub), 0);
+    assert_int_equal(n, 2);
+    usable[1] = 0; /* the best one: 6 is next after 3 */
+    assert_int_equal(strategy_substitute(&s, L, K, usable, idx, w, &n, orig, sub), 1);
+    assert_int_equal(orig[0], 1);
+    assert_int_equal(sub[0], 6);
+    assert_int_equal(n, 2);
+    assert_int_equal(idx[0], 3);
+    assert_int_equal(idx[1], 6);
+    assert_float_equal(w[0], 0.25f / 0.4f, 1e-5);
+    assert_float_equal(w[1], 0.15f / 0.4f, 1e-5);
+    /* both gone, and 6 too: 4 and 0 */
+    n = strategy_select(&s, L, K, 0.5, NULL, idx, w);
+    usable[3] = usable[6] = 0;
+    assert_int_equal(strategy_substitute(&s, L, K, usable, idx, w, &n, orig, sub), 2);
+    assert_int_equal(orig[0], 1);
+    assert_int_equal(sub[0], 4);
+    assert_int_equal(orig[1], 3);
+    assert_int_equal(sub[1], 0);
+    assert_int_equal(idx[0], 0);
+    assert_int_equal(idx[1], 4);
+    assert_float_equal(w[0] + w[1], 1.0f, 1e-6);
+    assert_float_equal(w[1], 0.1f / 0.15f, 1e-5);
+    /* expert:1 and sample: one expert, weight 1 */
+    s = parse_ok("expert:1", NAN, NAN);
+    n = strategy_select(&s, NULL, K, 0.5, NULL, idx, w);
+    assert_int_equal(strategy_substitute(&s, L, K, usable, idx, w, &n, orig, sub), 1);
+    assert_int_equal(n, 1);
+    assert_int_equal(idx[0], 4);
+    assert_float_equal(w[0], 1.0f, 0);
+    /* full: nothing outside the set, the unusable ones are dropped */
+    s = parse_ok("full", NAN, NAN);
+    n = strategy_select(&s, L, K, 0.5, NULL, idx, w);
+    assert_int_equal(strategy_substitute(&s, L, K, usable, idx, w, &n, orig, sub), 3);
+    assert_int_equal(n, K - 3);
+    for (int j = 0; j < 3; j++)
+        assert_int_equal(sub[j], -1);
+    float sum = 0;
+    for (int j = 0; j < n; j++) {
+        assert_true(usable[idx[j]]);
+        sum += w[j];
+    }
+    assert_float_equal(sum, 1.0f, 1e-5);
+    assert_float_equal(w[0], 0.05f / 0.2f, 1e-5); /* expert 0 of 0, 2, 4, 5, 7 */
+    /* uniform without logits: equal weights over the usable ones */
+    s = parse_ok("uniform", NAN, NAN);
+    n = strategy_select(&s, NULL, K, 0.5, NULL, idx, w);
+    assert_int_equal(strategy_substitute(&s, NULL, K, usable, idx, w, &n, orig, sub), 3);
+    assert_int_equal(n, K - 3);
+    assert_float_equal(w[0], 1.0f / (K - 3), 1e-6);
+    /* nothing usable: left as it was */
+    memset(usable, 0, sizeof usable);
+    s = parse_ok("top-2", NAN, NAN);
+    n = strategy_select(&s, L, K, 0.5, NULL, idx, w);
+    assert_int_equal(strategy_substitute(&s, L, K, usable, idx, w, &n, orig, sub), 0);
+    assert_int_equal(n, 2);
+    assert_int_equal(idx[0], 1);
+    assert_int_equal(idx[1], 3);
+}
+
 static void test_parse_errors(void **state)
 {
     (void)state;
@@ -264,6 +337,7 @@ int main(void)
         cmocka_unit_test(test_temperature_of_full_and_topk),
         cmocka_unit_test(test_topk_drawn_with_gumbel_noise_draws_sets),
         cmocka_unit_test(test_ties_go_to_lower_index),
+        cmocka_unit_test(test_substitute),
         cmocka_unit_test(test_parse_errors),
     };
     return cmocka_run_group_tests(tests, setup, NULL);

@@ -11,7 +11,10 @@
 
 static void worker_url(const tcluster *c, int i, char *buf, size_t len)
 {
-    snprintf(buf, len, "ipc://%s/e%d.%d.ipc", c->dir, i % c->K, i / c->K);
+    if (c->transport == TCLUSTER_TCP)
+        snprintf(buf, len, "tcp://127.0.0.1:%d", c->ports[i]);
+    else
+        snprintf(buf, len, "ipc://%s/e%d.%d.ipc", c->dir, i % c->K, i / c->K);
 }
 
 pid_t tcluster_start_worker(tcluster *c, int i)
@@ -52,11 +55,12 @@ pid_t tcluster_add_router(tcluster *c, const char *const *router_args, int *port
     return pid;
 }
 
-/* Starts the cluster in c->dir (made already). */
-static int start(tcluster *c, const char *models, int K, int replicas,
+/* Starts the cluster in c->dir (made already), its workers on transport tr. */
+static int start(tcluster *c, tcluster_transport tr, const char *models, int K, int replicas,
                  const char *const *worker_args, const char *const *router_args)
 {
     signal(SIGPIPE, SIG_IGN);
+    c->transport = tr;
     if (K < 1 || replicas < 1 || K * replicas > TCLUSTER_MAX_WORKERS) {
         fprintf(stderr, "tcluster: %d experts x %d replicas is too many\n", K, replicas);
         return -1;
@@ -66,6 +70,17 @@ static int start(tcluster *c, const char *models, int K, int replicas,
     c->replicas = replicas;
     c->n_workers = K * replicas;
     c->worker_args = worker_args;
+    for (int i = 0, tries = 0; tr == TCLUSTER_TCP && i < c->n_workers; tries++) {
+        if (tries > 100 * c->n_workers) {
+            fprintf(stderr, "tcluster: no %d free loopback ports\n", c->n_workers);
+            return -1;
+        }
+        int port = proc_free_port(), seen = port <= 0;
+        for (int j = 0; j < i && !seen; j++)
+            seen = c->ports[j] == port; /* the kernel may give one twice */
+        if (!seen)
+            c->ports[i++] = port;
+    }
     snprintf(c->conf, sizeof c->conf, "%s/cluster.conf", c->dir);
     FILE *f = fopen(c->conf, "w");
     if (!f) {
@@ -98,10 +113,21 @@ static int start(tcluster *c, const char *models, int K, int replicas,
 int tcluster_start(tcluster *c, const char *models, int K, int replicas,
                    const char *const *worker_args, const char *const *router_args)
 {
+    return tcluster_start_on(c, TCLUSTER_IPC, models, K, replicas, worker_args, router_args);
+}
+
+int tcluster_start_on(tcluster *c, tcluster_transport tr, const char *models, int K,
+                      int replicas, const char *const *worker_args,
+                      const char *const *router_args)
+{
     memset(c, 0, sizeof *c);
     if (toyset_tempdir(c->dir, sizeof c->dir, "cluster"))
         return -1;
-    return start(c, models, K, replicas, worker_args, router_args);
+    if (start(c, tr, models, K, replicas, worker_args, router_args)) {
+        tcluster_stop(c, 0);
+        return -1;
+    }
+    return 0;
 }
 
 int tcluster_start_toy(tcluster *c, int K, int dim, int classes, const char *const *worker_args,
@@ -115,7 +141,7 @@ int tcluster_start_toy(tcluster *c, int K, int dim, int classes, const char *con
         tcluster_stop(c, 0);
         return -1;
     }
-    return start(c, c->dir, K, 1, worker_args, router_args);
+    return start(c, TCLUSTER_IPC, c->dir, K, 1, worker_args, router_args);
 }
 
 void tcluster_stop(tcluster *c, int keep)

@@ -1,13 +1,18 @@
 /* cluster.h -- a whole local cluster for tests, benchmarks and soak runs: R
  * ddm-expert replicas per expert of a model directory (or of a random toy set)
- * on ipc:// sockets in a temp dir, and ddm-router on a free loopback port,
- * started the way a user starts them, logs in the temp dir. */
+ * on ipc:// sockets in a temp dir (or on tcp:// loopback ports), and ddm-router
+ * on a free loopback port, started the way a user starts them, logs in the
+ * temp dir. */
 #ifndef DDM_TEST_CLUSTER_H
 #define DDM_TEST_CLUSTER_H
 
 #include <sys/types.h>
 
 #define TCLUSTER_MAX_WORKERS 256
+
+/* How the router reaches the workers: ipc:// sockets in the temp dir, or
+ * tcp://127.0.0.1 on free ports (as deploy/local/digits.conf). */
+typedef enum tcluster_transport { TCLUSTER_IPC = 0, TCLUSTER_TCP } tcluster_transport;
 
 typedef struct tcluster {
     char dir[128];            /* temp dir: cluster.conf, sockets, logs (and a toy set) */
@@ -16,6 +21,8 @@ typedef struct tcluster {
     char rlog[256];           /* the router's log */
     int K, replicas;
     int n_workers;            /* K * replicas; worker i serves expert i % K */
+    tcluster_transport transport;
+    int ports[TCLUSTER_MAX_WORKERS]; /* TCLUSTER_TCP: worker i's port */
     pid_t workers[TCLUSTER_MAX_WORKERS];
     pid_t router;
     int port;
@@ -30,6 +37,10 @@ typedef struct tcluster {
  * Returns 0, or -1 with a message on stderr (what started is stopped). */
 int tcluster_start(tcluster *c, const char *models, int K, int replicas,
                    const char *const *worker_args, const char *const *router_args);
+/* The same with the workers on transport tr (tcluster_start: TCLUSTER_IPC). */
+int tcluster_start_on(tcluster *c, tcluster_transport tr, const char *models, int K,
+                      int replicas, const char *const *worker_args,
+                      const char *const *router_args);
 
 /* Like tcluster_start with one replica per expert of a random toy set (K
  * experts over dim floats, `classes` classes) written into the temp dir. */

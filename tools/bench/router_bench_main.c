@@ -25,6 +25,7 @@
 #include "common/model.h"
 #include "router/local.h"
 #include "server/httpc.h"
+#include "tests/support/metrics.h"
 #include "tests/support/proc.h"
 #include "tests/support/toyset.h"
 #include "tools/client/cli.h"
@@ -71,16 +72,6 @@ static void *client_thread(void *arg)
     return NULL;
 }
 
-/* Value of the sample line "name value" in Prometheus text (not # comments). */
-static double metric(const char *text, const char *name)
-{
-    size_t n = strlen(name);
-    for (const char *p = text; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL)
-        if (!strncmp(p, name, n) && p[n] == ' ')
-            return atof(p + n + 1);
-    return NAN;
-}
-
 typedef struct metrics_snap {
     double ticks, overhead_s, router_net_s;
     double rows[STRAT_MAX_EXPERTS], calls; /* rows sent to each expert; calls to all */
@@ -88,28 +79,22 @@ typedef struct metrics_snap {
 
 static int fetch_metrics(const char *hostport, int K, metrics_snap *m)
 {
-    httpc *c;
-    char err[128];
     memset(m, 0, sizeof *m);
-    if (httpc_open(hostport, 5000, &c, err, sizeof err))
+    char *text = tmetrics_fetch(hostport);
+    if (!text)
         return -1;
-    httpc_response r;
-    int rc = httpc_request(c, "GET", "/metrics", NULL, 0, NULL, 0, &r);
-    if (!rc && r.status == 200) {
-        m->ticks = metric(r.body, "ddm_ticks_total");
-        m->overhead_s = metric(r.body, "ddm_tick_overhead_seconds_total");
-        m->router_net_s = metric(r.body, "ddm_router_net_seconds_total");
-        for (int k = 0; k < K; k++) {
-            char name[64];
-            snprintf(name, sizeof name, "ddm_expert_rows_total{expert=\"%d\"}", k);
-            m->rows[k] = metric(r.body, name);
-            snprintf(name, sizeof name, "ddm_expert_calls_total{expert=\"%d\"}", k);
-            m->calls += metric(r.body, name);
-        }
+    m->ticks = tmetrics_value(text, "ddm_ticks_total");
+    m->overhead_s = tmetrics_value(text, "ddm_tick_overhead_seconds_total");
+    m->router_net_s = tmetrics_value(text, "ddm_router_net_seconds_total");
+    for (int k = 0; k < K; k++) {
+        char name[64];
+        snprintf(name, sizeof name, "ddm_expert_rows_total{expert=\"%d\"}", k);
+        m->rows[k] = tmetrics_value(text, name);
+        snprintf(name, sizeof name, "ddm_expert_calls_total{expert=\"%d\"}", k);
+        m->calls += tmetrics_value(text, name);
     }
-    httpc_response_free(&r);
-    httpc_close(c);
-    return rc;
+    free(text);
+    return 0;
 }
 
 #define ROUNDS 3

@@ -51,16 +51,20 @@ def _tensor_shapes(c):
     return shapes
 
 
-def read_config(st):
+def read_config(st, kind="denoiser"):
     """The net config from a weights file's metadata, checked as
-    common/model.c checks it. Raises ValueError naming the file and key."""
+    common/model.c checks it. kind: "denoiser" (what a worker serves) or
+    "router" (the router network: K logits, no Gaussian baseline).
+    Raises ValueError naming the file and key."""
     def fail(what):
         raise ValueError(f"weights file {st.path}: {what}")
     fmt = st.meta("ddm.format")
     if fmt != FORMAT:
         fail(f"ddm.format is {fmt!r}, expected {FORMAT!r}")
-    if st.meta("ddm.kind") != "denoiser":
-        fail(f"ddm.kind is {st.meta('ddm.kind')!r}: only denoisers (experts, monolith) are served")
+    if st.meta("ddm.kind") != kind:
+        fail(f"ddm.kind is {st.meta('ddm.kind')!r}: " +
+             ("only denoisers (experts, monolith) are served" if kind == "denoiser"
+              else f"expected {kind!r}"))
     c = {}
     for k in _CFG_KEYS:
         v = st.meta(k)
@@ -76,8 +80,10 @@ def read_config(st):
         fail(f"network config: n_blocks = {c['n_blocks']}, allowed 0..64")
     if c["time_dim"] % 2:
         fail(f"network config: time_dim = {c['time_dim']} must be even")
-    if c["out_dim"] != c["in_dim"]:
+    if kind == "denoiser" and c["out_dim"] != c["in_dim"]:
         fail(f"a denoiser needs out_dim == in_dim (in_dim {c['in_dim']}, out_dim {c['out_dim']})")
+    if c["gauss_rank"] > 0 and c["out_dim"] != c["in_dim"]:
+        fail(f"a Gaussian baseline (gauss_rank {c['gauss_rank']}) needs out_dim == in_dim")
     if c["gauss_rank"] > c["in_dim"]:
         fail(f"gauss_rank {c['gauss_rank']} is over in_dim {c['in_dim']}")
     return c
@@ -133,11 +139,11 @@ class DdmMlp(torch.nn.Module):
         return y
 
 
-def load(st):
+def load(st, kind="denoiser"):
     """DdmMlp from an open safetensors File (weights converted to float32,
-    checked finite, variances positive). Raises ValueError with a message
-    naming the file and the problem."""
-    c = read_config(st)
+    checked finite, variances positive); kind as read_config's. Raises
+    ValueError with a message naming the file and the problem."""
+    c = read_config(st, kind)
     tensors = {}
     for name, shape in _tensor_shapes(c).items():
         if name not in st.tensors:
