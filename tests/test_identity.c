@@ -25,6 +25,7 @@
 
 #include "common/base64.h"
 #include "common/hmac.h"
+#include "common/nnuv.h"
 #include "common/png.h"
 #include "common/sha256.h"
 #include "ddm/v1/worker.pb-c.h"
@@ -749,19 +750,9 @@ static void test_worker_log_flood(void **state)
     while (sent < N && proc_now_s() - t0 < 20) {
         void *body = nn_allocmsg(sizeof junk, 0);
         memcpy(body, junk, sizeof junk);
-        uint8_t hdr[4] = { 0x80, 0, (uint8_t)(sent >> 8), (uint8_t)sent };
-        uint8_t ctrl[NN_CMSG_SPACE(sizeof(size_t) + 4)];
-        struct nn_cmsghdr *cm = (struct nn_cmsghdr *)ctrl;
-        cm->cmsg_len = NN_CMSG_SPACE(sizeof(size_t) + 4);
-        cm->cmsg_level = PROTO_SP;
-        cm->cmsg_type = SP_HDR;
-        size_t four = 4;
-        memcpy(NN_CMSG_DATA(cm), &four, sizeof four);
-        memcpy(NN_CMSG_DATA(cm) + sizeof four, hdr, 4);
-        struct nn_iovec iov = { .iov_base = &body, .iov_len = NN_MSG };
-        struct nn_msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctrl,
-                                .msg_controllen = cm->cmsg_len };
-        if (nn_sendmsg(s, &mh, NN_DONTWAIT) < 0) {
+        nnuv_hdr hdr;
+        nnuv_hdr_set_id(&hdr, (uint32_t)sent & 0xffff);
+        if (nnuv_sendmsg(s, NN_DONTWAIT, body, &hdr) < 0) {
             nn_freemsg(body);
             /* drain replies so that the worker's replies do not pile up */
             void *rep;

@@ -13,6 +13,8 @@
 #include <nanomsg/nn.h>
 #include <nanomsg/reqrep.h>
 
+#include "common/err.h"
+#include "common/nnuv.h"
 #include "common/sha256.h"
 
 #define WCLIENT_MAX_KEY 256
@@ -100,23 +102,17 @@ uint32_t wclient_next_id(wclient *c) { return c->next_id++ & 0x7fffffffu; }
 
 int wclient_send_raw(wclient *c, uint32_t id, const void *buf, size_t len)
 {
-    union {
-        max_align_t a;
-        unsigned char b[64];
-    } ctrl;
-    struct nn_cmsghdr *cm = (struct nn_cmsghdr *)ctrl.b;
-    uint8_t hdr[4] = { (uint8_t)(0x80 | id >> 24), (uint8_t)(id >> 16), (uint8_t)(id >> 8),
-                       (uint8_t)id };
-    size_t four = 4;
-    cm->cmsg_len = NN_CMSG_SPACE(sizeof four + 4);
-    cm->cmsg_level = PROTO_SP;
-    cm->cmsg_type = SP_HDR;
-    memcpy(NN_CMSG_DATA(cm), &four, sizeof four);
-    memcpy(NN_CMSG_DATA(cm) + sizeof four, hdr, 4);
-    struct nn_iovec iov = { (void *)buf, len };
-    struct nn_msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctrl.b,
-                            .msg_controllen = cm->cmsg_len };
-    return nn_sendmsg(c->sock, &mh, 0) == (int)len ? 0 : -1;
+    void *body = nn_allocmsg(len, 0);
+    if (!body)
+        return -1;
+    memcpy(body, buf, len);
+    nnuv_hdr h;
+    nnuv_hdr_set_id(&h, id);
+    if (nnuv_sendmsg(c->sock, 0, body, &h) < 0) {
+        nn_freemsg(body);
+        return -1;
+    }
+    return 0;
 }
 
 int wclient_send(wclient *c, uint32_t id, const Ddm__V1__WorkerRequest *r)
@@ -157,25 +153,15 @@ static int reply_mac_ok(const wclient *c, uint32_t id, const uint8_t *msg, size_
 Ddm__V1__WorkerReply *wclient_recv(wclient *c, uint32_t id, int *mac_ok)
 {
     for (;;) {
-        void *body = NULL;
-        union {
-            max_align_t a;
-            unsigned char b[128];
-        } ctrl;
-        struct nn_iovec iov = { &body, NN_MSG };
-        struct nn_msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctrl.b,
-                                .msg_controllen = sizeof ctrl.b };
-        int n = nn_recvmsg(c->sock, &mh, 0);
+        void *body;
+        nnuv_hdr h;
+        int n = nnuv_recvmsg(c->sock, 0, &body, &h);
+        if (n == DDM_ERANGE)
+            continue; /* a header too long to be a reply of ours: dropped */
         if (n < 0)
             return NULL;
-        struct nn_cmsghdr *cm = (struct nn_cmsghdr *)ctrl.b;
-        size_t hl;
-        memcpy(&hl, NN_CMSG_DATA(cm), sizeof hl);
-        const uint8_t *h = NN_CMSG_DATA(cm) + sizeof hl;
-        uint32_t got = hl >= 4 ? ((uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 |
-                                  (uint32_t)h[2] << 8 | h[3]) & 0x7fffffffu
-                               : 0;
-        if (got != id) {
+        uint32_t got;
+        if (nnuv_hdr_id(&h, &got) != 0 || got != id) {
             nn_freemsg(body);
             continue;
         }
