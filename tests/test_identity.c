@@ -23,7 +23,6 @@
 #include <nanomsg/nn.h>
 #include <nanomsg/reqrep.h>
 
-#include "common/base64.h"
 #include "common/hmac.h"
 #include "common/nnuv.h"
 #include "common/png.h"
@@ -32,6 +31,7 @@
 #include "router/local.h"
 #include "server/httpc.h"
 #include "tests/support/fakeworker.h"
+#include "tests/support/images.h"
 #include "tests/support/proc.h"
 #include "tests/support/toyset.h"
 
@@ -301,24 +301,9 @@ static int images(const char *body, uint8_t *pix, int max)
 {
     cJSON *root = cJSON_Parse(body);
     assert_non_null(root);
-    cJSON *imgs = cJSON_GetObjectItem(root, "images");
-    int n = cJSON_GetArraySize(imgs);
-    assert_true(n <= max);
-    for (int i = 0; i < n; i++) {
-        const char *b64 = cJSON_GetArrayItem(imgs, i)->valuestring;
-        size_t len = strlen(b64);
-        uint8_t *png = malloc(len), *px;
-        long plen = base64_decode(b64, len, png);
-        assert_true(plen > 0);
-        int w, h;
-        char err[128];
-        assert_int_equal(pngio_decode_grey(png, (size_t)plen, &px, &w, &h, err, sizeof err), 0);
-        assert_int_equal(w * h, DIM);
-        memcpy(pix + (size_t)i * DIM, px, DIM);
-        free(px);
-        free(png);
-    }
+    int n = images_from_json(root, pix, max, DIM);
     cJSON_Delete(root);
+    assert_true(n >= 0);
     return n;
 }
 

@@ -25,6 +25,7 @@
 #include "ddm/v1/api.pb-c.h"
 #include "router/local.h"
 #include "server/httpc.h"
+#include "tests/support/images.h"
 #include "tests/support/proc.h"
 #include "tests/support/toyset.h"
 
@@ -156,24 +157,8 @@ static int get(const char *path, httpc_response *resp)
 /* Decodes the PNGs of a JSON response into pix [n][DIM] (0..255). */
 static int json_images(cJSON *root, uint8_t *pix, int max)
 {
-    cJSON *imgs = cJSON_GetObjectItem(root, "images");
-    int n = cJSON_GetArraySize(imgs);
-    assert_true(n <= max);
-    for (int i = 0; i < n; i++) {
-        const char *b64 = cJSON_GetArrayItem(imgs, i)->valuestring;
-        size_t len = strlen(b64);
-        uint8_t *png = malloc(len);
-        long plen = base64_decode(b64, len, png);
-        assert_true(plen > 0);
-        uint8_t *px;
-        int w, h;
-        char err[128];
-        assert_int_equal(pngio_decode_grey(png, (size_t)plen, &px, &w, &h, err, sizeof err), 0);
-        assert_int_equal(w * h, DIM);
-        memcpy(pix + (size_t)i * DIM, px, DIM);
-        free(px);
-        free(png);
-    }
+    int n = images_from_json(root, pix, max, DIM);
+    assert_true(n >= 0);
     return n;
 }
 

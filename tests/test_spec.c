@@ -27,7 +27,6 @@
 #include <unistd.h>
 #include <cmocka.h>
 
-#include "common/base64.h"
 #include "common/half_gemm.h"
 #include "common/png.h"
 #include "router/local.h"
@@ -35,6 +34,7 @@
 #include "tests/support/apicheck.h"
 #include "tests/support/cluster.h"
 #include "tests/support/fakeworker.h"
+#include "tests/support/images.h"
 #include "tests/support/proc.h"
 
 #define K 3
@@ -141,24 +141,8 @@ static double metric(const char *hostport, const char *name)
 /* The images of a JSON response decoded into pix [n][DIM]. */
 static int images(cJSON *root, uint8_t *pix, int max)
 {
-    cJSON *imgs = cJSON_GetObjectItem(root, "images");
-    int n = cJSON_GetArraySize(imgs);
-    assert_true(n <= max);
-    for (int i = 0; i < n; i++) {
-        const char *b64 = cJSON_GetArrayItem(imgs, i)->valuestring;
-        size_t len = strlen(b64);
-        uint8_t *png = malloc(len);
-        long plen = base64_decode(b64, len, png);
-        assert_true(plen > 0);
-        uint8_t *px;
-        int w, h;
-        char err[128];
-        assert_int_equal(pngio_decode_grey(png, (size_t)plen, &px, &w, &h, err, sizeof err), 0);
-        assert_int_equal(w * h, DIM);
-        memcpy(pix + (size_t)i * DIM, px, DIM);
-        free(px);
-        free(png);
-    }
+    int n = images_from_json(root, pix, max, DIM);
+    assert_true(n >= 0);
     return n;
 }
 
