@@ -384,8 +384,16 @@ static void test_info_handshake(void **state)
     assert_string_equal(t->dataset, "digits");
     assert_non_null(strstr(t->architecture, "ddm-mlp-v1 denoiser in_dim=784 hidden=384"));
     assert_non_null(strstr(t->architecture, "pytorch"));
-    assert_false(t->has_height); /* the shipped files carry no shape: 28 x 28 x 1 */
-    assert_int_equal(t->n_class_names, 0);
+    /* the shape and class names the file carries (the shipped digits files: 28 x 28 x 1,
+     * classes "0".."9"), as ddm-expert declares them */
+    assert_true(t->has_height && t->height == 28 && t->width == 28 && t->channels == 1);
+    assert_true(c->has_height && c->height == t->height && c->width == t->width &&
+                c->channels == t->channels);
+    assert_int_equal(t->n_class_names, 10);
+    assert_int_equal(t->n_class_names, c->n_class_names);
+    for (size_t i = 0; i < t->n_class_names; i++)
+        assert_string_equal(t->class_names[i], c->class_names[i]);
+    assert_string_equal(t->class_names[7], "7");
     ddm__v1__worker_reply__free_unpacked(rt, NULL);
     ddm__v1__worker_reply__free_unpacked(rc, NULL);
     /* the second --listen URL answers too */
