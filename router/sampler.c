@@ -478,8 +478,9 @@ int tick_plan(tick *tk, traj **trajs, int n)
                                     u, tr->route_noise, tr->sel, tr->w);
         tr->n_sub = 0;
         if (p->substitute && tk->usable_set)
-            tr->n_sub = strategy_substitute(&p->strat, lg, K, tk->usable, tr->sel, tr->w,
-                                            &tr->n_sel, tr->sub_orig, tr->sub_new);
+            tr->n_sub = strategy_substitute(&p->strat, lg, tr->route_noise, K, tk->usable,
+                                            tr->sel, tr->w, &tr->n_sel, tr->sub_orig,
+                                            tr->sub_new);
         slot *sl = tk->slots + (size_t)i * K;
         const slot *ss = spec ? tk->sslots + (size_t)i * K : NULL;
         int speculated = 0, missed = 0;

@@ -159,6 +159,26 @@ static int emit(const float *p, const int *keep, int K, int *idx, float *w)
     return m;
 }
 
+/* The router's weights as the strategy ranks and renormalises them:
+ * softmax(logits / T); for top-k:drawn with noise, exp(z) scaled by the largest,
+ * z = logits / T + noise: the k largest z are a draw without replacement from
+ * the softmax (Gumbel noise), weighted p e^noise. */
+static void weights(const strategy *s, const float *logits, int K, const float *noise,
+                    float *p)
+{
+    if (s->kind != STRAT_TOPK || !s->drawn || !noise) {
+        strategy_softmax(logits, K, s->temperature, p);
+        return;
+    }
+    float z[STRAT_MAX_EXPERTS], mx = -INFINITY;
+    for (int i = 0; i < K; i++) {
+        z[i] = logits[i] / s->temperature + noise[i];
+        mx = z[i] > mx ? z[i] : mx;
+    }
+    for (int i = 0; i < K; i++)
+        p[i] = expf(z[i] - mx);
+}
+
 int strategy_select(const strategy *s, const float *logits, int K, double u, const float *noise,
                     int *idx, float *w)
 {
@@ -182,19 +202,8 @@ int strategy_select(const strategy *s, const float *logits, int K, double u, con
             keep[i] = 1;
         return emit(p, keep, K, idx, w);
     case STRAT_TOPK:
-        strategy_softmax(logits, K, s->temperature, p);
-        if (noise && s->drawn) {
-            /* z = log p + noise: the k largest are a draw without replacement from p
-             * (Gumbel noise), weighted by exp(z) = p e^noise */
-            float z[STRAT_MAX_EXPERTS] = { 0 };
-            for (int i = 0; i < K; i++)
-                z[i] = logits[i] / s->temperature + noise[i];
-            rank(z, K, order);
-            for (int i = 0; i < K; i++)
-                p[i] = expf(z[i] - z[order[0]]);
-        } else {
-            rank(p, K, order);
-        }
+        weights(s, logits, K, noise, p);
+        rank(p, K, order);
         for (int i = 0; i < s->k && i < K; i++)
             keep[order[i]] = 1;
         return emit(p, keep, K, idx, w);
@@ -241,7 +250,7 @@ int strategy_select(const strategy *s, const float *logits, int K, double u, con
     return 0;
 }
 
-int strategy_substitute(const strategy *s, const float *logits, int K,
+int strategy_substitute(const strategy *s, const float *logits, const float *noise, int K,
                         const unsigned char *usable, int *idx, float *w, int *n, int *orig,
                         int *subst)
 {
@@ -253,7 +262,7 @@ int strategy_substitute(const strategy *s, const float *logits, int K,
     if (out == 0)
         return 0;
     if (logits) {
-        strategy_softmax(logits, K, 1.0f, p);
+        weights(s, logits, K, noise, p);
         rank(p, K, order);
     } else {
         for (int i = 0; i < K; i++) {

@@ -84,7 +84,9 @@ int strategy_select(const strategy *s, const float *logits, int K, double u, con
 
 /* Load-aware substitution: in the selection idx/w (*n experts, increasing),
  * every expert that usable[] marks 0 is replaced by the next-best usable
- * expert in the router's ranking (softmax of logits, ties to the lower index)
+ * expert in the router's ranking (the weights strategy_select ranks by: the
+ * softmax of logits / T, or for top-k:drawn that with the image's noise, so
+ * pass the same noise; ties to the lower index)
  * that is not selected yet; when there is none (full, uniform, or every
  * usable expert already selected) it is dropped. Weights are then those of
  * the strategy for the new set: the router's probabilities renormalised over
@@ -94,7 +96,7 @@ int strategy_select(const strategy *s, const float *logits, int K, double u, con
  * orig[] and what stands in for it to subst[] (-1: dropped), and returns how
  * many were replaced; when nothing usable would remain, changes nothing and
  * returns 0 (the caller fails as without substitution). */
-int strategy_substitute(const strategy *s, const float *logits, int K,
+int strategy_substitute(const strategy *s, const float *logits, const float *noise, int K,
                         const unsigned char *usable, int *idx, float *w, int *n, int *orig,
                         int *subst);
 

@@ -237,10 +237,10 @@ static void test_substitute(void **state)
     float w[K];
     strategy s = parse_ok("top-2", NAN, NAN);
     n = strategy_select(&s, L, K, 0.5, NULL, idx, w);
-    assert_int_equal(strategy_substitute(&s, L, K, usable, idx, w, &n, orig, sub), 0);
+    assert_int_equal(strategy_substitute(&s, L, NULL, K, usable, idx, w, &n, orig, sub), 0);
     assert_int_equal(n, 2);
     usable[1] = 0; /* the best one: 6 is next after 3 */
-    assert_int_equal(strategy_substitute(&s, L, K, usable, idx, w, &n, orig, sub), 1);
+    assert_int_equal(strategy_substitute(&s, L, NULL, K, usable, idx, w, &n, orig, sub), 1);
     assert_int_equal(orig[0], 1);
     assert_int_equal(sub[0], 6);
     assert_int_equal(n, 2);
@@ -248,10 +248,34 @@ static void test_substitute(void **state)
     assert_int_equal(idx[1], 6);
     assert_float_equal(w[0], 0.25f / 0.4f, 1e-5);
     assert_float_equal(w[1], 0.15f / 0.4f, 1e-5);
+    /* at the request's temperature: the weights renormalise softmax(logits / T), as
+     * strategy_select's do (T = 0.5 squares the probabilities) */
+    strategy sharp = parse_ok("top-2", NAN, 0.5f);
+    n = strategy_select(&sharp, L, K, 0.5, NULL, idx, w);
+    assert_int_equal(strategy_substitute(&sharp, L, NULL, K, usable, idx, w, &n, orig, sub), 1);
+    assert_int_equal(idx[0], 3);
+    assert_int_equal(idx[1], 6);
+    assert_float_equal(w[0], 0.0625f / (0.0625f + 0.0225f), 1e-5);
+    assert_float_equal(w[1], 0.0225f / (0.0625f + 0.0225f), 1e-5);
+    /* top-k:drawn: ranked and weighted as it selects, p e^noise with the image's
+     * noise; noise 2 on expert 6 draws {1, 6} and 3 stands in for 1 */
+    float noise[K] = { 0 };
+    noise[6] = 2.0f;
+    strategy drawn = parse_ok("top-2:drawn", NAN, NAN);
+    n = strategy_select(&drawn, L, K, 0.5, noise, idx, w);
+    assert_int_equal(idx[0], 1);
+    assert_int_equal(idx[1], 6);
+    assert_int_equal(strategy_substitute(&drawn, L, noise, K, usable, idx, w, &n, orig, sub), 1);
+    assert_int_equal(sub[0], 3);
+    assert_int_equal(idx[0], 3);
+    assert_int_equal(idx[1], 6);
+    float e6 = 0.15f * expf(2.0f);
+    assert_float_equal(w[0], 0.25f / (0.25f + e6), 1e-5);
+    assert_float_equal(w[1], e6 / (0.25f + e6), 1e-5);
     /* both gone, and 6 too: 4 and 0 */
     n = strategy_select(&s, L, K, 0.5, NULL, idx, w);
     usable[3] = usable[6] = 0;
-    assert_int_equal(strategy_substitute(&s, L, K, usable, idx, w, &n, orig, sub), 2);
+    assert_int_equal(strategy_substitute(&s, L, NULL, K, usable, idx, w, &n, orig, sub), 2);
     assert_int_equal(orig[0], 1);
     assert_int_equal(sub[0], 4);
     assert_int_equal(orig[1], 3);
@@ -263,14 +287,14 @@ static void test_substitute(void **state)
     /* expert:1 and sample: one expert, weight 1 */
     s = parse_ok("expert:1", NAN, NAN);
     n = strategy_select(&s, NULL, K, 0.5, NULL, idx, w);
-    assert_int_equal(strategy_substitute(&s, L, K, usable, idx, w, &n, orig, sub), 1);
+    assert_int_equal(strategy_substitute(&s, L, NULL, K, usable, idx, w, &n, orig, sub), 1);
     assert_int_equal(n, 1);
     assert_int_equal(idx[0], 4);
     assert_float_equal(w[0], 1.0f, 0);
     /* full: nothing outside the set, the unusable ones are dropped */
     s = parse_ok("full", NAN, NAN);
     n = strategy_select(&s, L, K, 0.5, NULL, idx, w);
-    assert_int_equal(strategy_substitute(&s, L, K, usable, idx, w, &n, orig, sub), 3);
+    assert_int_equal(strategy_substitute(&s, L, NULL, K, usable, idx, w, &n, orig, sub), 3);
     assert_int_equal(n, K - 3);
     for (int j = 0; j < 3; j++)
         assert_int_equal(sub[j], -1);
@@ -284,14 +308,14 @@ static void test_substitute(void **state)
     /* uniform without logits: equal weights over the usable ones */
     s = parse_ok("uniform", NAN, NAN);
     n = strategy_select(&s, NULL, K, 0.5, NULL, idx, w);
-    assert_int_equal(strategy_substitute(&s, NULL, K, usable, idx, w, &n, orig, sub), 3);
+    assert_int_equal(strategy_substitute(&s, NULL, NULL, K, usable, idx, w, &n, orig, sub), 3);
     assert_int_equal(n, K - 3);
     assert_float_equal(w[0], 1.0f / (K - 3), 1e-6);
     /* nothing usable: left as it was */
     memset(usable, 0, sizeof usable);
     s = parse_ok("top-2", NAN, NAN);
     n = strategy_select(&s, L, K, 0.5, NULL, idx, w);
-    assert_int_equal(strategy_substitute(&s, L, K, usable, idx, w, &n, orig, sub), 0);
+    assert_int_equal(strategy_substitute(&s, L, NULL, K, usable, idx, w, &n, orig, sub), 0);
     assert_int_equal(n, 2);
     assert_int_equal(idx[0], 1);
     assert_int_equal(idx[1], 3);

@@ -1,4 +1,4 @@
-/* metrics.c -- GET /metrics for benchmarks (see metrics.h). */
+/* metrics.c -- GET /metrics for tests and benchmarks (see metrics.h). */
 #include "tests/support/metrics.h"
 
 #include <math.h>

@@ -1,4 +1,4 @@
-/* metrics.h -- a router's GET /metrics (Prometheus text) read by benchmarks. */
+/* metrics.h -- a router's GET /metrics (Prometheus text) read by tests and benchmarks. */
 #ifndef DDM_TEST_METRICS_H
 #define DDM_TEST_METRICS_H
 
