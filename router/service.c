@@ -361,13 +361,19 @@ static void handle_metrics(http_req *req, void *ud)
 {
     service *s = ud;
     strbuf o = { 0 };
-    static const int codes[] = { 200, 400, 401, 404, 405, 406, 408, 411, 413, 415, 429, 431,
-                                 500, 503, 504 };
+    /* these always (a series that exists from the start), any other code once sent */
+    static const int always[] = { 200, 400, 401, 404, 405, 406, 408, 411, 413, 415, 429, 431,
+                                  500, 503, 504 };
     strbuf_printf(&o, "# HELP ddm_http_responses_total HTTP responses by status code.\n"
                       "# TYPE ddm_http_responses_total counter\n");
-    for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++)
-        strbuf_printf(&o, "ddm_http_responses_total{code=\"%d\"} %llu\n", codes[i],
-                      (unsigned long long)http_server_status_count(s->srv, codes[i]));
+    for (int code = 100, i = 0; code <= 599; code++) {
+        uint64_t count = http_server_status_count(s->srv, code);
+        int listed = i < (int)(sizeof always / sizeof always[0]) && always[i] == code;
+        i += listed;
+        if (listed || count > 0)
+            strbuf_printf(&o, "ddm_http_responses_total{code=\"%d\"} %llu\n", code,
+                          (unsigned long long)count);
+    }
     http_stats hs;
     http_server_stats(s->srv, &hs);
     strbuf_printf(&o, "# TYPE ddm_http_connections_open gauge\nddm_http_connections_open %llu\n",

@@ -685,6 +685,9 @@ static void test_eviction(void **state)
     }
     assert_true(gone);
     assert_true(metric_sum("ddm_jobs_evicted_total{reason=\"ttl\"}") >= 1);
+    /* codes outside /metrics' always-listed set count once sent: the submit, the 410 */
+    assert_true(metric_sum("ddm_http_responses_total{code=\"202\"}") >= 1);
+    assert_true(metric_sum("ddm_http_responses_total{code=\"410\"}") >= 1);
 }
 
 static void test_routing_metrics(void **state)
